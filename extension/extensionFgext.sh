@@ -1,0 +1,57 @@
+#!/bin/sh
+# fgext launcher: the platform runs this script to start the fgext agent.
+# It must work from any unpack directory, so every path is taken relative to this file.
+# The platform identifies an extension by this script's full file name, hence FGEXT_NAME.
+set -eu
+
+here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
+FGEXT_NAME=$(basename -- "$0")
+FGEXT_HOME="$here"
+export FGEXT_NAME FGEXT_HOME
+
+# A packaged zip carries the agent and its libraries beside this script (fgext-lib) and the user's
+# plugins in fgext-plugins; a source checkout has the fgext package one level up.
+libpath=""
+if [ -d "$here/fgext-lib" ]; then
+    libpath="$here/fgext-lib"
+elif [ -f "$here/../fgext/__init__.py" ]; then
+    libpath=$(CDPATH= cd -- "$here/.." && pwd)
+fi
+if [ -d "$here/fgext-plugins" ]; then
+    libpath="${libpath:+$libpath:}$here/fgext-plugins"
+fi
+if [ -n "$libpath" ]; then
+    PYTHONPATH="$libpath${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH
+fi
+if [ -z "${FGEXT_CONFIG:-}" ] && [ -f "$here/fgext.json" ]; then
+    FGEXT_CONFIG="$here/fgext.json"
+    export FGEXT_CONFIG
+fi
+
+# Interpreter: an explicit choice, else the sandbox's runtimes newest first, else PATH.
+python="${FGEXT_PYTHON:-}"
+if [ -z "$python" ]; then
+    for candidate in \
+        /opt/function/runtime/python3.12/rtsp/python/bin/python3 \
+        /opt/function/runtime/python3.10/rtsp/python/bin/python3 \
+        /opt/function/runtime/python3.9/rtsp/python/bin/python3; do
+        if [ -x "$candidate" ]; then
+            python="$candidate"
+            break
+        fi
+    done
+fi
+if [ -z "$python" ]; then
+    python=$(command -v python3 || true)
+fi
+if [ -z "$python" ]; then
+    echo "fgext: no Python interpreter found (set FGEXT_PYTHON)" >&2
+    exit 127
+fi
+
+# The sandbox's code directory is read-only: never try to write byte code there.
+PYTHONDONTWRITEBYTECODE=1
+PYTHONUNBUFFERED=1
+export PYTHONDONTWRITEBYTECODE PYTHONUNBUFFERED
+exec "$python" -m fgext run

@@ -1,0 +1,483 @@
+"""Typed, immutable events: what the platform sends, parsed once, contradictions absorbed.
+
+The Telemetry API POSTs JSON arrays of objects. Each object becomes one of:
+
+    Event
+    ├── PlatformEvent            has ``phase`` ("init", "invoke", "restore") and ``request_id``
+    │   ├── StartEvent           InitStart, Start, RestoreStart
+    │   ├── RuntimeDoneEvent     InitRuntimeDone, RuntimeDone, RestoreRuntimeDone  (+ status)
+    │   └── ReportEvent          InitReport, Report, RestoreReport  (+ status, end_time, metrics)
+    ├── LogEvent                 FunctionLog, ExtensionLog  (``message`` without the marker)
+    └── UnknownEvent             any other name, kept whole in ``raw``
+
+An object that is not an event at all (not an object, no name, a documented event without a usable
+``startTime`` or request ID) raises :class:`MalformedEvent` from :func:`parse_event`;
+:func:`parse_batch` counts and skips those and keeps the rest.
+
+The platform document disagrees with itself (see the spec, section 5); every variant is accepted:
+``traceId``/``tracelId``, ``platform.RuntimeDone``/``platform.runtimeDone`` (names are matched
+case-insensitively), ``metrics``/``reportMetrics``, ``billingDurationMS``/``billingDurationMs`` (metric keys
+are matched case-insensitively), and stray spaces around string values.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, Union
+
+from fgext._urn import FunctionUrn, parse_urn
+
+__all__ = [
+    "Event",
+    "ExtensionLog",
+    "FunctionLog",
+    "InitReport",
+    "InitRuntimeDone",
+    "InitStart",
+    "Invoke",
+    "LogEvent",
+    "MalformedEvent",
+    "ParsedBatch",
+    "PlatformEvent",
+    "Report",
+    "ReportEvent",
+    "ReportMetrics",
+    "RestoreReport",
+    "RestoreRuntimeDone",
+    "RestoreStart",
+    "RuntimeDone",
+    "RuntimeDoneEvent",
+    "Start",
+    "StartEvent",
+    "UnknownEvent",
+    "parse_batch",
+    "parse_body",
+    "parse_event",
+    "parse_invoke",
+    "parse_time",
+]
+
+JSONObject = Dict[str, Any]
+
+
+class MalformedEvent(ValueError):
+    """One object of a telemetry batch could not be read as an event; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------- time
+
+_ISO = re.compile(
+    r"\s*(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?\s*\Z"
+)
+
+
+def parse_time(value: Any) -> Tuple[datetime, int]:
+    """Parse an ISO 8601 timestamp into an aware datetime and Unix nanoseconds.
+
+    Python 3.9's ``fromisoformat`` accepts neither ``Z`` nor arbitrary fraction lengths, so this
+    parses the documented shape itself. A timestamp without an offset is taken as UTC.
+    """
+    if not isinstance(value, str):
+        raise MalformedEvent(f"timestamp must be an ISO 8601 string, got {type(value).__name__}")
+    match = _ISO.match(value)
+    if match is None:
+        raise MalformedEvent(f"timestamp {value[:64]!r} is not ISO 8601")
+    year, month, day, hour, minute = (int(match.group(i)) for i in range(1, 6))
+    second = int(match.group(6) or 0)
+    fraction = match.group(7) or ""
+    nanos = int((fraction + "000000000")[:9]) if fraction else 0
+    offset_text = match.group(8)
+    offset_seconds = 0
+    if offset_text and offset_text not in ("Z", "z"):
+        digits = offset_text[1:].replace(":", "")
+        offset_seconds = int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60
+        if offset_text[0] == "-":
+            offset_seconds = -offset_seconds
+    try:
+        tz = timezone(timedelta(seconds=offset_seconds))
+        moment = datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=tz)
+    except ValueError as error:
+        raise MalformedEvent(f"timestamp {value[:64]!r} is out of range: {error}") from None
+    epoch_ns = (calendar.timegm((year, month, day, hour, minute, second)) - offset_seconds) * 10**9 + nanos
+    return moment, epoch_ns
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every telemetry event. ``raw`` is the object exactly as received."""
+
+    name: str
+    start_time: datetime
+    start_ns: int
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    category: ClassVar[str] = ""  # "platform", "function" or "extension": the subscription type
+
+
+@dataclass(frozen=True)
+class PlatformEvent(Event):
+    """A platform event of one phase of one request."""
+
+    request_id: str
+
+    category: ClassVar[str] = "platform"
+    phase: ClassVar[str] = ""  # "init", "invoke" or "restore"
+    canonical_name: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class StartEvent(PlatformEvent):
+    """A phase started."""
+
+
+@dataclass(frozen=True)
+class RuntimeDoneEvent(PlatformEvent):
+    """A phase finished; ``status`` is trimmed, ``ok`` tells success."""
+
+    status: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status.lower() == "success"
+
+
+@dataclass(frozen=True)
+class ReportMetrics:
+    """The report's metrics, whichever spelling carried them; absent ones are ``None``."""
+
+    duration_ms: Optional[float] = None
+    billing_duration_ms: Optional[float] = None
+    memory_used_mb: Optional[float] = None
+    memory_size_mb: Optional[int] = None
+    pod_name: Optional[str] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportEvent(PlatformEvent):
+    """The overall report of a phase: status, end time and metrics."""
+
+    status: str = ""
+    end_time: Optional[datetime] = None
+    end_ns: Optional[int] = None
+    metrics: ReportMetrics = field(default_factory=ReportMetrics)
+
+    @property
+    def ok(self) -> bool:
+        return self.status.lower() == "success"
+
+
+@dataclass(frozen=True)
+class InitStart(StartEvent):
+    phase: ClassVar[str] = "init"
+    canonical_name: ClassVar[str] = "platform.initStart"
+
+
+@dataclass(frozen=True)
+class Start(StartEvent):
+    phase: ClassVar[str] = "invoke"
+    canonical_name: ClassVar[str] = "platform.start"
+
+
+@dataclass(frozen=True)
+class RestoreStart(StartEvent):
+    phase: ClassVar[str] = "restore"
+    canonical_name: ClassVar[str] = "platform.restoreStart"
+
+
+@dataclass(frozen=True)
+class InitRuntimeDone(RuntimeDoneEvent):
+    phase: ClassVar[str] = "init"
+    canonical_name: ClassVar[str] = "platform.initRuntimeDone"
+
+
+@dataclass(frozen=True)
+class RuntimeDone(RuntimeDoneEvent):
+    phase: ClassVar[str] = "invoke"
+    canonical_name: ClassVar[str] = "platform.runtimeDone"
+
+
+@dataclass(frozen=True)
+class RestoreRuntimeDone(RuntimeDoneEvent):
+    phase: ClassVar[str] = "restore"
+    canonical_name: ClassVar[str] = "platform.restoreRuntimeDone"
+
+
+@dataclass(frozen=True)
+class InitReport(ReportEvent):
+    phase: ClassVar[str] = "init"
+    canonical_name: ClassVar[str] = "platform.initReport"
+
+
+@dataclass(frozen=True)
+class Report(ReportEvent):
+    phase: ClassVar[str] = "invoke"
+    canonical_name: ClassVar[str] = "platform.report"
+
+
+@dataclass(frozen=True)
+class RestoreReport(ReportEvent):
+    phase: ClassVar[str] = "restore"
+    canonical_name: ClassVar[str] = "platform.restoreReport"
+
+
+@dataclass(frozen=True)
+class LogEvent(Event):
+    """A log line; ``message`` is the text without its ``[Function]``/``[Extension]`` marker."""
+
+    logs: str = ""
+    message: str = ""
+
+    marker: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class FunctionLog(LogEvent):
+    category: ClassVar[str] = "function"
+    marker: ClassVar[str] = "[Function]"
+
+
+@dataclass(frozen=True)
+class ExtensionLog(LogEvent):
+    category: ClassVar[str] = "extension"
+    marker: ClassVar[str] = "[Extension]"
+
+
+@dataclass(frozen=True)
+class UnknownEvent:
+    """An object with a name fgext does not know (yet): kept whole, never dropped for that."""
+
+    name: str
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    start_time: Optional[datetime] = None
+    start_ns: Optional[int] = None
+
+    category: ClassVar[str] = "unknown"
+
+
+AnyEvent = Union[Event, UnknownEvent]
+
+_PLATFORM_TYPES: Tuple[Type[PlatformEvent], ...] = (
+    InitStart, Start, RestoreStart, InitRuntimeDone, RuntimeDone, RestoreRuntimeDone,
+    InitReport, Report, RestoreReport,
+)
+# Lower-cased names, so that "platform.RuntimeDone" (the document's table) and "platform.runtimeDone"
+# (the pattern of every other name) both land on RuntimeDone.
+_BY_NAME: Dict[str, Type[Event]] = {t.canonical_name.lower(): t for t in _PLATFORM_TYPES}
+_BY_NAME["function"] = FunctionLog
+_BY_NAME["extension"] = ExtensionLog
+
+_REQUEST_ID_KEYS = ("traceId", "tracelId", "requestId", "request_id")
+_METRIC_KEYS = {
+    "durationms": "duration_ms",
+    "billingdurationms": "billing_duration_ms",
+    "memoryused": "memory_used_mb",
+    "memorysize": "memory_size_mb",
+    "podname": "pod_name",
+}
+
+# --------------------------------------------------------------------------------------------- parse
+
+
+def _text(value: Any) -> Optional[str]:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _metrics(obj: JSONObject) -> ReportMetrics:
+    source = obj.get("metrics")
+    if not isinstance(source, dict):
+        source = obj.get("reportMetrics")
+    if not isinstance(source, dict):
+        return ReportMetrics()
+    values: Dict[str, Any] = {}
+    extra: Dict[str, Any] = {}
+    for key, value in source.items():
+        target = _METRIC_KEYS.get(str(key).strip().lower())
+        if target is None:
+            extra[str(key)] = value
+        elif target == "pod_name":
+            values[target] = _text(value)
+        elif target == "memory_size_mb":
+            number = _number(value)
+            values[target] = int(number) if number is not None else None
+        else:
+            values[target] = _number(value)
+    return ReportMetrics(extra=extra, **values)
+
+
+def _request_id(obj: JSONObject) -> Optional[str]:
+    for key in _REQUEST_ID_KEYS:
+        value = _text(obj.get(key))
+        if value:
+            return value
+    return None
+
+
+def _log_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return "\n".join(value)
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def parse_event(obj: Any) -> AnyEvent:
+    """Turn one decoded JSON value into a typed event, or raise :class:`MalformedEvent`."""
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"event must be a JSON object, got {type(obj).__name__}")
+    raw_name = obj.get("name")
+    if raw_name is None:
+        raw_name = obj.get("type")
+    name = _text(raw_name)
+    if not name:
+        raise MalformedEvent("event has no name")
+    cls = _BY_NAME.get(name.lower())
+    if cls is None:
+        start: Optional[Tuple[datetime, int]]
+        try:
+            start = parse_time(obj.get("startTime"))
+        except MalformedEvent:
+            start = None
+        return UnknownEvent(
+            name=name, raw=obj, start_time=start[0] if start else None, start_ns=start[1] if start else None
+        )
+
+    if "startTime" not in obj:
+        raise MalformedEvent(f"{name}: no startTime")
+    start_time, start_ns = parse_time(obj["startTime"])
+
+    if issubclass(cls, LogEvent):
+        logs = _log_text(obj.get("logs"))
+        message = logs.lstrip()
+        if message.startswith(cls.marker):
+            message = message[len(cls.marker):]
+        return cls(name=cls.category, start_time=start_time, start_ns=start_ns, raw=obj, logs=logs,
+                   message=message)
+
+    assert issubclass(cls, PlatformEvent)
+    request_id = _request_id(obj)
+    if request_id is None:
+        raise MalformedEvent(f"{name}: no traceId (or tracelId)")
+    common = {"name": cls.canonical_name, "start_time": start_time, "start_ns": start_ns, "raw": obj,
+              "request_id": request_id}
+    if issubclass(cls, StartEvent):
+        return cls(**common)
+    status = _text(obj.get("status")) or ""
+    if issubclass(cls, RuntimeDoneEvent):
+        return cls(status=status, **common)
+    assert issubclass(cls, ReportEvent)
+    end_time: Optional[datetime] = None
+    end_ns: Optional[int] = None
+    if obj.get("endTime") is not None:
+        end_time, end_ns = parse_time(obj["endTime"])
+    return cls(status=status, end_time=end_time, end_ns=end_ns, metrics=_metrics(obj), **common)
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """What one telemetry POST held: the events kept, and why each skipped object was skipped."""
+
+    events: List[AnyEvent]
+    errors: List[str]
+
+    @property
+    def malformed(self) -> int:
+        return len(self.errors)
+
+
+def parse_batch(items: Any) -> ParsedBatch:
+    """Parse a decoded telemetry body. Raise :class:`MalformedEvent` only if it is not an array."""
+    if not isinstance(items, list):
+        raise MalformedEvent(f"telemetry body must be a JSON array of events, got {_json_type(items)}")
+    events: List[AnyEvent] = []
+    errors: List[str] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(parse_event(item))
+        except MalformedEvent as error:
+            errors.append(f"event {index}: {error}")
+        except (RecursionError, ValueError, TypeError, OverflowError) as error:
+            # A parser bug must cost one event, never the batch.
+            errors.append(f"event {index}: {type(error).__name__}: {error}")
+    return ParsedBatch(events=events, errors=errors)
+
+
+def parse_body(body: Union[bytes, str]) -> ParsedBatch:
+    """Decode and parse a telemetry POST body; raise :class:`MalformedEvent` if it is not JSON."""
+    try:
+        items = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise MalformedEvent(f"body is not valid JSON: {error}") from None
+    return parse_batch(items)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+# -------------------------------------------------------------------------------------------- invoke
+
+
+@dataclass(frozen=True)
+class Invoke:
+    """One ``POST /extension/invoke``: the request ID and the invoked function's URN."""
+
+    request_id: str
+    function_urn: str
+    urn: Optional[FunctionUrn]
+    received_ns: int
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+def parse_invoke(obj: Any, received_ns: int) -> Invoke:
+    """Read an invoke body; only a non-object is refused, a missing field stays empty."""
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"invoke body must be a JSON object, got {_json_type(obj)}")
+    request_id = _request_id(obj) or ""
+    function_urn = _text(obj.get("invokedFunctionUrn")) or ""
+    urn: Optional[FunctionUrn] = None
+    if function_urn:
+        try:
+            urn = parse_urn(function_urn)
+        except ValueError:
+            urn = None
+    return Invoke(request_id=request_id, function_urn=function_urn, urn=urn, received_ns=received_ns, raw=obj)

@@ -1,0 +1,35 @@
+"""Shared fixtures: the platform port range lock, and the interpreter the agent runs on."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
+
+
+def agent_python() -> str:
+    """The interpreter agent subprocesses run on: ``FGEXT_TEST_PYTHON`` (CI points it at 3.9), else ours."""
+    return os.environ.get("FGEXT_TEST_PYTHON") or sys.executable
+
+
+@pytest.fixture
+def port_range_lock() -> Iterator[None]:
+    """Hold the machine-wide lock on 127.0.0.1:8081-8090.
+
+    The platform fixes extension ports to that range, so two test runs on one machine (or two test
+    processes) would take each other's ports; every test that binds in the range holds this lock.
+    """
+    path = Path(os.environ.get("FGEXT_TEST_LOCK", "/tmp/fgext-test-ports.lock"))
+    with path.open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
