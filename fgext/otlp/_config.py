@@ -1,0 +1,317 @@
+"""The OTLP plugin's configuration, read from standard ``OTEL_*`` variables and a few ``FGEXT_*`` ones.
+
+Nothing is invented where OpenTelemetry has a standard variable; the variable names come from the SDK's
+own ``opentelemetry.sdk.environment_variables`` so a typo here cannot drift from the standard. Every
+bad value raises :class:`fgext.ConfigError` naming the variable, so the agent refuses to start with a
+clear message instead of exporting to the wrong place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+from opentelemetry import environment_variables as api_env
+from opentelemetry.sdk import environment_variables as env
+from opentelemetry.util.re import parse_env_headers
+
+from fgext._errors import ConfigError
+
+__all__ = ["SIGNALS", "FlushPolicy", "OtlpConfig", "SignalConfig", "load_config", "parse_flush"]
+
+SIGNALS: Tuple[str, ...] = ("traces", "logs", "metrics")
+
+HTTP_PROTOBUF = "http/protobuf"
+GRPC = "grpc"
+_DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
+_DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+_DEFAULT_TIMEOUT_MS = 10_000.0
+_DEFAULT_SPOOL_DIR = "/tmp/fgext-spool"
+_DEFAULT_SPOOL_MAX_BYTES = 32 * 1024 * 1024
+# FunctionGraph's largest synchronous timeout; used when RUNTIME_TIMEOUT is absent.
+_DEFAULT_FUNCTION_TIMEOUT_S = 900.0
+_DEFAULT_CLOSE_MARGIN_MS = 10_000.0
+
+# Per-signal variable names, taken from the SDK: (endpoint, protocol, headers, compression, timeout,
+# insecure, exporter selector).
+_PER_SIGNAL: Dict[str, Tuple[str, str, str, str, str, str, str]] = {
+    "traces": (
+        env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+        env.OTEL_EXPORTER_OTLP_TRACES_HEADERS, env.OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+        env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, env.OTEL_EXPORTER_OTLP_TRACES_INSECURE,
+        api_env.OTEL_TRACES_EXPORTER,
+    ),
+    "logs": (
+        env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, env.OTEL_EXPORTER_OTLP_LOGS_PROTOCOL,
+        env.OTEL_EXPORTER_OTLP_LOGS_HEADERS, env.OTEL_EXPORTER_OTLP_LOGS_COMPRESSION,
+        env.OTEL_EXPORTER_OTLP_LOGS_TIMEOUT, env.OTEL_EXPORTER_OTLP_LOGS_INSECURE,
+        api_env.OTEL_LOGS_EXPORTER,
+    ),
+    "metrics": (
+        env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
+        env.OTEL_EXPORTER_OTLP_METRICS_HEADERS, env.OTEL_EXPORTER_OTLP_METRICS_COMPRESSION,
+        env.OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, env.OTEL_EXPORTER_OTLP_METRICS_INSECURE,
+        api_env.OTEL_METRICS_EXPORTER,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """When pending telemetry leaves the agent (``FGEXT_FLUSH``).
+
+    ``end``: at the end of every invocation (its report). ``periodically``: at the end of an
+    invocation, but only once ``interval_s`` has passed since the last export. ``continuously``: every
+    ``interval_s`` on a timer, also during long invocations, and at the end of each invocation.
+    """
+
+    mode: str = "end"
+    interval_s: float = 0.0
+
+    def __str__(self) -> str:
+        if self.mode == "end":
+            return "end"
+        return f"{self.mode},{round(self.interval_s * 1000)}"
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """Where and how one signal (traces, logs or metrics) is exported."""
+
+    signal: str
+    enabled: bool
+    protocol: str
+    endpoint: str  # a full URL for http/protobuf, a URL or host:port target for grpc
+    headers: Mapping[str, str] = field(default_factory=dict)
+    compression: str = "none"  # "gzip" or "none"
+    timeout_s: float = _DEFAULT_TIMEOUT_MS / 1000
+    insecure: bool = False  # grpc only: plaintext instead of TLS
+
+
+@dataclass(frozen=True)
+class OtlpConfig:
+    """Everything the OTLP plugin needs to know, validated."""
+
+    disabled: bool
+    signals: Mapping[str, SignalConfig]
+    service_name: Optional[str]
+    resource_attributes: Mapping[str, str]
+    flush: FlushPolicy
+    spool_dir: Path
+    spool_max_bytes: int
+    temporality: str  # "cumulative" or "delta"
+    function_timeout_s: float
+    init_timeout_s: float
+    close_margin_s: float
+
+    @property
+    def open_wait_s(self) -> float:
+        """How long a request may wait for its next event before its spans are closed as incomplete."""
+        return max(self.function_timeout_s, self.init_timeout_s) + self.close_margin_s
+
+    @property
+    def uses_grpc(self) -> bool:
+        return any(s.enabled and s.protocol == GRPC for s in self.signals.values())
+
+
+def _get(environ: Mapping[str, str], name: str) -> Optional[str]:
+    value = environ.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    value = _get(environ, name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean (use true or false)")
+
+
+def _positive(environ: Mapping[str, str], name: str, default: float, *, unit: str) -> float:
+    value = _get(environ, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number of {unit}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive number of {unit}")
+    return number
+
+
+def parse_flush(value: Optional[str]) -> FlushPolicy:
+    """Parse ``FGEXT_FLUSH``: ``end``, ``periodically,<ms>`` or ``continuously,<ms>``."""
+    if value is None or not value.strip():
+        return FlushPolicy()
+    text = value.strip().lower()
+    if text == "end":
+        return FlushPolicy()
+    mode, _, interval = text.partition(",")
+    mode = mode.strip()
+    if mode in ("periodically", "continuously"):
+        try:
+            ms = int(interval.strip())
+        except ValueError:
+            ms = 0
+        if ms > 0:
+            return FlushPolicy(mode=mode, interval_s=ms / 1000)
+    raise ConfigError(
+        f"FGEXT_FLUSH={value!r} is not a flush strategy: use end, periodically,<ms> or continuously,<ms>"
+        " (<ms> a positive integer)"
+    )
+
+
+def _exporter_enabled(environ: Mapping[str, str], name: str) -> bool:
+    value = _get(environ, name)
+    if value is None:
+        return True
+    names = {part.strip().lower() for part in value.split(",") if part.strip()}
+    unknown = names - {"otlp", "none"}
+    if unknown:
+        raise ConfigError(
+            f"{name}={value!r}: the fgext OTLP plugin supports only 'otlp' or 'none' "
+            f"(unsupported: {', '.join(sorted(unknown))})"
+        )
+    return "otlp" in names
+
+
+def _protocol(environ: Mapping[str, str], name: str) -> str:
+    value = _get(environ, name) or _get(environ, env.OTEL_EXPORTER_OTLP_PROTOCOL) or HTTP_PROTOBUF
+    lowered = value.lower()
+    if lowered in (HTTP_PROTOBUF, GRPC):
+        return lowered
+    source = name if _get(environ, name) else env.OTEL_EXPORTER_OTLP_PROTOCOL
+    raise ConfigError(f"{source}={value!r} is not supported: use http/protobuf (the default) or grpc")
+
+
+def _http_endpoint(environ: Mapping[str, str], signal: str, name: str) -> str:
+    specific = _get(environ, name)
+    if specific is not None:
+        url = specific  # a per-signal endpoint is used exactly as given (OTLP exporter spec)
+        source = name
+    else:
+        base = _get(environ, env.OTEL_EXPORTER_OTLP_ENDPOINT) or _DEFAULT_HTTP_ENDPOINT
+        url = base.rstrip("/") + "/v1/" + signal
+        source = env.OTEL_EXPORTER_OTLP_ENDPOINT
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{source}={url!r} is not an http:// or https:// URL")
+    return url
+
+
+def _grpc_endpoint(environ: Mapping[str, str], name: str) -> str:
+    value = _get(environ, name) or _get(environ, env.OTEL_EXPORTER_OTLP_ENDPOINT) or _DEFAULT_GRPC_ENDPOINT
+    return value
+
+
+def _compression(environ: Mapping[str, str], name: str) -> str:
+    source = name if _get(environ, name) else env.OTEL_EXPORTER_OTLP_COMPRESSION
+    value = (_get(environ, source) or "none").lower()
+    if value not in ("gzip", "none"):
+        raise ConfigError(f"{source}={value!r} is not supported: use gzip or none")
+    return value
+
+
+def _headers(environ: Mapping[str, str], name: str) -> Dict[str, str]:
+    headers: Dict[str, str] = {}
+    for source in (env.OTEL_EXPORTER_OTLP_HEADERS, name):
+        value = _get(environ, source)
+        if value is not None:
+            # liberal: accept the unencoded values other languages' SDKs accept
+            headers.update(parse_env_headers(value, liberal=True))
+    return headers
+
+
+def _resource_attributes(environ: Mapping[str, str]) -> Dict[str, str]:
+    """Parse ``OTEL_RESOURCE_ATTRIBUTES`` the way the SDK's detector does (key=value, percent-decoded)."""
+    value = _get(environ, env.OTEL_RESOURCE_ATTRIBUTES)
+    attributes: Dict[str, str] = {}
+    if value is None:
+        return attributes
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{env.OTEL_RESOURCE_ATTRIBUTES}: {item.strip()!r} is not key=value")
+        attributes[key.strip()] = unquote(raw.strip())
+    return attributes
+
+
+def _signal(environ: Mapping[str, str], signal: str) -> SignalConfig:
+    endpoint_var, protocol_var, headers_var, compression_var, timeout_var, insecure_var, exporter_var = (
+        _PER_SIGNAL[signal]
+    )
+    enabled = _exporter_enabled(environ, exporter_var)
+    protocol = _protocol(environ, protocol_var)
+    if protocol == GRPC:
+        endpoint = _grpc_endpoint(environ, endpoint_var)
+        scheme = urlsplit(endpoint).scheme if "://" in endpoint else ""
+        if scheme == "http":
+            insecure = True
+        elif scheme == "https":
+            insecure = False
+        else:
+            insecure = _bool(environ, insecure_var, _bool(environ, env.OTEL_EXPORTER_OTLP_INSECURE))
+    else:
+        endpoint = _http_endpoint(environ, signal, endpoint_var)
+        insecure = False
+    timeout_source = timeout_var if _get(environ, timeout_var) else env.OTEL_EXPORTER_OTLP_TIMEOUT
+    timeout_ms = _positive(environ, timeout_source, _DEFAULT_TIMEOUT_MS, unit="milliseconds")
+    return SignalConfig(
+        signal=signal, enabled=enabled, protocol=protocol, endpoint=endpoint,
+        headers=_headers(environ, headers_var), compression=_compression(environ, compression_var),
+        timeout_s=timeout_ms / 1000, insecure=insecure,
+    )
+
+
+def load_config(environ: Mapping[str, str]) -> OtlpConfig:
+    """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value."""
+    disabled = _bool(environ, env.OTEL_SDK_DISABLED)
+    signals = {signal: _signal(environ, signal) for signal in SIGNALS}
+    temporality_var = env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+    temporality = (_get(environ, temporality_var) or "cumulative").lower()
+    if temporality not in ("cumulative", "delta", "lowmemory"):
+        raise ConfigError(
+            f"{env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE}={temporality!r}: "
+            "use cumulative, delta or lowmemory"
+        )
+    max_bytes_text = _get(environ, "FGEXT_SPOOL_MAX_BYTES")
+    spool_max_bytes = _DEFAULT_SPOOL_MAX_BYTES
+    if max_bytes_text is not None:
+        try:
+            spool_max_bytes = int(max_bytes_text)
+        except ValueError:
+            spool_max_bytes = -1
+        if spool_max_bytes < 0:
+            raise ConfigError(
+                f"FGEXT_SPOOL_MAX_BYTES={max_bytes_text!r} must be a whole number of bytes >= 0"
+            )
+    function_timeout = _positive(environ, "RUNTIME_TIMEOUT", _DEFAULT_FUNCTION_TIMEOUT_S, unit="seconds")
+    return OtlpConfig(
+        disabled=disabled,
+        signals=signals,
+        service_name=_get(environ, env.OTEL_SERVICE_NAME),
+        resource_attributes=_resource_attributes(environ),
+        flush=parse_flush(environ.get("FGEXT_FLUSH")),
+        spool_dir=Path(_get(environ, "FGEXT_SPOOL_DIR") or _DEFAULT_SPOOL_DIR),
+        spool_max_bytes=spool_max_bytes,
+        # lowmemory means delta for counters and histograms, which is all fgext exports
+        temporality="cumulative" if temporality == "cumulative" else "delta",
+        function_timeout_s=function_timeout,
+        init_timeout_s=_positive(environ, "RUNTIME_INITIALIZER_TIMEOUT", function_timeout, unit="seconds"),
+        close_margin_s=_positive(
+            environ, "FGEXT_OTLP_CLOSE_MARGIN_MS", _DEFAULT_CLOSE_MARGIN_MS, unit="milliseconds"
+        ) / 1000,
+    )

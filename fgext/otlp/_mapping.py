@@ -1,0 +1,682 @@
+"""Telemetry events to OTLP spans, log records and metric points: the project's mapping convention.
+
+One trace per request. Its ID is the request ID's 16 bytes when that is a UUID (so a user finds the
+trace from the request ID alone), else the first 16 bytes of its SHA-256. The waterfall is::
+
+    <function name>   SERVER   initStart/restoreStart (when this request caused one) or start → report end
+    ├── init | restore          its start → its report's endTime (else its done event)
+    └── invoke                  platform.start → its report's endTime (else platform.runtimeDone)
+
+Events arrive in any order and split across POSTs, so each request is a small record that collects
+its phases and is turned into spans only when complete (the invoke report arrived), when it has
+waited longer than the function may run (closed as incomplete, marked so), or at shutdown.
+
+The init phase carries the request ID of the request that caused it. When an init's ID never shows
+up on a ``platform.start`` (the platform document's examples use unrelated IDs for init and invoke),
+the first invocation that starts after that init adopts it as its ``init`` child when it closes; an
+init no invocation adopts becomes a trace of its own.
+
+Logs carry no request ID: a log line is correlated with a phase when exactly one request had a phase
+open at the line's time; with overlapping invocations it stays uncorrelated rather than guessed.
+Correlation runs when the logs are encoded for export, so platform events that arrive after the
+log line (in a later POST) still count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from bisect import bisect_right, insort
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+    Sum,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from fgext._events import (
+    AnyEvent,
+    LogEvent,
+    PlatformEvent,
+    ReportEvent,
+    RuntimeDoneEvent,
+    StartEvent,
+    UnknownEvent,
+)
+from fgext.otlp._resource import ResourceBuilder, any_value
+
+__all__ = ["Mapper", "Metrics", "encode_logs", "span_id", "trace_id_for"]
+
+_TRACE_FLAG_SAMPLED = 0x01  # and never 0x02 ("random"): derived IDs are not random
+_SECOND_NS = 1_000_000_000
+_MB = 1024 * 1024
+
+# W3C-style severities per the OTel log data model; CRITICAL maps to FATAL like the Python SDK does.
+_SEVERITY: Dict[str, int] = {
+    "TRACE": 1, "DEBUG": 5, "INFO": 9, "NOTICE": 10, "WARN": 13, "WARNING": 13, "ERROR": 17,
+    "CRITICAL": 21, "FATAL": 21,
+}
+# Upper-case words only, near the start: "no error occurred" must not become an ERROR record.
+_LEVEL = re.compile(r"\b(TRACE|DEBUG|INFO|NOTICE|WARNING|WARN|ERROR|CRITICAL|FATAL)\b")
+_LEVEL_SCAN = 128
+
+LOG_SOURCE = "fgext.log.source"
+_SOURCE_ATTRS = {
+    "function": KeyValue(key=LOG_SOURCE, value=AnyValue(string_value="function")),
+    "extension": KeyValue(key=LOG_SOURCE, value=AnyValue(string_value="extension")),
+    "unknown": KeyValue(key=LOG_SOURCE, value=AnyValue(string_value="platform")),
+}
+
+# Seconds buckets for durations (semconv's advice for request durations, stretched to FunctionGraph's
+# 15-minute ceiling) and bytes buckets for memory (the platform's memory sizes).
+DURATION_BOUNDS: Tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0, 300.0,
+    900.0,
+)
+MEMORY_BOUNDS: Tuple[float, ...] = tuple(
+    float(mb * _MB) for mb in (16, 32, 64, 128, 256, 512, 768, 1024, 2048, 4096, 8192, 10240)
+)
+
+
+def trace_id_for(request_id: str) -> bytes:
+    """The trace ID of a request: its UUID's bytes, else the first 16 bytes of its SHA-256."""
+    try:
+        value = uuid.UUID(request_id).bytes
+    except ValueError:
+        value = b""
+    if len(value) != 16 or value == bytes(16):
+        value = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).digest()[:16]
+    return value
+
+
+def span_id() -> bytes:
+    """A random, non-zero span ID."""
+    while True:
+        value = os.urandom(8)
+        if value != bytes(8):
+            return value
+
+
+def _kv(key: str, value: Union[str, bool, int, float]) -> KeyValue:
+    return KeyValue(key=key, value=any_value(value))
+
+
+# ----------------------------------------------------------------------------------------- records
+
+
+class _Phase:
+    """One phase (init, restore or invoke) of one request, as far as its events have arrived."""
+
+    __slots__ = ("done_ns", "done_status", "forced_end_ns", "kind", "report", "request", "span_id",
+                 "start_ns")
+
+    def __init__(self, kind: str, request: _Request) -> None:
+        self.kind = kind
+        self.request = request
+        self.span_id = span_id()
+        self.start_ns: Optional[int] = None
+        self.done_ns: Optional[int] = None
+        self.done_status: Optional[str] = None
+        self.report: Optional[ReportEvent] = None
+        self.forced_end_ns: Optional[int] = None
+
+    @property
+    def begin_ns(self) -> Optional[int]:
+        if self.start_ns is not None:
+            return self.start_ns
+        if self.report is not None:
+            return self.report.start_ns
+        return self.done_ns
+
+    @property
+    def end_ns(self) -> Optional[int]:
+        """The phase's end when known: its report's endTime, else its done event, else as forced."""
+        if self.report is not None and self.report.end_ns is not None:
+            return self.report.end_ns
+        if self.done_ns is not None:
+            return self.done_ns
+        return self.forced_end_ns
+
+    @property
+    def status(self) -> Optional[str]:
+        if self.report is not None and self.report.status:
+            return self.report.status
+        return self.done_status
+
+
+class _Request:
+    """The phases of one request ID, open until the trace can be written."""
+
+    __slots__ = ("adopted_init_id", "deadline", "first_invoke", "late", "phases", "request_id",
+                 "root_span_id", "trace_id")
+
+    def __init__(self, request_id: str, trace_id: bytes, root_span_id: bytes, *, late: bool = False) -> None:
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.root_span_id = root_span_id
+        self.phases: Dict[str, _Phase] = {}
+        self.deadline = 0.0
+        self.late = late  # the root span was already written; only the missing phases remain
+        self.adopted_init_id: Optional[str] = None
+        self.first_invoke: Optional[Tuple[int, str]] = None  # init-only: first invoke after it
+
+    def phase(self, kind: str) -> _Phase:
+        found = self.phases.get(kind)
+        if found is None:
+            found = self.phases[kind] = _Phase(kind, self)
+        return found
+
+    @property
+    def init_only(self) -> bool:
+        return not self.late and "invoke" not in self.phases
+
+
+class _Closed:
+    """What stays of a written trace, so late events join it instead of starting a new one."""
+
+    __slots__ = ("emitted", "root_span_id", "trace_id")
+
+    def __init__(self, trace_id: bytes, root_span_id: bytes, emitted: Iterable[str]) -> None:
+        self.trace_id = trace_id
+        self.root_span_id = root_span_id
+        self.emitted = set(emitted)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+class _Histogram:
+    __slots__ = ("bounds", "count", "counts", "max", "min", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+        self.min = float("inf")
+        self.max = float("-inf")
+
+    def record(self, value: float) -> None:
+        self.counts[bisect_right(self.bounds, value - 1e-12) if value > 0 else 0] += 1
+        self.count += 1
+        self.sum += value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
+
+_COUNTERS: Dict[str, Tuple[str, str]] = {
+    "faas.invocations": ("{invocation}", "Number of successful and failed invocations"),
+    "faas.errors": ("{error}", "Number of invocation errors (any status other than success)"),
+    "faas.timeouts": ("{timeout}", "Number of invocation timeouts"),
+    "faas.coldstarts": ("{coldstart}", "Number of invocation cold starts"),
+}
+_HISTOGRAMS: Dict[str, Tuple[str, str, Tuple[float, ...]]] = {
+    "faas.invoke_duration": ("s", "Duration of the function's logic execution", DURATION_BOUNDS),
+    "faas.init_duration": ("s", "Duration of the function's initialization (or restore)", DURATION_BOUNDS),
+    "faas.mem_usage": ("By", "Distribution of max memory usage per invocation", MEMORY_BOUNDS),
+    "fgext.faas.billed_duration": ("s", "Billed duration of each invocation", DURATION_BOUNDS),
+}
+DROPPED = "fgext.otlp.dropped"
+
+
+class Metrics:
+    """FaaS metrics aggregated in memory and exported as one snapshot per flush.
+
+    Cumulative by default (like the SDK); ``delta`` (``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``)
+    resets after each snapshot. A snapshot is produced only when something was recorded since the last.
+    """
+
+    def __init__(self, temporality: str, start_ns: int) -> None:
+        self.delta = temporality == "delta"
+        self._start_ns = start_ns
+        self._counters: Dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._histograms = {name: _Histogram(spec[2]) for name, spec in _HISTOGRAMS.items()}
+        self._dropped: Dict[Tuple[str, str], int] = {}
+        self._dirty = False
+
+    def count(self, name: str, value: int = 1) -> None:
+        self._counters[name] += value
+        self._dirty = True
+
+    def record(self, name: str, value: Optional[float]) -> None:
+        if value is None or value != value or value < 0:
+            return
+        self._histograms[name].record(value)
+        self._dirty = True
+
+    def dropped(self, signal: str, reason: str, items: int) -> None:
+        """Count telemetry items that could not be delivered (self-metric ``fgext.otlp.dropped``)."""
+        key = (signal, reason)
+        self._dropped[key] = self._dropped.get(key, 0) + items
+        self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def snapshot(self, now_ns: int) -> List[Metric]:
+        """The metrics to export now; empty when nothing changed since the last snapshot."""
+        if not self._dirty:
+            return []
+        temporality = (AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA if self.delta
+                       else AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE)
+        trigger = _kv("faas.trigger", "other")
+        out: List[Metric] = []
+        for name, (unit, description) in _COUNTERS.items():
+            point = NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns,
+                                    as_int=self._counters[name], attributes=[trigger])
+            out.append(Metric(name=name, unit=unit, description=description, sum=Sum(
+                data_points=[point], aggregation_temporality=temporality, is_monotonic=True)))
+        for name, (unit, description, _bounds) in _HISTOGRAMS.items():
+            hist = self._histograms[name]
+            point_h = HistogramDataPoint(
+                start_time_unix_nano=self._start_ns, time_unix_nano=now_ns, count=hist.count, sum=hist.sum,
+                bucket_counts=hist.counts, explicit_bounds=hist.bounds, attributes=[trigger],
+            )
+            if hist.count:
+                point_h.min = hist.min
+                point_h.max = hist.max
+            out.append(Metric(name=name, unit=unit, description=description, histogram=Histogram(
+                data_points=[point_h], aggregation_temporality=temporality)))
+        if self._dropped:
+            points = [
+                NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns, as_int=items,
+                                attributes=[_kv("fgext.signal", signal), _kv("fgext.reason", reason)])
+                for (signal, reason), items in sorted(self._dropped.items())
+            ]
+            out.append(Metric(name=DROPPED, unit="{item}",
+                              description="Telemetry items fgext could not deliver and dropped",
+                              sum=Sum(data_points=points, aggregation_temporality=temporality,
+                                      is_monotonic=True)))
+        self._dirty = False
+        if self.delta:
+            self._start_ns = now_ns
+            self._counters = dict.fromkeys(_COUNTERS, 0)
+            for hist in self._histograms.values():
+                hist.reset()
+            self._dropped = {}
+        return out
+
+
+# ------------------------------------------------------------------------------------------ mapper
+
+PendingLog = Tuple[Union[LogEvent, UnknownEvent], int]
+
+
+class Mapper:
+    """Turns typed events into finished spans, pending log records and metrics; no I/O, no asyncio."""
+
+    def __init__(
+        self,
+        resource: ResourceBuilder,
+        metrics: Metrics,
+        *,
+        open_wait_s: float,
+        function_timeout_s: float,
+        clock_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_open: int = 10_000,
+        closed_memory: int = 4096,
+        max_intervals: int = 1024,
+    ) -> None:
+        self.resource = resource
+        self.metrics = metrics
+        self._open_wait = open_wait_s
+        self._timeout_ns = int(function_timeout_s * _SECOND_NS)
+        self._clock_ns = clock_ns
+        self._monotonic = monotonic
+        self._max_open = max_open
+        self._closed_memory = closed_memory
+        self._max_intervals = max_intervals
+        self._open: Dict[str, _Request] = {}
+        self._closed: OrderedDict[str, _Closed] = OrderedDict()
+        # phases with a known start, sorted by start: the log correlation index
+        self._starts: List[int] = []
+        self._phases: List[_Phase] = []
+        self.spans: List[Span] = []
+        self.logs: List[PendingLog] = []
+        self.late_events = 0
+        self.closed_incomplete = 0
+
+    # ---------------------------------------------------------------------------- events in
+
+    @property
+    def open_requests(self) -> int:
+        return len(self._open)
+
+    def consume(self, events: Iterable[AnyEvent]) -> int:
+        """Take a batch in arrival order; return how many requests were completed by it."""
+        observed = self._clock_ns()
+        completed = 0
+        logs = self.logs
+        for event in events:
+            if isinstance(event, PlatformEvent):
+                if self._platform(event):
+                    completed += 1
+            elif isinstance(event, (LogEvent, UnknownEvent)):
+                logs.append((event, observed))
+        if len(self._open) > self._max_open:
+            # Memory stays bounded whatever the platform sends: the oldest open requests are written
+            # out as incomplete rather than kept forever.
+            for request in list(self._open.values())[: len(self._open) - self._max_open]:
+                self._close(request, "capacity")
+        return completed
+
+    def _platform(self, event: PlatformEvent) -> bool:
+        rid = event.request_id
+        request = self._open.get(rid)
+        kind = event.phase
+        if request is None:
+            closed = self._closed.get(rid)
+            if closed is not None:
+                if kind in closed.emitted:
+                    self.late_events += 1  # its span is written already; nothing new to say
+                    return False
+                request = _Request(rid, closed.trace_id, closed.root_span_id, late=True)
+                closed.emitted.add(kind)
+            else:
+                request = _Request(rid, trace_id_for(rid), span_id())
+            self._open[rid] = request
+        phase = request.phase(kind)
+        had_begin = phase.begin_ns is not None
+        if isinstance(event, StartEvent):
+            phase.start_ns = event.start_ns
+        elif isinstance(event, RuntimeDoneEvent):
+            phase.done_ns = event.start_ns
+            phase.done_status = event.status
+        elif isinstance(event, ReportEvent):
+            phase.report = event
+            self.resource.note_report(event.metrics.pod_name, event.metrics.memory_size_mb)
+        begin = phase.begin_ns
+        if not had_begin and begin is not None:
+            self._index(phase, begin)
+            if kind == "invoke":
+                self._note_invoke_start(request, begin)
+            elif request.init_only:
+                self._find_first_invoke(request, begin)
+        request.deadline = self._monotonic() + self._open_wait
+        if request.late:
+            if all(p.report is not None for p in request.phases.values()):
+                self._close(request, "complete")
+                return True
+            return False
+        invoke = request.phases.get("invoke")
+        if invoke is not None and invoke.report is not None:
+            self._close(request, "complete")
+            return True
+        return False
+
+    def _index(self, phase: _Phase, begin: int) -> None:
+        if not self._starts or begin >= self._starts[-1]:
+            self._starts.append(begin)
+            self._phases.append(phase)
+        else:
+            position = bisect_right(self._starts, begin)
+            insort(self._starts, begin)
+            self._phases.insert(position, phase)
+        if len(self._starts) > self._max_intervals * 2:
+            drop = len(self._starts) - self._max_intervals
+            del self._starts[:drop]
+            del self._phases[:drop]
+
+    def _note_invoke_start(self, request: _Request, begin: int) -> None:
+        for other in self._open.values():
+            if other.init_only and other is not request:
+                init_begin = min((p.begin_ns for p in other.phases.values() if p.begin_ns is not None),
+                                 default=None)
+                if init_begin is not None and init_begin <= begin and (
+                        other.first_invoke is None or begin < other.first_invoke[0]):
+                    other.first_invoke = (begin, request.request_id)
+
+    def _find_first_invoke(self, request: _Request, init_begin: int) -> None:
+        best: Optional[Tuple[int, str]] = None
+        for other in self._open.values():
+            invoke = other.phases.get("invoke")
+            if other is request or other.late or invoke is None or invoke.begin_ns is None:
+                continue
+            if invoke.begin_ns >= init_begin and (best is None or invoke.begin_ns < best[0]):
+                best = (invoke.begin_ns, other.request_id)
+        if best is not None:
+            request.first_invoke = best
+
+    # ---------------------------------------------------------------------------- closing
+
+    def expire(self, *, everything: bool = False) -> int:
+        """Close requests that waited too long (or all of them at shutdown); return how many."""
+        now = self._monotonic()
+        expired = [r for r in self._open.values() if everything or r.deadline <= now]
+        # Invocations first, so that one can still adopt an init that is closing at the same time.
+        expired.sort(key=lambda r: r.init_only)
+        count = 0
+        for request in expired:
+            if request.request_id in self._open:
+                self._close(request, "shutdown" if everything else "timeout")
+                count += 1
+        return count
+
+    def _adopt_init(self, request: _Request) -> None:
+        for other in list(self._open.values()):
+            if other.init_only and other.first_invoke is not None \
+                    and other.first_invoke[1] == request.request_id:
+                del self._open[other.request_id]
+                for kind, phase in other.phases.items():
+                    phase.request = request
+                    request.phases[kind] = phase
+                request.adopted_init_id = other.request_id
+                self._remember(other.request_id, request.trace_id, request.root_span_id, other.phases)
+                return
+
+    def _remember(self, rid: str, trace_id: bytes, root: bytes, kinds: Iterable[str]) -> None:
+        self._closed[rid] = _Closed(trace_id, root, kinds)
+        while len(self._closed) > self._closed_memory:
+            self._closed.popitem(last=False)
+
+    def _close(self, request: _Request, reason: str) -> None:
+        self._open.pop(request.request_id, None)
+        if not request.late and "invoke" in request.phases \
+                and "init" not in request.phases and "restore" not in request.phases:
+            self._adopt_init(request)
+        now_ns = self._clock_ns()
+        complete = reason == "complete"
+        spans = self.spans
+        tid = request.trace_id
+        rid = request.request_id
+        first_begin: Optional[int] = None
+        last_end: Optional[int] = None
+        root_error: Optional[str] = None
+        incomplete_phases = []
+        for kind in ("init", "restore", "invoke"):
+            phase = request.phases.get(kind)
+            if phase is None:
+                continue
+            begin = phase.begin_ns
+            end = phase.end_ns
+            if end is None:
+                incomplete_phases.append(kind)
+                # Still running when given up on: it ran at most until now, and at most the timeout.
+                end = now_ns if begin is None else max(begin, min(now_ns, begin + self._timeout_ns))
+                phase.forced_end_ns = end
+            if begin is None:
+                begin = end
+            end = max(end, begin)
+            first_begin = begin if first_begin is None else min(first_begin, begin)
+            last_end = end if last_end is None else max(last_end, end)
+            attributes = self._phase_attributes(phase)
+            status = phase.status
+            code = Status.STATUS_CODE_UNSET
+            message = ""
+            if status and status.lower() != "success":
+                code = Status.STATUS_CODE_ERROR
+                message = status
+                if root_error is None or kind == "invoke":
+                    root_error = status if kind == "invoke" else f"{kind}: {status}"
+            if kind in incomplete_phases:
+                attributes.append(_kv("fgext.incomplete", True))
+            spans.append(Span(
+                trace_id=tid, span_id=phase.span_id, parent_span_id=request.root_span_id, name=kind,
+                kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=begin, end_time_unix_nano=end,
+                flags=_TRACE_FLAG_SAMPLED, attributes=attributes, status=Status(code=code, message=message),
+            ))
+            self._record_metrics(phase, begin, end, kind in incomplete_phases)
+        coldstart = "init" in request.phases or "restore" in request.phases
+        if not request.late and first_begin is not None and last_end is not None:
+            attributes = [_kv("faas.invocation_id", rid), _kv("faas.coldstart", coldstart),
+                          _kv("faas.trigger", "other")]
+            if request.adopted_init_id is not None:
+                attributes.append(_kv("fgext.init.request_id", request.adopted_init_id))
+            if not complete or incomplete_phases:
+                attributes.append(_kv("fgext.incomplete", True))
+                attributes.append(_kv("fgext.close_reason", reason))
+                self.closed_incomplete += 1
+            status_message = root_error or ""
+            spans.append(Span(
+                trace_id=tid, span_id=request.root_span_id, name=self.resource.function_name,
+                kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=first_begin, end_time_unix_nano=last_end,
+                flags=_TRACE_FLAG_SAMPLED, attributes=attributes,
+                status=Status(code=Status.STATUS_CODE_ERROR if root_error else Status.STATUS_CODE_UNSET,
+                              message=status_message),
+            ))
+            if "invoke" in request.phases:
+                self.metrics.count("faas.invocations")
+                if coldstart:
+                    self.metrics.count("faas.coldstarts")
+        if request.late:
+            closed = self._closed.get(rid)
+            if closed is not None:
+                closed.emitted.update(request.phases)
+        else:
+            self._remember(rid, tid, request.root_span_id, request.phases)
+
+    def _phase_attributes(self, phase: _Phase) -> List[KeyValue]:
+        attributes: List[KeyValue] = []
+        if phase.request.adopted_init_id is not None and phase.kind in ("init", "restore"):
+            attributes.append(_kv("faas.invocation_id", phase.request.adopted_init_id))
+        status = phase.status
+        if status:
+            attributes.append(_kv("fgext.status", status))
+        report = phase.report
+        if report is not None:
+            metrics = report.metrics
+            if metrics.duration_ms is not None:
+                attributes.append(_kv("fgext.report.duration_ms", metrics.duration_ms))
+            if metrics.billing_duration_ms is not None:
+                attributes.append(_kv("fgext.report.billed_duration_ms", metrics.billing_duration_ms))
+            if metrics.memory_used_mb is not None:
+                attributes.append(_kv("fgext.report.memory_used_mb", metrics.memory_used_mb))
+            if metrics.memory_size_mb is not None:
+                attributes.append(_kv("fgext.report.memory_size_mb", metrics.memory_size_mb))
+            if metrics.pod_name:
+                attributes.append(_kv("fgext.report.pod_name", metrics.pod_name))
+            for key, value in metrics.extra.items():
+                if isinstance(value, (str, bool, int, float)):
+                    attributes.append(_kv(f"fgext.report.{key}", value))
+        return attributes
+
+    def _record_metrics(self, phase: _Phase, begin: int, end: int, incomplete: bool) -> None:
+        metrics = self.metrics
+        report_metrics = phase.report.metrics if phase.report is not None else None
+        duration_ms = report_metrics.duration_ms if report_metrics is not None else None
+        duration_s = duration_ms / 1000 if duration_ms is not None else (end - begin) / _SECOND_NS
+        if phase.kind == "invoke":
+            status = (phase.status or "").lower()
+            if status and status != "success":
+                metrics.count("faas.errors")
+                if "timeout" in status or "timed out" in status:
+                    metrics.count("faas.timeouts")
+            if not incomplete or duration_ms is not None:
+                metrics.record("faas.invoke_duration", duration_s)
+            if report_metrics is not None:
+                if report_metrics.memory_used_mb is not None:
+                    metrics.record("faas.mem_usage", report_metrics.memory_used_mb * _MB)
+                if report_metrics.billing_duration_ms is not None:
+                    metrics.record("fgext.faas.billed_duration", report_metrics.billing_duration_ms / 1000)
+        elif not incomplete or duration_ms is not None:
+            metrics.record("faas.init_duration", duration_s)
+
+    # ---------------------------------------------------------------------------- logs out
+
+    def correlate(self, at_ns: int) -> Optional[_Phase]:
+        """The phase open at ``at_ns`` when exactly one request had one open then; else ``None``."""
+        starts = self._starts
+        index = bisect_right(starts, at_ns)
+        found: Optional[_Phase] = None
+        phases = self._phases
+        # Bounded look-back: phases that began long before and are still open are rare, and an
+        # unbounded scan would make every log line cost as much as the history is long.
+        for position in range(index - 1, max(-1, index - 65), -1):
+            phase = phases[position]
+            end = phase.end_ns
+            if end is None or at_ns <= end:
+                if found is None:
+                    found = phase
+                elif phase.request is not found.request:
+                    return None
+                elif phase.kind == "invoke":
+                    found = phase
+        return found
+
+    def take_spans(self) -> List[Span]:
+        spans, self.spans = self.spans, []
+        return spans
+
+    def take_logs(self) -> List[PendingLog]:
+        logs, self.logs = self.logs, []
+        return logs
+
+
+def encode_logs(container: object, pending: Sequence[PendingLog], mapper: Mapper) -> None:
+    """Append one OTLP log record per pending event to ``container`` (a repeated LogRecord field).
+
+    The hot path: records are added in place (no intermediate objects) and shared attributes are
+    appended from prebuilt messages, which keeps this at a few microseconds per line.
+    """
+    add = container.add  # type: ignore[attr-defined]
+    severity = _SEVERITY
+    level = _LEVEL
+    sources = _SOURCE_ATTRS
+    correlate = mapper.correlate
+    cached_phase: Optional[_Phase] = None
+    cached_attr = KeyValue()
+    for event, observed in pending:
+        record: LogRecord = add()
+        record.observed_time_unix_nano = observed
+        if isinstance(event, LogEvent):
+            at = event.start_ns
+            message = event.message.rstrip("\r\n")
+            match = level.search(message, 0, _LEVEL_SCAN)
+            if match is not None:
+                word = match.group(1)
+                record.severity_number = severity[word]  # type: ignore[assignment]
+                record.severity_text = word
+            record.body.string_value = message
+            record.attributes.append(sources[event.category])
+        else:
+            at = event.start_ns if event.start_ns is not None else observed
+            record.body.string_value = json.dumps(dict(event.raw), ensure_ascii=False, default=str)
+            record.attributes.append(sources["unknown"])
+            record.attributes.add(key="fgext.event.name").value.string_value = event.name
+        record.time_unix_nano = at
+        phase = correlate(at)
+        if phase is not None:
+            if phase is not cached_phase:
+                cached_phase = phase
+                cached_attr = _kv("faas.invocation_id", phase.request.request_id)
+            record.trace_id = phase.request.trace_id
+            record.span_id = phase.span_id
+            record.flags = _TRACE_FLAG_SAMPLED
+            record.attributes.append(cached_attr)
