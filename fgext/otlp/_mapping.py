@@ -30,7 +30,7 @@ import os
 import re
 import time
 import uuid
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -212,7 +212,7 @@ class _Histogram:
         self.max = float("-inf")
 
     def record(self, value: float) -> None:
-        self.counts[bisect_right(self.bounds, value - 1e-12) if value > 0 else 0] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1  # buckets are (previous bound, bound]
         self.count += 1
         self.sum += value
         self.min = min(self.min, value)
