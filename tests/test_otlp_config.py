@@ -1,0 +1,166 @@
+"""Tests for fgext.otlp._config and _flush: standard OTEL_* variables, FGEXT_* settings, clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Dict, Iterator, List
+
+import pytest
+
+from fgext._errors import ConfigError
+from fgext.otlp._config import FlushPolicy, load_config, parse_flush
+from fgext.otlp._export import build_transports
+from fgext.otlp._flush import FlushScheduler
+
+
+def config(**environ: str):  # type: ignore[no-untyped-def]
+    return load_config(environ)
+
+
+class TestEndpoints:
+    def test_defaults(self) -> None:
+        """With nothing set: http/protobuf to localhost:4318, per-signal paths, 10 s timeout, no gzip."""
+        cfg = config()
+        assert {s: c.endpoint for s, c in cfg.signals.items()} == {
+            "traces": "http://localhost:4318/v1/traces", "logs": "http://localhost:4318/v1/logs",
+            "metrics": "http://localhost:4318/v1/metrics",
+        }
+        assert all(c.protocol == "http/protobuf" and c.enabled for c in cfg.signals.values())
+        assert cfg.signals["traces"].timeout_s == 10.0
+        assert cfg.signals["logs"].compression == "none"
+        assert str(cfg.flush) == "end"
+        assert str(cfg.spool_dir) == "/tmp/fgext-spool"
+        assert not cfg.disabled
+
+    def test_base_endpoint_gets_signal_paths_and_specific_endpoint_is_used_as_is(self) -> None:
+        """OTEL_EXPORTER_OTLP_ENDPOINT gets /v1/<signal>; a per-signal endpoint is taken verbatim."""
+        cfg = config(OTEL_EXPORTER_OTLP_ENDPOINT="https://collector:4318/",
+                     OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://logs:9000/custom")
+        assert cfg.signals["traces"].endpoint == "https://collector:4318/v1/traces"
+        assert cfg.signals["logs"].endpoint == "http://logs:9000/custom"
+
+    def test_headers_compression_timeout_per_signal(self) -> None:
+        """Headers merge (signal wins), compression and timeout (milliseconds) may differ per signal."""
+        cfg = config(OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20abc,x-team=a",
+                     OTEL_EXPORTER_OTLP_TRACES_HEADERS="x-team=b", OTEL_EXPORTER_OTLP_COMPRESSION="gzip",
+                     OTEL_EXPORTER_OTLP_METRICS_COMPRESSION="none", OTEL_EXPORTER_OTLP_TIMEOUT="2500",
+                     OTEL_EXPORTER_OTLP_LOGS_TIMEOUT="500")
+        assert cfg.signals["traces"].headers == {"authorization": "Bearer abc", "x-team": "b"}
+        assert cfg.signals["logs"].headers == {"authorization": "Bearer abc", "x-team": "a"}
+        assert cfg.signals["traces"].compression == "gzip"
+        assert cfg.signals["metrics"].compression == "none"
+        assert cfg.signals["traces"].timeout_s == 2.5
+        assert cfg.signals["logs"].timeout_s == 0.5
+
+    def test_grpc_endpoint_and_insecure(self) -> None:
+        """For grpc the endpoint is a target; http:// means plaintext, https:// TLS, bare uses INSECURE."""
+        cfg = config(OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4317",
+                     OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="collector:4317", OTEL_EXPORTER_OTLP_LOGS_INSECURE="true",
+                     OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="https://collector:4317")
+        assert cfg.signals["traces"].insecure is True
+        assert cfg.signals["logs"].endpoint == "collector:4317" and cfg.signals["logs"].insecure is True
+        assert cfg.signals["metrics"].insecure is False
+        assert cfg.uses_grpc
+
+    def test_signal_switched_off_and_sdk_disabled(self) -> None:
+        """OTEL_<SIGNAL>_EXPORTER=none turns one signal off; OTEL_SDK_DISABLED=true turns all off."""
+        cfg = config(OTEL_LOGS_EXPORTER="none", OTEL_METRICS_EXPORTER="otlp")
+        assert [s for s, c in cfg.signals.items() if not c.enabled] == ["logs"]
+        assert config(OTEL_SDK_DISABLED="true").disabled
+
+    def test_resource_attributes_and_service_name(self) -> None:
+        """OTEL_RESOURCE_ATTRIBUTES is split and percent-decoded; OTEL_SERVICE_NAME is kept."""
+        cfg = config(OTEL_RESOURCE_ATTRIBUTES="team=a%20b, deployment.environment=prod",
+                     OTEL_SERVICE_NAME="svc")
+        assert cfg.resource_attributes == {"team": "a b", "deployment.environment": "prod"}
+        assert cfg.service_name == "svc"
+
+    def test_wait_bound_from_runtime_timeout(self) -> None:
+        """The wait for a missing end is the function timeout (RUNTIME_TIMEOUT) plus the margin."""
+        cfg = config(RUNTIME_TIMEOUT="3", FGEXT_OTLP_CLOSE_MARGIN_MS="500")
+        assert cfg.open_wait_s == 3.5
+
+
+class TestErrors:
+    @pytest.mark.parametrize(("environ", "names"), [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, ["OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "udp"}, ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]),
+        ({"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"}, ["OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"]),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}, ["OTEL_EXPORTER_OTLP_TIMEOUT", "milliseconds"]),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, ["OTEL_EXPORTER_OTLP_ENDPOINT", "http://"]),
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, ["OTEL_TRACES_EXPORTER", "zipkin"]),
+        ({"OTEL_SDK_DISABLED": "maybe"}, ["OTEL_SDK_DISABLED"]),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "novalue"}, ["OTEL_RESOURCE_ATTRIBUTES", "novalue"]),
+        ({"FGEXT_SPOOL_MAX_BYTES": "lots"}, ["FGEXT_SPOOL_MAX_BYTES"]),
+        ({"FGEXT_FLUSH": "sometimes"}, ["FGEXT_FLUSH", "periodically"]),
+        ({"RUNTIME_TIMEOUT": "-1"}, ["RUNTIME_TIMEOUT"]),
+    ])
+    def test_bad_value_names_the_variable(self, environ: Dict[str, str], names: List[str]) -> None:
+        """Every bad value is a ConfigError whose message names the variable and what is accepted."""
+        with pytest.raises(ConfigError) as caught:
+            load_config(environ)
+        for name in names:
+            assert name in str(caught.value)
+
+    @pytest.fixture
+    def without_grpc(self) -> Iterator[None]:
+        """Make ``import grpc`` fail the way it does when the extra is not installed."""
+        if importlib.util.find_spec("grpc") is None:
+            yield  # really missing (the Python 3.9 environment): nothing to simulate
+            return
+        saved = {name: module for name, module in sys.modules.items() if name == "grpc" or name.startswith("grpc.")}
+        for name in saved:
+            del sys.modules[name]
+        sys.modules["grpc"] = None  # type: ignore[assignment]  # Python's documented import blocker
+        try:
+            yield
+        finally:
+            del sys.modules["grpc"]
+            sys.modules.update(saved)
+
+    def test_grpc_without_the_extra_names_the_extra(self, without_grpc: None) -> None:
+        """Asking for grpc without grpcio installed is a ConfigError naming fgext[grpc]."""
+        cfg = load_config({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        with pytest.raises(ConfigError, match=r"fgext\[grpc\]"):
+            build_transports(cfg)
+
+    def test_grpc_not_needed_when_grpc_signals_are_off(self, without_grpc: None) -> None:
+        """A grpc protocol on a switched-off signal does not require the extra."""
+        cfg = load_config({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc", "OTEL_TRACES_EXPORTER": "none"})
+        transports, _close = build_transports(cfg)
+        assert set(transports) == {"logs", "metrics"}
+
+
+class TestFlush:
+    @pytest.mark.parametrize(("text", "expected"), [
+        (None, FlushPolicy("end", 0.0)), ("end", FlushPolicy("end", 0.0)),
+        ("periodically,250", FlushPolicy("periodically", 0.25)),
+        (" Continuously, 100 ", FlushPolicy("continuously", 0.1)),
+    ])
+    def test_parse(self, text: str, expected: FlushPolicy) -> None:
+        """FGEXT_FLUSH accepts end, periodically,<ms> and continuously,<ms>."""
+        assert parse_flush(text) == expected
+
+    @pytest.mark.parametrize("text", ["periodically", "continuously,0", "periodically,-5", "end,10", "always"])
+    def test_parse_rejects(self, text: str) -> None:
+        """A strategy without a positive interval, or an unknown one, is a ConfigError."""
+        with pytest.raises(ConfigError, match="FGEXT_FLUSH"):
+            parse_flush(text)
+
+    def test_scheduler_decisions(self) -> None:
+        """end exports at every invocation end, periodically only after its interval, continuously on a timer."""
+        now = [0.0]
+        end = FlushScheduler(FlushPolicy("end"), lambda: now[0])
+        periodic = FlushScheduler(FlushPolicy("periodically", 10.0), lambda: now[0])
+        continuous = FlushScheduler(FlushPolicy("continuously", 1.0), lambda: now[0])
+        assert end.at_invocation_end() and not end.timer_due()
+        assert not periodic.at_invocation_end()
+        now[0] = 10.0
+        assert periodic.at_invocation_end() and not periodic.timer_due()
+        periodic.exported()
+        assert not periodic.at_invocation_end()
+        assert continuous.timer_due() and continuous.at_invocation_end()
+        continuous.exported()
+        assert not continuous.timer_due()
+        assert continuous.timer_interval == 1.0 and end.timer_interval is None
