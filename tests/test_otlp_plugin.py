@@ -1,0 +1,622 @@
+"""Tests for fgext.otlp._plugin and _export: the plugin's hooks end to end against real receivers.
+
+HTTP/protobuf goes to oteltap (a third-party OTLP receiver) run as its own process, so the same tests
+run on Python 3.9 when ``FGEXT_TEST_OTELTAP`` points at an oteltap from a 3.10+ environment. The
+gRPC path uses grpcio's server with opentelemetry-proto's collector services on 127.0.0.1. Failure
+answers oteltap cannot give (503 with Retry-After, 400) come from a small aiohttp server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from fgext._events import parse_batch, parse_invoke
+from fgext._plugin import PluginContext, RegistrationInfo
+from fgext.otlp import OtlpPlugin
+
+INIT_ID = "69be64a7-0233-11e8-82e4-e5d37911193e"
+INVOKE_ID = "3da1f2dc-3222-475e-9205-e2e6c6318895"
+URN = "sn:cn:yrk:1111:function:0@test@hello:latest"
+POD = "pool22-300-128-fusion-64774779-4g77v"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def oteltap_executable() -> Optional[str]:
+    configured = os.environ.get("FGEXT_TEST_OTELTAP")
+    if configured:
+        return configured
+    sibling = Path(sys.executable).parent / "oteltap"
+    if sibling.exists():
+        return str(sibling)
+    return shutil.which("oteltap")
+
+
+class OtelTap:
+    """The oteltap CLI as a subprocess on 127.0.0.1; what it prints (NDJSON) is collected by kind."""
+
+    def __init__(self, executable: str, port: int) -> None:
+        self.executable = executable
+        self.port = port
+        self.spans: List[Dict[str, Any]] = []
+        self.logs: List[Dict[str, Any]] = []
+        self.metrics: List[Dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._process: Optional[subprocess.Popen[str]] = None
+        self._reader: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [self.executable, "--port", str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"oteltap exited with {self._process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("oteltap did not listen within 15 s")
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            if not line.startswith("{"):
+                continue
+            item = json.loads(line)
+            with self._lock:
+                if "observedTimeUnixNano" in item:  # log records carry span IDs too: test them first
+                    self.logs.append(item)
+                elif "spanId" in item:
+                    self.spans.append(item)
+                elif "name" in item:
+                    self.metrics.append(item)
+
+    def stop(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        self._process = None
+
+    def items(self, kind: str) -> List[Dict[str, Any]]:
+        with self._lock:
+            return list(getattr(self, kind))
+
+    async def wait(self, kind: str, predicate: Callable[[List[Dict[str, Any]]], bool],
+                   timeout: float = 15.0) -> List[Dict[str, Any]]:
+        """Poll (without blocking the loop the plugin sends from) until ``predicate(items)`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            items = self.items(kind)
+            if predicate(items):
+                return items
+            if time.monotonic() > deadline:
+                raise AssertionError(f"oteltap: condition on {kind} not met in {timeout} s; got {len(items)}")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def tap_factory() -> Iterator[Callable[[int], OtelTap]]:
+    executable = oteltap_executable()
+    if executable is None:
+        pytest.skip("oteltap not found (it needs Python >= 3.10): set FGEXT_TEST_OTELTAP to its executable")
+    started: List[OtelTap] = []
+
+    def make(port: int) -> OtelTap:
+        tap = OtelTap(executable, port)  # type: ignore[arg-type]
+        started.append(tap)
+        return tap
+
+    try:
+        yield make
+    finally:
+        for tap in started:
+            tap.stop()
+
+
+@pytest.fixture
+def tap(tap_factory: Callable[[int], OtelTap]) -> OtelTap:
+    collector = tap_factory(free_port())
+    collector.start()
+    return collector
+
+
+def attr(item: Dict[str, Any], key: str) -> Any:
+    for kv in item.get("attributes", []):
+        if kv["key"] == key:
+            return next(iter(kv["value"].values()), None)
+    return None
+
+
+def environ(port: int, spool: Path, **extra: str) -> Dict[str, str]:
+    values = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "FGEXT_SPOOL_DIR": str(spool),
+              "OTEL_EXPORTER_OTLP_TIMEOUT": "2000", "RUNTIME_TIMEOUT": "3", "RUNTIME_MEMORY": "128"}
+    values.update(extra)
+    return values
+
+
+async def started(env: Dict[str, str]) -> OtlpPlugin:
+    plugin = OtlpPlugin()
+    registration = RegistrationInfo("extensionFgext.sh", "127.0.0.1:8081", "hello", "latest")
+    await plugin.start(PluginContext(name="otlp", registration=registration, environ=env))
+    return plugin
+
+
+def ts(ms: int) -> str:
+    return f"2023-02-01T00:03:{50 + ms // 1000:02d}.{ms % 1000:03d}Z"
+
+
+def invocation(rid: str, begin: int, *, init: bool = False, status: str = "success",
+               logs: int = 1) -> List[Dict[str, Any]]:
+    metrics = {"durationMs": 10.6, "billingDurationMS": 11, "memoryUsed": 23.4, "memorySize": 128, "podName": POD}
+    out: List[Dict[str, Any]] = []
+    if init:
+        out += [{"name": "platform.initStart", "startTime": ts(begin), "traceId": rid},
+                {"name": "platform.initRuntimeDone", "startTime": ts(begin + 10), "tracelId": rid,
+                 "status": "success"},
+                {"name": "platform.initReport", "startTime": ts(begin), "tracelId": rid,
+                 "endTime": ts(begin + 11), "status": "success", "reportMetrics": metrics}]
+        begin += 20
+    out.append({"name": "platform.start", "startTime": ts(begin), "traceId": rid})
+    out += [{"name": "function", "startTime": ts(begin + 1), "logs": f"[Function]INFO line {i} of {rid}"}
+            for i in range(logs)]
+    out += [{"name": "platform.RuntimeDone", "startTime": ts(begin + 10), "traceId": rid, "status": status},
+            {"name": "platform.report", "startTime": ts(begin), "tracelId": rid, "endTime": ts(begin + 11),
+             "status": status, "reportMetrics": metrics}]
+    return out
+
+
+def parsed(objects: List[Dict[str, Any]]) -> List[Any]:
+    return parse_batch(objects).events
+
+
+def roots(spans: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [s for s in spans if s["parentSpanId"] == ""]
+
+
+def metric_value(metrics: List[Dict[str, Any]], name: str) -> Optional[int]:
+    """The latest value of a counter (cumulative) as oteltap printed it."""
+    value = None
+    for metric in metrics:
+        if metric["name"] == name:
+            value = sum(int(p["asInt"]) for p in metric["sum"]["dataPoints"])
+    return value
+
+
+# ----------------------------------------------------------------------------------- http (oteltap)
+
+
+def test_spec_examples_reach_the_collector(tap: OtelTap, tmp_path: Path) -> None:
+    """The spec's events become a waterfall, correlated logs and FaaS metrics at the collector."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        await plugin.on_invoke(parse_invoke({"tracelId": INIT_ID, "invokedFunctionUrn": URN}, 0))
+        events = invocation(INIT_ID, 0, init=True)
+        await plugin.on_telemetry(parsed(events[:4]))  # split across two POSTs
+        await plugin.on_telemetry(parsed(events[4:] + [{"name": "extension", "startTime": ts(500),
+                                                          "logs": "[Extension]ERROR outside"}]))
+        # flush strategy "end": the report alone triggers the export, no flush call needed
+        spans = await tap.wait("spans", lambda s: len(s) >= 3)
+        trace = INIT_ID.replace("-", "")
+        by_name = {s["name"]: s for s in spans}
+        assert set(by_name) == {"hello", "init", "invoke"}
+        assert {s["traceId"] for s in spans} == {trace}
+        assert by_name["hello"]["kind"] == 2 and attr(by_name["hello"], "faas.coldstart") is True
+        assert by_name["init"]["parentSpanId"] == by_name["hello"]["spanId"]
+        assert by_name["invoke"]["parentSpanId"] == by_name["hello"]["spanId"]
+        logs = await tap.wait("logs", lambda items: len(items) >= 2)
+        inside = next(item for item in logs if item["body"]["stringValue"].startswith("INFO line 0"))
+        outside = next(item for item in logs if item["body"]["stringValue"] == "ERROR outside")
+        assert inside["traceId"] == trace and inside["spanId"] == by_name["invoke"]["spanId"]
+        assert attr(inside, "faas.invocation_id") == INIT_ID
+        assert outside["traceId"] == "" and outside["severityNumber"] == 17
+        assert attr(outside, "fgext.log.source") == "extension"
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "faas.invocations") == 1)
+        assert metric_value(metrics, "faas.coldstarts") == 1
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_error_status_reaches_the_collector(tap: OtelTap, tmp_path: Path) -> None:
+    """A failed invocation arrives with status ERROR and the platform's text, and counts as an error."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, status="timeout")))
+        spans = await tap.wait("spans", lambda s: len(s) >= 2)
+        root = roots(spans)[0]
+        assert root["status"] == {"code": 2, "message": "timeout"}
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "faas.errors") == 1)
+        assert metric_value(metrics, "faas.timeouts") == 1
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_collector_down_then_up_loses_nothing(tap_factory: Callable[[int], OtelTap], tmp_path: Path) -> None:
+    """Exports during an outage are spooled and replayed by themselves once the collector answers."""
+    port = free_port()
+
+    async def scenario() -> None:
+        plugin = await started(environ(port, tmp_path))
+        ids = [f"0000000{i}-0000-4000-8000-000000000000" for i in range(3)]
+        for index, rid in enumerate(ids):
+            await plugin.on_telemetry(parsed(invocation(rid, index * 100, logs=3)))
+        await plugin.flush(2)
+        assert plugin.stats["spooled_requests"] >= 3
+        assert plugin.stats["failed_attempts"] >= 1
+        collector = tap_factory(port)
+        collector.start()
+        spans = await collector.wait("spans", lambda s: len(roots(s)) >= 3, timeout=20)
+        assert sorted(attr(s, "faas.invocation_id") for s in roots(spans)) == sorted(ids)
+        logs = await collector.wait("logs", lambda items: len(items) >= 9)
+        assert len(logs) == 9
+        assert plugin.stats["spooled_requests"] == 0 and plugin.stats["dropped_items"] == 0
+        assert os.listdir(tmp_path) == []
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_spool_bound_drops_oldest_counted_and_reported(tap_factory: Callable[[int], OtelTap],
+                                                      tmp_path: Path) -> None:
+    """Past FGEXT_SPOOL_MAX_BYTES the oldest data is dropped, counted, and the count is exported."""
+    port = free_port()
+
+    async def scenario() -> None:
+        plugin = await started(environ(port, tmp_path, FGEXT_SPOOL_MAX_BYTES="6000", OTEL_TRACES_EXPORTER="none"))
+        for index in range(8):
+            await plugin.on_telemetry(parsed(invocation(f"req-{index}", index * 100, logs=10)))
+            await plugin.flush(1)
+        dropped = plugin.stats["dropped_items"]
+        assert dropped > 0
+        assert plugin.stats["spooled_bytes"] <= 6000
+        collector = tap_factory(port)
+        collector.start()
+        await plugin.flush(5)
+        # Making room for the very snapshot that carries the count may drop more; the next one says so.
+        await plugin.on_telemetry(parsed(invocation("req-last", 5000, logs=0)))
+        await plugin.flush(5)
+        total = plugin.stats["dropped_items"]
+        assert total >= dropped
+        await collector.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == total)
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_restarted_agent_sends_what_the_last_one_spooled(tap_factory: Callable[[int], OtelTap],
+                                                       tmp_path: Path) -> None:
+    """Data spooled by a plugin that shut down during an outage is sent by the next one on start."""
+    port = free_port()
+
+    async def first_life() -> None:
+        plugin = await started(environ(port, tmp_path))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)))
+        await plugin.on_telemetry(parsed([{"name": "platform.start", "startTime": ts(500), "traceId": "open"}]))
+        await plugin.shutdown(1)
+
+    asyncio.run(first_life())
+    assert any(name.endswith(".pb") for name in os.listdir(tmp_path))
+    collector = tap_factory(port)
+    collector.start()
+
+    async def second_life() -> None:
+        plugin = await started(environ(port, tmp_path))
+        spans = await collector.wait("spans", lambda s: len(roots(s)) >= 2)
+        ids = {attr(s, "faas.invocation_id"): s for s in roots(spans)}
+        assert set(ids) == {INVOKE_ID, "open"}
+        assert attr(ids["open"], "fgext.close_reason") == "shutdown"
+        await collector.wait("logs", lambda items: len(items) >= 2)
+        await plugin.shutdown(3)
+
+    asyncio.run(second_life())
+    assert [name for name in os.listdir(tmp_path) if name.endswith(".pb")] == []
+
+
+def test_periodically_waits_for_its_interval(tap: OtelTap, tmp_path: Path) -> None:
+    """periodically,<ms> does not export at an invocation's end before the interval; flush does."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="periodically,60000"))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
+        await asyncio.sleep(0.7)
+        assert tap.items("spans") == []
+        await plugin.flush(3)
+        await tap.wait("spans", lambda s: len(s) >= 2)
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_continuously_exports_during_an_invocation(tap: OtelTap, tmp_path: Path) -> None:
+    """continuously,<ms> sends log lines on its timer while the invocation is still running."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="continuously,100"))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)[:3]))  # start and logs only
+        logs = await tap.wait("logs", lambda items: len(items) >= 2, timeout=5)
+        assert attr(logs[0], "faas.invocation_id") == INVOKE_ID
+        assert tap.items("spans") == []
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_end_strategy_exports_at_the_report(tap: OtelTap, tmp_path: Path) -> None:
+    """end (the default) exports as soon as the report arrives, without any flush call."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        events = invocation(INVOKE_ID, 0)
+        await plugin.on_telemetry(parsed(events[:-1]))
+        await asyncio.sleep(0.5)
+        assert tap.items("spans") == []
+        await plugin.on_telemetry(parsed(events[-1:]))
+        await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_unfinished_invocation_closes_after_the_bounded_wait(tap: OtelTap, tmp_path: Path) -> None:
+    """A start whose end never comes is exported, marked incomplete, after RUNTIME_TIMEOUT plus the margin."""
+
+    async def scenario() -> None:
+        env = environ(tap.port, tmp_path, RUNTIME_TIMEOUT="0.3", FGEXT_OTLP_CLOSE_MARGIN_MS="200")
+        plugin = await started(env)
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)[:2]))
+        spans = await tap.wait("spans", lambda s: len(roots(s)) >= 1, timeout=5)
+        assert attr(roots(spans)[0], "fgext.close_reason") == "timeout"
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_exports_what_is_open(tap: OtelTap, tmp_path: Path) -> None:
+    """Shutdown closes open invocations (marked incomplete) and exports everything within its deadline."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="periodically,600000"))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)[:3]))
+        await plugin.shutdown(5)
+        spans = await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
+        assert attr(roots(spans)[0], "fgext.incomplete") is True
+        await tap.wait("logs", lambda items: len(items) >= 2, timeout=5)
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------- failure answers (aiohttp)
+
+
+class Recorder:
+    """An OTLP/HTTP endpoint that answers from a script, to test what oteltap cannot answer."""
+
+    def __init__(self, answers: List[Tuple[int, Dict[str, str]]]) -> None:
+        self.answers = answers
+        self.requests: List[Tuple[float, str, Dict[str, str], bytes]] = []
+        self.port = 0
+        self._runner: Any = None
+
+    async def __aenter__(self) -> Recorder:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()  # aiohttp undoes Content-Encoding: gzip itself
+            if body[:2] == b"\x1f\x8b":
+                body = gzip.decompress(body)
+            self.requests.append((time.monotonic(), request.path, dict(request.headers), body))
+            status, headers = self.answers.pop(0) if self.answers else (200, {})
+            return web.Response(status=status, headers=headers, body=b"")
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._runner.cleanup()
+
+
+def test_retry_after_is_honoured_and_gzip_and_headers_are_sent(tmp_path: Path) -> None:
+    """A 503 with Retry-After delays the retry at least that long; bodies are gzip, headers as configured."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    async def scenario() -> None:
+        async with Recorder([(503, {"Retry-After": "1"})]) as server:
+            env = environ(server.port, tmp_path, OTEL_EXPORTER_OTLP_COMPRESSION="gzip",
+                          OTEL_EXPORTER_OTLP_HEADERS="x-api-key=secret", OTEL_LOGS_EXPORTER="none",
+                          OTEL_METRICS_EXPORTER="none")
+            plugin = await started(env)
+            await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
+            await plugin.flush(0.5)  # refused, and a flush must not retry before Retry-After
+            assert len(server.requests) == 1
+            deadline = time.monotonic() + 10
+            while len(server.requests) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert len(server.requests) == 2
+            first, second = server.requests
+            assert second[0] - first[0] >= 1.0
+            assert second[1] == "/v1/traces"
+            assert second[2]["x-api-key"] == "secret"
+            assert second[2]["Content-Type"] == "application/x-protobuf"
+            assert second[2]["Content-Encoding"] == "gzip"
+            request = ExportTraceServiceRequest.FromString(second[3])
+            assert len(request.resource_spans[0].scope_spans[0].spans) == 2
+            await plugin.shutdown(2)
+
+    asyncio.run(scenario())
+
+
+def test_permanent_rejection_is_counted_not_retried(tmp_path: Path) -> None:
+    """A 400 is not retried: the request is dropped, counted and reported."""
+
+    async def scenario() -> None:
+        async with Recorder([(400, {})]) as server:
+            env = environ(server.port, tmp_path, OTEL_LOGS_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+            plugin = await started(env)
+            await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
+            await plugin.flush(2)
+            assert plugin.stats["dropped_items"] == 2
+            assert plugin.stats["spooled_requests"] == 0
+            await asyncio.sleep(0.6)
+            assert len(server.requests) == 1
+            await plugin.shutdown(2)
+
+    asyncio.run(scenario())
+
+
+def test_switched_off_signal_is_not_sent(tmp_path: Path) -> None:
+    """OTEL_LOGS_EXPORTER=none keeps logs local; traces and metrics still go out."""
+
+    async def scenario() -> None:
+        async with Recorder([]) as server:
+            plugin = await started(environ(server.port, tmp_path, OTEL_LOGS_EXPORTER="none"))
+            await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=3)))
+            await plugin.flush(3)
+            assert sorted(path for _, path, _, _ in server.requests) == ["/v1/metrics", "/v1/traces"]
+            await plugin.shutdown(2)
+
+    asyncio.run(scenario())
+
+
+def test_sdk_disabled_starts_nothing(tmp_path: Path) -> None:
+    """OTEL_SDK_DISABLED=true makes the plugin a no-op: no spool, no sender, hooks accept events."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(1, tmp_path / "spool", OTEL_SDK_DISABLED="true"))
+        assert plugin.disabled
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
+        await plugin.flush(1)
+        await plugin.shutdown(1)
+        assert not (tmp_path / "spool").exists()
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------------------------------- grpc
+
+
+class GrpcCollector:
+    """grpcio's aio server with opentelemetry-proto's three collector services, on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.requests: Dict[str, List[Any]] = {"traces": [], "logs": [], "metrics": []}
+        self.port = 0
+        self.server: Any = None
+        self.fail_first = 0
+
+    async def __aenter__(self) -> GrpcCollector:
+        import grpc
+        from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        collector = self
+
+        async def record(signal: str, request: Any, context: Any, response: Any) -> Any:
+            if collector.fail_first > 0:
+                collector.fail_first -= 1
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+            collector.requests[signal].append((request, dict(context.invocation_metadata())))
+            return response
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+                return await record("traces", request, context, trace_service_pb2.ExportTraceServiceResponse())
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+            async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+                return await record("logs", request, context, logs_service_pb2.ExportLogsServiceResponse())
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+                return await record("metrics", request, context, metrics_service_pb2.ExportMetricsServiceResponse())
+
+        self.server = grpc.aio.server()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), self.server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.server.stop(grace=None)
+
+
+def test_grpc_export_with_gzip_headers_and_resource(tmp_path: Path) -> None:
+    """Over gRPC (gzip, metadata) the collector gets spans, logs and metrics with the full resource."""
+    pytest.importorskip("grpc", reason="the grpc extra (grpcio) is not installed in this environment")
+
+    async def scenario() -> None:
+        async with GrpcCollector() as collector:
+            collector.fail_first = 1  # the first call is refused as UNAVAILABLE: retried, not lost
+            env = environ(0, tmp_path, OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+                          OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+                          OTEL_EXPORTER_OTLP_COMPRESSION="gzip", OTEL_EXPORTER_OTLP_HEADERS="x-tenant=t1",
+                          OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test")
+            plugin = await started(env)
+            await plugin.on_invoke(parse_invoke({"traceId": INVOKE_ID, "invokedFunctionUrn": URN}, 0))
+            await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)))
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not all(collector.requests.values()):
+                await plugin.flush(2)
+                await asyncio.sleep(0.2)
+            (trace_request, metadata), = collector.requests["traces"]
+            assert metadata["x-tenant"] == "t1"
+            resource = {kv.key: kv.value for kv in trace_request.resource_spans[0].resource.attributes}
+            assert resource["service.name"].string_value == "hello"
+            assert resource["cloud.region"].string_value == "yrk"
+            assert resource["huawei_cloud.project.id"].string_value == "1111"
+            assert resource["faas.instance"].string_value == POD
+            assert resource["faas.max_memory"].int_value == 128 * 1024 * 1024
+            assert resource["deployment.environment"].string_value == "test"
+            spans = trace_request.resource_spans[0].scope_spans[0].spans
+            assert {s.name for s in spans} == {"hello", "invoke"}
+            assert all(s.trace_id.hex() == INVOKE_ID.replace("-", "") for s in spans)
+            log_request, _ = collector.requests["logs"][0]
+            assert len(log_request.resource_logs[0].scope_logs[0].log_records) == 2
+            await plugin.shutdown(3)
+
+    asyncio.run(scenario())
