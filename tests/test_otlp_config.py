@@ -56,7 +56,8 @@ class TestEndpoints:
     def test_grpc_endpoint_and_insecure(self) -> None:
         """For grpc the endpoint is a target; http:// means plaintext, https:// TLS, bare uses INSECURE."""
         cfg = config(OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4317",
-                     OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="collector:4317", OTEL_EXPORTER_OTLP_LOGS_INSECURE="true",
+                     OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="collector:4317",
+                     OTEL_EXPORTER_OTLP_LOGS_INSECURE="true",
                      OTEL_EXPORTER_OTLP_METRICS_ENDPOINT="https://collector:4317")
         assert cfg.signals["traces"].insecure is True
         assert cfg.signals["logs"].endpoint == "collector:4317" and cfg.signals["logs"].insecure is True
@@ -109,7 +110,8 @@ class TestErrors:
         if importlib.util.find_spec("grpc") is None:
             yield  # really missing (the Python 3.9 environment): nothing to simulate
             return
-        saved = {name: module for name, module in sys.modules.items() if name == "grpc" or name.startswith("grpc.")}
+        saved = {name: module for name, module in sys.modules.items()
+                 if name == "grpc" or name.startswith("grpc.")}
         for name in saved:
             del sys.modules[name]
         sys.modules["grpc"] = None  # type: ignore[assignment]  # Python's documented import blocker
@@ -142,14 +144,15 @@ class TestFlush:
         """FGEXT_FLUSH accepts end, periodically,<ms> and continuously,<ms>."""
         assert parse_flush(text) == expected
 
-    @pytest.mark.parametrize("text", ["periodically", "continuously,0", "periodically,-5", "end,10", "always"])
+    @pytest.mark.parametrize("text", ["periodically", "continuously,0", "periodically,-5", "end,10",
+                                      "always"])
     def test_parse_rejects(self, text: str) -> None:
         """A strategy without a positive interval, or an unknown one, is a ConfigError."""
         with pytest.raises(ConfigError, match="FGEXT_FLUSH"):
             parse_flush(text)
 
     def test_scheduler_decisions(self) -> None:
-        """end exports at every invocation end, periodically only after its interval, continuously on a timer."""
+        """end exports at each invocation end, periodically after its interval, continuously on a timer."""
         now = [0.0]
         end = FlushScheduler(FlushPolicy("end"), lambda: now[0])
         periodic = FlushScheduler(FlushPolicy("periodically", 10.0), lambda: now[0])

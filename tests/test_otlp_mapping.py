@@ -63,8 +63,8 @@ def done(rid: str, ms: int, status: str = "success", name: str = "platform.Runti
 
 def report(rid: str, begin: int, end: int, status: str = "success", name: str = "platform.report",
            **metrics: Any) -> Dict[str, Any]:
-    values = {"durationMs": float(end - begin), "billingDurationMS": float(end - begin + 1), "memoryUsed": 23.4,
-              "memorySize": 128, "podName": POD}
+    values = {"durationMs": float(end - begin), "billingDurationMS": float(end - begin + 1),
+              "memoryUsed": 23.4, "memorySize": 128, "podName": POD}
     values.update(metrics)
     return {"name": name, "startTime": ts(begin), "tracelId": rid, "endTime": ts(end), "status": status,
             "reportMetrics": values}
@@ -196,7 +196,8 @@ class TestSpecExamples:
         """restoreStart/restoreRuntimeDone/restoreReport give a ``restore`` child and a cold start."""
         mapper = make_mapper()
         mapper.consume(events(
-            start(INVOKE_ID, 0, "platform.restoreStart"), done(INVOKE_ID, 5, name="platform.restoreRuntimeDone"),
+            start(INVOKE_ID, 0, "platform.restoreStart"),
+            done(INVOKE_ID, 5, name="platform.restoreRuntimeDone"),
             report(INVOKE_ID, 0, 6, name="platform.restoreReport"), *invocation(INVOKE_ID, 10, 20),
         ))
         spans = by_name(mapper.take_spans())
@@ -259,7 +260,7 @@ class TestOrdering:
         assert spans["invoke"].end_time_unix_nano >= spans["invoke"].start_time_unix_nano
 
     def test_unclaimed_init_is_adopted_by_the_first_invocation_after_it(self) -> None:
-        """An init whose request ID never starts (like the spec's unrelated example IDs) joins the next invocation."""
+        """An init whose ID never starts (like the spec's unrelated example IDs) joins the next invocation."""
         mapper = make_mapper()
         mapper.consume(events(*cold(INIT_ID, 0)))
         mapper.consume(events(*invocation(INVOKE_ID, 20, 30)))
@@ -368,7 +369,7 @@ class TestMetrics:
         return out
 
     def test_faas_metrics_from_reports(self) -> None:
-        """Invocations, errors, timeouts, cold starts and the duration/memory histograms follow the reports."""
+        """Invocations, errors, timeouts, cold starts and the duration/memory histograms follow reports."""
         mapper = make_mapper()
         mapper.consume(events(*cold(INIT_ID, 0), *invocation(INIT_ID, 20, 30),
                               *invocation(INVOKE_ID, 100, 120, status="timeout")))
@@ -429,7 +430,8 @@ class TestResource:
     def test_user_attributes_and_service_name_win(self) -> None:
         """OTEL_RESOURCE_ATTRIBUTES overrides detected values and OTEL_SERVICE_NAME beats both."""
         builder = ResourceBuilder({}, function_name="hello", service_name="svc",
-                                  user_attributes={"cloud.region": "mine", "service.name": "ignored", "team": "a"})
+                                  user_attributes={"cloud.region": "mine", "service.name": "ignored",
+                                                   "team": "a"})
         builder.note_urn(parse_urn("sn:cn:cn-east-3:tenant:function:0@pkg@hello:latest"))
         values = builder.attributes()
         assert values["cloud.region"] == "mine" and values["team"] == "a"

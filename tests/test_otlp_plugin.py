@@ -181,7 +181,8 @@ def ts(ms: int) -> str:
 
 def invocation(rid: str, begin: int, *, init: bool = False, status: str = "success",
                logs: int = 1) -> List[Dict[str, Any]]:
-    metrics = {"durationMs": 10.6, "billingDurationMS": 11, "memoryUsed": 23.4, "memorySize": 128, "podName": POD}
+    metrics = {"durationMs": 10.6, "billingDurationMS": 11, "memoryUsed": 23.4, "memorySize": 128,
+               "podName": POD}
     out: List[Dict[str, Any]] = []
     if init:
         out += [{"name": "platform.initStart", "startTime": ts(begin), "traceId": rid},
@@ -227,8 +228,8 @@ def test_spec_examples_reach_the_collector(tap: OtelTap, tmp_path: Path) -> None
         await plugin.on_invoke(parse_invoke({"tracelId": INIT_ID, "invokedFunctionUrn": URN}, 0))
         events = invocation(INIT_ID, 0, init=True)
         await plugin.on_telemetry(parsed(events[:4]))  # split across two POSTs
-        await plugin.on_telemetry(parsed(events[4:] + [{"name": "extension", "startTime": ts(500),
-                                                          "logs": "[Extension]ERROR outside"}]))
+        outside = {"name": "extension", "startTime": ts(500), "logs": "[Extension]ERROR outside"}
+        await plugin.on_telemetry(parsed([*events[4:], outside]))
         # flush strategy "end": the report alone triggers the export, no flush call needed
         spans = await tap.wait("spans", lambda s: len(s) >= 3)
         trace = INIT_ID.replace("-", "")
@@ -299,7 +300,8 @@ def test_spool_bound_drops_oldest_counted_and_reported(tap_factory: Callable[[in
     port = free_port()
 
     async def scenario() -> None:
-        plugin = await started(environ(port, tmp_path, FGEXT_SPOOL_MAX_BYTES="6000", OTEL_TRACES_EXPORTER="none"))
+        env = environ(port, tmp_path, FGEXT_SPOOL_MAX_BYTES="6000", OTEL_TRACES_EXPORTER="none")
+        plugin = await started(env)
         for index in range(8):
             await plugin.on_telemetry(parsed(invocation(f"req-{index}", index * 100, logs=10)))
             await plugin.flush(1)
@@ -328,7 +330,8 @@ def test_restarted_agent_sends_what_the_last_one_spooled(tap_factory: Callable[[
     async def first_life() -> None:
         plugin = await started(environ(port, tmp_path))
         await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)))
-        await plugin.on_telemetry(parsed([{"name": "platform.start", "startTime": ts(500), "traceId": "open"}]))
+        never_ends = {"name": "platform.start", "startTime": ts(500), "traceId": "open"}
+        await plugin.on_telemetry(parsed([never_ends]))
         await plugin.shutdown(1)
 
     asyncio.run(first_life())
@@ -562,16 +565,18 @@ class GrpcCollector:
             return response
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
-            async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
-                return await record("traces", request, context, trace_service_pb2.ExportTraceServiceResponse())
+            async def Export(self, request: Any, context: Any) -> Any:
+                answer = trace_service_pb2.ExportTraceServiceResponse()
+                return await record("traces", request, context, answer)
 
         class Logs(logs_service_pb2_grpc.LogsServiceServicer):
-            async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+            async def Export(self, request: Any, context: Any) -> Any:
                 return await record("logs", request, context, logs_service_pb2.ExportLogsServiceResponse())
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-            async def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
-                return await record("metrics", request, context, metrics_service_pb2.ExportMetricsServiceResponse())
+            async def Export(self, request: Any, context: Any) -> Any:
+                answer = metrics_service_pb2.ExportMetricsServiceResponse()
+                return await record("metrics", request, context, answer)
 
         self.server = grpc.aio.server()
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)

@@ -37,7 +37,8 @@ def test_requests_come_back_oldest_first(tmp_path: Path) -> None:
     spool.add("traces", b"one", 1)
     spool.add("logs", b"two", 2)
     entries = spool.entries()
-    assert [(e.signal, e.items, spool.read(e)) for e in entries] == [("traces", 1, b"one"), ("logs", 2, b"two")]
+    assert [(e.signal, e.items, spool.read(e)) for e in entries] == [("traces", 1, b"one"),
+                                                                     ("logs", 2, b"two")]
     spool.remove(entries[0])
     assert [spool.read(e) for e in spool.entries()] == [b"two"]
     assert len(os.listdir(tmp_path)) == 1
@@ -79,7 +80,7 @@ def test_a_new_spool_on_the_same_directory_adopts_the_files(tmp_path: Path) -> N
 def test_adopted_files_over_a_smaller_bound_are_trimmed(tmp_path: Path) -> None:
     """Restarting with a smaller FGEXT_SPOOL_MAX_BYTES drops (and counts) the oldest leftovers."""
     first, _, _ = make(tmp_path)
-    for index in range(4):
+    for _ in range(4):
         first.add("logs", b"y" * 30, 1)
     second, drops, _ = make(tmp_path, max_bytes=60)
     assert len(second) == 2 and len(drops) == 2
