@@ -16,7 +16,7 @@ import asyncio
 import json
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from aiohttp import web
 
@@ -49,8 +49,9 @@ class _Reject(Exception):
 class Agent:
     """One agent process: HTTP listener, pipeline and lifecycle around a bootstrapped socket."""
 
-    def __init__(self, boot: Bootstrap) -> None:
+    def __init__(self, boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> None:
         self.boot = boot
+        self._given_plugins = list(plugins or [])
         self.settings = boot.settings
         self.log = get_logger()
         self.pipeline: Optional[Pipeline] = None
@@ -142,7 +143,12 @@ class Agent:
         )
 
     async def _start_pipeline(self) -> None:
-        plugins = load_plugins(self.settings.plugins)
+        # An extension written with fgext's API brings its own plugins; FGEXT_PLUGINS adds to them only
+        # when it is set explicitly, so such an extension does not also start the default OTLP export.
+        named = self.settings.plugins
+        if self._given_plugins and "FGEXT_PLUGINS" not in self.settings.environ:
+            named = ()
+        plugins = [*self._given_plugins, *load_plugins(named)]
         contexts = {id(p): self._context(p) for p in plugins}  # validate every config before any start
         pipeline = Pipeline(plugins, logger=self.log, strict=self.settings.strict)
         pipeline.on_fatal = lambda failure: self.request_stop(f"strict mode: {failure}", EXIT_PROBLEMS)
@@ -203,11 +209,11 @@ class Agent:
         self.log.info("stopped", **self.stats, **(self.pipeline.stats if self.pipeline else {}))
 
 
-def serve(boot: Bootstrap) -> int:
+def serve(boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> int:
     """Run the agent's event loop until it is told to stop; return the exit code."""
     configure_logging(boot.settings.log_level, boot.settings.environ)
     log = get_logger()
     for level, event, fields in boot.notes:
         getattr(log, level)(event, **fields)
-    return asyncio.run(Agent(boot).run())
+    return asyncio.run(Agent(boot, plugins).run())
 

@@ -16,11 +16,11 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fgext._config import PORT_RANGE, AgentSettings
 from fgext._errors import ConfigError, FgextError, RegistrationError
-from fgext._plugin import RegistrationInfo
+from fgext._plugin import Plugin, RegistrationInfo
 
 __all__ = [
     "Bootstrap",
@@ -243,8 +243,12 @@ def _process_start() -> float:
         return time.monotonic()
 
 
-def main_run() -> int:
-    """The agent process: cold start here, then the event loop in :mod:`fgext._agent`."""
+def main_run(plugins: Optional[Sequence[Plugin]] = None) -> int:
+    """The agent process: cold start here, then the event loop in :mod:`fgext._agent`.
+
+    ``plugins`` are plugin instances to run besides those named in ``FGEXT_PLUGINS`` (the decorator
+    style of writing an extension passes its own here).
+    """
     exec_monotonic = _process_start()
     try:
         boot = _bootstrap(exec_monotonic)
@@ -253,7 +257,7 @@ def main_run() -> int:
         return error.exit_code
     from fgext._agent import serve  # heavy: aiohttp, structlog, plugins
 
-    return serve(boot)
+    return serve(boot, plugins)
 
 
 def add_arguments(parser: Any) -> None:
