@@ -41,7 +41,7 @@ def port_range_lock() -> Iterator[None]:
 
 
 @pytest.fixture
-def platform() -> Iterator["RecordingPlatform"]:
+def platform() -> Iterator[RecordingPlatform]:
     """A recording Extension API on a free loopback port, stopped after the test."""
     from tests.platform import RecordingPlatform
 
@@ -53,7 +53,7 @@ def platform() -> Iterator["RecordingPlatform"]:
 
 
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[..., "AgentProcess"]]:
+def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Factory of agent subprocesses; every one started is stopped by PID after the test."""
     from tests.agentproc import AgentProcess
 
