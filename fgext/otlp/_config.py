@@ -276,8 +276,12 @@ def _signal(environ: Mapping[str, str], signal: str) -> SignalConfig:
     )
 
 
-def load_config(environ: Mapping[str, str]) -> OtlpConfig:
-    """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value."""
+def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] = None) -> OtlpConfig:
+    """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value.
+
+    ``close_margin_ms`` is the plugin setting of that name when the agent already read it (from the
+    config file or ``FGEXT_OTLP_CLOSE_MARGIN_MS``); otherwise the variable is read here.
+    """
     disabled = _bool(environ, env.OTEL_SDK_DISABLED)
     signals = {signal: _signal(environ, signal) for signal in SIGNALS}
     temporality_var = env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
@@ -311,7 +315,8 @@ def load_config(environ: Mapping[str, str]) -> OtlpConfig:
         temporality="cumulative" if temporality == "cumulative" else "delta",
         function_timeout_s=function_timeout,
         init_timeout_s=_positive(environ, "RUNTIME_INITIALIZER_TIMEOUT", function_timeout, unit="seconds"),
-        close_margin_s=_positive(
-            environ, "FGEXT_OTLP_CLOSE_MARGIN_MS", _DEFAULT_CLOSE_MARGIN_MS, unit="milliseconds"
+        close_margin_s=(
+            close_margin_ms if close_margin_ms is not None and close_margin_ms > 0
+            else _positive(environ, "FGEXT_OTLP_CLOSE_MARGIN_MS", _DEFAULT_CLOSE_MARGIN_MS, unit="milliseconds")
         ) / 1000,
     )

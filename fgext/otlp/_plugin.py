@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import Any, Awaitable, Callable, Dict, Optional, Sequence
+from typing import Any, Awaitable, Callable, ClassVar, Dict, Optional, Sequence
 
 from fgext._events import AnyEvent, Invoke
 from fgext._plugin import Plugin, PluginContext
@@ -45,8 +45,11 @@ class OtlpPlugin(Plugin):
     ``FGEXT_FLUSH``, ``FGEXT_SPOOL_DIR`` and ``FGEXT_SPOOL_MAX_BYTES``; see ``docs/otlp.md``.
     """
 
-    name = "otlp"
-    role = "sink"
+    name: ClassVar[str] = "otlp"
+    role: ClassVar[str] = "sink"
+    #: ``FGEXT_OTLP_CLOSE_MARGIN_MS`` (or ``plugins.otlp.close_margin_ms`` in the config file): how long
+    #: past the function timeout an unfinished request waits before it is closed as incomplete
+    config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float}
 
     def __init__(self) -> None:
         self.config: Optional[OtlpConfig] = None
@@ -73,7 +76,7 @@ class OtlpPlugin(Plugin):
 
             self._log = structlog.get_logger("fgext.otlp")
         environ = context.environ if context.environ else os.environ
-        config = self.config = load_config(environ)
+        config = self.config = load_config(environ, close_margin_ms=context.config.get("close_margin_ms"))
         if config.disabled or not any(s.enabled for s in config.signals.values()):
             self.disabled = True
             self._log.info("otlp export disabled by configuration")
