@@ -73,10 +73,15 @@ _RESPONSES: Dict[str, Any] = {
 # ------------------------------------------------------------------------------------------ encode
 
 
-def _scope() -> InstrumentationScope:
-    from fgext import __version__
+_SCOPE: List[InstrumentationScope] = []
 
-    return InstrumentationScope(name="fgext.otlp", version=__version__)
+
+def _scope() -> InstrumentationScope:
+    if not _SCOPE:
+        from fgext import __version__
+
+        _SCOPE.append(InstrumentationScope(name="fgext.otlp", version=__version__))
+    return _SCOPE[0]
 
 
 def encode_trace_requests(resource: Resource, spans: Sequence[Span]) -> List[Tuple[bytes, int]]:

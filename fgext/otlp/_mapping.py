@@ -32,19 +32,12 @@ import time
 import uuid
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.metrics.v1.metrics_pb2 import (
-    AggregationTemporality,
-    Histogram,
-    HistogramDataPoint,
-    Metric,
-    NumberDataPoint,
-    Sum,
-)
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric, ScopeMetrics
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from fgext._events import (
     AnyEvent,
@@ -111,6 +104,25 @@ def span_id() -> bytes:
 
 def _kv(key: str, value: Union[str, bool, int, float]) -> KeyValue:
     return KeyValue(key=key, value=any_value(value))
+
+
+Attribute = Tuple[str, Union[str, bool, int, float]]
+
+
+def _put(container: Any, attributes: Iterable[Attribute]) -> None:
+    """Write attributes straight into a repeated KeyValue field: no intermediate messages to copy."""
+    add = container.add
+    for key, value in attributes:
+        kv = add()
+        kv.key = key
+        if isinstance(value, bool):
+            kv.value.bool_value = value
+        elif isinstance(value, int):
+            kv.value.int_value = value
+        elif isinstance(value, float):
+            kv.value.double_value = value
+        else:
+            kv.value.string_value = value
 
 
 # ----------------------------------------------------------------------------------------- records
@@ -248,6 +260,7 @@ class Metrics:
         self._histograms = {name: _Histogram(spec[2]) for name, spec in _HISTOGRAMS.items()}
         self._dropped: Dict[Tuple[str, str], int] = {}
         self._dirty = False
+        self._scope: Optional[ScopeMetrics] = None
 
     def count(self, name: str, value: int = 1) -> None:
         self._counters[name] += value
@@ -269,40 +282,70 @@ class Metrics:
     def dirty(self) -> bool:
         return self._dirty
 
-    def snapshot(self, now_ns: int) -> List[Metric]:
-        """The metrics to export now; empty when nothing changed since the last snapshot."""
-        if not self._dirty:
-            return []
+    def _build(self) -> ScopeMetrics:
+        """The metric messages, built once; each snapshot only overwrites their values."""
         temporality = (AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA if self.delta
                        else AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE)
-        trigger = _kv("faas.trigger", "other")
-        out: List[Metric] = []
+        scope = ScopeMetrics()
         for name, (unit, description) in _COUNTERS.items():
-            point = NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns,
-                                    as_int=self._counters[name], attributes=[trigger])
-            out.append(Metric(name=name, unit=unit, description=description, sum=Sum(
-                data_points=[point], aggregation_temporality=temporality, is_monotonic=True)))
-        for name, (unit, description, _bounds) in _HISTOGRAMS.items():
+            metric = scope.metrics.add(name=name, unit=unit, description=description)
+            metric.sum.aggregation_temporality = temporality
+            metric.sum.is_monotonic = True
+            _put(metric.sum.data_points.add().attributes, [("faas.trigger", "other")])
+        for name, (unit, description, bounds) in _HISTOGRAMS.items():
+            metric = scope.metrics.add(name=name, unit=unit, description=description)
+            metric.histogram.aggregation_temporality = temporality
+            point = metric.histogram.data_points.add()
+            point.explicit_bounds.extend(bounds)
+            _put(point.attributes, [("faas.trigger", "other")])
+        return scope
+
+    def snapshot(self, now_ns: int) -> List[Metric]:
+        """The metrics to export now; empty when nothing changed since the last snapshot.
+
+        The returned messages are reused by the next snapshot: encode them before taking another.
+        """
+        if not self._dirty:
+            return []
+        if self._scope is None:
+            self._scope = self._build()
+        metrics = self._scope.metrics
+        start = self._start_ns
+        index = 0
+        for name in _COUNTERS:
+            point = metrics[index].sum.data_points[0]
+            point.start_time_unix_nano = start
+            point.time_unix_nano = now_ns
+            point.as_int = self._counters[name]
+            index += 1
+        for name in _HISTOGRAMS:
             hist = self._histograms[name]
-            point_h = HistogramDataPoint(
-                start_time_unix_nano=self._start_ns, time_unix_nano=now_ns, count=hist.count, sum=hist.sum,
-                bucket_counts=hist.counts, explicit_bounds=hist.bounds, attributes=[trigger],
-            )
+            point_h = metrics[index].histogram.data_points[0]
+            point_h.start_time_unix_nano = start
+            point_h.time_unix_nano = now_ns
+            point_h.count = hist.count
+            point_h.sum = hist.sum
+            del point_h.bucket_counts[:]
+            point_h.bucket_counts.extend(hist.counts)
             if hist.count:
                 point_h.min = hist.min
                 point_h.max = hist.max
-            out.append(Metric(name=name, unit=unit, description=description, histogram=Histogram(
-                data_points=[point_h], aggregation_temporality=temporality)))
+            else:
+                point_h.ClearField("min")
+                point_h.ClearField("max")
+            index += 1
+        out = list(metrics)
         if self._dropped:
-            points = [
-                NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns, as_int=items,
-                                attributes=[_kv("fgext.signal", signal), _kv("fgext.reason", reason)])
-                for (signal, reason), items in sorted(self._dropped.items())
-            ]
-            out.append(Metric(name=DROPPED, unit="{item}",
-                              description="Telemetry items fgext could not deliver and dropped",
-                              sum=Sum(data_points=points, aggregation_temporality=temporality,
-                                      is_monotonic=True)))
+            temporality = metrics[0].sum.aggregation_temporality
+            dropped = Metric(name=DROPPED, unit="{item}",
+                             description="Telemetry items fgext could not deliver and dropped")
+            dropped.sum.aggregation_temporality = temporality
+            dropped.sum.is_monotonic = True
+            for (signal, reason), items in sorted(self._dropped.items()):
+                point = dropped.sum.data_points.add(start_time_unix_nano=start, time_unix_nano=now_ns,
+                                                    as_int=items)
+                _put(point.attributes, [("fgext.signal", signal), ("fgext.reason", reason)])
+            out.append(dropped)
         self._dirty = False
         if self.delta:
             self._start_ns = now_ns
@@ -344,11 +387,18 @@ class Mapper:
         self._closed_memory = closed_memory
         self._max_intervals = max_intervals
         self._open: Dict[str, _Request] = {}
+        # open requests holding only an init or restore phase: candidates for adoption (usually 0 or 1)
+        self._inits: Dict[str, _Request] = {}
         self._closed: OrderedDict[str, _Closed] = OrderedDict()
         # phases with a known start, sorted by start: the log correlation index
         self._starts: List[int] = []
         self._phases: List[_Phase] = []
-        self.spans: List[Span] = []
+        # Phases indexed but not ended yet, and the longest ended one: together they let a lookup stop
+        # scanning back as soon as no earlier phase can still contain the time asked about.
+        self._running: Dict[int, _Phase] = {}
+        self._longest_ns = 0
+        # Finished spans are built in place inside this message (the fastest way to make them).
+        self._pending_spans = ScopeSpans()
         self.logs: List[PendingLog] = []
         self.late_events = 0
         self.closed_incomplete = 0
@@ -393,6 +443,8 @@ class Mapper:
                 request = _Request(rid, trace_id_for(rid), span_id())
             self._open[rid] = request
         phase = request.phase(kind)
+        if kind == "invoke":
+            self._inits.pop(rid, None)
         had_begin = phase.begin_ns is not None
         if isinstance(event, StartEvent):
             phase.start_ns = event.start_ns
@@ -405,9 +457,12 @@ class Mapper:
         begin = phase.begin_ns
         if not had_begin and begin is not None:
             self._index(phase, begin)
+        if begin is not None and id(phase) in self._running:
+            self._note_end(phase)
             if kind == "invoke":
                 self._note_invoke_start(request, begin)
             elif request.init_only:
+                self._inits[rid] = request
                 self._find_first_invoke(request, begin)
         request.deadline = self._monotonic() + self._open_wait
         if request.late:
@@ -421,7 +476,15 @@ class Mapper:
             return True
         return False
 
+    def _note_end(self, phase: _Phase) -> None:
+        end = phase.end_ns
+        begin = phase.begin_ns
+        if end is not None and begin is not None:
+            del self._running[id(phase)]
+            self._longest_ns = max(self._longest_ns, end - begin)
+
     def _index(self, phase: _Phase, begin: int) -> None:
+        self._running[id(phase)] = phase
         if not self._starts or begin >= self._starts[-1]:
             self._starts.append(begin)
             self._phases.append(phase)
@@ -435,8 +498,8 @@ class Mapper:
             del self._phases[:drop]
 
     def _note_invoke_start(self, request: _Request, begin: int) -> None:
-        for other in self._open.values():
-            if other.init_only and other is not request:
+        for other in self._inits.values():
+            if other is not request:
                 init_begin = min((p.begin_ns for p in other.phases.values() if p.begin_ns is not None),
                                  default=None)
                 if init_begin is not None and init_begin <= begin and (
@@ -470,10 +533,10 @@ class Mapper:
         return count
 
     def _adopt_init(self, request: _Request) -> None:
-        for other in list(self._open.values()):
-            if other.init_only and other.first_invoke is not None \
-                    and other.first_invoke[1] == request.request_id:
+        for other in list(self._inits.values()):
+            if other.first_invoke is not None and other.first_invoke[1] == request.request_id:
                 del self._open[other.request_id]
+                del self._inits[other.request_id]
                 for kind, phase in other.phases.items():
                     phase.request = request
                     request.phases[kind] = phase
@@ -488,12 +551,13 @@ class Mapper:
 
     def _close(self, request: _Request, reason: str) -> None:
         self._open.pop(request.request_id, None)
+        self._inits.pop(request.request_id, None)
         if not request.late and "invoke" in request.phases \
                 and "init" not in request.phases and "restore" not in request.phases:
             self._adopt_init(request)
         now_ns = self._clock_ns()
         complete = reason == "complete"
-        spans = self.spans
+        add_span = self._pending_spans.spans.add
         tid = request.trace_id
         rid = request.request_id
         first_begin: Optional[int] = None
@@ -511,6 +575,8 @@ class Mapper:
                 # Still running when given up on: it ran at most until now, and at most the timeout.
                 end = now_ns if begin is None else max(begin, min(now_ns, begin + self._timeout_ns))
                 phase.forced_end_ns = end
+            if id(phase) in self._running:
+                self._note_end(phase)
             if begin is None:
                 begin = end
             end = max(end, begin)
@@ -526,31 +592,44 @@ class Mapper:
                 if root_error is None or kind == "invoke":
                     root_error = status if kind == "invoke" else f"{kind}: {status}"
             if kind in incomplete_phases:
-                attributes.append(_kv("fgext.incomplete", True))
-            spans.append(Span(
-                trace_id=tid, span_id=phase.span_id, parent_span_id=request.root_span_id, name=kind,
-                kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=begin, end_time_unix_nano=end,
-                flags=_TRACE_FLAG_SAMPLED, attributes=attributes, status=Status(code=code, message=message),
-            ))
+                attributes.append(("fgext.incomplete", True))
+            span = add_span()
+            span.trace_id = tid
+            span.span_id = phase.span_id
+            span.parent_span_id = request.root_span_id
+            span.name = kind
+            span.kind = Span.SPAN_KIND_INTERNAL
+            span.start_time_unix_nano = begin
+            span.end_time_unix_nano = end
+            span.flags = _TRACE_FLAG_SAMPLED
+            _put(span.attributes, attributes)
+            if code != Status.STATUS_CODE_UNSET:
+                span.status.code = code
+                span.status.message = message
             self._record_metrics(phase, begin, end, kind in incomplete_phases)
         coldstart = "init" in request.phases or "restore" in request.phases
         if not request.late and first_begin is not None and last_end is not None:
-            attributes = [_kv("faas.invocation_id", rid), _kv("faas.coldstart", coldstart),
-                          _kv("faas.trigger", "other")]
+            root_attributes: List[Attribute] = [
+                ("faas.invocation_id", rid), ("faas.coldstart", coldstart), ("faas.trigger", "other"),
+            ]
             if request.adopted_init_id is not None:
-                attributes.append(_kv("fgext.init.request_id", request.adopted_init_id))
+                root_attributes.append(("fgext.init.request_id", request.adopted_init_id))
             if not complete or incomplete_phases:
-                attributes.append(_kv("fgext.incomplete", True))
-                attributes.append(_kv("fgext.close_reason", reason))
+                root_attributes.append(("fgext.incomplete", True))
+                root_attributes.append(("fgext.close_reason", reason))
                 self.closed_incomplete += 1
-            status_message = root_error or ""
-            spans.append(Span(
-                trace_id=tid, span_id=request.root_span_id, name=self.resource.function_name,
-                kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=first_begin, end_time_unix_nano=last_end,
-                flags=_TRACE_FLAG_SAMPLED, attributes=attributes,
-                status=Status(code=Status.STATUS_CODE_ERROR if root_error else Status.STATUS_CODE_UNSET,
-                              message=status_message),
-            ))
+            span = add_span()
+            span.trace_id = tid
+            span.span_id = request.root_span_id
+            span.name = self.resource.function_name
+            span.kind = Span.SPAN_KIND_SERVER
+            span.start_time_unix_nano = first_begin
+            span.end_time_unix_nano = last_end
+            span.flags = _TRACE_FLAG_SAMPLED
+            _put(span.attributes, root_attributes)
+            if root_error:
+                span.status.code = Status.STATUS_CODE_ERROR
+                span.status.message = root_error
             if "invoke" in request.phases:
                 self.metrics.count("faas.invocations")
                 if coldstart:
@@ -562,29 +641,29 @@ class Mapper:
         else:
             self._remember(rid, tid, request.root_span_id, request.phases)
 
-    def _phase_attributes(self, phase: _Phase) -> List[KeyValue]:
-        attributes: List[KeyValue] = []
+    def _phase_attributes(self, phase: _Phase) -> List[Attribute]:
+        attributes: List[Attribute] = []
         if phase.request.adopted_init_id is not None and phase.kind in ("init", "restore"):
-            attributes.append(_kv("faas.invocation_id", phase.request.adopted_init_id))
+            attributes.append(("faas.invocation_id", phase.request.adopted_init_id))
         status = phase.status
         if status:
-            attributes.append(_kv("fgext.status", status))
+            attributes.append(("fgext.status", status))
         report = phase.report
         if report is not None:
             metrics = report.metrics
             if metrics.duration_ms is not None:
-                attributes.append(_kv("fgext.report.duration_ms", metrics.duration_ms))
+                attributes.append(("fgext.report.duration_ms", metrics.duration_ms))
             if metrics.billing_duration_ms is not None:
-                attributes.append(_kv("fgext.report.billed_duration_ms", metrics.billing_duration_ms))
+                attributes.append(("fgext.report.billed_duration_ms", metrics.billing_duration_ms))
             if metrics.memory_used_mb is not None:
-                attributes.append(_kv("fgext.report.memory_used_mb", metrics.memory_used_mb))
+                attributes.append(("fgext.report.memory_used_mb", metrics.memory_used_mb))
             if metrics.memory_size_mb is not None:
-                attributes.append(_kv("fgext.report.memory_size_mb", metrics.memory_size_mb))
+                attributes.append(("fgext.report.memory_size_mb", metrics.memory_size_mb))
             if metrics.pod_name:
-                attributes.append(_kv("fgext.report.pod_name", metrics.pod_name))
+                attributes.append(("fgext.report.pod_name", metrics.pod_name))
             for key, value in metrics.extra.items():
                 if isinstance(value, (str, bool, int, float)):
-                    attributes.append(_kv(f"fgext.report.{key}", value))
+                    attributes.append((f"fgext.report.{key}", value))
         return attributes
 
     def _record_metrics(self, phase: _Phase, begin: int, end: int, incomplete: bool) -> None:
@@ -613,15 +692,35 @@ class Mapper:
     def correlate(self, at_ns: int) -> Optional[_Phase]:
         """The phase open at ``at_ns`` when exactly one request had one open then; else ``None``."""
         starts = self._starts
-        index = bisect_right(starts, at_ns)
-        found: Optional[_Phase] = None
         phases = self._phases
-        # Bounded look-back: phases that began long before and are still open are rare, and an
-        # unbounded scan would make every log line cost as much as the history is long.
-        for position in range(index - 1, max(-1, index - 65), -1):
+        index = bisect_right(starts, at_ns)
+        # No ended phase that began before the horizon can reach ``at_ns``; running ones are checked apart.
+        horizon = at_ns - self._longest_ns
+        lowest = index - 64 if index > 64 else 0
+        found: Optional[_Phase] = None
+        scanned_running = 0
+        position = index - 1
+        while position >= lowest and starts[position] >= horizon:
             phase = phases[position]
+            position -= 1
             end = phase.end_ns
-            if end is None or at_ns <= end:
+            if end is None:
+                scanned_running += 1
+            elif end < at_ns:
+                continue
+            if found is None:
+                found = phase
+            elif phase.request is not found.request:
+                return None
+            elif phase.kind == "invoke":
+                found = phase
+        if scanned_running < len(self._running):
+            # A phase still running that began before the scanned window (rare: a long invocation).
+            low_start = starts[position + 1] if position + 1 < index else at_ns + 1
+            for phase in self._running.values():
+                begin = phase.begin_ns
+                if begin is None or begin > at_ns or begin >= low_start:
+                    continue
                 if found is None:
                     found = phase
                 elif phase.request is not found.request:
@@ -630,8 +729,14 @@ class Mapper:
                     found = phase
         return found
 
+    @property
+    def pending_spans(self) -> int:
+        """How many finished spans wait to be taken."""
+        return len(self._pending_spans.spans)
+
     def take_spans(self) -> List[Span]:
-        spans, self.spans = self.spans, []
+        spans = list(self._pending_spans.spans)  # references stay valid: they keep their message alive
+        self._pending_spans = ScopeSpans()
         return spans
 
     def take_logs(self) -> List[PendingLog]:

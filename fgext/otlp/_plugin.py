@@ -31,9 +31,10 @@ from fgext.otlp._spool import Spool
 
 __all__ = ["OtlpPlugin"]
 
-# Pending log lines that trigger an export whatever the flush strategy: memory stays bounded even
-# when a single invocation prints without end.
+# Pending log lines (or finished spans) that trigger an export whatever the flush strategy: memory
+# stays bounded even when one invocation prints without end or many finish between exports.
 MAX_PENDING_LOGS = 5000
+MAX_PENDING_SPANS = 5000
 _DEFAULT_FLUSH_TIMEOUT_S = 5.0
 
 
@@ -116,7 +117,8 @@ class OtlpPlugin(Plugin):
             return
         completed = mapper.consume(events)
         assert self._scheduler is not None
-        if (completed and self._scheduler.at_invocation_end()) or len(mapper.logs) >= MAX_PENDING_LOGS:
+        if (completed and self._scheduler.at_invocation_end()) or len(mapper.logs) >= MAX_PENDING_LOGS \
+                or mapper.pending_spans >= MAX_PENDING_SPANS:
             self._export_pending()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
@@ -207,7 +209,7 @@ class OtlpPlugin(Plugin):
             try:
                 closed = self._mapper.expire()
                 mapper = self._mapper
-                pending = bool(mapper.spans or mapper.logs or self._metrics_dirty())
+                pending = bool(mapper.pending_spans or mapper.logs or self._metrics_dirty())
                 due = self._scheduler.timer_due()
                 if (closed and self._scheduler.at_invocation_end()) or (due and pending):
                     self._export_pending()

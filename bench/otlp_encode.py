@@ -1,0 +1,105 @@
+"""How much CPU the OTLP plugin spends per telemetry event, from parsed events to serialized requests.
+
+Run from the repository root: ``python bench/otlp_encode.py [invocations] [lines_per_invocation]``.
+It prints microseconds per event for JSON decoding (the reference the issue sets: ~1.2 us), fgext's
+event parsing, and the OTLP plugin's conversion + encoding (sorting events into requests, building
+spans, log records and metrics as protobuf messages, correlating log lines, serializing once), for a
+log-heavy workload and for platform events alone. Best of several rounds; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fgext._events import parse_body
+from fgext.otlp._export import (
+    encode_logs_requests,
+    encode_metrics_request,
+    encode_trace_requests,
+)
+from fgext.otlp._mapping import Mapper, Metrics
+from fgext.otlp._resource import ResourceBuilder
+
+
+def stamp(ms: int) -> str:
+    seconds, millis = divmod(ms, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"2023-02-01T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
+
+
+def workload(invocations: int, lines: int, with_logs: bool = True) -> List[Dict[str, Any]]:
+    events: List[Dict[str, Any]] = []
+    metrics = {"durationMs": 10.6, "billingDurationMS": 11, "memoryUsed": 23.4, "memorySize": 128,
+               "podName": "pool22-300-128-fusion-64774779-4g77v"}
+    for index in range(invocations):
+        rid = str(uuid.UUID(int=index + 1))
+        begin = index * 100
+        events.append({"name": "platform.start", "startTime": stamp(begin), "traceId": rid})
+        if with_logs:
+            events += [{"name": "function", "startTime": stamp(begin + 1 + i % 90),
+                        "logs": f"[Function]INFO request {index} step {i}: handled item with some detail"}
+                       for i in range(lines)]
+        events.append({"name": "platform.runtimeDone", "startTime": stamp(begin + 95), "traceId": rid,
+                       "status": "success"})
+        events.append({"name": "platform.report", "startTime": stamp(begin), "traceId": rid,
+                       "endTime": stamp(begin + 96), "status": "success", "reportMetrics": metrics})
+    return events
+
+
+def best(rounds: int, run: Callable[[], None]) -> float:
+    times = []
+    for _ in range(rounds):
+        # CPU time of this process: other work on the machine does not inflate the number
+        started = time.process_time()
+        run()
+        times.append(time.process_time() - started)
+    return min(times)
+
+
+def convert_and_encode(parsed: List[Any]) -> Callable[[], None]:
+    def run() -> None:
+        resource = ResourceBuilder({}, function_name="hello", function_version="latest")
+        mapper = Mapper(resource, Metrics("cumulative", 0), open_wait_s=60, function_timeout_s=30)
+        message = resource.message()
+        # one POST of 100 events at a time, as the platform would send them, exporting at each report
+        for first in range(0, len(parsed), 100):
+            if mapper.consume(parsed[first:first + 100]):
+                encode_trace_requests(message, mapper.take_spans())
+                encode_logs_requests(message, mapper.take_logs(), mapper)
+                encode_metrics_request(message, mapper.metrics.snapshot(time.time_ns()))
+        encode_trace_requests(message, mapper.take_spans())
+        encode_logs_requests(message, mapper.take_logs(), mapper)
+    return run
+
+
+def main() -> None:
+    invocations = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    lines = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    import google.protobuf
+    from google.protobuf.internal import api_implementation
+
+    print(f"python {sys.version.split()[0]}, protobuf {google.protobuf.__version__} "
+          f"({api_implementation.Type()}), {invocations} invocations x {lines} log lines")
+    for label, events in (("log-heavy", workload(invocations, lines)),
+                          ("platform events only", workload(invocations * 5, 0, with_logs=False))):
+        body = json.dumps(events)
+        count = len(events)
+        parsed = parse_body(body).events
+        decode = best(5, lambda body=body: json.loads(body)) / count * 1e6  # type: ignore[misc]
+        parse = best(5, lambda body=body: parse_body(body)) / count * 1e6  # type: ignore[misc]
+        otlp = best(5, convert_and_encode(parsed)) / count * 1e6
+        print(f"{label:>22}: {count} events | json.loads {decode:5.2f} us/event | fgext parse "
+              f"{parse:5.2f} us/event | otlp convert+encode {otlp:5.2f} us/event "
+              f"({otlp / decode:.1f}x json.loads)")
+
+
+if __name__ == "__main__":
+    main()
