@@ -283,10 +283,12 @@ def test_collector_down_then_up_loses_nothing(tap_factory: Callable[[int], OtelT
         assert plugin.stats["failed_attempts"] >= 1
         collector = tap_factory(port)
         collector.start()
-        spans = await collector.wait("spans", lambda s: len(roots(s)) >= 3, timeout=20)
+        # No flush call: the sender's own backoff (capped at 30 s) finds the collector again.
+        spans = await collector.wait("spans", lambda s: len(roots(s)) >= 3, timeout=45)
         assert sorted(attr(s, "faas.invocation_id") for s in roots(spans)) == sorted(ids)
         logs = await collector.wait("logs", lambda items: len(items) >= 9)
-        assert len(logs) == 9
+        await plugin.flush(5)  # whatever is still in flight finishes before the spool is checked
+        assert len(collector.items("logs")) == len(logs) == 9
         assert plugin.stats["spooled_requests"] == 0 and plugin.stats["dropped_items"] == 0
         assert os.listdir(tmp_path) == []
         await plugin.shutdown(3)
