@@ -27,6 +27,12 @@ PACKAGE = "huawei_cloud.functiongraph.package"
 _MB = 1024 * 1024
 
 
+def _fgext_version() -> str:
+    from fgext import __version__
+
+    return __version__
+
+
 def any_value(value: AttributeValue) -> AnyValue:
     """One OTLP ``AnyValue`` for a scalar; bool is tested first because it is an int in Python."""
     if isinstance(value, bool):
@@ -57,6 +63,7 @@ class ResourceBuilder:
             "cloud.platform": PLATFORM,
             "telemetry.sdk.name": "fgext",
             "telemetry.sdk.language": "python",
+            "telemetry.sdk.version": _fgext_version(),
         }
         name = function_name or environ.get("RUNTIME_FUNC_NAME", "").strip()
         version = function_version or environ.get("RUNTIME_FUNC_VERSION", "").strip()
@@ -97,6 +104,7 @@ class ResourceBuilder:
         self._set(PROJECT_ID, urn.project_id, overwrite=False)
         self._set(PACKAGE, urn.package, overwrite=False)
         self._set("faas.name", urn.function_name, overwrite=False)
+        self._set("faas.version", urn.version, overwrite=False)
         if urn.form != "short":
             self._set("cloud.resource_id", urn.raw, overwrite=False)
 
