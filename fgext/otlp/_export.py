@@ -494,6 +494,9 @@ class Shipper:
         except asyncio.TimeoutError:
             self.spill()
             return False
+        except asyncio.CancelledError:
+            self.spill()  # the caller's own deadline hit: keep the data on disk, then let go
+            raise
 
     async def close(self) -> None:
         self.spill()

@@ -139,10 +139,14 @@ class OtlpPlugin(Plugin):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         assert self._mapper is not None
-        self._mapper.expire(everything=True)
-        self._export_pending()
-        # Keep a sliver of the deadline for writing leftovers to disk and closing connections.
-        await self._shipper.flush(max(0.0, (deadline - time.monotonic()) * 0.9))
+        try:
+            self._mapper.expire(everything=True)
+            self._export_pending()
+            # Keep a sliver of the deadline for writing leftovers to disk and closing connections.
+            await self._shipper.flush(max(0.0, (deadline - time.monotonic()) * 0.9))
+        finally:
+            # Synchronous, so it happens even if the agent's deadline cancels this coroutine.
+            self._shipper.spill()
         await self._shipper.close()
         if self._close_transports is not None:
             with contextlib.suppress(asyncio.TimeoutError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -24,6 +25,7 @@ __all__ = ["Spool", "SpoolEntry"]
 _NAME = re.compile(r"^(\d{1,20})-(traces|logs|metrics)-(\d{1,12})\.pb$")
 
 DropCallback = Callable[[str, int, int], None]  # signal, items, bytes
+_WARN_EVERY_S = 10.0
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Spool:
         self._sequence = 0
         self._on_disk = False
         self._opened = False
+        self._last_warning = float("-inf")
+        self._unreported: List[int] = [0, 0]  # drops (requests, items) since the last warning
 
     @property
     def size(self) -> int:
@@ -163,9 +167,17 @@ class Spool:
             self._drop(oldest)
 
     def _drop(self, entry: SpoolEntry) -> None:
-        self._log.warning("otlp spool full: dropped the oldest telemetry", signal=entry.signal,
-                          items=entry.items, bytes=entry.size, max_bytes=self.max_bytes)
+        # Every drop is counted (the self-metric); the warning is repeated at most every 10 s with the
+        # totals since the last one, so a long outage does not flood the function's logs.
         self._on_drop(entry.signal, entry.items, entry.size)
+        self._unreported[0] += 1
+        self._unreported[1] += entry.items
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._log.warning("otlp spool full: dropped the oldest telemetry", requests=self._unreported[0],
+                              items=self._unreported[1], last_signal=entry.signal, max_bytes=self.max_bytes)
+            self._last_warning = now
+            self._unreported = [0, 0]
 
     @staticmethod
     def _unlink(path: Path) -> None:
