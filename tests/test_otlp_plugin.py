@@ -627,3 +627,16 @@ def test_grpc_export_with_gzip_headers_and_resource(tmp_path: Path) -> None:
             await plugin.shutdown(3)
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------------------------- public surface
+
+
+def test_public_surface_and_discovery() -> None:
+    """fgext.otlp exports exactly OtlpPlugin, and the agent finds it under the name ``otlp``."""
+    import fgext.otlp
+    from fgext._discovery import load_plugin
+
+    assert fgext.otlp.__all__ == ["OtlpPlugin"]
+    plugin = load_plugin("otlp")
+    assert isinstance(plugin, OtlpPlugin) and plugin.role == "sink" and plugin.name == "otlp"

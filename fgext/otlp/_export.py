@@ -424,6 +424,7 @@ class Shipper:
         ``force`` (a flush) tries even while backing off, but never before a ``Retry-After``.
         """
         async with self._lock:
+            sent_before = self.sent_requests
             now = self._monotonic()
             if now < self._not_before or (self.down and not force and now < self._next_attempt):
                 self.spill()
@@ -455,8 +456,10 @@ class Shipper:
                     self._queue.popleft()
                     self._queue_bytes -= len(data)
             if self._failures:
-                self._log.info("otlp collector reachable again", failed_attempts=self._failures)
-            self._failures = 0
+                if self.sent_requests > sent_before:
+                    self._log.info("otlp collector reachable again", failed_attempts=self._failures)
+                # Either it answered, or nothing was left to try: new requests go straight out again.
+                self._failures = 0
             return True
 
     def _handle(self, outcome: Outcome, signal: str, items: int) -> bool:

@@ -123,7 +123,7 @@ class OtlpPlugin(Plugin):
 
     async def flush(self, timeout: Optional[float] = None) -> None:
         """Export everything pending now and wait for it, at most ``timeout`` seconds."""
-        if self._shipper is None:
+        if self._shipper is None or self._stopped:
             return
         self._export_pending()
         await self._shipper.flush(_DEFAULT_FLUSH_TIMEOUT_S if timeout is None else max(0.0, timeout))
