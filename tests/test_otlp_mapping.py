@@ -6,6 +6,8 @@ import hashlib
 import uuid
 from typing import Any, Dict, List, Optional
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -271,6 +273,24 @@ class TestOrdering:
         assert spans["hello"].start_time_unix_nano == ns(0)
         assert attrs(spans["hello"])["faas.coldstart"] is True
         assert attrs(spans["hello"])["fgext.init.request_id"] == INIT_ID
+        assert mapper.open_requests == 0
+
+    @settings(max_examples=150, deadline=None)
+    @given(order=st.permutations(range(6)), cuts=st.sets(st.integers(1, 5)))
+    def test_any_order_and_split_gives_each_span_exactly_once(self, order: List[int], cuts: set) -> None:  # type: ignore[type-arg]
+        """Whatever the order and POST boundaries, a cold request yields one root, one init, one invoke."""
+        mapper = make_mapper()
+        objects = cold(INIT_ID, 0) + invocation(INIT_ID, 20, 30)
+        shuffled = [objects[i] for i in order]
+        bounds = [0, *sorted(cuts), len(shuffled)]
+        for first, last in zip(bounds, bounds[1:]):
+            mapper.consume(events(*shuffled[first:last]))
+        mapper.expire(everything=True)
+        spans = mapper.take_spans()
+        assert sorted(s.name for s in spans) == ["hello", "init", "invoke"]
+        assert {s.trace_id for s in spans} == {trace_id_for(INIT_ID)}
+        root = next(s for s in spans if s.name == "hello")
+        assert all(s.parent_span_id == root.span_id for s in spans if s is not root)
         assert mapper.open_requests == 0
 
     def test_capacity_bound_closes_the_oldest(self) -> None:

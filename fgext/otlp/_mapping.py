@@ -431,14 +431,15 @@ class Mapper:
         rid = event.request_id
         request = self._open.get(rid)
         kind = event.phase
+        if request is None or (request.late and kind not in request.phases):
+            closed = self._closed.get(rid)
+            if closed is not None and kind in closed.emitted:
+                self.late_events += 1  # its span is written already; nothing new to say
+                return False
         if request is None:
             closed = self._closed.get(rid)
             if closed is not None:
-                if kind in closed.emitted:
-                    self.late_events += 1  # its span is written already; nothing new to say
-                    return False
                 request = _Request(rid, closed.trace_id, closed.root_span_id, late=True)
-                closed.emitted.add(kind)
             else:
                 request = _Request(rid, trace_id_for(rid), span_id())
             self._open[rid] = request
