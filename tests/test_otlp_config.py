@@ -152,7 +152,7 @@ class TestFlush:
             parse_flush(text)
 
     def test_scheduler_decisions(self) -> None:
-        """end exports at each invocation end, periodically after its interval, continuously on a timer."""
+        """end exports at each invocation end, periodically at most every interval, continuously both."""
         now = [0.0]
         end = FlushScheduler(FlushPolicy("end"), lambda: now[0])
         periodic = FlushScheduler(FlushPolicy("periodically", 10.0), lambda: now[0])
@@ -160,10 +160,11 @@ class TestFlush:
         assert end.at_invocation_end() and not end.timer_due()
         assert not periodic.at_invocation_end()
         now[0] = 10.0
-        assert periodic.at_invocation_end() and not periodic.timer_due()
+        assert periodic.at_invocation_end() and periodic.timer_due()
         periodic.exported()
-        assert not periodic.at_invocation_end()
+        assert not periodic.at_invocation_end() and not periodic.timer_due()
         assert continuous.timer_due() and continuous.at_invocation_end()
         continuous.exported()
         assert not continuous.timer_due()
         assert continuous.timer_interval == 1.0 and end.timer_interval is None
+        assert periodic.timer_interval == 10.0

@@ -63,9 +63,10 @@ _PER_SIGNAL: Dict[str, Tuple[str, str, str, str, str, str, str]] = {
 class FlushPolicy:
     """When pending telemetry leaves the agent (``FGEXT_FLUSH``).
 
-    ``end``: at the end of every invocation (its report). ``periodically``: at the end of an
-    invocation, but only once ``interval_s`` has passed since the last export. ``continuously``: every
-    ``interval_s`` on a timer, also during long invocations, and at the end of each invocation.
+    ``end``: at the end of every invocation (its report). ``periodically``: at most every
+    ``interval_s``, at the end of an invocation or on a timer once the interval has passed since the
+    last export. ``continuously``: every ``interval_s`` on a timer, also during long invocations, and
+    at the end of each invocation.
     """
 
     mode: str = "end"

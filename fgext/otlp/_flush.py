@@ -30,12 +30,12 @@ class FlushScheduler:
         return True
 
     def timer_due(self) -> bool:
-        """``continuously`` only: the interval passed since the last export."""
-        return self.policy.mode == "continuously" and self._monotonic() - self._last >= self.policy.interval_s
+        """``continuously`` and ``periodically``: the interval passed since the last export."""
+        return self.policy.mode != "end" and self._monotonic() - self._last >= self.policy.interval_s
 
     @property
     def timer_interval(self) -> Optional[float]:
-        return self.policy.interval_s if self.policy.mode == "continuously" else None
+        return self.policy.interval_s if self.policy.mode != "end" else None
 
     def exported(self) -> None:
         self._last = self._monotonic()
