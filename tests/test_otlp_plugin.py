@@ -369,6 +369,18 @@ def test_periodically_waits_for_its_interval(tap: OtelTap, tmp_path: Path) -> No
     asyncio.run(scenario())
 
 
+def test_periodically_exports_on_its_timer(tap: OtelTap, tmp_path: Path) -> None:
+    """periodically,<ms> sends what waited once its interval has passed, without a flush call."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="periodically,300"))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
+        await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
 def test_continuously_exports_during_an_invocation(tap: OtelTap, tmp_path: Path) -> None:
     """continuously,<ms> sends log lines on its timer while the invocation is still running."""
 
