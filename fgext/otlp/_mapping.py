@@ -745,19 +745,35 @@ class Mapper:
         return logs
 
 
+_TEMPLATES: Dict[Tuple[str, Optional[str]], bytes] = {}
+
+
+def _template(source: str, word: Optional[str]) -> bytes:
+    """The serialized constant part of a record (severity and source), merged in one call."""
+    template = LogRecord()
+    if word is not None:
+        template.severity_number = _SEVERITY[word]  # type: ignore[assignment]
+        template.severity_text = word
+    template.attributes.append(_SOURCE_ATTRS[source])
+    data: bytes = template.SerializeToString()
+    _TEMPLATES[(source, word)] = data
+    return data
+
+
 def encode_logs(container: object, pending: Sequence[PendingLog], mapper: Mapper) -> None:
     """Append one OTLP log record per pending event to ``container`` (a repeated LogRecord field).
 
-    The hot path: records are added in place (no intermediate objects) and shared attributes are
-    appended from prebuilt messages, which keeps this at a few microseconds per line.
+    The hot path: records are added in place, and the parts shared by many records (severity and
+    source; trace ID, span ID and request ID of a phase) are merged from prebuilt serialized
+    templates: one C-level merge instead of several Python-level field writes, which more than
+    halves the cost per line.
     """
     add = container.add  # type: ignore[attr-defined]
-    severity = _SEVERITY
     level = _LEVEL
-    sources = _SOURCE_ATTRS
+    templates = _TEMPLATES
     correlate = mapper.correlate
     cached_phase: Optional[_Phase] = None
-    cached_attr = KeyValue()
+    correlation = b""
     for event, observed in pending:
         record: LogRecord = add()
         record.observed_time_unix_nano = observed
@@ -765,24 +781,21 @@ def encode_logs(container: object, pending: Sequence[PendingLog], mapper: Mapper
             at = event.start_ns
             message = event.message.rstrip("\r\n")
             match = level.search(message, 0, _LEVEL_SCAN)
-            if match is not None:
-                word = match.group(1)
-                record.severity_number = severity[word]  # type: ignore[assignment]
-                record.severity_text = word
+            key = (event.category, match.group(1) if match is not None else None)
+            record.MergeFromString(templates.get(key) or _template(*key))
             record.body.string_value = message
-            record.attributes.append(sources[event.category])
         else:
             at = event.start_ns if event.start_ns is not None else observed
             record.body.string_value = json.dumps(dict(event.raw), ensure_ascii=False, default=str)
-            record.attributes.append(sources["unknown"])
+            record.MergeFromString(templates.get(("unknown", None)) or _template("unknown", None))
             record.attributes.add(key="fgext.event.name").value.string_value = event.name
         record.time_unix_nano = at
         phase = correlate(at)
         if phase is not None:
             if phase is not cached_phase:
                 cached_phase = phase
-                cached_attr = _kv("faas.invocation_id", phase.request.request_id)
-            record.trace_id = phase.request.trace_id
-            record.span_id = phase.span_id
-            record.flags = _TRACE_FLAG_SAMPLED
-            record.attributes.append(cached_attr)
+                correlation = LogRecord(
+                    trace_id=phase.request.trace_id, span_id=phase.span_id, flags=_TRACE_FLAG_SAMPLED,
+                    attributes=[_kv("faas.invocation_id", phase.request.request_id)],
+                ).SerializeToString()
+            record.MergeFromString(correlation)
