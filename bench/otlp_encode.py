@@ -4,7 +4,9 @@ Run from the repository root: ``python bench/otlp_encode.py [invocations] [lines
 It prints microseconds per event for JSON decoding (the reference the issue sets: ~1.2 us), fgext's
 event parsing, and the OTLP plugin's conversion + encoding (sorting events into requests, building
 spans, log records and metrics as protobuf messages, correlating log lines, serializing once), for a
-log-heavy workload and for platform events alone. Best of several rounds; nothing is asserted.
+log-heavy workload and for platform events alone; then the whole plugin's CPU per invocation with the
+default ``end`` strategy, HTTP export included, against a receiver in another process. CPU time of
+this process, best of several rounds for the first part; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -80,6 +82,76 @@ def convert_and_encode(parsed: List[Any]) -> Callable[[], None]:
     return run
 
 
+_RECEIVER = """
+import sys
+from aiohttp import web
+async def ok(request):
+    await request.read()
+    return web.Response(status=200)
+app = web.Application(client_max_size=64 * 1024 * 1024)
+app.router.add_post("/{tail:.*}", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def end_to_end(invocations: int, lines: int) -> None:
+    """The whole plugin with FGEXT_FLUSH=end, exporting over HTTP to a receiver in another process."""
+    import asyncio
+    import socket
+    import subprocess
+    import tempfile
+
+    from fgext._plugin import PluginContext, RegistrationInfo
+    from fgext.otlp import OtlpPlugin
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    receiver = subprocess.Popen([sys.executable, "-c", _RECEIVER, str(port)])
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        events = workload(invocations, lines)
+        per_invocation = 3 + lines
+        batches = [parse_body(json.dumps(events[i:i + per_invocation])).events
+                   for i in range(0, len(events), per_invocation)]
+
+        async def run() -> float:
+            with tempfile.TemporaryDirectory() as spool:
+                plugin = OtlpPlugin()
+                environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "FGEXT_SPOOL_DIR": spool}
+                registration = RegistrationInfo("extensionFgext.sh", "127.0.0.1:8081", "hello", "latest")
+                await plugin.start(PluginContext(name="otlp", registration=registration, environ=environ))
+                await plugin.on_telemetry(batches[0])  # warm up: the HTTP session and its TLS context
+                await plugin.flush(10)
+                started = time.process_time()
+                for batch in batches[1:]:
+                    await plugin.on_telemetry(batch)
+                    await plugin.flush(10)  # each invocation's export completes before the next, as in a sandbox
+                spent = time.process_time() - started
+                assert plugin.stats["sent_requests"] >= 3 * invocations, plugin.stats
+                invocations_timed = len(batches) - 1
+                await plugin.shutdown(5)
+                return spent / invocations_timed * invocations
+
+        spent = asyncio.run(run())
+        print(f"{'end to end (HTTP)':>22}: {invocations} invocations x {per_invocation} events, FGEXT_FLUSH=end "
+              f"| {spent / invocations * 1e6:7.0f} us CPU per invocation (3 POSTs) "
+              f"| {spent / len(events) * 1e6:5.2f} us/event")
+    finally:
+        receiver.terminate()
+        try:
+            receiver.wait(5)
+        except subprocess.TimeoutExpired:
+            receiver.kill()
+            receiver.wait(5)
+
+
 def main() -> None:
     invocations = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     lines = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -99,6 +171,7 @@ def main() -> None:
         print(f"{label:>22}: {count} events | json.loads {decode:5.2f} us/event | fgext parse "
               f"{parse:5.2f} us/event | otlp convert+encode {otlp:5.2f} us/event "
               f"({otlp / decode:.1f}x json.loads)")
+    end_to_end(min(invocations, 200), lines)
 
 
 if __name__ == "__main__":
