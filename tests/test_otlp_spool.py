@@ -69,11 +69,11 @@ def test_a_new_spool_on_the_same_directory_adopts_the_files(tmp_path: Path) -> N
     first, _, _ = make(tmp_path)
     first.add("metrics", b"m1", 8)
     first.add("traces", b"t2", 2)
-    (tmp_path / "0000000000000099-logs-1.pb.tmp").write_bytes(b"half")  # killed mid-write
+    (tmp_path / "0000000000000099-7-logs-1.pb.tmp").write_bytes(b"half")  # killed mid-write
     (tmp_path / "unrelated.txt").write_bytes(b"keep")
     second, _, _ = make(tmp_path)
     assert [(e.signal, second.read(e)) for e in second.entries()] == [("metrics", b"m1"), ("traces", b"t2")]
-    assert not (tmp_path / "0000000000000099-logs-1.pb.tmp").exists()
+    assert not (tmp_path / "0000000000000099-7-logs-1.pb.tmp").exists()
     assert (tmp_path / "unrelated.txt").exists()
     second.add("logs", b"l3", 1)
     assert [e.signal for e in second.entries()] == ["metrics", "traces", "logs"]

@@ -1,6 +1,6 @@
 """The disk spool: serialized export requests that could not be sent yet, oldest first, bounded.
 
-One file per request, named ``<sequence>-<signal>-<items>.pb`` and holding exactly the bytes that
+One file per request, named ``<sequence>-<pid>-<signal>-<items>.pb`` and holding exactly the bytes that
 would have been POSTed, so replaying is reading and sending, nothing to re-encode. Files are written
 to a temporary name and renamed, so an agent killed mid-write leaves no half request behind; a new
 agent started on the same directory picks the files up and sends them.
@@ -22,7 +22,9 @@ from typing import Any, Callable, List, Optional
 
 __all__ = ["Spool", "SpoolEntry"]
 
-_NAME = re.compile(r"^(\d{1,20})-(traces|logs|metrics)-(\d{1,12})\.pb$")
+# <sequence>-<pid>-<signal>-<items>.pb: the writer's PID keeps two agents sharing a directory (an old
+# one still shutting down, a new one starting) from overwriting each other's files.
+_NAME = re.compile(r"^(\d{1,20})-(\d{1,10})-(traces|logs|metrics)-(\d{1,12})\.pb$")
 
 DropCallback = Callable[[str, int, int], None]  # signal, items, bytes
 _WARN_EVERY_S = 10.0
@@ -93,7 +95,7 @@ class Spool:
                 size = path.stat().st_size
             except OSError:
                 continue
-            found.append(SpoolEntry(int(match.group(1)), match.group(2), int(match.group(3)), size, path))
+            found.append(SpoolEntry(int(match.group(1)), match.group(3), int(match.group(4)), size, path))
         found.sort(key=lambda entry: entry.sequence)
         self._entries = found
         self._bytes = sum(entry.size for entry in found)
@@ -114,7 +116,7 @@ class Spool:
         entry = SpoolEntry(self._sequence, signal, items, size)
         self._sequence += 1
         if self._on_disk:
-            path = self.directory / f"{entry.sequence:016d}-{signal}-{items}.pb"
+            path = self.directory / f"{entry.sequence:016d}-{os.getpid()}-{signal}-{items}.pb"
             temporary = path.with_name(path.name + ".tmp")
             try:
                 with open(temporary, "wb") as handle:
