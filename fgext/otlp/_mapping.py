@@ -458,13 +458,13 @@ class Mapper:
         begin = phase.begin_ns
         if not had_begin and begin is not None:
             self._index(phase, begin)
-        if begin is not None and id(phase) in self._running:
-            self._note_end(phase)
             if kind == "invoke":
                 self._note_invoke_start(request, begin)
             elif request.init_only:
                 self._inits[rid] = request
                 self._find_first_invoke(request, begin)
+        if id(phase) in self._running:
+            self._note_end(phase)  # leaves the running set once its end is known
         request.deadline = self._monotonic() + self._open_wait
         if request.late:
             if all(p.report is not None for p in request.phases.values()):
