@@ -346,6 +346,14 @@ class TestLogs:
         (record,) = encoded_logs(mapper)
         assert attrs(record)["faas.invocation_id"] == INVOKE_ID
 
+    def test_start_arriving_after_done_still_covers_early_lines(self) -> None:
+        """A line early in a phase whose start event came after its done event is still correlated."""
+        mapper = make_mapper()
+        mapper.consume(events(done(INVOKE_ID, 10)))
+        mapper.consume(events(start(INVOKE_ID, 0), log(2, "[Function]early"), report(INVOKE_ID, 0, 11)))
+        (record,) = encoded_logs(mapper)
+        assert attrs(record)["faas.invocation_id"] == INVOKE_ID
+
     def test_init_log_is_correlated_with_the_init_span(self) -> None:
         """A line printed during init belongs to the init span of the request that caused it."""
         mapper = make_mapper()

@@ -446,7 +446,7 @@ class Mapper:
         phase = request.phase(kind)
         if kind == "invoke":
             self._inits.pop(rid, None)
-        had_begin = phase.begin_ns is not None
+        old_begin = phase.begin_ns
         if isinstance(event, StartEvent):
             phase.start_ns = event.start_ns
         elif isinstance(event, RuntimeDoneEvent):
@@ -456,15 +456,22 @@ class Mapper:
             phase.report = event
             self.resource.note_report(event.metrics.pod_name, event.metrics.memory_size_mb)
         begin = phase.begin_ns
-        if not had_begin and begin is not None:
+        if old_begin is not None and begin is not None and begin != old_begin:
+            self._reindex(phase, old_begin, begin)  # e.g. the start event came after the done event
+        elif old_begin is None and begin is not None:
             self._index(phase, begin)
             if kind == "invoke":
                 self._note_invoke_start(request, begin)
             elif request.init_only:
                 self._inits[rid] = request
                 self._find_first_invoke(request, begin)
-        if id(phase) in self._running:
-            self._note_end(phase)  # leaves the running set once its end is known
+        end = phase.end_ns
+        if begin is not None and end is not None:
+            # Known extent: out of the running set, and the look-back horizon covers it (a start or a
+            # report arriving late can stretch a phase that was already indexed).
+            self._running.pop(id(phase), None)
+            if end - begin > self._longest_ns:
+                self._longest_ns = end - begin
         request.deadline = self._monotonic() + self._open_wait
         if request.late:
             if all(p.report is not None for p in request.phases.values()):
@@ -497,6 +504,17 @@ class Mapper:
             drop = len(self._starts) - self._max_intervals
             del self._starts[:drop]
             del self._phases[:drop]
+
+    def _reindex(self, phase: _Phase, old_begin: int, begin: int) -> None:
+        starts, phases = self._starts, self._phases
+        for position in range(bisect_left(starts, old_begin), bisect_right(starts, old_begin)):
+            if phases[position] is phase:
+                del starts[position]
+                del phases[position]
+                position = bisect_right(starts, begin)
+                starts.insert(position, begin)
+                phases.insert(position, phase)
+                return
 
     def _note_invoke_start(self, request: _Request, begin: int) -> None:
         for other in self._inits.values():
