@@ -445,8 +445,9 @@ def test_shutdown_exports_what_is_open(tap: OtelTap, tmp_path: Path) -> None:
 class Recorder:
     """An OTLP/HTTP endpoint that answers from a script, to test what oteltap cannot answer."""
 
-    def __init__(self, answers: List[Tuple[int, Dict[str, str]]]) -> None:
+    def __init__(self, answers: List[Tuple[int, Dict[str, str]]], body: bytes = b"") -> None:
         self.answers = answers
+        self.body = body
         self.requests: List[Tuple[float, str, Dict[str, str], bytes]] = []
         self.port = 0
         self._runner: Any = None
@@ -460,7 +461,7 @@ class Recorder:
                 body = gzip.decompress(body)
             self.requests.append((time.monotonic(), request.path, dict(request.headers), body))
             status, headers = self.answers.pop(0) if self.answers else (200, {})
-            return web.Response(status=status, headers=headers, body=b"")
+            return web.Response(status=status, headers=headers, body=self.body)
 
         app = web.Application()
         app.router.add_post("/{tail:.*}", handle)
@@ -521,6 +522,43 @@ def test_permanent_rejection_is_counted_not_retried(tmp_path: Path) -> None:
             await plugin.shutdown(2)
 
     asyncio.run(scenario())
+
+
+def test_partial_success_is_counted_as_dropped(tmp_path: Path) -> None:
+    """A 200 whose OTLP body says some spans were rejected counts those spans as dropped, with the reason."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTracePartialSuccess,
+        ExportTraceServiceResponse,
+    )
+
+    answer = ExportTraceServiceResponse(
+        partial_success=ExportTracePartialSuccess(rejected_spans=1, error_message="span too old"))
+
+    async def scenario() -> None:
+        async with Recorder([], body=answer.SerializeToString()) as server:
+            env = environ(server.port, tmp_path, OTEL_LOGS_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+            plugin = await started(env)
+            await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
+            await plugin.flush(2)
+            assert plugin.stats["dropped_items"] == 1
+            assert plugin.stats["spooled_requests"] == 0 and len(server.requests) == 1
+            await plugin.shutdown(2)
+
+    asyncio.run(scenario())
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    """Retry-After is read as seconds or as an HTTP date; anything else is ignored."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from fgext.otlp._export import _retry_after
+
+    assert _retry_after("3") == 3.0
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    value = _retry_after(later)
+    assert value is not None and 25 <= value <= 31
+    assert _retry_after("soon") is None and _retry_after(None) is None
 
 
 def test_switched_off_signal_is_not_sent(tmp_path: Path) -> None:
