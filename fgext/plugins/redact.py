@@ -60,7 +60,7 @@ DEFAULT_RULES: Tuple[Rule, ...] = (
         r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)")),
     ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}")),
     ("bearer", re.compile(r"(?i)\b(?:bearer|basic)\s+(?P<secret>[A-Za-z0-9._~+/=-]{8,})")),
-    ("url_password", re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s:/?#@]+:(?P<secret>[^\s/?#@]+)@")),
+    ("url_password", re.compile(r"(?i)\b[a-z][a-z0-9+.-]{1,15}://[^\s:/?#@]*:(?P<secret>[^\s/?#@]+)@")),
     ("secret_value", re.compile(
         r"(?i)(?<![A-Za-z0-9])[\"']?(?:" + _SECRET_NAMES + r")[\"']?\s*[:=]\s*[\"']?"
         r"(?P<secret>(?!\[REDACTED)[^\s\"',;&}\]]{3,})")),
