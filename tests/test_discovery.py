@@ -77,7 +77,7 @@ class TestConfig:
 
     def test_wrong_type(self) -> None:
         """A value that does not convert to the declared type is refused with the key."""
-        with pytest.raises(PluginError, match="'retries'.*must be int"):
+        with pytest.raises(PluginError, match=r"'retries'.*must be int"):
             plugin_config(Configurable(), {"plugins": {"conf": {"retries": "many"}}}, {})
 
     def test_section_must_be_object(self) -> None:

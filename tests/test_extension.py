@@ -149,7 +149,7 @@ class TestSlots:
         """An extension's settings are validated like any plugin's, naming the extension."""
         ext = Extension(name="cfg", config={"limit": int})
         ext.on_telemetry(lambda events: None)
-        with pytest.raises(PluginError, match="'cfg': setting 'limit'.*must be int"):
+        with pytest.raises(PluginError, match=r"'cfg': setting 'limit'.*must be int"):
             run_plugin(ext, [make_log("x")], environ={"FGEXT_CFG_LIMIT": "many"})
 
     def test_context_before_start(self) -> None:

@@ -10,12 +10,27 @@ import pytest
 
 from fgext._errors import DropEvent, PluginError
 from fgext._events import (
-    AnyEvent, ExtensionLog, FunctionLog, InitReport, Report, RuntimeDone, Start, event_to_dict,
+    AnyEvent,
+    ExtensionLog,
+    FunctionLog,
+    InitReport,
+    Report,
+    RuntimeDone,
+    Start,
+    event_to_dict,
 )
 from fgext._pipeline import PluginFailure
 from fgext._plugin import Plugin, PluginContext, Processor, Sink
 from fgext._plugintest import (
-    CaptureSink, arun_plugin, make_done, make_invocation, make_invoke, make_log, make_report, make_start, run_plugin,
+    CaptureSink,
+    arun_plugin,
+    make_done,
+    make_invocation,
+    make_invoke,
+    make_log,
+    make_report,
+    make_start,
+    run_plugin,
 )
 
 
