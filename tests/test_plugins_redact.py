@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fgext._errors import PluginError
 from fgext._events import FunctionLog, UnknownEvent
@@ -133,3 +135,28 @@ class TestSettings:
                    configs={"jsonl": {"path": str(out)}})
         text = out.read_text()
         assert SK not in text and "[REDACTED:huawei_sk]" in text
+
+
+class TestProperties:
+    @given(before=st.text(max_size=60), after=st.text(max_size=60),
+           user=st.from_regex(r"[a-z][a-z0-9._]{0,15}[a-z0-9]", fullmatch=True),
+           domain=st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]\.(com|cn|org|com\.cn)", fullmatch=True),
+           mobile=st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True))
+    @settings(max_examples=200, deadline=None)
+    def test_embedded_email_and_mobile_never_survive(self, before: str, after: str, user: str, domain: str,
+                                                     mobile: str) -> None:
+        """An e-mail address and a mobile number set off by spaces anywhere in arbitrary text are always masked."""
+        plugin = RedactPlugin()
+        plugin.configure({})
+        email = f"{user}@{domain}"
+        out = plugin.redact(f"{before} {email} {mobile} {after}")
+        assert email not in out and mobile not in out
+
+    @given(text=st.text(max_size=300))
+    @settings(max_examples=300, deadline=None)
+    def test_any_text_is_handled_and_masking_is_stable(self, text: str) -> None:
+        """Arbitrary text never makes the plugin raise, and masking what is already masked changes nothing."""
+        plugin = RedactPlugin()
+        plugin.configure({})
+        once = plugin.redact(text)
+        assert plugin.redact(once) == once

@@ -85,6 +85,22 @@ SECRET_KEYS: FrozenSet[str] = frozenset({
 })
 
 
+_DIGIT = re.compile(r"[0-9]")
+_HINTS: Dict[str, Callable[[str, str, bool], bool]] = {
+    "private_key": lambda text, lower, digit: "private key" in lower,
+    "jwt": lambda text, lower, digit: "eyJ" in text,
+    "bearer": lambda text, lower, digit: "bearer" in lower or "basic" in lower,
+    "url_password": lambda text, lower, digit: "://" in text,
+    "secret_value": lambda text, lower, digit: "=" in text or ":" in text,
+    "huawei_sk": lambda text, lower, digit: digit,
+    "huawei_ak": lambda text, lower, digit: digit,
+    "email": lambda text, lower, digit: "@" in text,
+    "cn_id": lambda text, lower, digit: digit,
+    "phone_cn": lambda text, lower, digit: digit,
+    "phone": lambda text, lower, digit: digit and "+" in text,
+}
+
+
 def _key(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
@@ -109,6 +125,8 @@ class RedactPlugin(Processor):
         self._keys = {_key(k) for k in self.secret_keys}
         self._mask = mask
         self._raw = True
+        self._compiled: Optional[List[Tuple[str, Pattern[str], Optional[Callable[[str, str, bool], bool]],
+                                            Callable[[re.Match[str]], str]]]] = None
 
     def start(self, context: PluginContext) -> None:
         self.configure(context.config)
@@ -127,6 +145,7 @@ class RedactPlugin(Processor):
         self._keys |= {_key(str(k)) for k in config.get("keys", [])}
         self._mask = str(config.get("mask", self._mask))
         self._raw = bool(config.get("raw", True))
+        self._compiled = None
         try:
             self._mask.format(rule="x")
         except (KeyError, IndexError, ValueError) as error:
@@ -162,10 +181,15 @@ class RedactPlugin(Processor):
 
     def redact(self, text: str) -> str:
         """``text`` with every rule's matches masked."""
-        for name, pattern in self._rules:
-            if name in ("huawei_ak", "huawei_sk", "cn_id", "phone", "phone_cn") and not any(c.isdigit() for c in text):
-                continue  # cheap skip: these rules all need digits
-            text = pattern.sub(self._replacer(name), text)
+        if self._compiled is None:
+            self._compiled = [(name, pattern, _HINTS.get(name), self._replacer(name)) for name, pattern in self._rules]
+        lower = text.lower()
+        has_digit = _DIGIT.search(text) is not None
+        for _name, pattern, hint, replacer in self._compiled:
+            # Cheap substring tests skip most rules on most lines: each of these needs its marker.
+            if hint is not None and not hint(text, lower, has_digit):
+                continue
+            text = pattern.sub(replacer, text)
         return text
 
     def _replacer(self, name: str) -> Callable[[re.Match[str]], str]:
@@ -181,29 +205,40 @@ class RedactPlugin(Processor):
 
         return replace_match
 
-    def _value(self, value: Any, key: Optional[str] = None) -> Any:
+    def _value(self, value: Any, memo: Dict[str, str], key: Optional[str] = None) -> Any:
         if key is not None and _key(key) in self._keys and isinstance(value, (str, int, float)) \
                 and not isinstance(value, bool) and value != "":
             return self._mask.format(rule="key")
         if isinstance(value, str):
-            return self.redact(value)
+            return self._cached(value, memo)
         if isinstance(value, Mapping):
-            return {k: self._value(v, str(k)) for k, v in value.items()}
+            return {k: self._value(v, memo, str(k)) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [self._value(v) for v in value]
+            return [self._value(v, memo) for v in value]
         return value
+
+    def _cached(self, text: str, memo: Dict[str, str]) -> str:
+        # A log event holds its text up to three times (message, logs, raw["logs"]): mask it once.
+        if text not in memo:
+            memo[text] = self.redact(text)
+        return memo[text]
 
     def process(self, event: AnyEvent) -> AnyEvent:
         changes: Dict[str, Any] = {}
+        memo: Dict[str, str] = {}
         if isinstance(event, LogEvent):
-            logs = self.redact(event.logs)
-            message = self.redact(event.message)
+            message = self._cached(event.message, memo)
+            prefix = event.logs[: len(event.logs) - len(event.message)]
+            if event.logs.endswith(event.message) and not any(c.isalnum() for c in prefix.replace(event.marker, "")):
+                # logs is the marker (and spaces) plus message: its masked form follows from message's.
+                memo[event.logs] = prefix + message
+            logs = self._cached(event.logs, memo)
             if logs != event.logs:
                 changes["logs"] = logs
             if message != event.message:
                 changes["message"] = message
         if self._raw:
-            raw = self._value(event.raw)
+            raw = self._value(event.raw, memo)
             if raw != event.raw:
                 changes["raw"] = raw
         if not changes:
