@@ -101,8 +101,13 @@ class Pipeline:
         return self._queue.qsize()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
-        """Ask every sink to send what it holds now (the sandbox may be frozen next)."""
-        await asyncio.gather(*(self._call(s, "flush", timeout, timeout=timeout) for s in self._active_sinks()))
+        """Ask every plugin to send what it holds now (the sandbox may be frozen next).
+
+        Processors are asked too: the contract gives ``flush`` to both roles, and a processor may
+        hold state of its own (an extension's lifecycle handlers can ride on its processor).
+        """
+        states = [s for s in self._processors + self._sinks if not s.disabled]
+        await asyncio.gather(*(self._call(s, "flush", timeout, timeout=timeout) for s in states))
 
     async def shutdown(self, timeout: float) -> None:
         """Dispatch everything queued, then flush and shut plugins down, all within ``timeout``."""

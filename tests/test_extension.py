@@ -303,3 +303,14 @@ def test_run_outside_sandbox_explains(tmp_path: Path) -> None:
     assert "EXTENSION_API_ADDR is not set" in done.stderr and "Traceback" not in done.stderr
 
 
+
+
+def test_processor_only_extension_gets_flush_and_shutdown() -> None:
+    """Lifecycle handlers riding on a processor-only extension are called on flush and shutdown."""
+    ext = Extension(name="proc")
+    calls: List[str] = []
+    ext.on_event(lambda e: e)
+    ext.on_flush(lambda: calls.append("flush"))
+    ext.on_shutdown(lambda timeout: calls.append(f"shutdown<={timeout:g}"))
+    run_plugin(ext, [make_log("x")], shutdown_timeout=3.0)
+    assert calls[0] == "flush" and calls[1].startswith("shutdown<=") and len(calls) == 2
