@@ -67,5 +67,5 @@ class TestSettings:
         path = tmp_path / "fgext.json"
         if content is not None:
             path.write_text(str(content))
-        with pytest.raises(ConfigError, match="fgext.json"):
+        with pytest.raises(ConfigError, match=r"fgext\.json"):
             AgentSettings.from_environ({**BASE, "FGEXT_CONFIG": str(path)})
