@@ -30,9 +30,8 @@ from typing import Any, Dict
 import aiohttp
 
 import fgext
-from fgext._extension import Extension
 
-ext = Extension(name="prefetch", config={"url": str, "path": str, "ttl": float, "timeout": float})
+ext = fgext.Extension(name="prefetch", config={"url": str, "path": str, "ttl": float, "timeout": float})
 state: Dict[str, Any] = {"fetched_at": None, "fetches": 0, "failures": 0, "lock": None}
 
 

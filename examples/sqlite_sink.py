@@ -17,8 +17,7 @@ import threading
 from typing import ClassVar, Dict, Optional, Sequence
 
 import fgext
-from fgext._events import AnyEvent, FunctionLog, ReportEvent
-from fgext._plugin import EventTypes, PluginContext, Sink
+from fgext import AnyEvent, EventTypes, FunctionLog, PluginContext, ReportEvent, Sink
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
