@@ -59,6 +59,7 @@ __all__ = [
     "parse_event",
     "parse_invoke",
     "parse_time",
+    "parse_time_ns",
 ]
 
 JSONObject = Dict[str, Any]
@@ -76,14 +77,31 @@ _ISO = re.compile(
 )
 
 
-def parse_time(value: Any) -> Tuple[datetime, int]:
-    """Parse an ISO 8601 timestamp into an aware datetime and Unix nanoseconds.
+# "YYYY-MM-DDTHH:MM" -> Unix seconds of that minute in UTC. Events of one sandbox share a handful of
+# minutes, so the calendar arithmetic and validation run once per minute instead of once per event.
+_MINUTES: Dict[str, int] = {}
+_MINUTES_MAX = 1024
 
-    Python 3.9's ``fromisoformat`` accepts neither ``Z`` nor arbitrary fraction lengths, so this
-    parses the documented shape itself. A timestamp without an offset is taken as UTC.
+
+def _minute_epoch(year: int, month: int, day: int, hour: int, minute: int) -> int:
+    datetime(year, month, day, hour, minute)  # validates the fields: raises ValueError when out of range
+    return calendar.timegm((year, month, day, hour, minute, 0))
+
+
+def parse_time_ns(value: Any) -> int:
+    """Parse an ISO 8601 timestamp into Unix nanoseconds; raise :class:`MalformedEvent` otherwise.
+
+    Python 3.9's ``fromisoformat`` accepts neither ``Z`` nor arbitrary fraction lengths, so the
+    documented shape is parsed here. A timestamp without an offset is taken as UTC. The platform's
+    own form (``2023-02-01T00:03:50.000Z``) takes a fast path: it is on every event.
     """
     if not isinstance(value, str):
         raise MalformedEvent(f"timestamp must be an ISO 8601 string, got {type(value).__name__}")
+    if len(value) == 24 and value[23] == "Z" and value[19] == "." and value[10] == "T":
+        base = _MINUTES.get(value[:16])
+        rest = value[17:19] + value[20:23]
+        if base is not None and rest.isdigit() and value[16] == ":" and rest[0] < "6":
+            return base * 10**9 + int(rest[:2]) * 10**9 + int(rest[2:]) * 10**6
     match = _ISO.match(value)
     if match is None:
         raise MalformedEvent(f"timestamp {value[:64]!r} is not ISO 8601")
@@ -98,13 +116,31 @@ def parse_time(value: Any) -> Tuple[datetime, int]:
         offset_seconds = int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60
         if offset_text[0] == "-":
             offset_seconds = -offset_seconds
+    if second > 59 or offset_seconds >= 86400 or offset_seconds <= -86400:
+        raise MalformedEvent(f"timestamp {value[:64]!r} is out of range")
     try:
-        tz = timezone(timedelta(seconds=offset_seconds))
-        moment = datetime(year, month, day, hour, minute, second, nanos // 1000, tzinfo=tz)
-    except ValueError as error:
+        base = _minute_epoch(year, month, day, hour, minute)
+    except (ValueError, OverflowError) as error:
         raise MalformedEvent(f"timestamp {value[:64]!r} is out of range: {error}") from None
-    epoch_ns = (calendar.timegm((year, month, day, hour, minute, second)) - offset_seconds) * 10**9 + nanos
-    return moment, epoch_ns
+    if offset_seconds == 0 and value.strip()[10:11] == "T" and len(value.strip()) >= 16:
+        if len(_MINUTES) >= _MINUTES_MAX:
+            _MINUTES.clear()
+        _MINUTES[value.strip()[:16]] = base
+    return (base + second - offset_seconds) * 10**9 + nanos
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    """Unix nanoseconds as an aware UTC datetime (microsecond precision, as datetime has)."""
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_time(value: Any) -> Tuple[datetime, int]:
+    """Parse an ISO 8601 timestamp into an aware UTC datetime and Unix nanoseconds."""
+    ns = parse_time_ns(value)
+    return ns_to_datetime(ns), ns
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -115,11 +151,15 @@ class Event:
     """Base of every telemetry event. ``raw`` is the object exactly as received."""
 
     name: str
-    start_time: datetime
     start_ns: int
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     category: ClassVar[str] = ""  # "platform", "function" or "extension": the subscription type
+
+    @property
+    def start_time(self) -> datetime:
+        """``startTime`` as an aware UTC datetime (derived on use: most consumers need only ``start_ns``)."""
+        return ns_to_datetime(self.start_ns)
 
 
 @dataclass(frozen=True)
@@ -166,13 +206,17 @@ class ReportEvent(PlatformEvent):
     """The overall report of a phase: status, end time and metrics."""
 
     status: str = ""
-    end_time: Optional[datetime] = None
     end_ns: Optional[int] = None
     metrics: ReportMetrics = field(default_factory=ReportMetrics)
 
     @property
     def ok(self) -> bool:
         return self.status.lower() == "success"
+
+    @property
+    def end_time(self) -> Optional[datetime]:
+        """``endTime`` as an aware UTC datetime, when the report carried one."""
+        return None if self.end_ns is None else ns_to_datetime(self.end_ns)
 
 
 @dataclass(frozen=True)
@@ -257,10 +301,13 @@ class UnknownEvent:
 
     name: str
     raw: Mapping[str, Any] = field(repr=False, compare=False)
-    start_time: Optional[datetime] = None
     start_ns: Optional[int] = None
 
     category: ClassVar[str] = "unknown"
+
+    @property
+    def start_time(self) -> Optional[datetime]:
+        return None if self.start_ns is None else ns_to_datetime(self.start_ns)
 
 
 AnyEvent = Union[Event, UnknownEvent]
@@ -365,26 +412,23 @@ def parse_event(obj: Any) -> AnyEvent:
         raise MalformedEvent("event has no name")
     cls = _BY_NAME.get(name.lower())
     if cls is None:
-        start: Optional[Tuple[datetime, int]]
+        start: Optional[int]
         try:
-            start = parse_time(obj.get("startTime"))
+            start = parse_time_ns(obj.get("startTime"))
         except MalformedEvent:
             start = None
-        return UnknownEvent(
-            name=name, raw=obj, start_time=start[0] if start else None, start_ns=start[1] if start else None
-        )
+        return UnknownEvent(name=name, raw=obj, start_ns=start)
 
     if "startTime" not in obj:
         raise MalformedEvent(f"{name}: no startTime")
-    start_time, start_ns = parse_time(obj["startTime"])
+    start_ns = parse_time_ns(obj["startTime"])
 
     if issubclass(cls, LogEvent):
         logs = _log_text(obj.get("logs"))
         message = logs.lstrip()
         if message.startswith(cls.marker):
             message = message[len(cls.marker):]
-        return cls(name=cls.category, start_time=start_time, start_ns=start_ns, raw=obj, logs=logs,
-                   message=message)
+        return cls(name=cls.category, start_ns=start_ns, raw=obj, logs=logs, message=message)
 
     assert issubclass(cls, PlatformEvent)
     request_id = _request_id(obj)
@@ -392,18 +436,14 @@ def parse_event(obj: Any) -> AnyEvent:
         raise MalformedEvent(f"{name}: no traceId (or tracelId)")
     name = cls.canonical_name
     if issubclass(cls, StartEvent):
-        return cls(name=name, start_time=start_time, start_ns=start_ns, raw=obj, request_id=request_id)
+        return cls(name=name, start_ns=start_ns, raw=obj, request_id=request_id)
     status = _text(obj.get("status")) or ""
     if issubclass(cls, RuntimeDoneEvent):
-        return cls(name=name, start_time=start_time, start_ns=start_ns, raw=obj, request_id=request_id,
-                   status=status)
+        return cls(name=name, start_ns=start_ns, raw=obj, request_id=request_id, status=status)
     assert issubclass(cls, ReportEvent)
-    end_time: Optional[datetime] = None
-    end_ns: Optional[int] = None
-    if obj.get("endTime") is not None:
-        end_time, end_ns = parse_time(obj["endTime"])
-    return cls(name=name, start_time=start_time, start_ns=start_ns, raw=obj, request_id=request_id,
-               status=status, end_time=end_time, end_ns=end_ns, metrics=_metrics(obj))
+    end_ns = parse_time_ns(obj["endTime"]) if obj.get("endTime") is not None else None
+    return cls(name=name, start_ns=start_ns, raw=obj, request_id=request_id, status=status, end_ns=end_ns,
+               metrics=_metrics(obj))
 
 
 @dataclass(frozen=True)
@@ -505,6 +545,10 @@ def _plain(value: Any) -> Any:
 def event_to_dict(event: Union[AnyEvent, Invoke]) -> Dict[str, Any]:
     """A JSON-ready dict of any event or invoke: its type, its typed fields, and ``raw`` as received."""
     out: Dict[str, Any] = {"type": type(event).__name__, "category": getattr(event, "category", "invoke")}
+    for key in ("start_time", "end_time"):
+        moment = getattr(event, key, None)
+        if moment is not None:
+            out[key] = moment.isoformat()
     for key, value in event.__dict__.items():
         if key in ("raw", "urn") or value is None:
             continue

@@ -172,6 +172,23 @@ class TestTime:
             parse_time(value)
 
 
+class TestTimeFastPath:
+    @settings(max_examples=300, deadline=None)
+    @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)))
+    def test_fast_path_agrees_with_full_parse(self, moment: datetime) -> None:
+        """The platform's own form gives the same instant on the cached path as on the full parse."""
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        expected = int(moment.replace(tzinfo=timezone.utc).timestamp()) * 10**9 + moment.microsecond // 1000 * 10**6
+        assert parse_time(text)[1] == expected  # first time: full parse, fills the minute cache
+        assert parse_time(text)[1] == expected  # second time: fast path
+
+    def test_fast_path_still_rejects_bad_seconds(self) -> None:
+        """A cached minute does not let an impossible second through."""
+        parse_time("2023-02-01T00:03:50.000Z")
+        with pytest.raises(MalformedEvent):
+            parse_time("2023-02-01T00:03:75.000Z")
+
+
 class TestBatches:
     def test_malformed_items_are_counted_and_skipped(self) -> None:
         """One bad object costs one event; the rest of the array is kept."""
