@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import sys
@@ -40,7 +39,8 @@ def records(root: Path, kind: str = "", extension: str = "") -> List[Dict[str, A
     if not path.exists():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in lines if (not kind or r["kind"] == kind) and (not extension or r["extension"] == extension)]
+    return [r for r in lines
+            if (not kind or r["kind"] == kind) and (not extension or r["extension"] == extension)]
 
 
 def telemetry_events(root: Path) -> List[Dict[str, Any]]:

@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-config = json.load(open(sys.argv[1]))
+with open(sys.argv[1]) as config_file:
+    config = json.load(config_file)
 name = config["name"]
 port = int(config.get("port", 8081))
 record_lock = threading.Lock()
@@ -40,7 +41,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_POST(self):  # noqa: N802 - http.server's name
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
         if self.path == "/extension/invoke":
             invokes["count"] += 1
@@ -70,14 +71,14 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     headers = {"FunctionGraph-Extension-Name": config.get("register_name", name),
-               "FunctionGraph-Extension-Address": config.get("register_address", "127.0.0.1:%d" % port),
+               "FunctionGraph-Extension-Address": config.get("register_address", f"127.0.0.1:{port}"),
                "Content-Type": "application/json"}
     status, answer = platform("/extension/register", headers, b"{}")
     record("register", status=status, answer=answer)
     types = config.get("subscribe")
     if types is not None:
         body = config.get("subscribe_body") or {
-            "subscriber": {"protocol": "POST", "uri": "http://127.0.0.1:%d" % port}, "types": types}
+            "subscriber": {"protocol": "POST", "uri": f"http://127.0.0.1:{port}"}, "types": types}
         sub_headers = {"Content-Type": "application/json"}
         if config.get("subscribe_with_name", True):
             sub_headers["FunctionGraph-Extension-Name"] = name

@@ -18,7 +18,11 @@ from fgext.emulator._emulator import Emulator
 from fgext.emulator._extensions import ExtensionError
 from fgext.emulator._platform import Registration, Rejection, Subscription
 from fgext.emulator._report import (
-    EmulatorReport, ExtensionAnswer, ExtensionStatus, InvocationResult, PhaseResult,
+    EmulatorReport,
+    ExtensionAnswer,
+    ExtensionStatus,
+    InvocationResult,
+    PhaseResult,
 )
 from fgext.emulator._telemetry import EventFactory, TelemetryStats
 

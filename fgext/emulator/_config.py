@@ -160,7 +160,7 @@ class EmulatorConfig:
             "RUNTIME_FUNC_VERSION": self.function_version,
             "RUNTIME_PACKAGE": self.package,
             "RUNTIME_HANDLER": spec.runtime_handler,
-            "RUNTIME_TIMEOUT": str(int(self.timeout_s) if float(self.timeout_s).is_integer() else self.timeout_s),
+            "RUNTIME_TIMEOUT": f"{self.timeout_s:g}",
             "RUNTIME_USERDATA": "{}",
             "RUNTIME_CPU": str(self.cpu_millicores),
             "RUNTIME_MEMORY": str(self.memory_mb),

@@ -32,7 +32,11 @@ from fgext.emulator._extensions import ExtensionSupervisor
 from fgext.emulator._function import FunctionInstance, InitOutcome
 from fgext.emulator._platform import PlatformApi
 from fgext.emulator._report import (
-    EmulatorReport, ExtensionAnswer, ExtensionStatus, InvocationResult, PhaseResult,
+    EmulatorReport,
+    ExtensionAnswer,
+    ExtensionStatus,
+    InvocationResult,
+    PhaseResult,
 )
 from fgext.emulator._sandbox import Sandbox, prepare_sandbox
 from fgext.emulator._telemetry import EventFactory, TelemetrySender, TelemetryStats
@@ -49,7 +53,9 @@ class Emulator:
         self.config = config
         self.on_output = on_output
         self.events = EventFactory(spec_typos=config.spec_typos)
-        self.pod_name = f"pool22-300-{config.memory_mb}-fusion-{secrets.token_hex(4)}-{secrets.token_hex(3)[:5]}"
+        # Shaped like the spec's example pod name; one pod per emulator, as one instance is emulated.
+        self.pod_name = (f"pool22-300-{config.memory_mb}-fusion-{secrets.token_hex(4)}"
+                         f"-{secrets.token_hex(3)[:5]}")
         self.platform = PlatformApi(config.function_name, config.function_version)
         self.telemetry = TelemetrySender(config.batch_max_items, config.batch_timeout_ms,
                                          config.delivery_timeout_s, config.delivery_retries,
@@ -318,7 +324,8 @@ class Emulator:
         return self._active[0] if len(self._active) == 1 else None
 
     def _function_log(self, line: str) -> None:
-        self.telemetry.emit("function", self.events.log("function", line, time.time()), self._request_for_log())
+        self.telemetry.emit("function", self.events.log("function", line, time.time()),
+                            self._request_for_log())
 
     def _function_output(self, line: str) -> None:
         if self.on_output is not None:
@@ -334,7 +341,7 @@ class Emulator:
         backoff = sum(config.delivery_backoff_s * 2 ** i for i in range(config.delivery_retries))
         one_batch = (config.delivery_retries + 1) * config.delivery_timeout_s + backoff
         batches = max(1, math.ceil(self.telemetry.pending / config.batch_max_items))
-        return min(30.0, batches * one_batch + config.batch_timeout_ms / 1000 + 0.5)
+        return float(min(30.0, batches * one_batch + config.batch_timeout_ms / 1000 + 0.5))
 
     def _build_report(self, undelivered: int) -> EmulatorReport:
         extensions: List[ExtensionStatus] = []
@@ -349,8 +356,8 @@ class Emulator:
                 last_lines=tuple(ext.last_lines(self.config.keep_lines)),
             ))
             if ext.crashed:
-                problems.append(f"{ext.name} exited with code {ext.exit_code} while the function was running; "
-                                f"its last output:\n{ext.describe_output()}")
+                problems.append(f"{ext.name} exited with code {ext.exit_code} while the function was "
+                                f"running; its last output:\n{ext.describe_output()}")
         failed: Dict[str, List[ExtensionAnswer]] = {}
         for result in self.results:
             for answer in result.answers:
@@ -364,8 +371,8 @@ class Emulator:
                                 f"{len(self.results)} times (last: {answers[-1].summary()})")
         stats: TelemetryStats = self.telemetry.stats
         if stats.events_dropped:
-            problems.append(f"{stats.events_dropped} telemetry events in {stats.batches_dropped} batches were "
-                            f"dropped after {self.config.delivery_retries} retries (last error: "
+            problems.append(f"{stats.events_dropped} telemetry events in {stats.batches_dropped} batches "
+                            f"were dropped after {self.config.delivery_retries} retries (last error: "
                             f"{stats.last_error})")
         return EmulatorReport(
             function_name=self.config.function_name, function_version=self.config.function_version,

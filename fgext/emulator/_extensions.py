@@ -8,6 +8,7 @@ is captured line by line: the last lines are kept for error messages, and lines 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -139,10 +140,8 @@ class ExtensionSupervisor:
                 raise ExtensionError(details)
             platform.changed.clear()
             # Wake on a registration, or every 50 ms to notice a script that exited.
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(platform.changed.wait(), min(remaining, 0.05))
-            except asyncio.TimeoutError:
-                pass
 
     @staticmethod
     def _refusals(platform: PlatformApi, name: str) -> str:

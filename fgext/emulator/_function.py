@@ -85,7 +85,8 @@ class FunctionInstance:
         started = loop.time()
         try:
             self.process = await asyncio.create_subprocess_exec(
-                self.python, str(_WORKER), str(self.spec.path), self.spec.handler, str(request_r), str(result_w),
+                self.python, str(_WORKER), str(self.spec.path), self.spec.handler,
+                str(request_r), str(result_w),
                 cwd=str(self.cwd), env=self.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 pass_fds=(request_r, result_w), start_new_session=True,
@@ -98,7 +99,8 @@ class FunctionInstance:
         os.close(request_r)
         os.close(result_w)
         results = asyncio.StreamReader(limit=1 << 26)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(results), os.fdopen(result_r, "rb", 0))
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(results),
+                                     os.fdopen(result_r, "rb", 0))
         self._requests, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(request_w, "wb", 0))
         self._ready = loop.create_future()
         self._ready.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -144,10 +146,12 @@ class FunctionInstance:
                 self.poisoned = True
                 return Outcome(status="timeout", duration_ms=(loop.time() - started) * 1000,
                                maxrss_kb=self.maxrss_kb,
-                               error={"type": "Timeout", "message": f"the handler ran longer than {timeout:g} s"})
+                               error={"type": "Timeout",
+                                      "message": f"the handler ran longer than {timeout:g} s"})
             except ProcessExited as exited:
                 return Outcome(status="failure", duration_ms=(loop.time() - started) * 1000,
-                               maxrss_kb=self.maxrss_kb, error={"type": "ProcessExited", "message": str(exited)})
+                               maxrss_kb=self.maxrss_kb,
+                               error={"type": "ProcessExited", "message": str(exited)})
             await self._wait_synced(seq)
             self.maxrss_kb = max(self.maxrss_kb, int(answer.get("maxrss_kb") or 0))
             duration = float(answer.get("duration_ms") or (loop.time() - started) * 1000)

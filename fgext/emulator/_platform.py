@@ -246,7 +246,8 @@ class PlatformApi:
 
     def _checked_uri(self, value: Any, extension: str) -> str:
         if not isinstance(value, str):
-            raise _Refused("InvalidUri", f"subscriber.uri must be http://127.0.0.1:<8081-8090>, got {value!r}")
+            raise _Refused("InvalidUri",
+                           f"subscriber.uri must be http://127.0.0.1:<8081-8090>, got {value!r}")
         text = value.strip()
         try:
             url = URL(text)

@@ -53,7 +53,7 @@ def signal_group(pid: int, signum: int) -> bool:
 
 
 async def stop_group(process: asyncio.subprocess.Process, timeout: float) -> Optional[int]:
-    """SIGCONT then SIGTERM the child's group, wait up to ``timeout``, then SIGKILL it; return the exit code."""
+    """SIGCONT and SIGTERM the child's group, after ``timeout`` SIGKILL it; return the exit code."""
     if process.returncode is None:
         # A frozen process cannot act on SIGTERM; thaw it first so it can shut down cleanly.
         signal_group(process.pid, signal.SIGCONT)

@@ -52,7 +52,7 @@ def _checked_name(info: zipfile.ZipInfo) -> PurePosixPath:
         raise ConfigError(f"zip entry {name!r} has an empty name")
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise ConfigError(f"zip entry {name!r} is a symbolic link; the platform's sandbox does not allow them")
+        raise ConfigError(f"zip entry {name!r} is a symbolic link; the platform does not allow them")
     return path
 
 

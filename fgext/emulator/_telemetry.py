@@ -23,7 +23,7 @@ import aiohttp
 
 from fgext.emulator._platform import Subscription
 
-__all__ = ["EventFactory", "TelemetryStats", "TelemetrySender", "iso_time"]
+__all__ = ["EventFactory", "TelemetrySender", "TelemetryStats", "iso_time"]
 
 # Past this many undelivered events the oldest are dropped (and counted): a subscriber that never
 # answers must not make the emulator grow without bound.
@@ -211,7 +211,8 @@ class TelemetrySender:
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
-            wanted = [item for item in batch if self.subscription and item.category in self.subscription.types]
+            types = self.subscription.types if self.subscription else ()
+            wanted = [item for item in batch if item.category in types]
             self.events_filtered += len(batch) - len(wanted)
             if wanted:
                 await self._deliver(wanted)
@@ -233,10 +234,8 @@ class TelemetrySender:
             else:
                 wait = None
             self._wake.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
 
     async def _deliver(self, batch: List[_Queued]) -> None:
         assert self.subscription is not None and self._session is not None

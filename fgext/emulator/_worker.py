@@ -1,4 +1,4 @@
-"""The function's own process: imports a handler and calls it FunctionGraph's way, ``handler(event, context)``.
+"""The function's own process: imports a handler and calls it as ``handler(event, context)``.
 
 Run as a script (``python _worker.py FILE HANDLER IN_FD OUT_FD``), never imported: it uses only the
 standard library, so the user's code sees no fgext modules and the function's process stays small.
@@ -11,6 +11,7 @@ emulator can tell that every line the invocation printed has been read before it
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -39,7 +40,7 @@ class RuntimeLogger:
         self._request_id = request_id
         self._level = 20
 
-    def setLevel(self, level: str) -> None:  # noqa: N802 - FunctionGraph's name
+    def setLevel(self, level: str) -> None:
         self._level = self._LEVELS.get(str(level).upper(), 20)
 
     def _log(self, level: str, message: Any, *args: Any) -> None:
@@ -73,37 +74,37 @@ class Context:
         self._started = started
         self._logger = RuntimeLogger(request["request_id"])
 
-    def getRequestID(self) -> str:  # noqa: N802 - FunctionGraph's names throughout
+    def getRequestID(self) -> str:
         return str(self._request["request_id"])
 
-    def getRemainingTimeInMilliSeconds(self) -> int:  # noqa: N802
+    def getRemainingTimeInMilliSeconds(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
-    def getRunningTimeInSeconds(self) -> int:  # noqa: N802
+    def getRunningTimeInSeconds(self) -> int:
         return int(float(self._request["timeout_s"]))
 
-    def getFunctionName(self) -> str:  # noqa: N802
+    def getFunctionName(self) -> str:
         return str(self._request["function_name"])
 
-    def getVersion(self) -> str:  # noqa: N802
+    def getVersion(self) -> str:
         return str(self._request["function_version"])
 
-    def getAlias(self) -> str:  # noqa: N802
+    def getAlias(self) -> str:
         return ""
 
-    def getPackage(self) -> str:  # noqa: N802
+    def getPackage(self) -> str:
         return str(self._request["package"])
 
-    def getProjectID(self) -> str:  # noqa: N802
+    def getProjectID(self) -> str:
         return str(self._request["project_id"])
 
-    def getMemorySize(self) -> int:  # noqa: N802
+    def getMemorySize(self) -> int:
         return int(self._request["memory_mb"])
 
-    def getCPUNumber(self) -> int:  # noqa: N802
+    def getCPUNumber(self) -> int:
         return int(self._request["cpu_millicores"])
 
-    def getUserData(self, key: str, default: Optional[str] = None) -> Optional[str]:  # noqa: N802
+    def getUserData(self, key: str, default: Optional[str] = None) -> Optional[str]:
         try:
             data = json.loads(os.environ.get("RUNTIME_USERDATA") or "{}")
         except ValueError:
@@ -111,26 +112,26 @@ class Context:
         value = data.get(key, default) if isinstance(data, dict) else default
         return None if value is None else str(value)
 
-    def getLogger(self) -> RuntimeLogger:  # noqa: N802
+    def getLogger(self) -> RuntimeLogger:
         return self._logger
 
     # No credentials exist in the emulator; the getters exist so that code calling them runs.
-    def getAccessKey(self) -> str:  # noqa: N802
+    def getAccessKey(self) -> str:
         return ""
 
-    def getSecretKey(self) -> str:  # noqa: N802
+    def getSecretKey(self) -> str:
         return ""
 
-    def getSecurityAccessKey(self) -> str:  # noqa: N802
+    def getSecurityAccessKey(self) -> str:
         return ""
 
-    def getSecuritySecretKey(self) -> str:  # noqa: N802
+    def getSecuritySecretKey(self) -> str:
         return ""
 
-    def getSecurityToken(self) -> str:  # noqa: N802
+    def getSecurityToken(self) -> str:
         return ""
 
-    def getToken(self) -> str:  # noqa: N802
+    def getToken(self) -> str:
         return ""
 
 
@@ -149,10 +150,8 @@ class Worker:
         """Mark the end of one invocation's output on both streams (one atomic write each)."""
         marker = f"\n{SYNC}{seq}\x1e\n".encode()
         for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
             os.write(fd, marker)
 
     def load(self, path: str, handler_name: str) -> None:
@@ -170,7 +169,7 @@ class Worker:
             if not callable(handler):
                 raise AttributeError(f"{os.path.basename(path)} defines no callable {handler_name!r}")
             self.handler = handler
-        except BaseException as exc:  # noqa: BLE001 - a failed init is reported, whatever it was
+        except BaseException as exc:
             error = _error(exc)
         self.sync(0)
         self.send({"op": "ready", "ok": error is None, "error": error,
@@ -187,7 +186,7 @@ class Worker:
             except (TypeError, ValueError):
                 result = str(result)
             answer.update(ok=True, result=result)
-        except BaseException as exc:  # noqa: BLE001 - any handler failure is the invocation's failure
+        except BaseException as exc:
             answer.update(ok=False, error=_error(exc))
         answer["duration_ms"] = (time.monotonic() - started) * 1000
         self.sync(int(request["seq"]))
