@@ -64,6 +64,7 @@ class Emulator:
         self.supervisor: Optional[ExtensionSupervisor] = None
         self.results: List[InvocationResult] = []
         self.freezes = 0
+        self._invocations = 0
         self._instance: Optional[FunctionInstance] = None
         self._retiring: Set[asyncio.Task[None]] = set()
         # Created in start(): on Python 3.9 an asyncio primitive binds to the loop current at creation.
@@ -157,7 +158,8 @@ class Emulator:
         if self._report is not None or self.supervisor is None or self._init_lock is None:
             raise RuntimeError("invoke() needs a started emulator")
         request_id = str(uuid.uuid4())
-        index = len(self.results)
+        index = self._invocations
+        self._invocations += 1
         started_at = time.time()
         self._active.append(request_id)
         try:
@@ -183,6 +185,7 @@ class Emulator:
             self._active.remove(request_id)
         result.telemetry = self.telemetry.per_invocation.of(request_id)
         self.results.append(result)
+        self.results.sort(key=lambda done: done.index)
         return result
 
     async def run(self, invocations: int, concurrency: int = 1, event: Any = None,

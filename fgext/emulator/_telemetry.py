@@ -138,6 +138,7 @@ class TelemetrySender:
         self._flushing = False
         self._sending = False
         self._task: Optional[asyncio.Task[None]] = None
+        self._current: List[_Queued] = []  # the batch being delivered, out of the queue already
         self._session: Optional[aiohttp.ClientSession] = None
 
     # ---------------------------------------------------------------------------------- producers
@@ -199,8 +200,12 @@ class TelemetrySender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        reason = "the emulator stopped before they could be delivered"
+        if self._current:
+            self._count_dropped(self._current, reason)
+            self._current = []
         if self.subscription is not None and self._queue:
-            self._count_dropped(list(self._queue), "the emulator stopped before they could be delivered")
+            self._count_dropped(list(self._queue), reason)
             self._queue.clear()
         if self._session is not None:
             await self._session.close()
@@ -215,7 +220,9 @@ class TelemetrySender:
             wanted = [item for item in batch if item.category in types]
             self.events_filtered += len(batch) - len(wanted)
             if wanted:
+                self._current = wanted
                 await self._deliver(wanted)
+                self._current = []
             if not self._queue:
                 self._idle.set()
 
