@@ -214,7 +214,8 @@ class OtlpReceiver:
 
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
-            if request.headers.get("Content-Encoding", "").lower() == "gzip":
+            # aiohttp already inflates a gzip Content-Encoding; only a body still gzipped is ours to do.
+            if body[:2] == b"\x1f\x8b":
                 try:
                     body = gzip.decompress(body)
                 except OSError as error:
@@ -230,7 +231,8 @@ class OtlpReceiver:
                     message.ParseFromString(body)
             except Exception as error:  # protobuf raises its own DecodeError / ParseError types
                 return self._bad(signal, f"cannot decode {request.content_type or 'body'}: {error}")
-            getattr(self, signal).extend(decode(message))
+            store = {"traces": self.spans, "logs": self.logs, "metrics": self.metrics}[signal]
+            store.extend(decode(message))
             self.requests[signal] += 1
             if self.changed is not None:
                 self.changed.set()
