@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from emulator_helpers import add_extension, function_file, records, telemetry_events, zip_dir
 
 from fgext._urn import parse_urn
 from fgext.emulator import Emulator, EmulatorConfig, ExtensionError
 from fgext.testing import emulate, run_emulator
+from tests.emulator_helpers import add_extension, function_file, records, telemetry_events, zip_dir
 
 pytestmark = pytest.mark.usefixtures("port_range_lock")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from emulator_helpers import add_extension
 
 from fgext.emulator._render import Progress
 from fgext.emulator._report import InvocationResult
+from tests.emulator_helpers import add_extension
 
 ROOT = Path(__file__).resolve().parent.parent
 

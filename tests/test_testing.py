@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from emulator_helpers import add_extension
 
 from fgext._errors import ConfigError
 from fgext.testing import emulate, run_emulator
+from tests.emulator_helpers import add_extension
 
 ROOT = Path(__file__).resolve().parent.parent
 

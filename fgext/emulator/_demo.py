@@ -40,6 +40,18 @@ def demo_root() -> Path:
     return root
 
 
+def otlp_plugin_available() -> bool:
+    """Whether the agent in this tree can load its ``otlp`` plugin (it is looked up as the agent does)."""
+    from fgext._discovery import available_plugins
+
+    target = available_plugins().get("otlp", "")
+    module = target.partition(":")[0]
+    try:
+        return bool(module) and importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package that does not exist
+        return False
+
+
 def run_demo(verbose: bool = False, as_json: bool = False, wait_s: float = TRACE_WAIT_S) -> int:
     return asyncio.run(_demo(verbose, as_json, wait_s))
 
@@ -63,11 +75,15 @@ async def _demo(verbose: bool, as_json: bool, wait_s: float) -> int:
         return EXIT_PROBLEMS
     receiver = OtlpReceiver()
     endpoint = await receiver.start()
-    config = EmulatorConfig(
-        target=root, function=SAMPLE_FUNCTION, function_name="fgext-demo", register_timeout_s=20.0,
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-             "OTEL_SERVICE_NAME": "fgext-demo", "FGEXT_PYTHON": sys.executable},
-    )
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+           "OTEL_SERVICE_NAME": "fgext-demo", "FGEXT_PYTHON": sys.executable}
+    if not otlp_plugin_available():
+        # Without it the agent would refuse to start; run it with the jsonl sink so the rest still shows.
+        env["FGEXT_PLUGINS"] = "jsonl"
+        _say("note: this tree has no OTLP plugin (fgext.otlp) yet; the agent runs with the jsonl plugin "
+             "and exports no traces", as_json)
+    config = EmulatorConfig(target=root, function=SAMPLE_FUNCTION, function_name="fgext-demo",
+                            register_timeout_s=20.0, env=env)
     emulator = Emulator(config, on_output=echo_output if verbose else None)
     _say(f"fgext demo: agent {root / 'extension' / 'extensionFgext.sh'}, OTLP receiver {endpoint}", as_json)
     try:
