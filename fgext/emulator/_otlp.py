@@ -231,8 +231,8 @@ class OtlpReceiver:
                     message.ParseFromString(body)
             except Exception as error:  # protobuf raises its own DecodeError / ParseError types
                 return self._bad(signal, f"cannot decode {request.content_type or 'body'}: {error}")
-            store: List[Any] = {"traces": self.spans, "logs": self.logs, "metrics": self.metrics}[signal]
-            store.extend(decode(message))
+            stores: Dict[str, List[Any]] = {"traces": self.spans, "logs": self.logs, "metrics": self.metrics}
+            stores[signal].extend(decode(message))
             self.requests[signal] += 1
             if self.changed is not None:
                 self.changed.set()
