@@ -61,7 +61,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    record("start", env={k: v for k, v in os.environ.items()}, cwd=os.getcwd(), argv0=sys.argv[0])
+    record("start", env=dict(os.environ), cwd=os.getcwd(), argv0=sys.argv[0], pid=os.getpid())
     print("recorder " + name + " starting", flush=True)
     if config.get("exit_before_register"):
         print("giving up before registering", flush=True)

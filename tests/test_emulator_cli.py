@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List
 
@@ -13,7 +15,7 @@ import pytest
 
 from fgext.emulator._render import Progress
 from fgext.emulator._report import InvocationResult
-from tests.emulator_helpers import add_extension
+from tests.emulator_helpers import add_extension, records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,6 +101,29 @@ class TestRuns:
         assert result.returncode == 0
         assert "[extensionTest.sh] recorder extensionTest.sh starting" in result.stderr
         assert "[function] [Function] handling request" in result.stderr
+
+
+@pytest.mark.usefixtures("port_range_lock")
+def test_sigterm_stops_every_process_and_still_reports(tmp_path: Path) -> None:
+    """SIGTERM to the emulator stops the extensions (none orphaned), prints the summary, exits 130."""
+    root = add_extension(tmp_path / "ext", subscribe=["platform"])
+    process = subprocess.Popen([sys.executable, "-m", "fgext", "emulate", str(root), "-n", "1000", "--freeze", "0.3"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(records(root, "invoke")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(records(root, "invoke")) >= 2, "the run did not get going"
+        process.terminate()
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 130, err
+    assert "interrupted after" in err and "extensionTest.sh" in out
+    with pytest.raises(ProcessLookupError):
+        os.kill(records(root, "start")[0]["pid"], 0)
 
 
 class _Tty(io.StringIO):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,6 +21,8 @@ from fgext._errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
 from fgext.emulator._config import EmulatorConfig
 
 __all__ = ["add_arguments", "config_from_args", "run_command"]
+
+EXIT_INTERRUPTED = 130
 
 
 def _positive_int(text: str) -> int:
@@ -156,10 +160,24 @@ def run_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"--demo takes no other arguments (got {', '.join(explicit)})")
         from fgext.emulator._demo import run_demo
 
-        return run_demo(verbose=args.verbose, as_json=args.json)
+        try:
+            return run_demo(verbose=args.verbose, as_json=args.json)
+        except asyncio.CancelledError:
+            return EXIT_INTERRUPTED
     config = config_from_args(args)
     event = load_event(args.event)
-    return asyncio.run(_emulate(config, event, args.invocations, args.concurrency, args.json, args.verbose))
+    try:
+        return asyncio.run(_emulate(config, event, args.invocations, args.concurrency, args.json, args.verbose))
+    except asyncio.CancelledError:  # SIGTERM, after every process was stopped
+        return EXIT_INTERRUPTED
+
+
+def stop_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C: cancel the run so that every extension process is stopped, not orphaned."""
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 def echo_output(source: str, line: str) -> None:
@@ -173,10 +191,15 @@ async def _emulate(config: EmulatorConfig, event: Any, invocations: int, concurr
 
     emulator = Emulator(config, on_output=echo_output if verbose else None)
     progress = Progress(sys.stderr, invocations)
+    stop_on_sigterm()
     await emulator.start()
+    interrupted = False
     try:
         progress.update()
         await emulator.run(invocations, concurrency, event=event, on_result=progress.update)
+    except asyncio.CancelledError:
+        # Interrupted (SIGTERM or Ctrl-C): still stop everything and show what ran.
+        interrupted = True
     finally:
         progress.clear()
         report = await emulator.stop()
@@ -184,4 +207,7 @@ async def _emulate(config: EmulatorConfig, event: Any, invocations: int, concurr
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:
         print(render_summary(report))
+    if interrupted:
+        print(f"interrupted after {len(report.invocations)} of {invocations} invocations", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_PROBLEMS

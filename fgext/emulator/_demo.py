@@ -61,7 +61,7 @@ def _say(text: str, as_json: bool) -> None:
 
 
 async def _demo(verbose: bool, as_json: bool, wait_s: float) -> int:
-    from fgext.emulator._cli import echo_output
+    from fgext.emulator._cli import echo_output, stop_on_sigterm
     from fgext.emulator._emulator import Emulator
     from fgext.emulator._extensions import ExtensionError
     from fgext.emulator._otlp import OtlpReceiver
@@ -69,6 +69,7 @@ async def _demo(verbose: bool, as_json: bool, wait_s: float) -> int:
     from fgext.emulator._waterfall import render_metrics, render_traces
 
     root = demo_root()
+    stop_on_sigterm()
     if importlib.util.find_spec("fgext._bootstrap") is None:
         _say("the fgext agent runtime (fgext/_bootstrap.py) is not in this source tree: nothing to demo yet",
              as_json)
