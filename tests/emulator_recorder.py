@@ -68,6 +68,8 @@ def main():
         sys.exit(int(config["exit_before_register"]))
     if config.get("never_register"):
         time.sleep(3600)
+    # http.server's listen backlog of 5 would drop connections when invokes overlap.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     headers = {"FunctionGraph-Extension-Name": config.get("register_name", name),

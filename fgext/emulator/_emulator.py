@@ -366,10 +366,9 @@ class Emulator:
             for answer in result.answers:
                 if not answer.ok:
                     failed.setdefault(answer.extension, []).append(answer)
+        crashed = {ext.name for ext in extensions if ext.crashed}
         for name, answers in failed.items():
-            crashed = self.supervisor is not None and name in self.supervisor.processes \
-                and self.supervisor.processes[name].crashed
-            if not crashed:
+            if name not in crashed:  # a crash is reported once, above
                 problems.append(f"{name} answered /extension/invoke with an error {len(answers)} of "
                                 f"{len(self.results)} times (last: {answers[-1].summary()})")
         stats: TelemetryStats = self.telemetry.stats

@@ -27,6 +27,10 @@ _SYNC = "\x1efgext-sync:"
 _SYNC_WAIT_S = 1.0
 
 
+class ProcessExited(Exception):
+    """The worker process ended while the emulator was waiting for it."""
+
+
 @dataclass(frozen=True)
 class InitOutcome:
     """How the instance's initialisation (importing the handler's module) went."""
@@ -171,8 +175,10 @@ class FunctionInstance:
             self._requests.close()
             self._requests = None
         if self.process is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.process.wait(), 0.5 if self.in_flight == 0 else 0.0)
+            if self.in_flight == 0:
+                # Idle: the worker leaves by itself on "exit"; SIGTERM only if it does not.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.process.wait(), 0.5)
             await stop_group(self.process, timeout)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
@@ -234,7 +240,3 @@ class FunctionInstance:
         for future in [self._ready, *self._pending.values()]:
             if future is not None and not future.done():
                 future.set_exception(exited)
-
-
-class ProcessExited(Exception):
-    """The worker process ended while the emulator was waiting for it."""

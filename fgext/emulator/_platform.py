@@ -21,6 +21,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 from aiohttp import web
 from yarl import URL
 
+from fgext._errors import ConfigError
+
 __all__ = [
     "EXTENSION_PORTS",
     "MAX_EXTENSIONS",
@@ -132,8 +134,6 @@ class PlatformApi:
         except OSError as error:
             await self._runner.cleanup()
             self._runner = None
-            from fgext._errors import ConfigError
-
             raise ConfigError(f"cannot serve the platform API on {host}:{port}: {error}") from None
         bound = self._runner.addresses[0]
         self._address = (str(bound[0]), int(bound[1]))

@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Deque, Dict, List, Optional
 
@@ -108,12 +108,11 @@ class TelemetryStats:
         return dict(self.__dict__)
 
 
-@dataclass
-class _InvocationCounters:
-    batches: Dict[str, TelemetryStats] = field(default_factory=dict)
+class _PerInvocation(Dict[str, TelemetryStats]):
+    """Telemetry stats by request ID, created on first use."""
 
     def of(self, request_id: str) -> TelemetryStats:
-        return self.batches.setdefault(request_id, TelemetryStats())
+        return self.setdefault(request_id, TelemetryStats())
 
 
 class TelemetrySender:
@@ -129,7 +128,7 @@ class TelemetrySender:
         self.subscription: Optional[Subscription] = None
         self.stats = TelemetryStats()
         self.events_filtered = 0
-        self.per_invocation = _InvocationCounters()
+        self.per_invocation = _PerInvocation()
         self._queue: Deque[_Queued] = deque()
         # Created in start(): on Python 3.9 an asyncio primitive binds to the loop current at creation.
         self._wake: asyncio.Event
