@@ -274,9 +274,13 @@ class TestFreeze:
                 assert emu.supervisor is not None
                 pid = emu.supervisor.processes["extensionTest.sh"].pid
                 await emu.invoke({})
-                freeze = asyncio.ensure_future(emu.freeze(0.6))
-                await asyncio.sleep(0.3)
+                freeze = asyncio.ensure_future(emu.freeze(1.0))
                 during = state(pid)
+                for _ in range(200):  # the freeze starts once pending telemetry is delivered
+                    if during == "T" or freeze.done():
+                        break
+                    await asyncio.sleep(0.01)
+                    during = state(pid)
                 await freeze
                 after = state(pid)
                 result = await emu.invoke({})

@@ -170,8 +170,26 @@ class ExtensionSupervisor:
                 signal_group(ext.pid, signal.SIGCONT)
         self.frozen = False
 
+    def _mark_exited(self) -> None:
+        """Mark extensions that already exited on their own but are not reaped yet as crashed.
+
+        asyncio may notice a child's exit a moment late; without this look, a crash just before the end
+        of a run would pass for the SIGTERM the emulator is about to send. ``WNOWAIT`` leaves the child
+        for asyncio to reap.
+        """
+        for ext in self.processes.values():
+            if ext.exit_code is not None:
+                continue
+            try:
+                info = os.waitid(os.P_PID, ext.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except (ChildProcessError, OSError):
+                continue
+            if info is not None:
+                ext.crashed = True
+
     async def stop(self, timeout: float = 3.0) -> None:
         """SIGTERM every extension (its documented end of life), SIGKILL what outlives ``timeout``."""
+        self._mark_exited()
         self._stopping = True
         self.frozen = False
         await asyncio.gather(*(stop_group(ext.process, timeout) for ext in self.processes.values()))
