@@ -21,7 +21,9 @@ LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
 
 def agent_python() -> str:
     """The interpreter agent subprocesses run on: ``FGEXT_TEST_PYTHON`` (CI points it at 3.9), else ours."""
-    return os.environ.get("FGEXT_TEST_PYTHON") or sys.executable
+    chosen = os.environ.get("FGEXT_TEST_PYTHON")
+    # Agents run in their own temporary directories: a relative path would not resolve there.
+    return os.path.abspath(chosen) if chosen else sys.executable
 
 
 @pytest.fixture
