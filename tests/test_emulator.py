@@ -96,7 +96,10 @@ class TestLifecycle:
         assert names(of_request(events, second.request_id)) == [
             "platform.start", "function", "platform.RuntimeDone", "platform.report"]
         assert "not a marked line" not in str(events)
-        report_event = of_request(events, first.request_id)[-1]
+        start_event, done_event, report_event = (e for e in of_request(events, first.request_id)[3:]
+                                                  if e["name"] != "function")
+        assert report_event["startTime"] == start_event["startTime"] <= done_event["startTime"]
+        assert done_event["startTime"] == report_event["endTime"]  # a done event is stamped when it happens
         metrics = report_event["reportMetrics"]
         assert metrics["memorySize"] == 256 and metrics["memoryUsed"] > 1
         assert metrics["durationMs"] > 0 and metrics["billingDurationMS"] >= metrics["durationMs"]

@@ -267,7 +267,7 @@ class Emulator:
         outcome: InitOutcome = await instance.start(timeout=max(self.config.timeout_s, 30.0))
         end = time.time()
         status = "success" if outcome.ok else "failure"
-        self.telemetry.emit("platform", self.events.done(phase, request_id, start, status), request_id)
+        self.telemetry.emit("platform", self.events.done(phase, request_id, end, status), request_id)
         duration_ms = (end - start) * 1000
         self.telemetry.emit("platform", self.events.report(
             phase, request_id, start, end, status, self._metrics(duration_ms, outcome.maxrss_kb)), request_id)
@@ -288,7 +288,7 @@ class Emulator:
         outcome = await instance.invoke(request, config.timeout_s)
         end = time.time()
         duration_ms = (end - start) * 1000
-        self.telemetry.emit("platform", self.events.done("invoke", request_id, start, outcome.status),
+        self.telemetry.emit("platform", self.events.done("invoke", request_id, end, outcome.status),
                             request_id)
         metrics = self._metrics(duration_ms, outcome.maxrss_kb)
         self.telemetry.emit("platform", self.events.report("invoke", request_id, start, end, outcome.status,

@@ -13,6 +13,9 @@ from typing import Any, Dict
 
 _WARM = {"invocations": 0}
 
+# Printed while the module is imported: a log line of the init phase.
+print("[Function] sample function loaded")
+
 
 def handler(event: Any, context: Any) -> Dict[str, Any]:
     _WARM["invocations"] += 1

@@ -69,8 +69,9 @@ class EventFactory:
     def start(self, phase: str, request_id: str, start: float) -> Dict[str, Any]:
         return {"name": self.name(phase, "start"), "startTime": iso_time(start), "traceId": request_id}
 
-    def done(self, phase: str, request_id: str, start: float, status: str) -> Dict[str, Any]:
-        return {"name": self.name(phase, "done"), "startTime": iso_time(start), self.id_field: request_id,
+    def done(self, phase: str, request_id: str, at: float, status: str) -> Dict[str, Any]:
+        """``at`` is when the phase finished: a done event's ``startTime`` is the time it happened."""
+        return {"name": self.name(phase, "done"), "startTime": iso_time(at), self.id_field: request_id,
                 "status": status}
 
     def report(self, phase: str, request_id: str, start: float, end: float, status: str,
