@@ -15,8 +15,6 @@ from fgext.emulator import Emulator, EmulatorConfig, ExtensionError
 from fgext.testing import emulate, run_emulator
 from tests.emulator_helpers import add_extension, function_file, records, telemetry_events, zip_dir
 
-pytestmark = pytest.mark.usefixtures("port_range_lock")
-
 ALL = ["platform", "function", "extension"]
 
 HANDLER = """
@@ -48,6 +46,18 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def test_public_surface() -> None:
+    """fgext.emulator exports exactly its documented names, and each one exists."""
+    import fgext.emulator
+
+    assert set(fgext.emulator.__all__) == {
+        "SAMPLE_FUNCTION", "Emulator", "EmulatorConfig", "EmulatorReport", "EventFactory", "ExtensionAnswer",
+        "ExtensionError", "ExtensionStatus", "FunctionSpec", "InvocationResult", "PhaseResult", "Registration",
+        "Rejection", "Subscription", "TelemetryStats", "parse_function_spec"}
+    assert all(hasattr(fgext.emulator, name) for name in fgext.emulator.__all__)
+
+
+@pytest.mark.usefixtures("port_range_lock")
 class TestLifecycle:
     def test_runs_extension_and_function_like_the_sandbox(self, tmp_path: Path) -> None:
         """Extensions start with the sandbox's cwd and variables, get invokes; telemetry arrives in order."""
@@ -136,6 +146,7 @@ class TestLifecycle:
         assert all(len(r.answers) == 2 for r in report.invocations)
 
 
+@pytest.mark.usefixtures("port_range_lock")
 class TestRegistrationFailures:
     def test_extension_that_never_registers_is_named_with_its_output(self, tmp_path: Path) -> None:
         """A script that does not register in time fails start() with its name and last lines."""
@@ -164,6 +175,7 @@ class TestRegistrationFailures:
         assert records(root, "register")[0]["status"] == 400
 
 
+@pytest.mark.usefixtures("port_range_lock")
 class TestFailures:
     def test_extension_crashing_mid_run_is_a_problem(self, tmp_path: Path) -> None:
         """An extension dying during the run is reported with its exit code; later invokes note it."""
@@ -196,6 +208,7 @@ class TestFailures:
                                    "(last: 500)"]
 
 
+@pytest.mark.usefixtures("port_range_lock")
 class TestFunction:
     def test_concurrent_invocations_overlap_on_one_instance(self, tmp_path: Path) -> None:
         """With concurrency 3 the handlers run at the same time, after a single cold start."""
@@ -264,6 +277,7 @@ def handler(event, context):
         assert "metrics" in report_event and "reportMetrics" not in report_event
 
 
+@pytest.mark.usefixtures("port_range_lock")
 class TestFreeze:
     def test_freeze_stops_and_resumes_every_extension(self, tmp_path: Path) -> None:
         """During a freeze the extension process is stopped (state T); afterwards it answers again."""

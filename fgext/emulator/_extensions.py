@@ -177,6 +177,8 @@ class ExtensionSupervisor:
         of a run would pass for the SIGTERM the emulator is about to send. ``WNOWAIT`` leaves the child
         for asyncio to reap.
         """
+        if not hasattr(os, "waitid"):  # macOS has no waitid; there the race stays possible
+            return
         for ext in self.processes.values():
             if ext.exit_code is not None:
                 continue
