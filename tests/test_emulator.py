@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 import time
 from pathlib import Path
@@ -243,6 +244,23 @@ def handler(event, context):
         assert after.cold and after.init is not None
         done = [e["status"] for e in telemetry_events(root) if e["name"] == "platform.RuntimeDone"]
         assert done == statuses
+
+    def test_no_function_process_outlives_the_emulator(self, tmp_path: Path) -> None:
+        """A handler still running after its timeout does not keep its process alive past stop()."""
+        pid_file = tmp_path / "pid"
+        spec = function_file(tmp_path, f"""
+import os, time
+def handler(event, context):
+    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(60)
+""")
+        root = add_extension(tmp_path / "ext")
+        started = time.monotonic()
+        report = run_emulator(root, function=spec, timeout_s=0.3)
+        assert report.invocations[0].status == "timeout"
+        assert time.monotonic() - started < 20
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 0)
 
     def test_init_failure_fails_the_invocation(self, tmp_path: Path) -> None:
         """A module that raises on import fails its init phase and the invocation that carried it."""

@@ -67,6 +67,7 @@ class Emulator:
         self._invocations = 0
         self._instance: Optional[FunctionInstance] = None
         self._retiring: Set[asyncio.Task[None]] = set()
+        self._retired: Set[FunctionInstance] = set()  # discarded instances not stopped yet
         # Created in start(): on Python 3.9 an asyncio primitive binds to the loop current at creation.
         self._init_lock: Optional[asyncio.Lock] = None
         self._api_address = ""
@@ -117,10 +118,10 @@ class Emulator:
             self.supervisor.thaw()
             self.telemetry.resume()
         await self.telemetry.flush(self._flush_budget())
-        for instance in [self._instance] if self._instance is not None else []:
-            await instance.stop()
         for task in list(self._retiring):
             task.cancel()
+        instances = [*self._retired, *([self._instance] if self._instance is not None else [])]
+        await asyncio.gather(*(instance.stop() for instance in instances))
         # The telemetry listener is an extension: deliver to it before the extensions are stopped.
         undelivered = 0 if self.telemetry.subscription is not None else self.telemetry.pending
         await self.telemetry.stop(timeout=0.0)
@@ -170,7 +171,7 @@ class Emulator:
                 if self._instance is None or not self._instance.alive:
                     cold = True
                     init = await self._cold_start(request_id)
-            instance = self._instance
+                instance = self._instance
             assert instance is not None
             if init is not None and init.status != "success":
                 result = InvocationResult(
@@ -312,11 +313,14 @@ class Emulator:
 
     def _retire(self, instance: FunctionInstance) -> None:
         """Stop an instance once its in-flight invocations have ended (or timed out themselves)."""
+        self._retired.add(instance)
+
         async def retire() -> None:
             deadline = time.monotonic() + self.config.timeout_s + 1.0
             while instance.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await instance.stop()
+            self._retired.discard(instance)
 
         task = asyncio.ensure_future(retire())
         self._retiring.add(task)

@@ -69,6 +69,7 @@ class FunctionInstance:
         self.maxrss_kb = 0
         self.in_flight = 0
         self.poisoned = False
+        self._stopped = False
         self._seq = 0
         self._pending: Dict[int, asyncio.Future[Dict[str, Any]]] = {}
         self._ready: Optional[asyncio.Future[Dict[str, Any]]] = None
@@ -169,6 +170,10 @@ class FunctionInstance:
             self.in_flight -= 1
 
     async def stop(self, timeout: float = 2.0) -> None:
+        """Ask the worker to exit, SIGTERM/SIGKILL it if it does not; safe to call more than once."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._requests is not None:
             with contextlib.suppress(Exception):
                 self._requests.write(b'{"op": "exit"}\n')
