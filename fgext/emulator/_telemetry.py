@@ -136,7 +136,6 @@ class TelemetrySender:
         self._idle: asyncio.Event
         self._paused = False
         self._flushing = False
-        self._sending = False
         self._task: Optional[asyncio.Task[None]] = None
         self._current: List[_Queued] = []  # the batch being delivered, out of the queue already
         self._session: Optional[aiohttp.ClientSession] = None
@@ -147,7 +146,7 @@ class TelemetrySender:
         """Queue one event of ``category`` (platform, function or extension), tagged with its request."""
         if len(self._queue) >= MAX_QUEUED:
             dropped = self._queue.popleft()
-            self._count_dropped([dropped], "queue full")
+            self._count([dropped], delivered=False, retried=False, error="queue full")
         self._queue.append(_Queued(category, body, request_id, time.monotonic()))
         self._idle.clear()
         self._wake.set()
@@ -155,7 +154,6 @@ class TelemetrySender:
     def subscribe(self, subscription: Subscription) -> None:
         self.subscription = subscription
         self._wake.set()
-
 
     @property
     def pending(self) -> int:
@@ -202,10 +200,10 @@ class TelemetrySender:
             self._task = None
         reason = "the emulator stopped before they could be delivered"
         if self._current:
-            self._count_dropped(self._current, reason)
+            self._count(self._current, delivered=False, retried=False, error=reason)
             self._current = []
         if self.subscription is not None and self._queue:
-            self._count_dropped(list(self._queue), reason)
+            self._count(list(self._queue), delivered=False, retried=False, error=reason)
             self._queue.clear()
         if self._session is not None:
             await self._session.close()
@@ -247,7 +245,6 @@ class TelemetrySender:
     async def _deliver(self, batch: List[_Queued]) -> None:
         assert self.subscription is not None and self._session is not None
         body = json.dumps([item.body for item in batch]).encode()
-        requests = {item.request_id for item in batch if item.request_id}
         error = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -260,7 +257,7 @@ class TelemetrySender:
                                               headers={"Content-Type": "application/json"}) as response:
                     await response.read()
                     if 200 <= response.status < 300:
-                        self._count_delivered(batch, requests, retried=attempt > 0)
+                        self._count(batch, delivered=True, retried=attempt > 0)
                         return
                     error = f"HTTP {response.status}"
             except asyncio.TimeoutError:
@@ -269,24 +266,26 @@ class TelemetrySender:
                 error = f"{type(exc).__name__}: {exc}"
             self.stats.attempts_failed += 1
             self.stats.last_error = error
-        self._count_dropped(batch, error, retried=self.retries > 0)
+        self._count(batch, delivered=False, retried=self.retries > 0, error=error)
 
-    def _count_delivered(self, batch: List[_Queued], requests: set[str], retried: bool) -> None:
-        for stats in [self.stats, *(self.per_invocation.of(r) for r in requests)]:
-            stats.batches_delivered += 1
-            stats.batches_retried += int(retried)
-        self.stats.events_delivered += len(batch)
-        for item in batch:
-            if item.request_id:
-                self.per_invocation.of(item.request_id).events_delivered += 1
-
-    def _count_dropped(self, batch: List[_Queued], error: str, retried: bool = False) -> None:
+    def _count(self, batch: List[_Queued], delivered: bool, retried: bool, error: str = "") -> None:
+        """Count one batch's fate in the totals and for every invocation it carried events of."""
         requests = {item.request_id for item in batch if item.request_id}
         for stats in [self.stats, *(self.per_invocation.of(r) for r in requests)]:
-            stats.batches_dropped += 1
             stats.batches_retried += int(retried)
-            stats.last_error = error
-        self.stats.events_dropped += len(batch)
+            if delivered:
+                stats.batches_delivered += 1
+            else:
+                stats.batches_dropped += 1
+                stats.last_error = error
+        self._add_events(self.stats, len(batch), delivered)
         for item in batch:
             if item.request_id:
-                self.per_invocation.of(item.request_id).events_dropped += 1
+                self._add_events(self.per_invocation.of(item.request_id), 1, delivered)
+
+    @staticmethod
+    def _add_events(stats: TelemetryStats, count: int, delivered: bool) -> None:
+        if delivered:
+            stats.events_delivered += count
+        else:
+            stats.events_dropped += count
