@@ -245,6 +245,36 @@ def handler(event, context):
         done = [e["status"] for e in telemetry_events(root) if e["name"] == "platform.RuntimeDone"]
         assert done == statuses
 
+    def test_context_has_functiongraphs_getters(self, tmp_path: Path) -> None:
+        """The handler's context answers FunctionGraph's getters from the emulated configuration."""
+        spec = function_file(tmp_path, """
+import os
+def handler(event, context):
+    log = context.getLogger()
+    log.info("[Function] via the logger %s", "ok")
+    log.setLevel("ERROR")
+    log.info("[Function] filtered out")
+    return {"request": context.getRequestID(), "name": context.getFunctionName(),
+            "version": context.getVersion(), "package": context.getPackage(),
+            "project": context.getProjectID(), "memory": context.getMemorySize(),
+            "cpu": context.getCPUNumber(), "running": context.getRunningTimeInSeconds(),
+            "remaining": context.getRemainingTimeInMilliSeconds(), "user": context.getUserData("color", "none"),
+            "ak": context.getAccessKey(), "token": context.getSecurityToken(), "cwd": os.getcwd(),
+            "handler_env": os.environ["RUNTIME_HANDLER"], "api": os.environ.get("EXTENSION_API_ADDR")}
+""")
+        root = add_extension(tmp_path / "ext", subscribe=["function"])
+        report = run_emulator(root, function=spec, function_name="ctx", function_version="v1", package="pkg",
+                              project_id="p1", memory_mb=512, cpu_millicores=600, timeout_s=5)
+        result = report.invocations[0]
+        assert result.result == {
+            "request": result.request_id, "name": "ctx", "version": "v1", "package": "pkg", "project": "p1",
+            "memory": 512, "cpu": 600, "running": 5, "remaining": result.result["remaining"], "user": "none",
+            "ak": "", "token": "", "cwd": result.result["cwd"], "handler_env": "func.handler", "api": None}
+        assert 4000 < result.result["remaining"] <= 5000 and result.result["cwd"].endswith("/function")
+        logs = [e["logs"] for e in telemetry_events(root)]
+        assert any(line.endswith(f"{result.request_id} INFO [Function] via the logger ok") for line in logs)
+        assert not any("filtered out" in line for line in logs)
+
     def test_no_function_process_outlives_the_emulator(self, tmp_path: Path) -> None:
         """A handler still running after its timeout does not keep its process alive past stop()."""
         pid_file = tmp_path / "pid"
