@@ -15,6 +15,7 @@ import pytest
 
 from fgext.emulator._render import Progress
 from fgext.emulator._report import InvocationResult
+from fgext.emulator._telemetry import TelemetryStats
 from tests.emulator_helpers import add_extension, records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,12 +141,14 @@ class TestProgress:
     def test_updates_one_line_on_a_terminal(self) -> None:
         """On a TTY the line is rewritten in place and cleared at the end."""
         stream = _Tty()
-        progress = Progress(stream, total=2)
+        stats = TelemetryStats(events_delivered=7, events_dropped=1)
+        progress = Progress(stream, total=2, telemetry=lambda: stats)
         progress.update(_result("success"))
         progress.update(_result("timeout"))
         progress.clear()
         text = stream.getvalue()
         assert "invocations 1/2  not ok 0" in text and "invocations 2/2  not ok 1" in text
+        assert "telemetry events delivered 7, dropped 1" in text
         assert text.endswith("\r\x1b[2K") and "\n" not in text
 
     def test_silent_when_not_a_terminal(self) -> None:

@@ -190,7 +190,7 @@ async def _emulate(config: EmulatorConfig, event: Any, invocations: int, concurr
     from fgext.emulator._render import Progress, render_summary
 
     emulator = Emulator(config, on_output=echo_output if verbose else None)
-    progress = Progress(sys.stderr, invocations)
+    progress = Progress(sys.stderr, invocations, telemetry=lambda: emulator.telemetry.stats)
     stop_on_sigterm()
     await emulator.start()
     interrupted = False

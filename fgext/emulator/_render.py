@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import IO, List, Optional, Sequence
+from typing import IO, Callable, List, Optional, Sequence
 
 from fgext.emulator._report import EmulatorReport, InvocationResult
+from fgext.emulator._telemetry import TelemetryStats
 
 __all__ = ["Progress", "render_summary", "table"]
 
@@ -86,9 +87,11 @@ def render_summary(report: EmulatorReport) -> str:
 class Progress:
     """A single self-overwriting status line, only when ``stream`` is a terminal."""
 
-    def __init__(self, stream: IO[str], total: int) -> None:
+    def __init__(self, stream: IO[str], total: int,
+                 telemetry: Optional[Callable[[], TelemetryStats]] = None) -> None:
         self.stream = stream
         self.total = total
+        self.telemetry = telemetry
         self.done = 0
         self.failed = 0
         self.enabled = bool(getattr(stream, "isatty", lambda: False)())
@@ -100,9 +103,11 @@ class Progress:
             self.failed += int(not result.ok)
         if not self.enabled:
             return
-        batches = result.telemetry.batches_delivered if result is not None else 0
-        self.stream.write(f"\r\x1b[2Kinvocations {self.done}/{self.total}  not ok {self.failed}"
-                          f"  last batches {batches}")
+        line = f"\r\x1b[2Kinvocations {self.done}/{self.total}  not ok {self.failed}"
+        if self.telemetry is not None:
+            stats = self.telemetry()
+            line += f"  telemetry events delivered {stats.events_delivered}, dropped {stats.events_dropped}"
+        self.stream.write(line)
         self.stream.flush()
         self._shown = True
 
