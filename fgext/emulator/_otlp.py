@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from aiohttp import web
 
@@ -81,61 +81,60 @@ def _attributes(pairs: Any) -> Dict[str, Any]:
     return {pair.key: _any_value(pair.value) for pair in pairs}
 
 
+def _walk(resources: Any, scopes: str, items: str) -> Iterator[Tuple[Dict[str, Any], Any]]:
+    """(resource attributes, item) for every item of every scope of every resource in an export."""
+    for resource in resources:
+        attributes = _attributes(resource.resource.attributes)
+        for scope in getattr(resource, scopes):
+            for item in getattr(scope, items):
+                yield attributes, item
+
+
 def decode_traces(message: Any) -> List[SpanData]:
     """Flatten an ``ExportTraceServiceRequest`` into spans."""
-    spans: List[SpanData] = []
-    for resource_spans in message.resource_spans:
-        resource = _attributes(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                spans.append(SpanData(
-                    trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                    parent_span_id=span.parent_span_id.hex(), name=span.name,
-                    kind=SPAN_KINDS.get(span.kind, str(span.kind)), start_ns=span.start_time_unix_nano,
-                    end_ns=span.end_time_unix_nano, status=STATUS_CODES.get(span.status.code, "UNSET"),
-                    status_message=span.status.message, attributes=_attributes(span.attributes),
-                    resource=resource,
-                ))
-    return spans
+    return [
+        SpanData(
+            trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), parent_span_id=span.parent_span_id.hex(),
+            name=span.name, kind=SPAN_KINDS.get(span.kind, str(span.kind)), start_ns=span.start_time_unix_nano,
+            end_ns=span.end_time_unix_nano, status=STATUS_CODES.get(span.status.code, "UNSET"),
+            status_message=span.status.message, attributes=_attributes(span.attributes), resource=resource,
+        )
+        for resource, span in _walk(message.resource_spans, "scope_spans", "spans")
+    ]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
 def decode_logs(message: Any) -> List[LogData]:
     """Flatten an ``ExportLogsServiceRequest`` into log records."""
-    logs: List[LogData] = []
-    for resource_logs in message.resource_logs:
-        resource = _attributes(resource_logs.resource.attributes)
-        for scope_logs in resource_logs.scope_logs:
-            for record in scope_logs.log_records:
-                body = _any_value(record.body)
-                logs.append(LogData(
-                    time_ns=record.time_unix_nano or record.observed_time_unix_nano,
-                    body=body if isinstance(body, str) else ("" if body is None else str(body)),
-                    severity=record.severity_text, trace_id=record.trace_id.hex(),
-                    span_id=record.span_id.hex(), attributes=_attributes(record.attributes),
-                    resource=resource,
-                ))
-    return logs
+    return [
+        LogData(
+            time_ns=record.time_unix_nano or record.observed_time_unix_nano, body=_text(_any_value(record.body)),
+            severity=record.severity_text, trace_id=record.trace_id.hex(), span_id=record.span_id.hex(),
+            attributes=_attributes(record.attributes), resource=resource,
+        )
+        for resource, record in _walk(message.resource_logs, "scope_logs", "log_records")
+    ]
+
+
+def _point_value(kind: str, point: Any) -> Any:
+    if kind in ("sum", "gauge"):
+        return getattr(point, point.WhichOneof("value") or "as_double")
+    if kind == "summary":
+        return (point.count, point.sum)
+    return (point.count, point.sum if point.HasField("sum") else None)
 
 
 def decode_metrics(message: Any) -> List[MetricPoint]:
     """Flatten an ``ExportMetricsServiceRequest`` into data points."""
     points: List[MetricPoint] = []
-    for resource_metrics in message.resource_metrics:
-        resource = _attributes(resource_metrics.resource.attributes)
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                kind = metric.WhichOneof("data") or ""
-                data = getattr(metric, kind) if kind else None
-                for point in (data.data_points if data is not None else []):
-                    value: Any
-                    if kind in ("sum", "gauge"):
-                        value = getattr(point, point.WhichOneof("value") or "as_double")
-                    elif kind == "summary":
-                        value = (point.count, point.sum)
-                    else:
-                        value = (point.count, point.sum if point.HasField("sum") else None)
-                    points.append(MetricPoint(name=metric.name, kind=kind, unit=metric.unit, value=value,
-                                              attributes=_attributes(point.attributes), resource=resource))
+    for resource, metric in _walk(message.resource_metrics, "scope_metrics", "metrics"):
+        kind = metric.WhichOneof("data") or ""
+        for point in (getattr(metric, kind).data_points if kind else []):
+            points.append(MetricPoint(name=metric.name, kind=kind, unit=metric.unit, value=_point_value(kind, point),
+                                      attributes=_attributes(point.attributes), resource=resource))
     return points
 
 
