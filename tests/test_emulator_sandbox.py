@@ -107,12 +107,17 @@ class TestPrepare:
         assert sandbox.code_root == tmp_path.resolve()
         assert (tmp_path / "extension" / "extensionA.sh").exists()
 
-    def test_refused_zip_leaves_no_temporary_tree(self, tmp_path: Path) -> None:
+    def test_refused_zip_leaves_no_temporary_tree(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """When unpacking fails the half-made sandbox is removed."""
         import tempfile
 
-        archive = _zip(tmp_path / "a.zip", {"../x": (b"", 0o100644)})
-        before = set(Path(tempfile.gettempdir()).glob("fgext-emulate-*"))
+        temp = tmp_path / "temp"
+        temp.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        archive = _zip(tmp_path / "a.zip", {"extension/extensionA.sh": SCRIPT, "../x": (b"", 0o100644)})
         with pytest.raises(ConfigError):
             prepare_sandbox(archive)
-        assert set(Path(tempfile.gettempdir()).glob("fgext-emulate-*")) == before
+        assert list(temp.iterdir()) == []
+        good = prepare_sandbox(_zip(tmp_path / "b.zip", {"extension/extensionA.sh": SCRIPT}))
+        good.cleanup()
+        assert good.root.parent == temp  # sandboxes are made where the check looks
