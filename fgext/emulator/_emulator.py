@@ -92,7 +92,9 @@ class Emulator:
         self._started = True
         self._init_lock = asyncio.Lock()
         try:
-            self.sandbox = prepare_sandbox(self.config.target)
+            # Unpacking a large zip takes a while: keep the loop (and whatever else runs on it) responsive.
+            loop = asyncio.get_running_loop()
+            self.sandbox = await loop.run_in_executor(None, prepare_sandbox, self.config.target)
             address = self._api_address = await self.platform.start(self.config.host, self.config.port)
             self.platform.on_subscribe = self.telemetry.subscribe
             await self.telemetry.start()
