@@ -1,0 +1,201 @@
+"""The extension processes: started as the platform starts them, watched, frozen, and stopped.
+
+Each ``extension/extension*.sh`` runs with the sandbox's working directory and environment. Its output
+is captured line by line: the last lines are kept for error messages, and lines that carry
+``[Extension]`` are handed on as extension log events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Deque, Dict, List, Mapping, Optional
+
+from fgext._errors import FgextError
+from fgext.emulator._platform import PlatformApi
+from fgext.emulator._process import pump_lines, signal_group, stop_group
+
+__all__ = ["ExtensionError", "ExtensionProcess", "ExtensionSupervisor"]
+
+EXTENSION_MARKER = "[Extension]"
+
+
+class ExtensionError(FgextError):
+    """An extension did not register in time, exited early, or crashed while the function ran."""
+
+
+@dataclass
+class ExtensionProcess:
+    """One started extension script and what it printed."""
+
+    script: Path
+    process: asyncio.subprocess.Process
+    output: Deque[str]
+    started: float
+    run_via_sh: bool = False
+    exit_code: Optional[int] = None
+    exited_at: Optional[float] = None
+    crashed: bool = False
+    tasks: List[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.script.name
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def last_lines(self, count: int = 10) -> List[str]:
+        return list(self.output)[-count:]
+
+    def describe_output(self, count: int = 10) -> str:
+        lines = self.last_lines(count)
+        if not lines:
+            return "  (it printed nothing)"
+        return "\n".join(f"  | {line}" for line in lines)
+
+
+class ExtensionSupervisor:
+    """Starts every script, waits for their registrations, freezes and thaws them, stops them."""
+
+    def __init__(self, scripts: List[Path], cwd: Path, env: Mapping[str, str], keep_lines: int,
+                 on_log: Callable[[str, str], None],
+                 on_output: Optional[Callable[[str, str], None]] = None) -> None:
+        self.scripts = scripts
+        self.cwd = cwd
+        self.env = dict(env)
+        self.keep_lines = keep_lines
+        self.on_log = on_log
+        self.on_output = on_output
+        self.processes: Dict[str, ExtensionProcess] = {}
+        self.frozen = False
+        self._stopping = False
+
+    async def start(self) -> None:
+        for script in self.scripts:
+            # The platform identifies an extension by its script's full file name; a script without
+            # the executable bit (zipped on Windows, say) still runs, through sh.
+            via_sh = not os.access(script, os.X_OK)
+            argv = ["/bin/sh", str(script)] if via_sh else [str(script)]
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv, cwd=str(self.cwd), env=self.env, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                )
+            except OSError as error:
+                raise ExtensionError(f"{script.name} could not be started: {error}") from None
+            ext = ExtensionProcess(script=script, process=process, output=deque(maxlen=self.keep_lines),
+                                   started=time.time(), run_via_sh=via_sh)
+            self.processes[ext.name] = ext
+            ext.tasks = [
+                asyncio.ensure_future(pump_lines(process.stdout, self._line_handler(ext))),
+                asyncio.ensure_future(pump_lines(process.stderr, self._line_handler(ext))),
+                asyncio.ensure_future(self._watch(ext)),
+            ]
+
+    def _line_handler(self, ext: ExtensionProcess) -> Callable[[str], None]:
+        def handle(line: str) -> None:
+            ext.output.append(line)
+            if self.on_output is not None:
+                self.on_output(ext.name, line)
+            if EXTENSION_MARKER in line:
+                self.on_log(ext.name, line)
+        return handle
+
+    async def _watch(self, ext: ExtensionProcess) -> None:
+        ext.exit_code = await ext.process.wait()
+        ext.exited_at = time.time()
+        if not self._stopping:
+            ext.crashed = True
+
+    async def wait_registered(self, platform: PlatformApi, timeout: float) -> None:
+        """Return once every started script registered; raise :class:`ExtensionError` naming the others."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            missing = [ext for ext in self.processes.values() if ext.name not in platform.registrations]
+            if not missing:
+                return
+            for ext in missing:
+                if ext.exit_code is not None:
+                    await self._drain(ext)
+                    raise ExtensionError(
+                        f"{ext.name} exited with code {ext.exit_code} before it registered; "
+                        f"its last output:\n{ext.describe_output()}{self._refusals(platform, ext.name)}"
+                    )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                details = "\n".join(
+                    f"{ext.name} did not register within {timeout:g} s; its last output:\n"
+                    f"{ext.describe_output()}{self._refusals(platform, ext.name)}"
+                    for ext in missing
+                )
+                raise ExtensionError(details)
+            platform.changed.clear()
+            # Wake on a registration, or every 50 ms to notice a script that exited.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(platform.changed.wait(), min(remaining, 0.05))
+
+    @staticmethod
+    def _refusals(platform: PlatformApi, name: str) -> str:
+        refused = [r for r in platform.rejections if r.extension == name]
+        if not refused:
+            return ""
+        return "\n  the platform refused it: " + "; ".join(f"{r.error_type}: {r.message}" for r in refused)
+
+    async def _drain(self, ext: ExtensionProcess) -> None:
+        """Let the output readers finish, so an exited script's last lines are all there."""
+        await asyncio.wait([task for task in ext.tasks[:2]], timeout=1.0)
+
+    def crashed(self) -> List[ExtensionProcess]:
+        return [ext for ext in self.processes.values() if ext.crashed]
+
+    def freeze(self) -> None:
+        """Stop every extension's process group, as the sandbox freezes between invocations."""
+        for ext in self.processes.values():
+            if ext.exit_code is None:
+                signal_group(ext.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        for ext in self.processes.values():
+            if ext.exit_code is None:
+                signal_group(ext.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def _mark_exited(self) -> None:
+        """Mark extensions that already exited on their own but are not reaped yet as crashed.
+
+        asyncio may notice a child's exit a moment late; without this look, a crash just before the end
+        of a run would pass for the SIGTERM the emulator is about to send. ``WNOWAIT`` leaves the child
+        for asyncio to reap.
+        """
+        if not hasattr(os, "waitid"):  # macOS has no waitid; there the race stays possible
+            return
+        for ext in self.processes.values():
+            if ext.exit_code is not None:
+                continue
+            try:
+                info = os.waitid(os.P_PID, ext.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except (ChildProcessError, OSError):
+                continue
+            if info is not None:
+                ext.crashed = True
+
+    async def stop(self, timeout: float = 3.0) -> None:
+        """SIGTERM every extension (its documented end of life), SIGKILL what outlives ``timeout``."""
+        self._mark_exited()
+        self._stopping = True
+        self.frozen = False
+        await asyncio.gather(*(stop_group(ext.process, timeout) for ext in self.processes.values()))
+        for ext in self.processes.values():
+            await asyncio.wait(ext.tasks, timeout=1.0)
+            for task in ext.tasks:
+                task.cancel()
