@@ -1,4 +1,14 @@
-"""Test your extension against the emulated FunctionGraph platform in a few lines.
+"""Test your plugin or extension in a few lines: on synthetic events, or against the emulated platform.
+
+A plugin on synthetic events, through the agent's real pipeline (strict mode on)::
+
+    from fgext.testing import make_log, make_invocation, run_plugin
+
+    def test_my_plugin():
+        run = run_plugin(MyPlugin(), events=[*make_invocation("r1"), make_log("password=hunter2")])
+        assert "hunter2" not in " ".join(run.messages)
+
+A whole extension zip or directory against the emulator:
 
 Async (pytest-asyncio, anyio, or plain ``asyncio.run``)::
 
@@ -32,7 +42,37 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence, Union
 if TYPE_CHECKING:
     from fgext.emulator import Emulator, EmulatorReport
 
-__all__ = ["emulate", "run_emulator"]
+from fgext._pipeline import PluginFailure
+from fgext._plugintest import (
+    CaptureSink,
+    PluginRun,
+    arun_plugin,
+    make_done,
+    make_event,
+    make_invocation,
+    make_invoke,
+    make_log,
+    make_report,
+    make_start,
+    run_plugin,
+)
+
+__all__ = [
+    "CaptureSink",
+    "PluginFailure",
+    "PluginRun",
+    "arun_plugin",
+    "emulate",
+    "make_done",
+    "make_event",
+    "make_invocation",
+    "make_invoke",
+    "make_log",
+    "make_report",
+    "make_start",
+    "run_emulator",
+    "run_plugin",
+]
 
 
 @contextlib.asynccontextmanager
