@@ -51,14 +51,39 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from fgext._errors import (
-        ConfigError, DropEvent, FgextError, PackageError, PlatformError, PluginError, RegistrationError,
+        ConfigError,
+        DropEvent,
+        FgextError,
+        PackageError,
+        PlatformError,
+        PluginError,
+        RegistrationError,
         UrnError,
     )
     from fgext._events import (
-        Event, ExtensionLog, FunctionLog, InitReport, InitRuntimeDone, InitStart, Invoke, LogEvent,
-        MalformedEvent, PlatformEvent, Report, ReportEvent, ReportMetrics, RestoreReport,
-        RestoreRuntimeDone, RestoreStart, RuntimeDone, RuntimeDoneEvent, Start, StartEvent, UnknownEvent,
-        parse_batch, parse_event,
+        Event,
+        ExtensionLog,
+        FunctionLog,
+        InitReport,
+        InitRuntimeDone,
+        InitStart,
+        Invoke,
+        LogEvent,
+        MalformedEvent,
+        PlatformEvent,
+        Report,
+        ReportEvent,
+        ReportMetrics,
+        RestoreReport,
+        RestoreRuntimeDone,
+        RestoreStart,
+        RuntimeDone,
+        RuntimeDoneEvent,
+        Start,
+        StartEvent,
+        UnknownEvent,
+        parse_batch,
+        parse_event,
     )
     from fgext._plugin import Plugin, PluginContext
     from fgext._urn import FunctionUrn, parse_urn

@@ -358,6 +358,9 @@ def parse_event(obj: Any) -> AnyEvent:
     if raw_name is None:
         raw_name = obj.get("type")
     name = _text(raw_name)
+    if name:
+        # The document's own table lists "platform.initRuntimeDone," with a stray comma.
+        name = name.rstrip(",").strip()
     if not name:
         raise MalformedEvent("event has no name")
     cls = _BY_NAME.get(name.lower())
@@ -387,19 +390,20 @@ def parse_event(obj: Any) -> AnyEvent:
     request_id = _request_id(obj)
     if request_id is None:
         raise MalformedEvent(f"{name}: no traceId (or tracelId)")
-    common = {"name": cls.canonical_name, "start_time": start_time, "start_ns": start_ns, "raw": obj,
-              "request_id": request_id}
+    name = cls.canonical_name
     if issubclass(cls, StartEvent):
-        return cls(**common)
+        return cls(name=name, start_time=start_time, start_ns=start_ns, raw=obj, request_id=request_id)
     status = _text(obj.get("status")) or ""
     if issubclass(cls, RuntimeDoneEvent):
-        return cls(status=status, **common)
+        return cls(name=name, start_time=start_time, start_ns=start_ns, raw=obj, request_id=request_id,
+                   status=status)
     assert issubclass(cls, ReportEvent)
     end_time: Optional[datetime] = None
     end_ns: Optional[int] = None
     if obj.get("endTime") is not None:
         end_time, end_ns = parse_time(obj["endTime"])
-    return cls(status=status, end_time=end_time, end_ns=end_ns, metrics=_metrics(obj), **common)
+    return cls(name=name, start_time=start_time, start_ns=start_ns, raw=obj, request_id=request_id,
+               status=status, end_time=end_time, end_ns=end_ns, metrics=_metrics(obj))
 
 
 @dataclass(frozen=True)
@@ -481,3 +485,29 @@ def parse_invoke(obj: Any, received_ns: int) -> Invoke:
         except ValueError:
             urn = None
     return Invoke(request_id=request_id, function_urn=function_urn, urn=urn, received_ns=received_ns, raw=obj)
+
+
+# ----------------------------------------------------------------------------------------- to JSON
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, ReportMetrics):
+        return {k: _plain(v) for k, v in value.__dict__.items() if v is not None and v != {}}
+    if isinstance(value, FunctionUrn):
+        return value.raw
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+def event_to_dict(event: Union[AnyEvent, Invoke]) -> Dict[str, Any]:
+    """A JSON-ready dict of any event or invoke: its type, its typed fields, and ``raw`` as received."""
+    out: Dict[str, Any] = {"type": type(event).__name__, "category": getattr(event, "category", "invoke")}
+    for key, value in event.__dict__.items():
+        if key in ("raw", "urn") or value is None:
+            continue
+        out[key] = _plain(value)
+    out["raw"] = dict(event.raw)
+    return out

@@ -27,7 +27,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import (
-    TYPE_CHECKING, Any, Awaitable, ClassVar, Dict, Mapping, Optional, Sequence, Union,
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    ClassVar,
+    Dict,
+    Mapping,
+    Optional,
+    Sequence,
+    Union,
 )
 
 if TYPE_CHECKING:

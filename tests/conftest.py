@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.agentproc import AgentProcess
+    from tests.platform import RecordingPlatform
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
@@ -33,3 +38,36 @@ def port_range_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def platform() -> Iterator["RecordingPlatform"]:
+    """A recording Extension API on a free loopback port, stopped after the test."""
+    from tests.platform import RecordingPlatform
+
+    plat = RecordingPlatform().start()
+    try:
+        yield plat
+    finally:
+        plat.stop()
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Callable[..., "AgentProcess"]]:
+    """Factory of agent subprocesses; every one started is stopped by PID after the test."""
+    from tests.agentproc import AgentProcess
+
+    started: List[AgentProcess] = []
+
+    def start(env: Dict[str, str], launcher: Optional[Path] = None) -> AgentProcess:
+        workdir = tmp_path / f"agent{len(started)}"
+        workdir.mkdir()
+        agent = AgentProcess(workdir, env, launcher or LAUNCHER)
+        started.append(agent)
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent in started:
+            agent.stop(signal.SIGKILL)

@@ -1,0 +1,219 @@
+"""The agent's event loop: serve invokes and telemetry on the socket bound at cold start.
+
+Lifecycle, in order (each step undone in reverse at the end):
+
+1. configure structured logging and replay the cold start's notes;
+2. adopt the bound socket with ``web.SockSite`` - requests waiting in its backlog are served now;
+3. load, configure and start plugins, then the pipeline's worker;
+4. run until SIGTERM/SIGINT (the platform documents no shutdown event) or a strict-mode failure;
+5. stop accepting, give the pipeline what is left of ``FGEXT_SHUTDOWN_TIMEOUT`` to dispatch, flush
+   and shut plugins down, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from typing import Any, Dict, Optional, Sequence
+
+from aiohttp import web
+
+from fgext._bootstrap import Bootstrap
+from fgext._discovery import load_plugins, plugin_config
+from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
+from fgext._events import MalformedEvent, parse_batch, parse_invoke
+from fgext._logging import configure_logging, get_logger
+from fgext._pipeline import Pipeline
+from fgext._plugin import Plugin, PluginContext
+
+__all__ = ["Agent", "serve"]
+
+_MAX_ERROR_DETAILS = 5
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+class _Reject(Exception):
+    """A request body the agent refuses, with the status and the reason to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Agent:
+    """One agent process: HTTP listener, pipeline and lifecycle around a bootstrapped socket."""
+
+    def __init__(self, boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> None:
+        self.boot = boot
+        self._given_plugins = list(plugins or [])
+        self.settings = boot.settings
+        self.log = get_logger()
+        self.pipeline: Optional[Pipeline] = None
+        self.stats: Dict[str, int] = {
+            "invokes_received": 0, "telemetry_posts": 0, "events_received": 0, "events_malformed": 0,
+            "bodies_rejected": 0,
+        }
+        # Created in run(): on Python 3.9 an Event binds to the loop current at its creation.
+        self._stop: Optional[asyncio.Event] = None
+        self._exit_code = EXIT_OK
+        self._pending: list[Any] = []  # submissions made before the pipeline existed
+
+    # ------------------------------------------------------------------------------ HTTP handlers
+
+    async def _read_json(self, request: web.Request) -> Any:
+        """Read and decode a body, or raise the 4xx response that explains why not."""
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _Reject(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes "
+                               f"(FGEXT_MAX_BODY_BYTES)")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _Reject(413, f"body exceeds the limit of {limit} bytes (FGEXT_MAX_BODY_BYTES)") from None
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise _Reject(400, f"body is not valid JSON: {error}") from None
+
+    async def handle_invoke(self, request: web.Request) -> web.Response:
+        received_ns = time.time_ns()
+        try:
+            invoke = parse_invoke(await self._read_json(request), received_ns)
+        except MalformedEvent as error:
+            return self._rejected("invoke", _Reject(400, str(error)))
+        except _Reject as reject:
+            return self._rejected("invoke", reject)
+        self.stats["invokes_received"] += 1
+        await self._submit("invoke", invoke)
+        return web.json_response({"status": "ok"})
+
+    async def handle_telemetry(self, request: web.Request) -> web.Response:
+        try:
+            batch = parse_batch(await self._read_json(request))
+        except MalformedEvent as error:
+            return self._rejected("telemetry", _Reject(400, str(error)))
+        except _Reject as reject:
+            return self._rejected("telemetry", reject)
+        self.stats["telemetry_posts"] += 1
+        self.stats["events_received"] += len(batch.events)
+        if batch.errors:
+            self.stats["events_malformed"] += batch.malformed
+            self.log.warning("malformed telemetry events skipped", count=batch.malformed,
+                             kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
+        await self._submit("telemetry", batch.events)
+        return web.json_response({"accepted": len(batch.events), "malformed": batch.malformed,
+                                  "errors": batch.errors[:_MAX_ERROR_DETAILS]})
+
+    def _rejected(self, what: str, reject: _Reject) -> web.Response:
+        self.stats["bodies_rejected"] += 1
+        self.log.warning(f"{what} body rejected", status=reject.status, reason=reject.message[:300])
+        return _error(reject.status, reject.message)
+
+    async def _submit(self, kind: str, payload: Any) -> None:
+        if self.pipeline is None:
+            self._pending.append((kind, payload))
+        elif kind == "invoke":
+            await self.pipeline.submit_invoke(payload)
+        else:
+            await self.pipeline.submit_telemetry(payload)
+
+    # --------------------------------------------------------------------------------- lifecycle
+
+    def request_stop(self, reason: str, exit_code: int = EXIT_OK) -> None:
+        if self._stop is not None and not self._stop.is_set():
+            self.log.info("stopping", reason=reason)
+            self._exit_code = exit_code
+            self._stop.set()
+
+    def _context(self, plugin: Plugin) -> PluginContext:
+        name = plugin.name or type(plugin).__name__
+        return PluginContext(
+            name=name,
+            registration=self.boot.registration,
+            config=plugin_config(plugin, self.settings.config, self.settings.environ),
+            logger=get_logger(plugin=name),
+            stats=self.stats,
+            environ=self.settings.environ,
+        )
+
+    async def _start_pipeline(self) -> None:
+        # An extension written with fgext's API brings its own plugins; FGEXT_PLUGINS adds to them only
+        # when it is set explicitly, so such an extension does not also start the default OTLP export.
+        named = self.settings.plugins
+        if self._given_plugins and "FGEXT_PLUGINS" not in self.settings.environ:
+            named = ()
+        plugins = [*self._given_plugins, *load_plugins(named)]
+        contexts = {id(p): self._context(p) for p in plugins}  # validate every config before any start
+        pipeline = Pipeline(plugins, logger=self.log, strict=self.settings.strict)
+        pipeline.on_fatal = lambda failure: self.request_stop(f"strict mode: {failure}", EXIT_PROBLEMS)
+        await pipeline.start(lambda p: contexts[id(p)])
+        self.pipeline = pipeline
+        for kind, payload in self._pending:
+            await self._submit(kind, payload)
+        self._pending.clear()
+        self.log.info("pipeline started", plugins=[p.name or type(p).__name__ for p in plugins],
+                      ready_ms=round((time.monotonic() - self.boot.exec_monotonic) * 1000, 1))
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        if self.boot.stop_requested:
+            self.request_stop(signal.Signals(self.boot.stop_requested[0]).name)
+
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_post("/extension/invoke", self.handle_invoke)
+        app.router.add_post("/", self.handle_telemetry)
+        # In-flight requests get a short grace period at shutdown; the flush deadline matters more.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        await runner.setup()
+        site = web.SockSite(runner, self.boot.sock)
+        await site.start()
+        self.log.info("listening", address=self.boot.registration.address,
+                      subscribed=self.boot.registration.subscribed)
+        try:
+            if not self._stop.is_set():
+                try:
+                    await self._start_pipeline()
+                except FgextError as error:
+                    self.log.error("cannot start plugins", error=str(error))
+                    self.request_stop("plugins could not start", error.exit_code)
+            await self._stop.wait()
+        finally:
+            await self._shutdown(runner)
+        return self._exit_code
+
+    async def _shutdown(self, runner: web.AppRunner) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        # Stop accepting first: what is in flight finishes, nothing new arrives after the flush.
+        try:
+            await asyncio.wait_for(runner.cleanup(), timeout=max(0.05, self.settings.shutdown_timeout * 0.25))
+        except asyncio.TimeoutError:
+            self.log.warning("listener did not close in time")
+        if self.pipeline is not None:
+            remaining = max(0.05, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self.pipeline.shutdown(remaining), timeout=remaining + 0.1)
+            except asyncio.TimeoutError:
+                self.log.warning("plugins did not shut down within FGEXT_SHUTDOWN_TIMEOUT",
+                                 timeout=self.settings.shutdown_timeout)
+        elif self._pending:
+            self.log.warning("events received before plugins started were not processed", count=len(self._pending))
+        self.log.info("stopped", **self.stats, **(self.pipeline.stats if self.pipeline else {}))
+
+
+def serve(boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> int:
+    """Run the agent's event loop until it is told to stop; return the exit code."""
+    configure_logging(boot.settings.log_level, boot.settings.environ)
+    log = get_logger()
+    for level, event, fields in boot.notes:
+        getattr(log, level)(event, **fields)
+    return asyncio.run(Agent(boot, plugins).run())
+

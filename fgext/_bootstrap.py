@@ -1,0 +1,273 @@
+"""The agent's cold start: bind, register and subscribe with the standard library only.
+
+The platform measures an extension's bootstrap by its registration, and aiohttp alone takes a quarter
+of a second to import, so nothing heavy is imported here. The socket is bound and listening before
+registration: a request that arrives while aiohttp and the plugins load waits in the listen backlog
+and is served as soon as the event loop starts (``web.SockSite`` adopts this very socket).
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from fgext._config import PORT_RANGE, AgentSettings
+from fgext._errors import ConfigError, FgextError, RegistrationError
+from fgext._plugin import Plugin, RegistrationInfo
+
+__all__ = [
+    "Bootstrap",
+    "add_arguments",
+    "bind_listener",
+    "main_run",
+    "register",
+    "run_command",
+    "subscribe",
+]
+
+_LISTEN_BACKLOG = 1024
+_BACKOFF_FIRST = 0.05
+_BACKOFF_CAP = 1.0
+_ATTEMPT_TIMEOUT_CAP = 3.0
+
+
+@dataclass
+class Bootstrap:
+    """What the cold start achieved, handed to the event loop with the bound socket."""
+
+    settings: AgentSettings
+    sock: socket.socket
+    registration: RegistrationInfo
+    exec_monotonic: float
+    registered_after: float  # seconds from process start to the registration answer
+    notes: List[Tuple[str, str, Dict[str, Any]]] = field(default_factory=list)  # (level, event, fields)
+    stop_requested: List[int] = field(default_factory=list)  # signals received before the loop ran
+
+    def note(self, level: str, event: str, **fields: Any) -> None:
+        """Remember a log line until structured logging is configured."""
+        self.notes.append((level, event, fields))
+
+
+def bind_listener(port: Optional[int]) -> socket.socket:
+    """Bind and listen on 127.0.0.1: the given port, else the first free one of 8081-8090."""
+    candidates = [port] if port is not None else list(range(PORT_RANGE[0], PORT_RANGE[1] + 1))
+    for candidate in candidates:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # SO_REUSEADDR lets a restarted agent take its port back from TIME_WAIT; it never lets two
+        # live listeners share a port on Linux.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", candidate))
+            sock.listen(_LISTEN_BACKLOG)
+        except OSError as error:
+            sock.close()
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue
+            raise ConfigError(f"cannot listen on 127.0.0.1:{candidate}: {error.strerror}") from None
+        return sock
+    if port is not None:
+        raise ConfigError(f"FGEXT_PORT={port}: 127.0.0.1:{port} is already in use")
+    raise ConfigError(
+        "every extension port 127.0.0.1:8081-8090 is in use: a function runs at most 10 extensions, "
+        "and each needs its own port"
+    )
+
+
+def _post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
+          timeout: float) -> Tuple[int, bytes]:
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, response.read(64 * 1024)
+    finally:
+        connection.close()
+
+
+def _error_text(status: int, body: bytes) -> str:
+    """The platform's own words for a refusal: ``errorInfo``, ``error_msg`` or the raw body."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        info = data.get("errorInfo")
+        if isinstance(info, dict) and (info.get("errorMessage") or info.get("errorType")):
+            return f"HTTP {status}: {info.get('errorType') or ''} {info.get('errorMessage') or ''}".strip()
+        for key in ("error_msg", "errorMessage", "message", "error"):
+            if isinstance(data.get(key), str) and data[key]:
+                code = data.get("error_code") or data.get("errorCode")
+                return f"HTTP {status}: {code + ': ' if isinstance(code, str) and code else ''}{data[key]}"
+    text = body.decode("utf-8", "replace").strip()
+    return f"HTTP {status}: {text[:500]}" if text else f"HTTP {status}"
+
+
+def register(settings: AgentSettings, address: str,
+             clock: Any = time.monotonic, sleep: Any = time.sleep) -> Tuple[Dict[str, Any], int]:
+    """``POST /extension/register``, retrying transient failures until ``register_timeout``.
+
+    Connection errors, time-outs, 429 and 5xx are transient: the platform's API may come up after the
+    extension. Any other refusal is final. Returns the decoded answer and the number of attempts.
+    """
+    deadline = clock() + settings.register_timeout
+    headers = {
+        "FunctionGraph-Extension-Name": settings.name,
+        "FunctionGraph-Extension-Address": address,
+    }
+    delay = _BACKOFF_FIRST
+    attempts = 0
+    last = "no attempt made"
+    while True:
+        attempts += 1
+        remaining = deadline - clock()
+        try:
+            status, body = _post(settings.api_host, settings.api_port, "/extension/register", b"{}", headers,
+                                 timeout=max(0.05, min(_ATTEMPT_TIMEOUT_CAP, remaining)))
+        except (OSError, http.client.HTTPException) as error:
+            last = f"{type(error).__name__}: {error}"
+        else:
+            if status == 200:
+                try:
+                    answer = json.loads(body) if body.strip() else {}
+                except ValueError:
+                    answer = {}
+                return (answer if isinstance(answer, dict) else {}), attempts
+            last = _error_text(status, body)
+            if status != 429 and status < 500:
+                raise RegistrationError(
+                    f"the platform refused registration of {settings.name} at {address}: {last}"
+                )
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise RegistrationError(
+                f"could not register with the platform at {settings.api_addr} within "
+                f"{settings.register_timeout:g} s ({attempts} attempts); last error: {last}"
+            )
+        sleep(min(delay, remaining))
+        delay = min(delay * 2, _BACKOFF_CAP)
+
+
+def subscribe(settings: AgentSettings, port: int) -> Tuple[bool, str]:
+    """``POST /telemetry``; a refusal is reported, not fatal: invokes are still worth serving."""
+    body = json.dumps({
+        "subscriber": {"protocol": "POST", "uri": f"http://127.0.0.1:{port}"},
+        "types": list(settings.telemetry_types),
+    }).encode()
+    headers = {
+        "FunctionGraph-Extension-Name": settings.name,
+        "FunctionGraph-Extension-Address": f"127.0.0.1:{port}",
+    }
+    last = ""
+    for attempt in range(3):
+        try:
+            status, answer = _post(settings.api_host, settings.api_port, "/telemetry", body, headers,
+                                   timeout=_ATTEMPT_TIMEOUT_CAP)
+        except (OSError, http.client.HTTPException) as error:
+            last = f"{type(error).__name__}: {error}"
+        else:
+            if status == 200:
+                return True, ""
+            last = _error_text(status, answer)
+            if status < 500:
+                break
+        time.sleep(_BACKOFF_FIRST * (2 ** attempt))
+    return False, last
+
+
+def _bootstrap(exec_monotonic: float) -> Bootstrap:
+    stop_requested: List[int] = []
+
+    def early_stop(signum: int, _frame: Any) -> None:
+        # Before the event loop runs, a stop request is remembered and honoured the moment it starts.
+        stop_requested.append(signum)
+
+    signal.signal(signal.SIGTERM, early_stop)
+    signal.signal(signal.SIGINT, early_stop)
+
+    settings = AgentSettings.from_environ()
+    sock = bind_listener(settings.port)
+    port = sock.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    try:
+        answer, attempts = register(settings, address)
+    except BaseException:
+        sock.close()
+        raise
+    registered_after = time.monotonic() - exec_monotonic
+
+    subscribed, refusal = False, ""
+    if settings.telemetry_types:
+        subscribed, refusal = subscribe(settings, port)
+
+    registration = RegistrationInfo(
+        extension_name=settings.name,
+        address=address,
+        function_name=str(answer.get("functionName") or ""),
+        function_version=str(answer.get("functionVersion") or ""),
+        telemetry_types=settings.telemetry_types if subscribed else (),
+        subscribed=subscribed,
+    )
+    boot = Bootstrap(settings=settings, sock=sock, registration=registration, exec_monotonic=exec_monotonic,
+                     registered_after=registered_after, stop_requested=stop_requested)
+    boot.note("info", "registered", address=address, name=settings.name, attempts=attempts,
+              function=registration.function_name, version=registration.function_version,
+              registered_ms=round(registered_after * 1000, 1))
+    if settings.telemetry_types and not subscribed:
+        boot.note("error", "telemetry subscription refused; serving invokes without telemetry",
+                  reason=refusal, types=list(settings.telemetry_types))
+    elif subscribed:
+        boot.note("info", "subscribed to telemetry", types=list(settings.telemetry_types),
+                  uri=f"http://{address}")
+    return boot
+
+
+def _process_start() -> float:
+    """Monotonic time of this process's exec, so the registration figure includes interpreter start."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            ticks = int(handle.read().rsplit(b")", 1)[1].split()[19])
+        import os
+
+        with open("/proc/uptime", "rb") as handle:
+            uptime = float(handle.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, age)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+def main_run(plugins: Optional[Sequence[Plugin]] = None) -> int:
+    """The agent process: cold start here, then the event loop in :mod:`fgext._agent`.
+
+    ``plugins`` are plugin instances to run besides those named in ``FGEXT_PLUGINS`` (the decorator
+    style of writing an extension passes its own here).
+    """
+    exec_monotonic = _process_start()
+    try:
+        boot = _bootstrap(exec_monotonic)
+    except FgextError as error:
+        print(f"fgext run: error: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
+    from fgext._agent import serve  # heavy: aiohttp, structlog, plugins
+
+    return serve(boot, plugins)
+
+
+def add_arguments(parser: Any) -> None:
+    parser.epilog = (
+        "Configured by the environment: EXTENSION_API_ADDR (required), FGEXT_NAME, FGEXT_PORT, "
+        "FGEXT_REGISTER_TIMEOUT, FGEXT_TELEMETRY_TYPES, FGEXT_MAX_BODY_BYTES, FGEXT_SHUTDOWN_TIMEOUT, "
+        "FGEXT_PLUGINS, FGEXT_CONFIG, FGEXT_STRICT, FGEXT_LOG_LEVEL and the standard OTEL_* variables."
+    )
+
+
+def run_command(_args: Any) -> int:
+    return main_run()
+

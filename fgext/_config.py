@@ -1,0 +1,177 @@
+"""The agent's settings, read once from the environment (and the optional JSON config file).
+
+Standard library only: this runs on the cold-start path before registration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from fgext._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_NAME",
+    "PORT_RANGE",
+    "TELEMETRY_TYPES",
+    "AgentSettings",
+    "load_config_file",
+    "parse_api_addr",
+]
+
+PORT_RANGE: Tuple[int, int] = (8081, 8090)
+TELEMETRY_TYPES: Tuple[str, ...] = ("platform", "function", "extension")
+DEFAULT_NAME = "extensionFgext.sh"
+
+
+def parse_api_addr(value: Optional[str]) -> Tuple[str, int]:
+    """Read ``EXTENSION_API_ADDR``: ``host:port``, with or without an ``http://`` scheme."""
+    if value is None or not value.strip():
+        raise ConfigError("EXTENSION_API_ADDR is not set: the platform gives the Extension API address in it")
+    text = value.strip()
+    for scheme in ("http://", "HTTP://"):
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    text = text.rstrip("/")
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or "/" in text or " " in text:
+        raise ConfigError(f"EXTENSION_API_ADDR must be host:port, got {value!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"EXTENSION_API_ADDR must be host:port, got {value!r}") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"EXTENSION_API_ADDR port must be 1-65535, got {value!r}")
+    return host, port
+
+
+def _float(environ: Mapping[str, str], key: str, default: float) -> float:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{key} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _int(environ: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _bool(environ: Mapping[str, str], key: str) -> bool:
+    raw = environ.get(key, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{key} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def load_config_file(path: Optional[str]) -> Dict[str, Any]:
+    """Read the optional JSON config file (``FGEXT_CONFIG``); missing path means no file."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"FGEXT_CONFIG names {path!r}, which does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"config file {path!r} could not be read as JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a JSON object at the top level")
+    return data
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Everything ``fgext run`` reads from its environment, validated."""
+
+    api_host: str
+    api_port: int
+    name: str = DEFAULT_NAME
+    port: Optional[int] = None
+    register_timeout: float = 10.0
+    telemetry_types: Tuple[str, ...] = TELEMETRY_TYPES
+    max_body_bytes: int = 6 * 1024 * 1024
+    shutdown_timeout: float = 2.0
+    plugins: Tuple[str, ...] = ("otlp",)
+    strict: bool = False
+    log_level: str = "info"
+    config: Mapping[str, Any] = field(default_factory=dict)
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def api_addr(self) -> str:
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"{host}:{self.api_port}"
+
+    @classmethod
+    def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> AgentSettings:
+        env = dict(os.environ if environ is None else environ)
+        host, api_port = parse_api_addr(env.get("EXTENSION_API_ADDR"))
+
+        port: Optional[int] = None
+        raw_port = env.get("FGEXT_PORT", "").strip()
+        if raw_port:
+            try:
+                port = int(raw_port)
+            except ValueError:
+                raise ConfigError(f"FGEXT_PORT must be a port number from 8081 to 8090, got {raw_port!r}") from None
+            if not PORT_RANGE[0] <= port <= PORT_RANGE[1]:
+                raise ConfigError(
+                    f"FGEXT_PORT must be from 8081 to 8090 (the platform accepts no other), got {port}"
+                )
+
+        raw_types = env.get("FGEXT_TELEMETRY_TYPES")
+        types = TELEMETRY_TYPES
+        if raw_types is not None:
+            chosen = tuple(t.strip().lower() for t in raw_types.split(",") if t.strip())
+            if chosen in ((), ("none",)):
+                types = ()
+            else:
+                unknown = [t for t in chosen if t not in TELEMETRY_TYPES]
+                if unknown:
+                    raise ConfigError(
+                        f"FGEXT_TELEMETRY_TYPES: unknown type(s) {', '.join(unknown)}; "
+                        f"use any of platform, function, extension, or none"
+                    )
+                types = tuple(t for t in TELEMETRY_TYPES if t in chosen)
+
+        plugins = tuple(p.strip() for p in env.get("FGEXT_PLUGINS", "otlp").split(",") if p.strip())
+        level = env.get("FGEXT_LOG_LEVEL", "info").strip().lower() or "info"
+        if level not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"FGEXT_LOG_LEVEL must be debug, info, warning, error or critical, got {level!r}")
+
+        return cls(
+            api_host=host,
+            api_port=api_port,
+            name=env.get("FGEXT_NAME", "").strip() or DEFAULT_NAME,
+            port=port,
+            register_timeout=_float(env, "FGEXT_REGISTER_TIMEOUT", 10.0),
+            telemetry_types=types,
+            max_body_bytes=_int(env, "FGEXT_MAX_BODY_BYTES", 6 * 1024 * 1024, minimum=1024),
+            shutdown_timeout=_float(env, "FGEXT_SHUTDOWN_TIMEOUT", 2.0),
+            plugins=plugins,
+            strict=_bool(env, "FGEXT_STRICT"),
+            log_level=level,
+            config=load_config_file(env.get("FGEXT_CONFIG", "").strip() or None),
+            environ=env,
+        )

@@ -1,0 +1,254 @@
+"""The one place where the plugin chain runs.
+
+The HTTP handlers hand invokes and parsed telemetry batches to :meth:`Pipeline.submit_invoke` and
+:meth:`Pipeline.submit_telemetry`, which only queue them: the platform gets its answer at once. One
+worker task takes items in arrival order and dispatches them: every processor over the batch (in
+``order``), then every sink on what survived, concurrently. All isolation lives here: a plugin that
+raises is logged with its name and the event goes on (or is dropped, as the processor declares); a
+plugin that keeps failing is disabled; with ``strict`` the first failure is raised instead.
+
+The queue is bounded: when plugins fall behind, ``submit_telemetry`` waits for room, so the platform's
+POST waits too, instead of the agent's memory growing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from fgext._errors import DropEvent
+from fgext._events import AnyEvent, Invoke
+from fgext._plugin import Plugin, PluginContext
+
+__all__ = ["Pipeline", "PluginFailure"]
+
+_STOP = object()
+_Item = Union[Tuple[str, Any], object]
+
+
+class PluginFailure(Exception):
+    """Strict mode: a plugin hook raised; ``__cause__`` is what it raised."""
+
+    def __init__(self, plugin: str, hook: str) -> None:
+        super().__init__(f"plugin {plugin!r} failed in {hook}")
+        self.plugin = plugin
+        self.hook = hook
+
+
+@dataclass
+class _State:
+    plugin: Plugin
+    failures: int = 0
+    disabled: bool = False
+    started: bool = False
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(function)
+
+
+class Pipeline:
+    """Runs plugins over invokes and telemetry; owns their lifecycle (start, flush, shutdown)."""
+
+    def __init__(self, plugins: Sequence[Plugin], *, logger: Any, strict: bool = False,
+                 max_pending: int = 256, hook_timeout: float = 30.0) -> None:
+        processors = [p for p in plugins if p.role == "processor"]
+        # sorted() is stable: processors of equal order keep the order they were enabled in.
+        self._processors = [_State(p) for p in sorted(processors, key=lambda p: p.order)]
+        self._sinks = [_State(p) for p in plugins if p.role != "processor"]
+        self._log = logger
+        self._strict = strict
+        self._hook_timeout = hook_timeout
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_pending)
+        self._worker: Optional[asyncio.Task[None]] = None
+        self._closing = False
+        self.failure: Optional[BaseException] = None  # strict mode: what stopped the pipeline
+        self.stats: Dict[str, int] = {
+            "invokes": 0, "batches": 0, "events": 0, "dropped_by_processors": 0,
+            "plugin_failures": 0, "plugins_disabled": 0,
+        }
+        self.on_fatal: Optional[Callable[[BaseException], None]] = None
+
+    # -------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def plugins(self) -> List[Plugin]:
+        return [s.plugin for s in self._processors + self._sinks]
+
+    async def start(self, make_context: Callable[[Plugin], PluginContext]) -> None:
+        """Start every plugin (a plugin that fails to start is disabled), then the worker."""
+        for state in self._processors + self._sinks:
+            ok = await self._call(state, "start", make_context(state.plugin))
+            state.started = ok
+            if not ok and not state.disabled:
+                self._disable(state, "failed to start")
+        self._worker = asyncio.ensure_future(self._run())
+
+    async def submit_invoke(self, invoke: Invoke) -> None:
+        await self._queue.put(("invoke", invoke))
+
+    async def submit_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        if events:
+            await self._queue.put(("telemetry", events))
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        """Ask every sink to send what it holds now (the sandbox may be frozen next)."""
+        await asyncio.gather(*(self._call(s, "flush", timeout, timeout=timeout) for s in self._active_sinks()))
+
+    async def shutdown(self, timeout: float) -> None:
+        """Dispatch everything queued, then flush and shut plugins down, all within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        self._closing = True
+        if self._worker is not None and not self._worker.done():
+            await self._queue.put(_STOP)
+            # Queued work gets most of the time; plugins keep at least a share for their own flush.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), timeout=max(0.0, timeout * 0.6))
+            except asyncio.TimeoutError:
+                self._log.warning("pipeline shutdown: queued telemetry not fully dispatched in time",
+                                  pending=self._queue.qsize())
+                self._worker.cancel()
+        remaining = max(0.05, deadline - time.monotonic())
+        states = [s for s in self._processors + self._sinks if s.started and not s.disabled]
+        await asyncio.gather(*(self._call(s, "shutdown", remaining, timeout=remaining) for s in states))
+
+    # ---------------------------------------------------------------------------------- dispatch
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is _STOP:
+                return
+            kind, payload = item  # type: ignore[misc]
+            try:
+                if kind == "invoke":
+                    await self.dispatch_invoke(payload)
+                else:
+                    await self.dispatch_telemetry(payload)
+            except PluginFailure as failure:
+                self.failure = failure
+                if self.on_fatal is not None:
+                    self.on_fatal(failure)
+                return
+
+    async def dispatch_invoke(self, invoke: Invoke) -> None:
+        """Hand one invoke to every plugin."""
+        self.stats["invokes"] += 1
+        states = [s for s in self._processors + self._sinks if not s.disabled]
+        await asyncio.gather(*(self._call(s, "on_invoke", invoke) for s in states))
+
+    async def dispatch_telemetry(self, events: Sequence[AnyEvent]) -> List[AnyEvent]:
+        """Run the chain on one batch: processors in order, then sinks; return what the sinks got."""
+        self.stats["batches"] += 1
+        self.stats["events"] += len(events)
+        survivors: List[AnyEvent] = list(events)
+        for state in self._processors:
+            if state.disabled or not survivors:
+                continue
+            survivors = await self._process(state, survivors)
+        if survivors:
+            await asyncio.gather(*(self._call(s, "on_telemetry", survivors) for s in self._active_sinks()))
+        return survivors
+
+    def _active_sinks(self) -> List[_State]:
+        return [s for s in self._sinks if not s.disabled]
+
+    async def _process(self, state: _State, events: List[AnyEvent]) -> List[AnyEvent]:
+        process = state.plugin.process
+        if _is_async(process):
+            kept: List[AnyEvent] = []
+            for event in events:
+                outcome = await self._one(state, event, process)
+                if outcome is not None:
+                    kept.append(outcome)
+            return kept
+
+        def run_batch() -> List[Tuple[Optional[AnyEvent], Optional[BaseException], AnyEvent]]:
+            results: List[Tuple[Optional[AnyEvent], Optional[BaseException], AnyEvent]] = []
+            for event in events:
+                try:
+                    results.append((process(event), None, event))  # type: ignore[arg-type]
+                except DropEvent:
+                    results.append((None, None, event))
+                except Exception as error:  # isolation is the point
+                    results.append((None, error, event))
+            return results
+
+        # One thread hop per batch, not per event: a slow sync processor never blocks the loop.
+        outcomes = await asyncio.get_running_loop().run_in_executor(None, run_batch)
+        kept = []
+        for result, error, original in outcomes:
+            if error is not None:
+                self._failed(state, "process", error)
+                if state.plugin.on_error != "drop":
+                    kept.append(original)
+                else:
+                    self.stats["dropped_by_processors"] += 1
+            elif result is None:
+                self.stats["dropped_by_processors"] += 1
+            else:
+                self._succeeded(state)
+                kept.append(result)
+        return kept
+
+    async def _one(self, state: _State, event: AnyEvent, process: Callable[..., Any]) -> Optional[AnyEvent]:
+        try:
+            result = await asyncio.wait_for(process(event), timeout=self._hook_timeout)
+        except DropEvent:
+            self.stats["dropped_by_processors"] += 1
+            return None
+        except Exception as error:
+            self._failed(state, "process", error)
+            if state.plugin.on_error == "drop":
+                self.stats["dropped_by_processors"] += 1
+                return None
+            return event
+        self._succeeded(state)
+        return result  # type: ignore[no-any-return]
+
+    async def _call(self, state: _State, hook: str, *args: Any, timeout: Optional[float] = None) -> bool:
+        """Call one hook of one plugin, isolated; return whether it succeeded."""
+        function = getattr(state.plugin, hook)
+        limit = self._hook_timeout if timeout is None else timeout
+        try:
+            if _is_async(function):
+                await asyncio.wait_for(function(*args), timeout=limit)
+            else:
+                result = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(None, function, *args), timeout=limit)
+                if inspect.isawaitable(result):
+                    # A plain function that returned a coroutine (a wrapped or decorated hook).
+                    await asyncio.wait_for(result, timeout=limit)
+        except (Exception, asyncio.TimeoutError) as error:
+            self._failed(state, hook, error)
+            return False
+        self._succeeded(state)
+        return True
+
+    # ----------------------------------------------------------------------------------- failure
+
+    def _succeeded(self, state: _State) -> None:
+        state.failures = 0
+
+    def _failed(self, state: _State, hook: str, error: BaseException) -> None:
+        name = state.plugin.name or type(state.plugin).__name__
+        self.stats["plugin_failures"] += 1
+        if self._strict:
+            raise PluginFailure(name, hook) from error
+        state.failures += 1
+        self._log.error("plugin failed", plugin=name, hook=hook, error=f"{type(error).__name__}: {error}",
+                        consecutive=state.failures)
+        if state.failures >= max(1, state.plugin.max_failures) and not state.disabled:
+            self._disable(state, f"{state.failures} consecutive failures")
+
+    def _disable(self, state: _State, why: str) -> None:
+        state.disabled = True
+        self.stats["plugins_disabled"] += 1
+        self._log.warning("plugin disabled", plugin=state.plugin.name or type(state.plugin).__name__, why=why)

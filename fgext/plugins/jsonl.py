@@ -1,0 +1,62 @@
+"""``jsonl``: every invoke and telemetry event as one JSON line, to a file or to stdout.
+
+For a log shipper that tails a file, or for seeing exactly what the agent received. Settings
+(``FGEXT_JSONL_<KEY>`` or ``plugins.jsonl`` in the config file): ``path`` (default ``-``, stdout;
+inside the sandbox only ``/tmp`` is writable), ``invokes`` (default true: write invokes too).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import IO, Any, ClassVar, Dict, Optional, Sequence
+
+from fgext._events import AnyEvent, Invoke, event_to_dict
+from fgext._plugin import Plugin, PluginContext
+
+__all__ = ["JsonlPlugin"]
+
+
+class JsonlPlugin(Plugin):
+    """Writes events as JSON lines; each batch is written and flushed in one call."""
+
+    name: ClassVar[str] = "jsonl"
+    role: ClassVar[str] = "sink"
+    config_schema: ClassVar[Dict[str, type]] = {"path": str, "invokes": bool}
+
+    def __init__(self) -> None:
+        self._out: Optional[IO[str]] = None
+        self._owned = False
+        self._invokes = True
+        self._lock = threading.Lock()  # sync hooks run in worker threads
+
+    def start(self, context: PluginContext) -> None:
+        path = str(context.config.get("path", "-"))
+        self._invokes = bool(context.config.get("invokes", True))
+        if path == "-":
+            self._out = sys.stdout
+        else:
+            self._out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in shutdown
+            self._owned = True
+
+    def _write(self, records: Sequence[Dict[str, Any]]) -> None:
+        if self._out is None or not records:
+            return
+        text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+        with self._lock:
+            self._out.write(text)
+            self._out.flush()
+
+    def on_invoke(self, invoke: Invoke) -> None:
+        if self._invokes:
+            self._write([event_to_dict(invoke)])
+
+    def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self._write([event_to_dict(e) for e in events])
+
+    def shutdown(self, timeout: float) -> None:
+        with self._lock:
+            if self._out is not None and self._owned:
+                self._out.close()
+            self._out = None

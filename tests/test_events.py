@@ -1,0 +1,241 @@
+"""The event model: every documented example, every contradiction, and no crash on anything."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fgext._events import (
+    ExtensionLog, FunctionLog, InitReport, InitRuntimeDone, InitStart, MalformedEvent, Report, RestoreReport,
+    RestoreRuntimeDone, RestoreStart, RuntimeDone, Start, UnknownEvent, event_to_dict, parse_batch, parse_body,
+    parse_event, parse_invoke, parse_time,
+)
+
+UUID = "69be64a7-0233-11e8-82e4-e5d37911193e"
+# The spec's examples as the original document prints them: trailing commas and all.
+VERBATIM_DONE = ('{ "name": "platform.initRuntimeDone", "startTime": "2023-02-01T00:03:50.000Z", '
+                 '"tracelId": "69be64a7-0233-11e8-82e4-e5d37911193e", "status": "success", }')
+VERBATIM_REPORT = ('{ "name": "platform.initReport", "startTime": "2023-02-01T00:03:50.000Z", "tracelId": '
+                   '"69be64a7-0233-11e8-82e4-e5d37911193e", "endTime": "2023-02-02T00:03:50.000Z", "status": '
+                   '"success", "reportMetrics": { "durationMs": 10.6, "billingDurationMS": 11, "memoryUsed": 23.4, '
+                   '"memorySize": 128, "podName": "pool22-300-128-fusion-64774779-4g77v", } }')
+START = {"name": "platform.initStart", "startTime": "2023-02-01T00:03:50.000Z", "traceId": UUID}
+DONE = {"name": "platform.initRuntimeDone", "startTime": "2023-02-01T00:03:50.000Z", "tracelId": UUID,
+        "status": "success"}
+REPORT = {"name": "platform.initReport", "startTime": "2023-02-01T00:03:50.000Z", "tracelId": UUID,
+          "endTime": "2023-02-02T00:03:50.000Z", "status": "success",
+          "reportMetrics": {"durationMs": 10.6, "billingDurationMS": 11, "memoryUsed": 23.4, "memorySize": 128,
+                            "podName": "pool22-300-128-fusion-64774779-4g77v"}}
+FUNCTION_LOG = {"name": "function", "startTime": "2023-02-01T00:03:50.000Z", "logs": "[Function]this is a simple log."}
+EXTENSION_LOG = {"name": "extension", "startTime": "2023-02-01T00:03:50.000Z",
+                 "logs": "[Extension]this is a simple log."}
+T0 = datetime(2023, 2, 1, 0, 3, 50, tzinfo=timezone.utc)
+
+
+class TestSpecExamples:
+    def test_init_start(self) -> None:
+        """The initStart example becomes an InitStart with its request ID and an aware start time."""
+        event = parse_event(START)
+        assert isinstance(event, InitStart)
+        assert event.request_id == UUID
+        assert event.start_time == T0
+        assert event.start_ns == int(T0.timestamp()) * 10**9
+        assert event.phase == "init"
+
+    def test_init_runtime_done_with_tracel_id(self) -> None:
+        """The done example's ``tracelId`` spelling is read as the request ID."""
+        event = parse_event(DONE)
+        assert isinstance(event, InitRuntimeDone)
+        assert event.request_id == UUID and event.status == "success" and event.ok
+
+    def test_init_report_with_report_metrics(self) -> None:
+        """The report example's ``reportMetrics`` and ``billingDurationMS`` fill the typed metrics."""
+        event = parse_event(REPORT)
+        assert isinstance(event, InitReport)
+        assert event.end_time == datetime(2023, 2, 2, 0, 3, 50, tzinfo=timezone.utc)
+        assert event.metrics.duration_ms == 10.6
+        assert event.metrics.billing_duration_ms == 11.0
+        assert event.metrics.memory_used_mb == 23.4
+        assert event.metrics.memory_size_mb == 128
+        assert event.metrics.pod_name == "pool22-300-128-fusion-64774779-4g77v"
+
+    def test_log_examples(self) -> None:
+        """Function and extension log examples keep the raw text and lose the marker in ``message``."""
+        function, extension = parse_event(FUNCTION_LOG), parse_event(EXTENSION_LOG)
+        assert isinstance(function, FunctionLog) and isinstance(extension, ExtensionLog)
+        assert function.message == extension.message == "this is a simple log."
+        assert function.logs == "[Function]this is a simple log."
+        assert function.category == "function" and extension.category == "extension"
+
+    @pytest.mark.parametrize("text", [VERBATIM_DONE, VERBATIM_REPORT])
+    def test_verbatim_examples_with_trailing_commas_are_not_json(self, text: str) -> None:
+        """The document's literal examples are not JSON; the body is refused with a clear reason."""
+        with pytest.raises(MalformedEvent, match="not valid JSON"):
+            parse_body("[" + text + "]")
+
+    def test_whole_documented_batch(self) -> None:
+        """One array with every documented example yields one typed event each, in order."""
+        batch = parse_body(json.dumps([START, DONE, REPORT, FUNCTION_LOG, EXTENSION_LOG]))
+        assert [type(e) for e in batch.events] == [InitStart, InitRuntimeDone, InitReport, FunctionLog, ExtensionLog]
+        assert batch.errors == []
+
+
+class TestContradictions:
+    @pytest.mark.parametrize("name", ["platform.RuntimeDone", "platform.runtimeDone", "platform.runtimedone",
+                                      " platform.RuntimeDone "])
+    def test_runtime_done_spellings(self, name: str) -> None:
+        """Every spelling of the invoke's done event is RuntimeDone with the canonical name."""
+        event = parse_event({**DONE, "name": name})
+        assert isinstance(event, RuntimeDone)
+        assert event.name == "platform.runtimeDone"
+
+    def test_table_name_with_trailing_comma(self) -> None:
+        """The document's table spells ``platform.initRuntimeDone,`` with a comma; it is still known."""
+        assert isinstance(parse_event({**DONE, "name": "platform.initRuntimeDone,"}), InitRuntimeDone)
+
+    @pytest.mark.parametrize(("name", "cls"), [
+        ("platform.start", Start), ("platform.restoreStart", RestoreStart), ("platform.report", Report),
+        ("platform.restoreRuntimeDone", RestoreRuntimeDone), ("platform.restoreReport", RestoreReport),
+    ])
+    def test_every_platform_name(self, name: str, cls: type) -> None:
+        """Each documented platform event name maps to its own class."""
+        assert type(parse_event({**REPORT, "name": name})) is cls
+
+    def test_metrics_field_name(self) -> None:
+        """Metrics under ``metrics`` (the field list's name) are read like ``reportMetrics``."""
+        raw = {**REPORT, "metrics": REPORT["reportMetrics"]}
+        del raw["reportMetrics"]
+        event = parse_event(raw)
+        assert isinstance(event, InitReport) and event.metrics.duration_ms == 10.6
+
+    def test_metric_key_case_and_strings(self) -> None:
+        """``billingDurationMs`` and numeric strings are accepted; unknown metric keys are kept."""
+        event = parse_event({**REPORT, "reportMetrics": {"billingDurationMs": " 12.5 ", "memorySize": "256",
+                                                         "cpuMs": 3}})
+        assert isinstance(event, InitReport)
+        assert event.metrics.billing_duration_ms == 12.5
+        assert event.metrics.memory_size_mb == 256
+        assert event.metrics.extra == {"cpuMs": 3}
+
+    def test_stray_spaces_trimmed(self) -> None:
+        """Huawei's pages show values like ``" success "``: they compare as ``success``."""
+        event = parse_event({**DONE, "status": " success ", "tracelId": f" {UUID} "})
+        assert isinstance(event, InitRuntimeDone)
+        assert event.status == "success" and event.ok and event.request_id == UUID
+
+    def test_failure_status(self) -> None:
+        """A status other than success is kept as text and is not ok."""
+        event = parse_event({**DONE, "status": "error"})
+        assert isinstance(event, InitRuntimeDone) and not event.ok and event.status == "error"
+
+
+class TestTime:
+    @pytest.mark.parametrize(("text", "expected_ns"), [
+        ("2023-02-01T00:03:50.000Z", 1675209830 * 10**9),
+        ("2023-02-01T00:03:50Z", 1675209830 * 10**9),
+        ("2023-02-01T00:03:50.123456789Z", 1675209830 * 10**9 + 123456789),
+        ("2023-02-01T08:03:50.5+08:00", 1675209830 * 10**9 + 500_000_000),
+        ("2023-02-01T00:03:50", 1675209830 * 10**9),
+        ("2023-02-01 00:03:50.1-0100", 1675213430 * 10**9 + 100_000_000),
+    ])
+    def test_iso_forms(self, text: str, expected_ns: int) -> None:
+        """Z, offsets, no offset (UTC) and any fraction length parse to the same instant."""
+        moment, ns = parse_time(text)
+        assert ns == expected_ns
+        assert moment.tzinfo is not None
+        assert abs(moment.timestamp() * 10**9 - ns) < 1000
+
+    @pytest.mark.parametrize("value", ["yesterday", "2023-13-01T00:00:00Z", "", 1675209830, None])
+    def test_bad_times_are_malformed(self, value: object) -> None:
+        """Anything but an ISO 8601 string is a malformed event, never an exception of another kind."""
+        with pytest.raises(MalformedEvent):
+            parse_time(value)
+
+
+class TestBatches:
+    def test_malformed_items_are_counted_and_skipped(self) -> None:
+        """One bad object costs one event; the rest of the array is kept."""
+        batch = parse_batch([START, 3, {"startTime": "x"}, {**START, "startTime": "nope"},
+                             {"name": "platform.start", "startTime": "2023-02-01T00:03:50Z"}, FUNCTION_LOG])
+        assert [type(e) for e in batch.events] == [InitStart, FunctionLog]
+        assert batch.malformed == 4
+        assert "event 1" in batch.errors[0] and "no traceId" in batch.errors[3]
+
+    def test_unknown_event_is_kept(self) -> None:
+        """A name from the future becomes an UnknownEvent holding the whole object."""
+        raw = {"name": "platform.telemetrySubscription", "startTime": "2023-02-01T00:03:50Z", "x": [1]}
+        event = parse_event(raw)
+        assert isinstance(event, UnknownEvent)
+        assert event.raw == raw and event.start_ns == 1675209830 * 10**9
+
+    @pytest.mark.parametrize("body", ['{"name": "function"}', '"text"', "null", "12"])
+    def test_body_must_be_an_array(self, body: str) -> None:
+        """A body that is valid JSON but not an array is refused with what it was instead."""
+        with pytest.raises(MalformedEvent, match="JSON array"):
+            parse_body(body)
+
+    def test_deep_nesting_is_malformed_not_a_crash(self) -> None:
+        """JSON nested beyond the recursion limit is a refusal, not a RecursionError."""
+        with pytest.raises(MalformedEvent):
+            parse_body("[" * 100_000 + "]" * 100_000)
+
+    def test_to_dict_is_json_ready(self) -> None:
+        """Every typed event converts to a JSON-serialisable dict with its raw object."""
+        for raw in (START, DONE, REPORT, FUNCTION_LOG, {"name": "x"}):
+            data = event_to_dict(parse_event(raw))
+            assert json.loads(json.dumps(data))["raw"] == raw
+
+
+class TestInvoke:
+    @pytest.mark.parametrize("key", ["tracelId", "traceId"])
+    def test_both_spellings(self, key: str) -> None:
+        """The invoke body's request ID is read under either documented spelling."""
+        invoke = parse_invoke({key: UUID, "invokedFunctionUrn": "sn:cn:yrk:1111:function:0@test@hello:latest"}, 5)
+        assert invoke.request_id == UUID
+        assert invoke.urn is not None and invoke.urn.function_name == "hello" and invoke.urn.package == "test"
+
+    def test_bad_urn_is_kept_as_text(self) -> None:
+        """An unparseable URN does not refuse the invoke; the text stays available."""
+        invoke = parse_invoke({"traceId": "r", "invokedFunctionUrn": "a:b:c:d:e"}, 5)
+        assert invoke.urn is None and invoke.function_urn == "a:b:c:d:e"
+
+    def test_non_object_refused(self) -> None:
+        """An invoke body that is not an object is malformed."""
+        with pytest.raises(MalformedEvent, match="JSON object"):
+            parse_invoke([1], 5)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    max_leaves=30,
+)
+event_like = st.fixed_dictionaries(
+    {"name": st.sampled_from(["platform.initStart", "platform.start", "platform.RuntimeDone", "platform.report",
+                              "platform.restoreReport", "function", "extension", "other", ""]) | json_values},
+    optional={"startTime": st.sampled_from(["2023-02-01T00:03:50.000Z", "bad"]) | json_values,
+              "traceId": json_values, "tracelId": json_values, "status": json_values, "endTime": json_values,
+              "reportMetrics": json_values, "metrics": json_values, "logs": json_values},
+)
+
+
+class TestProperties:
+    @settings(max_examples=250, deadline=None)
+    @given(st.lists(event_like | json_values, max_size=8))
+    def test_parse_batch_never_raises_on_arrays(self, items: list) -> None:  # type: ignore[type-arg]
+        """Any JSON array parses: every item is either an event or a counted error."""
+        batch = parse_batch(items)
+        assert len(batch.events) + batch.malformed == len(items)
+
+    @settings(max_examples=200, deadline=None)
+    @given(json_values)
+    def test_parse_body_only_raises_malformed(self, value: object) -> None:
+        """Any JSON document either parses or raises MalformedEvent, nothing else."""
+        try:
+            parse_body(json.dumps(value))
+        except MalformedEvent:
+            assert not isinstance(value, list)

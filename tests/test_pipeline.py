@@ -1,0 +1,329 @@
+"""The one place plugins run: ordering, sync and async hooks, drops, isolation, strict mode."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+from typing import Any, ClassVar, List, Optional, Sequence
+
+import pytest
+
+from fgext._errors import DropEvent
+from fgext._events import AnyEvent, FunctionLog, Invoke, parse_event
+from fgext._pipeline import Pipeline, PluginFailure
+from fgext._plugin import Plugin, PluginContext, RegistrationInfo
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lines: List[tuple] = []  # type: ignore[type-arg]
+
+    def _log(self, level: str, event: str, **fields: Any) -> None:
+        self.lines.append((level, event, fields))
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log("error", event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log("warning", event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log("info", event, **fields)
+
+
+def log_event(text: str) -> AnyEvent:
+    return parse_event({"name": "function", "startTime": "2023-02-01T00:03:50Z", "logs": f"[Function]{text}"})
+
+
+class Tag(Plugin):
+    """A processor appending its tag to each message."""
+
+    role: ClassVar[str] = "processor"
+
+    def __init__(self, tag: str, order: int, use_async: bool = False) -> None:
+        self.name = tag  # type: ignore[misc]
+        self.order = order  # type: ignore[misc]
+        self.tag = tag
+        if use_async:
+            self.process = self._aprocess  # type: ignore[method-assign]
+
+    def process(self, event: AnyEvent) -> AnyEvent:
+        assert isinstance(event, FunctionLog)
+        return replace(event, message=event.message + self.tag)
+
+    async def _aprocess(self, event: AnyEvent) -> AnyEvent:
+        await asyncio.sleep(0)
+        assert isinstance(event, FunctionLog)
+        return replace(event, message=event.message + self.tag)
+
+
+class Collect(Plugin):
+    name: ClassVar[str] = "collect"
+
+    def __init__(self) -> None:
+        self.batches: List[List[str]] = []
+        self.invokes: List[str] = []
+        self.calls: List[str] = []
+
+    async def start(self, context: PluginContext) -> None:
+        self.calls.append("start")
+
+    async def on_invoke(self, invoke: Invoke) -> None:
+        self.invokes.append(invoke.request_id)
+
+    async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self.batches.append([e.message for e in events if isinstance(e, FunctionLog)])
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        self.calls.append("flush")
+
+    async def shutdown(self, timeout: float) -> None:
+        self.calls.append("shutdown")
+
+
+def context(plugin: Plugin) -> PluginContext:
+    return PluginContext(name=plugin.name, registration=RegistrationInfo("extensionX.sh", "127.0.0.1:8081"))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+class TestOrdering:
+    def test_processors_run_by_order_then_sinks(self) -> None:
+        """Processors run in ascending order (ties keep enable order), sync and async alike, before sinks."""
+        sink = Collect()
+        plugins = [Tag("c", 30), sink, Tag("a", 10, use_async=True), Tag("b", 20), Tag("b2", 20)]
+
+        async def go() -> None:
+            pipeline = Pipeline(plugins, logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("x"), log_event("y")])
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert sink.batches == [["xabb2c", "yabb2c"]]
+        assert sink.calls == ["start", "shutdown"]
+
+    def test_submitted_items_keep_arrival_order(self) -> None:
+        """Invokes and batches queued by the listener reach plugins in the order they arrived."""
+        sink = Collect()
+
+        async def go() -> None:
+            pipeline = Pipeline([sink], logger=Log())
+            await pipeline.start(context)
+            for i in range(20):
+                await pipeline.submit_invoke(Invoke(f"r{i}", "", None, 0, {}))
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await pipeline.shutdown(2)
+
+        run(go())
+        assert sink.invokes == [f"r{i}" for i in range(20)]
+        assert sink.batches == [[str(i)] for i in range(20)]
+
+
+class Dropper(Plugin):
+    name: ClassVar[str] = "dropper"
+    role: ClassVar[str] = "processor"
+
+    def process(self, event: AnyEvent) -> AnyEvent:
+        if isinstance(event, FunctionLog) and "secret" in event.message:
+            raise DropEvent
+        return event
+
+
+class Broken(Plugin):
+    name: ClassVar[str] = "broken"
+    role: ClassVar[str] = "processor"
+    max_failures: ClassVar[int] = 3
+
+    def __init__(self, on_error: str = "pass") -> None:
+        self.on_error = on_error  # type: ignore[misc]
+        self.calls = 0
+
+    def process(self, event: AnyEvent) -> AnyEvent:
+        self.calls += 1
+        raise RuntimeError("boom")
+
+
+class TestDropAndIsolation:
+    def test_drop_event_removes_only_that_event(self) -> None:
+        """DropEvent drops the event it was raised for and is counted; the others go on."""
+        sink = Collect()
+
+        async def go() -> Pipeline:
+            pipeline = Pipeline([Dropper(), sink], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a"), log_event("secret"), log_event("b")])
+            return pipeline
+
+        pipeline = run(go())
+        assert sink.batches == [["a", "b"]]
+        assert pipeline.stats["dropped_by_processors"] == 1
+
+    def test_raising_processor_passes_events_then_is_disabled(self) -> None:
+        """A raising processor is logged by name, events pass unchanged, and after max_failures it is off."""
+        sink, broken, log = Collect(), Broken(), Log()
+
+        async def go() -> Pipeline:
+            pipeline = Pipeline([broken, sink], logger=log)
+            await pipeline.start(context)
+            for i in range(5):
+                await pipeline.dispatch_telemetry([log_event(str(i))])
+            return pipeline
+
+        pipeline = run(go())
+        assert sink.batches == [[str(i)] for i in range(5)]
+        assert broken.calls == 3
+        assert pipeline.stats["plugins_disabled"] == 1
+        assert ("error", "plugin failed") in [(lv, ev) for lv, ev, _ in log.lines]
+        assert any(ev == "plugin disabled" and f["plugin"] == "broken" for _, ev, f in log.lines)
+
+    def test_drop_policy_drops_on_error(self) -> None:
+        """A processor declaring on_error="drop" loses the event it failed on, counted."""
+        sink = Collect()
+
+        async def go() -> Pipeline:
+            pipeline = Pipeline([Broken(on_error="drop"), sink], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a")])
+            return pipeline
+
+        pipeline = run(go())
+        assert sink.batches == [] and pipeline.stats["dropped_by_processors"] == 1
+
+    def test_failing_sink_does_not_stop_other_sinks(self) -> None:
+        """One sink raising leaves the other sink's delivery intact."""
+
+        class BadSink(Plugin):
+            name: ClassVar[str] = "bad"
+
+            def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                raise ValueError("nope")
+
+        good = Collect()
+
+        async def go() -> None:
+            pipeline = Pipeline([BadSink(), good], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a")])
+
+        run(go())
+        assert good.batches == [["a"]]
+
+    def test_plugin_failing_to_start_is_disabled(self) -> None:
+        """A plugin whose start raises never receives events; the others do."""
+
+        class NoStart(Collect):
+            name: ClassVar[str] = "nostart"
+
+            async def start(self, context: PluginContext) -> None:
+                raise RuntimeError("cannot connect")
+
+        bad, good, log = NoStart(), Collect(), Log()
+
+        async def go() -> None:
+            pipeline = Pipeline([bad, good], logger=log)
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a")])
+
+        run(go())
+        assert bad.batches == [] and good.batches == [["a"]]
+
+    def test_strict_mode_raises(self) -> None:
+        """With strict on, the first failure surfaces as PluginFailure carrying the cause."""
+
+        async def go() -> None:
+            pipeline = Pipeline([Broken(), Collect()], logger=Log(), strict=True)
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a")])
+
+        with pytest.raises(PluginFailure) as info:
+            run(go())
+        assert info.value.plugin == "broken" and isinstance(info.value.__cause__, RuntimeError)
+
+
+class TestSyncHooks:
+    def test_slow_sync_hook_does_not_block_the_loop(self) -> None:
+        """A sync sink sleeping 0.3 s runs in a worker thread while the loop keeps ticking."""
+
+        class Slow(Plugin):
+            name: ClassVar[str] = "slow"
+
+            def __init__(self) -> None:
+                self.thread: Optional[str] = None
+
+            def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                self.thread = threading.current_thread().name
+                time.sleep(0.3)
+
+        slow = Slow()
+        ticks: List[float] = []
+
+        async def ticker() -> None:
+            for _ in range(10):
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.02)
+
+        async def go() -> None:
+            pipeline = Pipeline([slow], logger=Log())
+            await pipeline.start(context)
+            await asyncio.gather(pipeline.dispatch_telemetry([log_event("a")]), ticker())
+
+        run(go())
+        assert slow.thread is not None and slow.thread != threading.main_thread().name
+        assert len(ticks) == 10
+
+    def test_hook_timeout_counts_as_failure(self) -> None:
+        """An async hook that hangs past hook_timeout is cut off and counted, not awaited forever."""
+
+        class Hang(Plugin):
+            name: ClassVar[str] = "hang"
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                await asyncio.sleep(60)
+
+        async def go() -> Pipeline:
+            pipeline = Pipeline([Hang()], logger=Log(), hook_timeout=0.1)
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a")])
+            return pipeline
+
+        assert run(go()).stats["plugin_failures"] == 1
+
+
+class TestBackpressure:
+    def test_full_queue_makes_submit_wait(self) -> None:
+        """With the worker busy and the queue full, submit_telemetry waits instead of growing memory."""
+        release = asyncio.Event
+
+        class Gate(Plugin):
+            name: ClassVar[str] = "gate"
+
+            def __init__(self) -> None:
+                self.gate: Optional[asyncio.Event] = None
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                assert self.gate is not None
+                await self.gate.wait()
+
+        gate = Gate()
+
+        async def go() -> bool:
+            gate.gate = release()
+            pipeline = Pipeline([gate], logger=Log(), max_pending=2)
+            await pipeline.start(context)
+            for i in range(3):  # one taken by the worker, two queued
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await asyncio.sleep(0.05)
+            blocked = asyncio.ensure_future(pipeline.submit_telemetry([log_event("x")]))
+            await asyncio.sleep(0.1)
+            was_blocked = not blocked.done()
+            gate.gate.set()
+            await asyncio.wait_for(blocked, 2)
+            await pipeline.shutdown(2)
+            return was_blocked
+
+        assert run(go()) is True
