@@ -375,14 +375,14 @@ def build(options: BuildOptions) -> BuildResult:
                                f"{human_size(MAX_UNPACKED_BYTES)} per dependency")
         partial = output.with_name(f".{output.name}.partial")
         try:
-            infos = write_zip(partial, entries)
+            written = write_zip(partial, entries)
             os.replace(partial, output)
         finally:
             if partial.exists():
                 partial.unlink()
 
         sizes: Dict[str, List[int]] = {}
-        for info, entry in zip(infos, entries):
+        for entry, info in written:
             if entry.is_dir:
                 continue
             bucket = sizes.setdefault(_owner_of(entry.name, installed), [0, 0, 0])

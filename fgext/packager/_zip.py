@@ -10,7 +10,7 @@ import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 __all__ = ["FIXED_DATE", "Entry", "write_zip"]
 
@@ -31,10 +31,14 @@ class Entry:
     def is_dir(self) -> bool:
         return self.source is None
 
+    @property
+    def arcname(self) -> str:
+        """The member's name in the zip: directories end in '/'."""
+        return self.name + "/" if self.is_dir and not self.name.endswith("/") else self.name
+
 
 def _info(entry: Entry) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(entry.name + ("/" if entry.is_dir and not entry.name.endswith("/") else ""),
-                           date_time=FIXED_DATE)
+    info = zipfile.ZipInfo(entry.arcname, date_time=FIXED_DATE)
     info.create_system = _UNIX
     kind = stat.S_IFDIR if entry.is_dir else stat.S_IFREG
     info.external_attr = ((kind | (entry.mode & 0o7777)) << 16) | (0x10 if entry.is_dir else 0)
@@ -42,14 +46,14 @@ def _info(entry: Entry) -> zipfile.ZipInfo:
     return info
 
 
-def write_zip(path: Path, entries: Iterable[Entry]) -> List[zipfile.ZipInfo]:
-    """Write ``entries`` sorted by name into a new zip at ``path``; return the members as written."""
-    ordered = sorted(entries, key=lambda e: e.name)
-    written: List[zipfile.ZipInfo] = []
+def write_zip(path: Path, entries: Iterable[Entry]) -> List[Tuple[Entry, zipfile.ZipInfo]]:
+    """Write ``entries`` sorted by name into a new zip at ``path``; return each with its member."""
+    ordered = sorted(entries, key=lambda e: e.arcname)
+    written: List[Tuple[Entry, zipfile.ZipInfo]] = []
     with zipfile.ZipFile(path, "w") as archive:
         for entry in ordered:
             info = _info(entry)
             data = b"" if entry.source is None else entry.source.read_bytes()
             archive.writestr(info, data, compresslevel=9)
-            written.append(info)
+            written.append((entry, info))
     return written
