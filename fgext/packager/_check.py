@@ -18,7 +18,11 @@ from typing import Any, Dict, List, Optional
 
 from fgext._errors import ConfigError
 from fgext.packager._limits import (
-    DEPENDENCY_NAME, MAX_FILES, MAX_INLINE_BYTES, MAX_UNPACKED_BYTES, human_size,
+    DEPENDENCY_NAME,
+    MAX_FILES,
+    MAX_INLINE_BYTES,
+    MAX_UNPACKED_BYTES,
+    human_size,
 )
 
 __all__ = ["Finding", "check_zip"]

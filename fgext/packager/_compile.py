@@ -17,7 +17,8 @@ from fgext._errors import PackageError
 
 __all__ = ["compile_tree"]
 
-# Runs under the target interpreter (-s, not -I: -I would ignore PYTHONHASHSEED): compile every .py below each root, in a fixed order.
+# Runs under the target interpreter (-s, not -I: -I would ignore PYTHONHASHSEED): compile every .py
+# below each root, in a fixed order.
 _SCRIPT = r"""
 import importlib.util, json, os, py_compile, sys
 roots = json.loads(sys.argv[1])
