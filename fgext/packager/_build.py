@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -263,6 +264,14 @@ def _owner_of(relative: str, installed: Dict[str, str]) -> str:
     return "other"
 
 
+def _strip_tool(arch: str) -> Tuple[Optional[str], str]:
+    """binutils strip for ``arch``: the host's own, or a cross one (``aarch64-linux-gnu-strip``)."""
+    if platform.machine() == arch and sys.platform.startswith("linux"):
+        return shutil.which("strip"), "strip"
+    cross = f"{arch}-linux-gnu-strip"
+    return shutil.which(cross), cross
+
+
 def build(options: BuildOptions) -> BuildResult:
     """Build the zip described by ``options``; raise ConfigError/PackageError with a clear message."""
     runtime = get_runtime(options.runtime)
@@ -323,10 +332,10 @@ def build(options: BuildOptions) -> BuildResult:
         trim_dist_info(lib, stats)
         stripping: Dict[str, Any] = {"files": 0, "saved": 0, "tool": None}
         if options.strip:
-            tool = shutil.which("strip")
+            tool, wanted = _strip_tool(options.arch)
             if tool is None:
-                warnings.append("binutils `strip` not found: shared libraries keep their debug info "
-                                "(several MB; install binutils, or pass --no-strip to silence this)")
+                warnings.append(f"binutils `{wanted}` not found: shared libraries keep their debug info "
+                                "(several MB; install it, or pass --no-strip to silence this)")
             else:
                 count, saved, failures = strip_debug(lib, tool)
                 stripping = {"files": count, "saved": saved, "tool": tool}
@@ -393,6 +402,11 @@ def build(options: BuildOptions) -> BuildResult:
                               key=lambda c: (-c.unpacked, c.name))
 
     compressed = output.stat().st_size
+    listed = [{"name": d.name, "version": d.version, "wheel": d.wheel, "tags": d.tags} for d in distributions]
+    if installed_dist is not None:
+        listed.append({"name": "fgext", "version": str(installed_dist.version), "wheel": "(installed copy)",
+                       "tags": "py3-none-any"})
+        listed.sort(key=lambda item: item["name"])
     if compressed > MAX_INLINE_BYTES:
         warnings.append(f"the zip is {human_size(compressed)}, above the {human_size(MAX_INLINE_BYTES)} "
                         "inline upload limit: upload it to OBS and create the dependency with "
@@ -401,8 +415,7 @@ def build(options: BuildOptions) -> BuildResult:
         output=str(output), runtime=runtime.name, arch=options.arch, launcher=f"extension/{options.name}",
         compressed=compressed, unpacked=unpacked, files=len(files),
         sha256=hashlib.sha256(output.read_bytes()).hexdigest(),
-        distributions=[{"name": d.name, "version": d.version, "wheel": d.wheel, "tags": d.tags}
-                       for d in distributions],
+        distributions=listed,
         contributors=contributors, plugins=sorted(plugin_names),
         config="extension/fgext.json" if config is not None else None, bytecode=bytecode,
         resolver={"mode": installer.mode, "rounds": installer.rounds, "pip": installer.pip_command,
