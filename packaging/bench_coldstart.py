@@ -100,7 +100,8 @@ def _invoke(address: str, deadline: float) -> float:
     return time.monotonic()
 
 
-def _register_times(python: str, extension: Path, runs: int, workdir: Path) -> Tuple[List[float], ...]:
+def _register_times(python: str, extension: Path, runs: int, workdir: Path,
+                    plugins: str) -> Tuple[List[float], ...]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Platform)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -109,7 +110,9 @@ def _register_times(python: str, extension: Path, runs: int, workdir: Path) -> T
     wrapper.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FGEXT_", "PYTHON", "OTEL_"))}
     env.update({"EXTENSION_API_ADDR": f"127.0.0.1:{server.server_address[1]}", "FGEXT_PYTHON": str(wrapper),
-                "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": str(workdir / "events.jsonl")})
+                "FGEXT_PLUGINS": plugins, "FGEXT_JSONL_PATH": str(workdir / "events.jsonl"),
+                # an OTLP plugin exports to a port nobody listens on: the cost measured is start-up
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
     times: List[float] = []
     listening: List[float] = []
     invoked: List[float] = []
@@ -143,6 +146,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", required=True, help="interpreter of the zip's runtime")
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--plugins", default="jsonl", help="FGEXT_PLUGINS for the agent (default jsonl)")
     parser.add_argument("zips", nargs="+", type=Path)
     args = parser.parse_args()
     lock_path = Path(os.environ.get("FGEXT_TEST_LOCK", "/tmp/fgext-test-ports.lock"))
@@ -159,7 +163,8 @@ def main() -> int:
             _import_times(args.python, extension / "fgext-lib", 2)  # warm the page cache
             print("  import aiohttp.web + opentelemetry.sdk.trace:", _quartiles(
                 _import_times(args.python, extension / "fgext-lib", args.runs)))
-            registered, listening, invoked = _register_times(args.python, extension, args.runs, root)
+            registered, listening, invoked = _register_times(args.python, extension, args.runs, root,
+                                                             args.plugins)
             print("  exec -> registered:                          ", _quartiles(registered))
             print("  exec -> invoke listener accepts connections: ", _quartiles(listening))
             print("  exec -> first invoke answered 200:           ", _quartiles(invoked))

@@ -6,6 +6,7 @@ cache lives under /tmp so reruns are fast; the first run downloads about 5 MB pe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from fgext.packager import BuildOptions, BuildResult, build
 from fgext.packager._runtimes import RUNTIMES, find_interpreter
 from tests.agentproc import AgentProcess
 from tests.conftest import LAUNCHER, ROOT
-from tests.platform import RecordingPlatform
+from tests.platform import RecordingPlatform, free_port
 
 pytestmark = [pytest.mark.slow]
 
@@ -337,6 +338,46 @@ class TestUnpackedTree:
             agent.stop()
             platform.stop()
             subprocess.run(["chmod", "-R", "u+w", str(tmp_path / "code")], check=False)
+
+
+HAS_EMULATE_AND_OTLP = all(importlib.util.find_spec(m) is not None for m in ("fgext.emulator", "oteltap")) and \
+    (ROOT / "fgext" / "otlp").is_dir()
+
+
+@needs_py39
+@pytest.mark.agent
+@pytest.mark.skipif(not HAS_EMULATE_AND_OTLP, reason="needs fgext.emulator, fgext.otlp and oteltap in this tree")
+def test_zip_under_emulate_sends_spans_to_a_third_party_receiver(
+        zip39: Built, tmp_path: Path, port_range_lock: None) -> None:
+    """`fgext emulate` runs the 3.9 zip without site-packages; spans of the sample function reach oteltap."""
+    wrapper = tmp_path / "python3.9-nosite"
+    wrapper.write_text(f'#!/bin/sh\nexec {PY39} -S "$@"\n')
+    wrapper.chmod(0o755)
+    port = free_port()
+    receiver = subprocess.Popen([sys.executable, "-m", "oteltap", "--port", str(port), "--await-span", "^invoke$"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        done = run_cli("emulate", str(zip39.path), "-n", "2", "--env", f"FGEXT_PYTHON={wrapper}",
+                       "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{port}",
+                       "--env", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "--env", "FGEXT_PLUGINS=otlp")
+        assert done.returncode == 0, done.stdout + done.stderr
+        output, _ = receiver.communicate(timeout=20)
+        assert receiver.returncode == 0, output
+        spans = []
+        for line in output.splitlines():
+            try:
+                spans.append(json.loads(line))
+            except ValueError:
+                continue  # oteltap's own status lines
+        assert any(isinstance(span, dict) and span.get("name") == "invoke" for span in spans), output
+    finally:
+        if receiver.poll() is None:
+            receiver.terminate()
+            try:
+                receiver.wait(10)
+            except subprocess.TimeoutExpired:
+                receiver.kill()
+                receiver.wait(5)
 
 
 class TestCommandLine:
