@@ -293,7 +293,8 @@ def build(options: BuildOptions) -> BuildResult:
     log = options.log
     warnings: List[str] = []
 
-    python = find_interpreter(runtime, options.python) if (options.compile or options.python) else None
+    # Looked for even with --no-compile: its pip resolves markers for the target in one round.
+    python = find_interpreter(runtime, options.python)
     if python is None and options.compile:
         warnings.append(
             f"no Python {runtime.dotted} interpreter found (give one with --python PATH, or install "

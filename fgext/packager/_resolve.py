@@ -154,6 +154,11 @@ class Installer:
         lines = [line for line in output.splitlines() if line.strip() and "is ignored" not in line]
         target = f"{self.runtime.name} ({ARCHITECTURES[self.arch]}, binary wheels only)"
         missing = re.findall(r"No matching distribution found for (\S+)", output)
+        if re.search(r"NewConnectionError|Failed to establish|Name or service not known|"
+                     r"Temporary failure in name resolution|ProxyError|SSLError", output):
+            return (f"pip could not reach the package index while {what} for {target} (offline, a proxy, or "
+                    "a certificate problem? pip's own configuration applies). pip said:\n  "
+                    + "\n  ".join(lines[-8:]))
         if missing:
             return (f"pip found no wheel of {', '.join(missing)} for {target}. The package may not publish "
                     f"binary wheels for this runtime or architecture, or the version asked for does not "
