@@ -12,26 +12,23 @@ from typing import TYPE_CHECKING, Any, Dict
 
 __version__ = "0.1.0"
 
-# public name -> private module that defines it
-_EXPORTS: Dict[str, str] = {
-    # events
-    "Event": "fgext._events", "PlatformEvent": "fgext._events", "StartEvent": "fgext._events",
-    "RuntimeDoneEvent": "fgext._events", "ReportEvent": "fgext._events", "ReportMetrics": "fgext._events",
-    "InitStart": "fgext._events", "Start": "fgext._events", "RestoreStart": "fgext._events",
-    "InitRuntimeDone": "fgext._events", "RuntimeDone": "fgext._events",
-    "RestoreRuntimeDone": "fgext._events", "InitReport": "fgext._events", "Report": "fgext._events",
-    "RestoreReport": "fgext._events", "LogEvent": "fgext._events", "FunctionLog": "fgext._events",
-    "ExtensionLog": "fgext._events", "UnknownEvent": "fgext._events", "Invoke": "fgext._events",
-    "MalformedEvent": "fgext._events", "parse_event": "fgext._events", "parse_batch": "fgext._events",
-    # URNs
-    "FunctionUrn": "fgext._urn", "parse_urn": "fgext._urn",
-    # errors
-    "FgextError": "fgext._errors", "ConfigError": "fgext._errors", "UrnError": "fgext._errors",
-    "PlatformError": "fgext._errors", "RegistrationError": "fgext._errors", "PluginError": "fgext._errors",
-    "PackageError": "fgext._errors", "DropEvent": "fgext._errors",
-    # plugins
-    "Plugin": "fgext._plugin", "PluginContext": "fgext._plugin",
+# private module -> the public names it defines
+_MODULES: Dict[str, tuple[str, ...]] = {
+    "fgext._events": (
+        "AnyEvent", "Event", "PlatformEvent", "StartEvent", "RuntimeDoneEvent", "ReportEvent", "ReportMetrics",
+        "InitStart", "Start", "RestoreStart", "InitRuntimeDone", "RuntimeDone", "RestoreRuntimeDone",
+        "InitReport", "Report", "RestoreReport", "LogEvent", "FunctionLog", "ExtensionLog", "UnknownEvent",
+        "Invoke", "MalformedEvent", "parse_event", "parse_batch",
+    ),
+    "fgext._urn": ("FunctionUrn", "parse_urn"),
+    "fgext._errors": (
+        "FgextError", "ConfigError", "UrnError", "PlatformError", "RegistrationError", "PluginError",
+        "PackageError", "DropEvent",
+    ),
+    "fgext._plugin": ("Plugin", "PluginContext", "Processor", "Sink", "EventTypes", "RegistrationInfo"),
+    "fgext._extension": ("Extension",),
 }
+_EXPORTS: Dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
@@ -50,40 +47,44 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from fgext._errors import (
-        ConfigError,
-        DropEvent,
-        FgextError,
-        PackageError,
-        PlatformError,
-        PluginError,
-        RegistrationError,
-        UrnError,
-    )
-    from fgext._events import (
-        Event,
-        ExtensionLog,
-        FunctionLog,
-        InitReport,
-        InitRuntimeDone,
-        InitStart,
-        Invoke,
-        LogEvent,
-        MalformedEvent,
-        PlatformEvent,
-        Report,
-        ReportEvent,
-        ReportMetrics,
-        RestoreReport,
-        RestoreRuntimeDone,
-        RestoreStart,
-        RuntimeDone,
-        RuntimeDoneEvent,
-        Start,
-        StartEvent,
-        UnknownEvent,
-        parse_batch,
-        parse_event,
-    )
-    from fgext._plugin import Plugin, PluginContext
-    from fgext._urn import FunctionUrn, parse_urn
+    from fgext._errors import ConfigError as ConfigError
+    from fgext._errors import DropEvent as DropEvent
+    from fgext._errors import FgextError as FgextError
+    from fgext._errors import PackageError as PackageError
+    from fgext._errors import PlatformError as PlatformError
+    from fgext._errors import PluginError as PluginError
+    from fgext._errors import RegistrationError as RegistrationError
+    from fgext._errors import UrnError as UrnError
+    from fgext._events import AnyEvent as AnyEvent
+    from fgext._events import Event as Event
+    from fgext._events import ExtensionLog as ExtensionLog
+    from fgext._events import FunctionLog as FunctionLog
+    from fgext._events import InitReport as InitReport
+    from fgext._events import InitRuntimeDone as InitRuntimeDone
+    from fgext._events import InitStart as InitStart
+    from fgext._events import Invoke as Invoke
+    from fgext._events import LogEvent as LogEvent
+    from fgext._events import MalformedEvent as MalformedEvent
+    from fgext._events import PlatformEvent as PlatformEvent
+    from fgext._events import Report as Report
+    from fgext._events import ReportEvent as ReportEvent
+    from fgext._events import ReportMetrics as ReportMetrics
+    from fgext._events import RestoreReport as RestoreReport
+    from fgext._events import RestoreRuntimeDone as RestoreRuntimeDone
+    from fgext._events import RestoreStart as RestoreStart
+    from fgext._events import RuntimeDone as RuntimeDone
+    from fgext._events import RuntimeDoneEvent as RuntimeDoneEvent
+    from fgext._events import Start as Start
+    from fgext._events import StartEvent as StartEvent
+    from fgext._events import UnknownEvent as UnknownEvent
+    from fgext._events import parse_batch as parse_batch
+    from fgext._events import parse_event as parse_event
+    from fgext._extension import Extension as Extension
+    from fgext._plugin import EventTypes as EventTypes
+    from fgext._plugin import Plugin as Plugin
+    from fgext._plugin import PluginContext as PluginContext
+    from fgext._plugin import Processor as Processor
+    from fgext._plugin import RegistrationInfo as RegistrationInfo
+    from fgext._plugin import Sink as Sink
+    from fgext._urn import FunctionUrn as FunctionUrn
+    from fgext._urn import parse_urn as parse_urn

@@ -155,7 +155,17 @@ class AgentSettings:
                     )
                 types = tuple(t for t in TELEMETRY_TYPES if t in chosen)
 
-        plugins = tuple(p.strip() for p in env.get("FGEXT_PLUGINS", "otlp").split(",") if p.strip())
+        config = load_config_file(env.get("FGEXT_CONFIG", "").strip() or None)
+        # FGEXT_PLUGINS wins; otherwise the config file's "enable" list, so a zip can be self-contained.
+        enable = config.get("enable")
+        if "FGEXT_PLUGINS" in env:
+            plugins = tuple(p.strip() for p in env["FGEXT_PLUGINS"].split(",") if p.strip())
+        elif enable is not None:
+            if not isinstance(enable, list) or not all(isinstance(p, str) and p.strip() for p in enable):
+                raise ConfigError('config file: "enable" must be a list of plugin names')
+            plugins = tuple(p.strip() for p in enable)
+        else:
+            plugins = ("otlp",)
         level = env.get("FGEXT_LOG_LEVEL", "info").strip().lower() or "info"
         if level not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"FGEXT_LOG_LEVEL must be debug, info, warning, error or critical, got {level!r}")
@@ -172,6 +182,6 @@ class AgentSettings:
             plugins=plugins,
             strict=_bool(env, "FGEXT_STRICT"),
             log_level=level,
-            config=load_config_file(env.get("FGEXT_CONFIG", "").strip() or None),
+            config=config,
             environ=env,
         )

@@ -24,6 +24,9 @@ ENTRY_POINT_GROUP = "fgext.plugins"
 BUILTINS: Dict[str, str] = {
     "otlp": "fgext.otlp:OtlpPlugin",
     "jsonl": "fgext.plugins.jsonl:JsonlPlugin",
+    "redact": "fgext.plugins.redact:RedactPlugin",
+    "filter": "fgext.plugins.filter:FilterPlugin",
+    "webhook": "fgext.plugins.webhook:WebhookPlugin",
 }
 
 
@@ -63,8 +66,8 @@ def _import(target: str, name: str) -> Any:
     return obj
 
 
-def load_plugin(name: str) -> Plugin:
-    """Instantiate one plugin by entry-point name or ``module:attr``."""
+def _instances(name: str) -> List[Plugin]:
+    """The plugin instance(s) a name stands for: an Extension may hold a processor and a sink."""
     target = name if ":" in name else available_plugins().get(name)
     if target is None:
         known = ", ".join(sorted(available_plugins())) or "none"
@@ -72,18 +75,31 @@ def load_plugin(name: str) -> Plugin:
     obj = _import(target, name)
     if inspect.isclass(obj) and issubclass(obj, Plugin):
         try:
-            return obj()
+            return [obj()]
         except Exception as error:
             raise PluginError(f"plugin {name!r}: {type(error).__name__}: {error}") from None
     if isinstance(obj, Plugin):
-        return obj
-    # An object that offers a plugin (fgext.Extension's decorator style does).
+        return [obj]
+    # An object that offers plugins (fgext.Extension's decorator style does).
+    as_plugins = getattr(obj, "as_plugins", None)
+    if callable(as_plugins) and not inspect.isclass(obj):
+        plugins = list(as_plugins())
+        if plugins and all(isinstance(p, Plugin) for p in plugins):
+            return plugins
     as_plugin = getattr(obj, "as_plugin", None)
-    if callable(as_plugin):
+    if callable(as_plugin) and not inspect.isclass(obj):
         plugin = as_plugin()
         if isinstance(plugin, Plugin):
-            return plugin
-    raise PluginError(f"plugin {name!r}: {target} is not a fgext.Plugin subclass or instance")
+            return [plugin]
+    raise PluginError(f"plugin {name!r}: {target} is not a fgext.Plugin subclass or instance, nor a fgext.Extension")
+
+
+def load_plugin(name: str) -> Plugin:
+    """Instantiate one plugin by entry-point name or ``module:attr``."""
+    plugins = _instances(name)
+    if len(plugins) != 1:
+        raise PluginError(f"plugin {name!r} stands for {len(plugins)} plugins; use load_plugins")
+    return plugins[0]
 
 
 def load_plugins(names: Sequence[str]) -> List[Plugin]:
@@ -93,7 +109,7 @@ def load_plugins(names: Sequence[str]) -> List[Plugin]:
         for item in (sorted(available_plugins()) if name == "*" else [name]):
             if item not in expanded:
                 expanded.append(item)
-    return [load_plugin(name) for name in expanded]
+    return [plugin for name in expanded for plugin in _instances(name)]
 
 
 def _convert(plugin: str, key: str, value: Any, kind: type, source: str) -> Any:

@@ -71,6 +71,8 @@ class Pipeline:
             "plugin_failures": 0, "plugins_disabled": 0,
         }
         self.on_fatal: Optional[Callable[[BaseException], None]] = None
+        #: called with (plugin name, original event) for every event a processor drops
+        self.on_drop: Optional[Callable[[str, AnyEvent], None]] = None
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -99,8 +101,13 @@ class Pipeline:
         return self._queue.qsize()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
-        """Ask every sink to send what it holds now (the sandbox may be frozen next)."""
-        await asyncio.gather(*(self._call(s, "flush", timeout, timeout=timeout) for s in self._active_sinks()))
+        """Ask every plugin to send what it holds now (the sandbox may be frozen next).
+
+        Processors are asked too: the contract gives ``flush`` to both roles, and a processor may
+        hold state of its own (an extension's lifecycle handlers can ride on its processor).
+        """
+        states = [s for s in self._processors + self._sinks if not s.disabled]
+        await asyncio.gather(*(self._call(s, "flush", timeout, timeout=timeout) for s in states))
 
     async def shutdown(self, timeout: float) -> None:
         """Dispatch everything queued, then flush and shut plugins down, all within ``timeout``."""
@@ -154,21 +161,47 @@ class Pipeline:
                 continue
             survivors = await self._process(state, survivors)
         if survivors:
-            await asyncio.gather(*(self._call(s, "on_telemetry", survivors) for s in self._active_sinks()))
+            calls = []
+            for state in self._active_sinks():
+                # ``accepts`` narrows what a sink sees; a batch with nothing for it is not delivered at all.
+                wanted = survivors if not state.plugin.accepts else [e for e in survivors if state.plugin.wants(e)]
+                if wanted:
+                    calls.append(self._call(state, "on_telemetry", wanted))
+            await asyncio.gather(*calls)
         return survivors
 
     def _active_sinks(self) -> List[_State]:
         return [s for s in self._sinks if not s.disabled]
 
     async def _process(self, state: _State, events: List[AnyEvent]) -> List[AnyEvent]:
+        if state.plugin.accepts:
+            # Events the processor does not accept pass by it unchanged, in their place in the batch.
+            mine = [e for e in events if state.plugin.wants(e)]
+            if not mine:
+                return events
+            if len(mine) < len(events):
+                done = iter(await self._process_all(state, mine))
+                merged: List[AnyEvent] = []
+                for event in events:
+                    if state.plugin.wants(event):
+                        outcome = next(done)
+                        if outcome is not None:
+                            merged.append(outcome)
+                    else:
+                        merged.append(event)
+                return merged
+        return [e for e in await self._process_all(state, events) if e is not None]
+
+    def _dropped(self, state: _State, event: AnyEvent) -> None:
+        self.stats["dropped_by_processors"] += 1
+        if self.on_drop is not None:
+            self.on_drop(state.plugin.name or type(state.plugin).__name__, event)
+
+    async def _process_all(self, state: _State, events: List[AnyEvent]) -> List[Optional[AnyEvent]]:
+        """Run one processor over ``events``; a dropped event leaves ``None`` in its slot."""
         process = state.plugin.process
         if _is_async(process):
-            kept: List[AnyEvent] = []
-            for event in events:
-                outcome = await self._one(state, event, process)
-                if outcome is not None:
-                    kept.append(outcome)
-            return kept
+            return [await self._one(state, event, process) for event in events]
 
         def run_batch() -> List[Tuple[Optional[AnyEvent], Optional[BaseException], AnyEvent]]:
             results: List[Tuple[Optional[AnyEvent], Optional[BaseException], AnyEvent]] = []
@@ -183,16 +216,18 @@ class Pipeline:
 
         # One thread hop per batch, not per event: a slow sync processor never blocks the loop.
         outcomes = await asyncio.get_running_loop().run_in_executor(None, run_batch)
-        kept = []
+        kept: List[Optional[AnyEvent]] = []
         for result, error, original in outcomes:
             if error is not None:
                 self._failed(state, "process", error)
                 if state.plugin.on_error != "drop":
                     kept.append(original)
                 else:
-                    self.stats["dropped_by_processors"] += 1
+                    self._dropped(state, original)
+                    kept.append(None)
             elif result is None:
-                self.stats["dropped_by_processors"] += 1
+                self._dropped(state, original)
+                kept.append(None)
             else:
                 self._succeeded(state)
                 kept.append(result)
@@ -202,15 +237,18 @@ class Pipeline:
         try:
             result = await asyncio.wait_for(process(event), timeout=self._hook_timeout)
         except DropEvent:
-            self.stats["dropped_by_processors"] += 1
+            self._dropped(state, event)
             return None
         except Exception as error:
             self._failed(state, "process", error)
             if state.plugin.on_error == "drop":
-                self.stats["dropped_by_processors"] += 1
+                self._dropped(state, event)
                 return None
             return event
         self._succeeded(state)
+        if result is None:
+            # Returning None drops the event, as it does for a synchronous processor.
+            self._dropped(state, event)
         return result  # type: ignore[no-any-return]
 
     async def _call(self, state: _State, hook: str, *args: Any, timeout: Optional[float] = None) -> bool:

@@ -13,6 +13,11 @@ Two roles, declared by ``role``:
 - ``"sink"``: runs after every processor, on the batch that survived them (``on_telemetry``), and
   sends it somewhere (OTLP, a file, a webhook).
 
+A plugin that cares about some events only declares ``accepts``, a tuple of event classes (for
+example ``(fgext.Report,)`` or ``(fgext.LogEvent,)``): a sink then receives only those (and is not
+called for a batch holding none), and a processor sees only those, the others passing it unchanged.
+An empty tuple, the default, means every event.
+
 Both roles receive ``on_invoke`` for every ``POST /extension/invoke``, ``start`` once the agent is
 registered, ``flush`` when the pipeline asks for pending data to leave now (the sandbox may freeze),
 and ``shutdown`` with a deadline at the end of the agent's life.
@@ -35,15 +40,30 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Tuple,
     Union,
 )
 
 if TYPE_CHECKING:
     from fgext._events import AnyEvent, Invoke
 
-__all__ = ["HookResult", "Plugin", "PluginContext", "RegistrationInfo"]
+__all__ = [
+    "EventTypes",
+    "HookResult",
+    "Plugin",
+    "PluginContext",
+    "ProcessResult",
+    "Processor",
+    "RegistrationInfo",
+    "Sink",
+]
 
+#: what a lifecycle, invoke or telemetry hook returns: nothing, or an awaitable of nothing (``async def``)
 HookResult = Union[None, Awaitable[None]]
+#: what ``process`` returns: the event to pass on (or an awaitable of it); raise ``DropEvent`` to drop
+ProcessResult = Union["AnyEvent", Awaitable["AnyEvent"]]
+#: the ``accepts`` declaration: event classes a plugin wants; empty for all
+EventTypes = Tuple[type, ...]
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,12 @@ class Plugin:
     max_failures: ClassVar[int] = 10
     #: configuration keys the plugin accepts, with their types; anything else is a configuration error
     config_schema: ClassVar[Dict[str, type]] = {}
+    #: event classes this plugin receives (``isinstance``); empty means every event
+    accepts: ClassVar[EventTypes] = ()
+
+    def wants(self, event: AnyEvent) -> bool:
+        """Whether ``accepts`` lets ``event`` reach this plugin."""
+        return not self.accepts or isinstance(event, self.accepts)
 
     def start(self, context: PluginContext) -> HookResult:
         """Called once after registration, before any event; raise to refuse to start."""
@@ -99,7 +125,7 @@ class Plugin:
         """Called for every ``POST /extension/invoke``; must not wait on the function."""
         return None
 
-    def process(self, event: AnyEvent) -> Union[AnyEvent, Awaitable[AnyEvent]]:
+    def process(self, event: AnyEvent) -> ProcessResult:
         """Processors only: return the event (possibly replaced) or raise ``DropEvent``."""
         return event
 
@@ -114,3 +140,15 @@ class Plugin:
     def shutdown(self, timeout: float) -> HookResult:
         """The agent is stopping: flush and release everything within ``timeout`` seconds."""
         return None
+
+
+class Processor(Plugin):
+    """Convenience base of a processor: override :meth:`process` (and ``order``, ``accepts``)."""
+
+    role: ClassVar[str] = "processor"
+
+
+class Sink(Plugin):
+    """Convenience base of a sink: override :meth:`on_telemetry` (and ``accepts``)."""
+
+    role: ClassVar[str] = "sink"

@@ -21,7 +21,9 @@ LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
 
 def agent_python() -> str:
     """The interpreter agent subprocesses run on: ``FGEXT_TEST_PYTHON`` (CI points it at 3.9), else ours."""
-    return os.environ.get("FGEXT_TEST_PYTHON") or sys.executable
+    chosen = os.environ.get("FGEXT_TEST_PYTHON")
+    # Agents run in their own temporary directories: a relative path would not resolve there.
+    return os.path.abspath(chosen) if chosen else sys.executable
 
 
 @pytest.fixture
@@ -41,7 +43,7 @@ def port_range_lock() -> Iterator[None]:
 
 
 @pytest.fixture
-def platform() -> Iterator["RecordingPlatform"]:
+def platform() -> Iterator[RecordingPlatform]:
     """A recording Extension API on a free loopback port, stopped after the test."""
     from tests.platform import RecordingPlatform
 
@@ -53,7 +55,7 @@ def platform() -> Iterator["RecordingPlatform"]:
 
 
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Callable[..., "AgentProcess"]]:
+def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     """Factory of agent subprocesses; every one started is stopped by PID after the test."""
     from tests.agentproc import AgentProcess
 

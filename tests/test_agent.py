@@ -213,8 +213,8 @@ class TestListener:
         """Invoke answers 200 and hands the request ID and URN to the plugins."""
         agent, port, out = running
         urn = "sn:cn:yrk:1111:function:0@test@hello:latest"
-        status, answer = agent.post(port, "/extension/invoke", json.dumps({key: UUID, "invokedFunctionUrn": urn}).encode())
-        assert status == 200
+        body = json.dumps({key: UUID, "invokedFunctionUrn": urn}).encode()
+        assert agent.post(port, "/extension/invoke", body)[0] == 200
         record = records(out, 1)[0]
         assert record["type"] == "Invoke" and record["request_id"] == UUID and record["function_urn"] == urn
 

@@ -67,5 +67,27 @@ class TestSettings:
         path = tmp_path / "fgext.json"
         if content is not None:
             path.write_text(str(content))
-        with pytest.raises(ConfigError, match="fgext.json"):
+        with pytest.raises(ConfigError, match=r"fgext\.json"):
+            AgentSettings.from_environ({**BASE, "FGEXT_CONFIG": str(path)})
+
+
+class TestEnable:
+    def test_config_file_enables_plugins(self, tmp_path: Path) -> None:
+        """Without FGEXT_PLUGINS, the config file's "enable" list names the plugins."""
+        path = tmp_path / "fgext.json"
+        path.write_text(json.dumps({"enable": ["redact", "jsonl"]}))
+        assert AgentSettings.from_environ({**BASE, "FGEXT_CONFIG": str(path)}).plugins == ("redact", "jsonl")
+
+    def test_environment_wins(self, tmp_path: Path) -> None:
+        """FGEXT_PLUGINS overrides the config file's list."""
+        path = tmp_path / "fgext.json"
+        path.write_text(json.dumps({"enable": ["redact"]}))
+        env = {**BASE, "FGEXT_CONFIG": str(path), "FGEXT_PLUGINS": "jsonl"}
+        assert AgentSettings.from_environ(env).plugins == ("jsonl",)
+
+    def test_bad_enable(self, tmp_path: Path) -> None:
+        """An "enable" that is not a list of names is a configuration error."""
+        path = tmp_path / "fgext.json"
+        path.write_text(json.dumps({"enable": "redact"}))
+        with pytest.raises(ConfigError, match="enable"):
             AgentSettings.from_environ({**BASE, "FGEXT_CONFIG": str(path)})

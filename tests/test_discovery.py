@@ -77,10 +77,107 @@ class TestConfig:
 
     def test_wrong_type(self) -> None:
         """A value that does not convert to the declared type is refused with the key."""
-        with pytest.raises(PluginError, match="'retries'.*must be int"):
+        with pytest.raises(PluginError, match=r"'retries'.*must be int"):
             plugin_config(Configurable(), {"plugins": {"conf": {"retries": "many"}}}, {})
 
     def test_section_must_be_object(self) -> None:
         """plugins.<name> in the config file must be an object."""
         with pytest.raises(PluginError, match="must be an object"):
             plugin_config(Configurable(), {"plugins": {"conf": [1]}}, {})
+
+
+def _wheel(directory: Path, dist: str, module_source: str, entry_points: str) -> Path:
+    """A real, minimal wheel (pure Python, correct RECORD) holding one module and its entry points."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{dist}-1.0.dist-info"
+    files = {
+        f"{dist}.py": module_source,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: fgext-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": entry_points,
+    }
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    path = directory / f"{dist}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return path
+
+
+PLUGIN_SOURCE = (
+    "import fgext\n"
+    "from fgext._extension import Extension\n"
+    "class Shout(fgext.Plugin):\n"
+    "    name = 'shout'\n"
+    "    role = 'processor'\n"
+    "    config_schema = {'suffix': str}\n"
+    "ext = Extension(name='twofold')\n"
+    "@ext.on_event\n"
+    "def event(e):\n    return e\n"
+    "@ext.on_telemetry\n"
+    "def telemetry(events):\n    pass\n"
+)
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Iterator[Path]:
+    """A distribution pip-installed into a temporary --target that is put on sys.path."""
+    import importlib
+    import subprocess
+
+    wheel = _wheel(tmp_path, "fgext_tinyplug", PLUGIN_SOURCE,
+                   "[fgext.plugins]\nshout = fgext_tinyplug:Shout\ntwofold = fgext_tinyplug:ext\n")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--disable-pip-version-check", "--target", str(target), str(wheel)],
+                   check=True, timeout=120, capture_output=True)
+    sys.path.insert(0, str(target))
+    importlib.invalidate_caches()
+    yield target
+    sys.path.remove(str(target))
+    sys.modules.pop("fgext_tinyplug", None)
+
+
+class TestEntryPoints:
+    def test_installed_distribution_found_by_name(self, installed: Path) -> None:
+        """A pip-installed distribution's fgext.plugins entry point is loaded by its name."""
+        assert (installed / "fgext_tinyplug-1.0.dist-info" / "entry_points.txt").exists()
+        assert available_plugins()["shout"] == "fgext_tinyplug:Shout"
+        plugin = load_plugin("shout")
+        assert type(plugin).__name__ == "Shout" and plugin.role == "processor"
+
+    def test_extension_entry_point_yields_processor_and_sink(self, installed: Path) -> None:
+        """An Extension named by entry point stands for its processor and its sink."""
+        plugins = load_plugins(["twofold"])
+        assert [(p.name, p.role) for p in plugins] == [("twofold", "processor"), ("twofold", "sink")]
+        with pytest.raises(PluginError, match="stands for 2 plugins"):
+            load_plugin("twofold")
+
+    def test_star_includes_builtins_and_installed(self, installed: Path) -> None:
+        """``*`` loads every built-in and every installed plugin."""
+        available = available_plugins()
+        assert {"jsonl", "redact", "filter", "webhook", "shout", "twofold"} <= set(available)
+        names = [p.name for p in load_plugins([n for n in sorted(available) if n != "otlp"])]
+        assert {"jsonl", "redact", "filter", "webhook", "shout", "twofold"} <= set(names)
+
+    def test_installed_config_validated_like_builtins(self, installed: Path) -> None:
+        """An installed plugin's settings go through the same schema check, with its name in the error."""
+        plugin = load_plugin("shout")
+        assert plugin_config(plugin, {}, {"FGEXT_SHOUT_SUFFIX": "!"}) == {"suffix": "!"}
+        with pytest.raises(PluginError, match="'shout': unknown setting 'volume'"):
+            plugin_config(plugin, {"plugins": {"shout": {"volume": 11}}}, {})
+
+
+class TestBuiltins:
+    @pytest.mark.parametrize("name", ["jsonl", "redact", "filter", "webhook"])
+    def test_builtin_loads_by_name_with_its_own_name(self, name: str) -> None:
+        """Every built-in in the table loads by name and calls itself by that name."""
+        assert load_plugin(name).name == name

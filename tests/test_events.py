@@ -10,9 +10,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fgext._events import (
-    ExtensionLog, FunctionLog, InitReport, InitRuntimeDone, InitStart, MalformedEvent, Report, RestoreReport,
-    RestoreRuntimeDone, RestoreStart, RuntimeDone, Start, UnknownEvent, event_to_dict, parse_batch, parse_body,
-    parse_event, parse_invoke, parse_time,
+    ExtensionLog,
+    FunctionLog,
+    InitReport,
+    InitRuntimeDone,
+    InitStart,
+    MalformedEvent,
+    Report,
+    RestoreReport,
+    RestoreRuntimeDone,
+    RestoreStart,
+    RuntimeDone,
+    Start,
+    UnknownEvent,
+    event_to_dict,
+    parse_batch,
+    parse_body,
+    parse_event,
+    parse_invoke,
+    parse_time,
 )
 
 UUID = "69be64a7-0233-11e8-82e4-e5d37911193e"

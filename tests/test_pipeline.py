@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from dataclasses import replace
-from typing import Any, ClassVar, List, Optional, Sequence
+from typing import Any, ClassVar, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -327,3 +327,104 @@ class TestBackpressure:
             return was_blocked
 
         assert run(go()) is True
+
+
+class TestAccepts:
+    def test_sink_gets_only_accepted_events_and_no_empty_batch(self) -> None:
+        """A sink declaring accepts receives only those events, and no call for a batch without any."""
+        from fgext._events import Report
+
+        class Reports(Collect):
+            name: ClassVar[str] = "reports"
+            accepts: ClassVar[Tuple[type, ...]] = (Report,)
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                self.batches.append([type(e).__name__ for e in events])
+
+        reports, everything = Reports(), Collect()
+        report = parse_event({"name": "platform.report", "startTime": "2023-02-01T00:03:50Z", "traceId": "r",
+                              "status": "success"})
+
+        async def go() -> None:
+            pipeline = Pipeline([reports, everything], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a")])
+            await pipeline.dispatch_telemetry([log_event("b"), report])
+
+        run(go())
+        assert reports.batches == [["Report"]]
+        assert everything.batches == [["a"], ["b"]]
+
+    def test_processor_sees_only_accepted_events_others_keep_their_place(self) -> None:
+        """A processor with accepts is skipped by other events, which stay in order; its drops still count."""
+        from fgext._events import LogEvent
+
+        seen: List[str] = []
+
+        class LogsOnly(Plugin):
+            name: ClassVar[str] = "logsonly"
+            role: ClassVar[str] = "processor"
+            accepts: ClassVar[Tuple[type, ...]] = (LogEvent,)
+
+            def process(self, event: AnyEvent) -> AnyEvent:
+                assert isinstance(event, FunctionLog)
+                seen.append(event.message)
+                if event.message == "drop":
+                    raise DropEvent
+                return replace(event, message=event.message.upper())
+
+        start = parse_event({"name": "platform.start", "startTime": "2023-02-01T00:03:50Z", "traceId": "r"})
+        sink = Collect()
+        order: List[str] = []
+
+        class Names(Plugin):
+            name: ClassVar[str] = "names"
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                order.extend(getattr(e, "message", e.name) for e in events)
+
+        async def go() -> Pipeline:
+            pipeline = Pipeline([LogsOnly(), sink, Names()], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a"), start, log_event("drop"), log_event("b")])
+            return pipeline
+
+        pipeline = run(go())
+        assert seen == ["a", "drop", "b"]
+        assert order == ["A", "platform.start", "B"]
+        assert pipeline.stats["dropped_by_processors"] == 1
+
+
+class TestDropSignal:
+    @pytest.mark.parametrize("use_async", [False, True])
+    def test_none_return_drops_and_on_drop_reports_original(self, use_async: bool) -> None:
+        """Returning None drops like DropEvent, sync or async; on_drop gets the processor's name and the event."""
+
+        class NoneDropper(Plugin):
+            name: ClassVar[str] = "nonedrop"
+            role: ClassVar[str] = "processor"
+
+            def __init__(self) -> None:
+                if use_async:
+                    self.process = self._aprocess  # type: ignore[method-assign]
+
+            def process(self, event: AnyEvent) -> Any:
+                return None if isinstance(event, FunctionLog) and event.message == "x" else event
+
+            async def _aprocess(self, event: AnyEvent) -> Any:
+                return self.__class__.process(self, event)
+
+        sink = Collect()
+        drops: List[Tuple[str, str]] = []
+        x = log_event("x")
+
+        async def go() -> Pipeline:
+            pipeline = Pipeline([NoneDropper(), sink], logger=Log())
+            pipeline.on_drop = lambda name, event: drops.append((name, getattr(event, "message", "")))
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("a"), x])
+            return pipeline
+
+        pipeline = run(go())
+        assert sink.batches == [["a"]]
+        assert drops == [("nonedrop", "x")] and pipeline.stats["dropped_by_processors"] == 1

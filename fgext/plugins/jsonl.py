@@ -2,7 +2,12 @@
 
 For a log shipper that tails a file, or for seeing exactly what the agent received. Settings
 (``FGEXT_JSONL_<KEY>`` or ``plugins.jsonl`` in the config file): ``path`` (default ``-``, stdout;
-inside the sandbox only ``/tmp`` is writable), ``invokes`` (default true: write invokes too).
+inside the sandbox only ``/tmp`` is writable), ``invokes`` (default true: write invokes too),
+``types`` (default all: the categories to write, any of ``platform``, ``function``, ``extension``).
+
+On stdout the ``[Function]``/``[Extension]`` markers inside the JSON are broken with an invisible
+character: the platform collects any extension output line carrying a marker back as telemetry, and
+an echoed extension log would then come back to this very sink, again and again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import sys
 import threading
 from typing import IO, Any, ClassVar, Dict, Optional, Sequence
 
+from fgext._errors import PluginError
 from fgext._events import AnyEvent, Invoke, event_to_dict
 from fgext._plugin import Plugin, PluginContext
 
@@ -23,17 +29,25 @@ class JsonlPlugin(Plugin):
 
     name: ClassVar[str] = "jsonl"
     role: ClassVar[str] = "sink"
-    config_schema: ClassVar[Dict[str, type]] = {"path": str, "invokes": bool}
+    config_schema: ClassVar[Dict[str, type]] = {"path": str, "invokes": bool, "types": list}
 
     def __init__(self) -> None:
         self._out: Optional[IO[str]] = None
         self._owned = False
         self._invokes = True
+        self._types: Optional[Sequence[str]] = None
         self._lock = threading.Lock()  # sync hooks run in worker threads
 
     def start(self, context: PluginContext) -> None:
         path = str(context.config.get("path", "-"))
         self._invokes = bool(context.config.get("invokes", True))
+        if "types" in context.config:
+            types = [str(t).strip().lower() for t in context.config["types"]]
+            unknown = [t for t in types if t not in ("platform", "function", "extension", "unknown")]
+            if unknown:
+                raise PluginError(f"plugin 'jsonl': setting 'types' has unknown type(s) {', '.join(unknown)}; "
+                                  "use platform, function, extension")
+            self._types = types
         if path == "-":
             self._out = sys.stdout
         else:
@@ -44,6 +58,10 @@ class JsonlPlugin(Plugin):
         if self._out is None or not records:
             return
         text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+        if not self._owned:
+            from fgext._logging import neutralise_markers
+
+            text = neutralise_markers(text)
         with self._lock:
             self._out.write(text)
             self._out.flush()
@@ -53,7 +71,8 @@ class JsonlPlugin(Plugin):
             self._write([event_to_dict(invoke)])
 
     def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
-        self._write([event_to_dict(e) for e in events])
+        chosen = events if self._types is None else [e for e in events if e.category in self._types]
+        self._write([event_to_dict(e) for e in chosen])
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:

@@ -1,0 +1,44 @@
+"""The public surface is exactly what ``fgext.__all__`` says, and importing it stays cheap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import fgext
+from tests.conftest import ROOT
+
+PUBLIC = {
+    "__version__", "AnyEvent", "ConfigError", "DropEvent", "Event", "EventTypes", "Extension", "ExtensionLog",
+    "FgextError", "FunctionLog", "FunctionUrn", "InitReport", "InitRuntimeDone", "InitStart", "Invoke", "LogEvent",
+    "MalformedEvent", "PackageError", "PlatformError", "PlatformEvent", "Plugin", "PluginContext", "PluginError",
+    "Processor", "RegistrationError", "RegistrationInfo", "Report", "ReportEvent", "ReportMetrics", "RestoreReport",
+    "RestoreRuntimeDone", "RestoreStart", "RuntimeDone", "RuntimeDoneEvent", "Sink", "Start", "StartEvent",
+    "UnknownEvent", "UrnError", "parse_batch", "parse_event", "parse_urn",
+}
+
+
+def test_all_is_the_public_surface() -> None:
+    """``__all__`` lists exactly the documented names, and each one resolves."""
+    assert set(fgext.__all__) == PUBLIC
+    for name in fgext.__all__:
+        assert getattr(fgext, name) is not None
+
+
+def test_unknown_attribute() -> None:
+    """A name outside the surface is an AttributeError, as for any module."""
+    try:
+        fgext.nope  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as error:
+        assert "nope" in str(error)
+    else:
+        raise AssertionError("fgext.nope resolved")
+
+
+def test_import_is_light() -> None:
+    """Importing fgext and its cold-start path loads neither aiohttp, structlog nor OpenTelemetry."""
+    code = ("import sys, fgext, fgext._bootstrap; "
+            "heavy = [m for m in ('aiohttp', 'structlog', 'opentelemetry') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
