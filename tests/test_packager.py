@@ -106,7 +106,7 @@ def run_cli(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProce
 def cli_build(out: Path, inputs: Path, runtime: str) -> Built:
     done = run_cli("package", "-o", str(out), "--runtime", runtime, "--json", "--quiet",
                    "--plugin", str(inputs / "marker_plugin.py"), "--plugin", str(inputs / "acme_plugins"),
-                   "--config", str(inputs / "fgext.json"))
+                   "--config", str(inputs / "fgext.json"), "--requirement", "six>=1.16")
     assert done.returncode == 0, done.stderr
     return Built(out, json.loads(done.stdout), inputs)
 
@@ -210,6 +210,13 @@ class TestLayout:
         with zip39.zip() as archive:
             assert archive.read("extension/fgext.json") == (zip39.inputs / "fgext.json").read_bytes()
         assert not any(n.rstrip("/").endswith("~") for n in names)
+
+    def test_extra_requirement_is_installed_into_fgext_lib(self, zip39: Built) -> None:
+        """--requirement adds a distribution (with its metadata) to fgext-lib."""
+        assert "six" in zip39.versions()
+        assert "extension/fgext-lib/six.py" in zip39.names()
+        assert any(n.startswith("extension/fgext-lib/six-") and n.endswith(".dist-info/METADATA")
+                   for n in zip39.names())
 
     def test_no_tests_no_foreign_bytecode_no_record(self, zip39: Built) -> None:
         """No tests folders, no byte code of other interpreters, no RECORD; the packager stays out."""
