@@ -28,7 +28,7 @@ from fgext._errors import ConfigError, PackageError
 from fgext.packager import _assets
 from fgext.packager._compile import compile_tree
 from fgext.packager._limits import MAX_FILES, MAX_INLINE_BYTES, MAX_UNPACKED_BYTES, human_size
-from fgext.packager._resolve import Installer, Resolved, marker_environment
+from fgext.packager._resolve import Installer, Resolved, marker_environment, require_packaging
 from fgext.packager._runtimes import ARCHITECTURES, Runtime, find_interpreter, get_runtime
 from fgext.packager._tree import PruneStats, owners, prune, strip_debug, trim_dist_info
 from fgext.packager._zip import Entry, write_zip
@@ -274,6 +274,7 @@ def _strip_tool(arch: str) -> Tuple[Optional[str], str]:
 
 def build(options: BuildOptions) -> BuildResult:
     """Build the zip described by ``options``; raise ConfigError/PackageError with a clear message."""
+    require_packaging()
     runtime = get_runtime(options.runtime)
     if options.arch not in ARCHITECTURES:
         raise ConfigError(f"--arch {options.arch!r}: choose one of {', '.join(ARCHITECTURES)}")

@@ -25,19 +25,20 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from fgext._errors import PackageError
 from fgext.packager._runtimes import ARCHITECTURES, Runtime
 
-__all__ = ["Installer", "Resolved", "marker_environment"]
+__all__ = ["Installer", "Resolved", "marker_environment", "require_packaging"]
 
 _MAX_ROUNDS = 5
 _MIN_PIP = (22, 2)  # --report and --dry-run
 
 
-def _packaging() -> Any:
+def require_packaging() -> Any:
     try:
         import packaging.markers
         import packaging.requirements
         import packaging.utils
     except ImportError as error:  # pragma: no cover - pip's own dependency set has it everywhere we ran
-        raise PackageError("fgext package needs the 'packaging' library: pip install packaging") from error
+        raise PackageError("fgext package needs the 'packaging' library: pip install 'fgext[package]' "
+                           "(or pip install packaging)") from error
     return packaging
 
 
@@ -123,7 +124,7 @@ class Installer:
             if version < _MIN_PIP:
                 raise PackageError(f"pip {version[0]}.{version[1]} is too old; fgext needs pip >= 22.2 "
                                    "(python -m pip install -U pip)")
-        packaging = _packaging()
+        packaging = require_packaging()
         self._env = marker_environment(self.runtime, self.arch, self.full_version)
         self._packaging = packaging
 
