@@ -1,0 +1,427 @@
+"""``fgext package``: stage the agent, its dependencies, plugins and config, then write the zip.
+
+Layout of the zip (the launcher ``extension/extensionFgext.sh`` expects exactly this)::
+
+    extension/extensionFgext.sh   the launcher, mode 0755 (name from --name, must match extension*.sh)
+    extension/fgext-lib/          fgext and its libraries, with byte code; put on PYTHONPATH
+    extension/fgext-plugins/      the user's plugin modules and packages; put on PYTHONPATH after the lib
+    extension/fgext.json          the optional config file (FGEXT_CONFIG)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from fgext._errors import ConfigError, PackageError
+from fgext.packager import _assets
+from fgext.packager._compile import compile_tree
+from fgext.packager._limits import MAX_FILES, MAX_INLINE_BYTES, MAX_UNPACKED_BYTES, human_size
+from fgext.packager._resolve import Installer, Resolved, marker_environment, require_packaging
+from fgext.packager._runtimes import ARCHITECTURES, Runtime, find_interpreter, get_runtime
+from fgext.packager._tree import PruneStats, owners, prune, strip_debug, trim_dist_info
+from fgext.packager._zip import Entry, write_zip
+
+__all__ = ["BuildOptions", "BuildResult", "Contributor", "build"]
+
+LAUNCHER_NAME = re.compile(r"^extension[A-Za-z0-9_.\-]*\.sh$")
+GRPC_EXPORTER = "opentelemetry-exporter-otlp-proto-grpc"
+# The packager itself never runs in the sandbox; shipping it would only add files to every cold start.
+_BUILD_ONLY = ["fgext/packager"]
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*~", ".*")
+
+
+@dataclass
+class BuildOptions:
+    """Everything ``fgext package`` takes; the CLI flags map one to one."""
+
+    output: Path
+    runtime: str = "Python3.9"
+    arch: str = "x86_64"
+    name: str = "extensionFgext.sh"
+    python: Optional[str] = None
+    plugins: Sequence[Path] = ()
+    requirements: Sequence[str] = ()
+    config: Optional[Path] = None
+    with_grpc: bool = False
+    constraints: Sequence[Path] = ()
+    compile: bool = True
+    #: remove debug sections from shared libraries (binutils strip), when strip is available
+    strip: bool = True
+    #: resolve with the target interpreter's own pip when it has one (else the running pip, cross-target)
+    use_target_pip: bool = True
+    log: Optional[Callable[[str], None]] = None
+
+
+@dataclass(frozen=True)
+class Contributor:
+    """One owner of files in the zip (a distribution, a plugin, the launcher) and what it weighs."""
+
+    name: str
+    files: int
+    unpacked: int
+    compressed: int
+
+
+@dataclass
+class BuildResult:
+    """What was built: sizes, contents, byte code, and warnings a person should read."""
+
+    output: str
+    runtime: str
+    arch: str
+    launcher: str
+    compressed: int
+    unpacked: int
+    files: int
+    sha256: str
+    distributions: List[Dict[str, str]]
+    contributors: List[Contributor]
+    plugins: List[str]
+    config: Optional[str]
+    bytecode: Dict[str, Any]
+    resolver: Dict[str, Any]
+    removed: Dict[str, Any]
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def needs_obs(self) -> bool:
+        return self.compressed > MAX_INLINE_BYTES
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["needs_obs"] = self.needs_obs
+        data["limits"] = {"inline_bytes": MAX_INLINE_BYTES, "unpacked_bytes": MAX_UNPACKED_BYTES,
+                          "files": MAX_FILES}
+        return data
+
+
+# -- inputs -----------------------------------------------------------------------------------------------
+
+def _check_name(name: str) -> None:
+    if not LAUNCHER_NAME.match(name):
+        raise ConfigError(f"--name {name!r}: the platform only starts scripts named extension*.sh "
+                          "(letters, digits, '_', '.', '-'), e.g. extensionFgext.sh")
+
+
+def _plugin_name(path: Path) -> str:
+    if not path.exists():
+        raise ConfigError(f"--plugin {path}: no such file or directory")
+    if path.is_dir():
+        if not (path / "__init__.py").is_file():
+            raise ConfigError(f"--plugin {path}: a plugin folder must be a Python package (with __init__.py)")
+        name = path.name
+    elif path.suffix == ".py":
+        name = path.stem
+    else:
+        raise ConfigError(f"--plugin {path}: give a Python module (.py) or a package folder")
+    if not name.isidentifier():
+        raise ConfigError(f"--plugin {path}: {name!r} is not an importable module name")
+    return name
+
+
+def _read_config(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"--config {path}: cannot read it ({error.strerror})") from error
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--config {path}: not valid JSON ({error})") from error
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"--config {path}: the config file must hold a JSON object")
+    return data
+
+
+def _requirements(values: Sequence[str]) -> List[str]:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    result: List[str] = []
+    for value in values:
+        path = Path(value)
+        if value.endswith(".whl") and path.is_file():
+            result.append(f"{path.name.split('-', 1)[0]} @ {path.resolve().as_uri()}")
+            continue
+        lines = [value]
+        if path.is_file():
+            lines = [line.split(" #", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            lines = [line for line in lines if line and not line.startswith("#")]
+            options = [line for line in lines if line.startswith("-")]
+            if options:
+                raise ConfigError(f"--requirement {value}: pip options such as {options[0]!r} are not "
+                                  "supported here; list one requirement per line")
+        for line in lines:
+            try:
+                Requirement(line)
+            except InvalidRequirement as error:
+                raise ConfigError(f"--requirement {line!r}: not a valid requirement ({error})") from error
+            result.append(line)
+    return result
+
+
+# -- fgext itself -----------------------------------------------------------------------------------------
+
+def _fgext_wheel(scratch: Path, log: Optional[Callable[[str], None]]) -> Optional[Path]:
+    """Build a wheel of the fgext checkout we run from (None when fgext is installed, not checked out)."""
+    root = _assets.source_tree()
+    if root is None:
+        return None
+    # Build from a copy: setuptools writes build/ and *.egg-info/ into the tree it builds.
+    source = scratch / "fgext-src"
+    source.mkdir()
+    for path in sorted(root.iterdir()):
+        if path.name in ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in") or \
+                re.match(r"^(README|LICEN[CS]E|NOTICE)", path.name):
+            shutil.copy2(path, source / path.name)
+    shutil.copytree(root / "fgext", source / "fgext", ignore=_IGNORED)
+    if log:
+        log(f"building a wheel of fgext from {root}")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                           "--disable-pip-version-check", "-w", str(scratch / "wheel"), str(source)],
+                          capture_output=True, text=True, check=False)
+    wheels = sorted((scratch / "wheel").glob("fgext-*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise PackageError(f"could not build a wheel of fgext from {root}:\n{done.stderr.strip()[-2000:]}")
+    return wheels[0]
+
+
+def _installed_fgext(runtime: Runtime, arch: str, with_grpc: bool) -> Tuple[Any, List[str]]:
+    """The installed fgext distribution and its requirements for the target (markers removed)."""
+    from packaging.requirements import Requirement
+
+    try:
+        dist = importlib.metadata.distribution("fgext")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise PackageError("fgext is neither a checkout nor an installed distribution here") from error
+    environment = marker_environment(runtime, arch)
+    extras = ["", "grpc"] if with_grpc else [""]
+    roots: List[str] = []
+    for text in dist.requires or []:
+        requirement = Requirement(text)
+        if requirement.marker is None or any(
+                requirement.marker.evaluate({**environment, "extra": extra}) for extra in extras):
+            requirement.marker = None
+            roots.append(str(requirement))
+    return dist, roots
+
+
+def _copy_installed(dist: Any, lib: Path) -> None:
+    for file in dist.files or []:
+        relative = str(file)
+        if not (relative.startswith("fgext/") or re.match(r"^fgext-[^/]*\.dist-info/", relative)):
+            continue
+        if "__pycache__" in relative:
+            continue
+        target = lib / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(dist.locate_file(file)), target)
+
+
+# -- the zip ----------------------------------------------------------------------------------------------
+
+def _entries(stage: Path, launcher: str) -> List[Entry]:
+    entries: List[Entry] = []
+    for folder, dirs, files in os.walk(stage):
+        dirs.sort()
+        here = Path(folder)
+        if here != stage:
+            entries.append(Entry(here.relative_to(stage).as_posix(), None, 0o755))
+        for name in sorted(files):
+            path = here / name
+            relative = path.relative_to(stage).as_posix()
+            executable = relative == f"extension/{launcher}" or os.stat(path).st_mode & 0o111
+            entries.append(Entry(relative, path, 0o755 if executable else 0o644))
+    return entries
+
+
+def _owner_of(relative: str, installed: Dict[str, str]) -> str:
+    if relative.startswith("extension/fgext-plugins/"):
+        return "plugins: " + relative.split("/")[2].split(".")[0]
+    if not relative.startswith("extension/fgext-lib/"):
+        return "launcher and config"
+    inner = relative[len("extension/fgext-lib/"):]
+    match = re.match(r"^(.*)__pycache__/([^/.]+)\.[^/]*\.pyc$", inner)
+    if match:
+        inner = f"{match.group(1)}{match.group(2)}.py"
+    if inner in installed:
+        return installed[inner]
+    dist_info = re.match(r"^([^/]+)\.dist-info/", inner)
+    if dist_info:
+        name, _, version = dist_info.group(1).partition("-")
+        return f"{name} {version}"
+    return "other"
+
+
+def _strip_tool(arch: str) -> Tuple[Optional[str], str]:
+    """binutils strip for ``arch``: the host's own, or a cross one (``aarch64-linux-gnu-strip``)."""
+    if platform.machine() == arch and sys.platform.startswith("linux"):
+        return shutil.which("strip"), "strip"
+    cross = f"{arch}-linux-gnu-strip"
+    return shutil.which(cross), cross
+
+
+def build(options: BuildOptions) -> BuildResult:
+    """Build the zip described by ``options``; raise ConfigError/PackageError with a clear message."""
+    require_packaging()
+    runtime = get_runtime(options.runtime)
+    if options.arch not in ARCHITECTURES:
+        raise ConfigError(f"--arch {options.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    _check_name(options.name)
+    output = Path(options.output)
+    if not output.parent.is_dir():
+        raise ConfigError(f"-o {output}: the folder {output.parent} does not exist")
+    plugin_names = [_plugin_name(Path(path)) for path in options.plugins]
+    duplicates = sorted({name for name in plugin_names if plugin_names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"--plugin: two plugins are called {duplicates[0]!r}")
+    config = _read_config(Path(options.config)) if options.config else None
+    extra_requirements = _requirements(options.requirements)
+    for path in options.constraints:
+        if not Path(path).is_file():
+            raise ConfigError(f"--constraint {path}: no such file")
+    log = options.log
+    warnings: List[str] = []
+
+    # Looked for even with --no-compile: its pip resolves markers for the target in one round.
+    python = find_interpreter(runtime, options.python)
+    if python is None and options.compile:
+        warnings.append(
+            f"no Python {runtime.dotted} interpreter found (give one with --python PATH, or install "
+            f"python{runtime.dotted}, e.g. `pyenv install {runtime.dotted}`): the zip holds sources only, "
+            "and the read-only sandbox recompiles every module in memory at each cold start")
+    constraints = [path for path in [_assets.constraints_file(runtime.name)] if path is not None]
+    constraints += [Path(path) for path in options.constraints]
+
+    with tempfile.TemporaryDirectory(prefix="fgext-package-") as scratch_name:
+        scratch = Path(scratch_name)
+        stage = scratch / "stage"
+        extension = stage / "extension"
+        lib = extension / "fgext-lib"
+        lib.mkdir(parents=True)
+
+        wheel = _fgext_wheel(scratch, log)
+        installed_dist = None
+        if wheel is not None:
+            roots = [f"fgext{'[grpc]' if options.with_grpc else ''} @ {wheel.as_uri()}"]
+        else:
+            installed_dist, roots = _installed_fgext(runtime, options.arch, options.with_grpc)
+        roots += extra_requirements
+
+        installer = Installer(runtime, options.arch, target_python=python,
+                              use_target_pip=options.use_target_pip, constraints=constraints, log=log)
+        distributions: List[Resolved] = installer.resolve(roots)
+        installer.install(distributions, lib)
+        if installed_dist is not None:
+            _copy_installed(installed_dist, lib)
+        if options.with_grpc and not any(d.name == GRPC_EXPORTER for d in distributions):
+            raise PackageError(f"--with-grpc: {GRPC_EXPORTER} was not resolved for {runtime.name}")
+
+        installed = owners(lib)
+        stats = PruneStats()
+        prune(lib, stats, drop=_BUILD_ONLY)
+        trim_dist_info(lib, stats)
+        stripping: Dict[str, Any] = {"files": 0, "saved": 0, "tool": None}
+        if options.strip:
+            tool, wanted = _strip_tool(options.arch)
+            if tool is None:
+                warnings.append(f"binutils `{wanted}` not found: shared libraries keep their debug info "
+                                "(several MB; install it, or pass --no-strip to silence this)")
+            else:
+                count, saved, failures = strip_debug(lib, tool)
+                stripping = {"files": count, "saved": saved, "tool": tool}
+                if failures:
+                    warnings.append(f"strip failed on {len(failures)} shared librar(ies), shipped as they "
+                                    f"are: {'; '.join(failures[:3])}")
+
+        plugins_dir = extension / "fgext-plugins"
+        for path, name in zip(options.plugins, plugin_names):
+            plugins_dir.mkdir(exist_ok=True)
+            if (lib / name).exists() or (lib / f"{name}.py").exists():
+                raise ConfigError(f"--plugin {path}: {name!r} is also the name of a module in fgext-lib, "
+                                  "which comes first on the import path and would hide the plugin; rename it")
+            source = Path(path)
+            if source.is_dir():
+                shutil.copytree(source, plugins_dir / name, ignore=_IGNORED)
+            else:
+                shutil.copyfile(source, plugins_dir / source.name)
+        if config is not None:
+            (extension / "fgext.json").write_bytes(config)
+        shutil.copyfile(_assets.launcher(), extension / options.name)
+
+        bytecode: Dict[str, Any] = {"compiled": 0, "python": None, "invalidation": None, "failed": []}
+        if python is not None and options.compile:
+            if log:
+                log(f"compiling byte code with {python}")
+            roots_to_compile = [(lib, "extension/fgext-lib")]
+            if plugins_dir.is_dir():
+                roots_to_compile.append((plugins_dir, "extension/fgext-plugins"))
+            compiled = compile_tree(python, roots_to_compile)
+            bytecode = {"compiled": compiled["compiled"], "python": python, "tag": compiled["tag"],
+                        "invalidation": "unchecked-hash", "failed": compiled["failed"]}
+            failed: List[str] = compiled["failed"]  # type: ignore[assignment]
+            if failed:
+                warnings.append(f"{len(failed)} module(s) do not compile on Python {runtime.dotted} and "
+                                f"ship without byte code: {'; '.join(failed[:5])}")
+
+        entries = _entries(stage, options.name)
+        files = [entry for entry in entries if not entry.is_dir]
+        unpacked = sum(entry.source.stat().st_size for entry in files if entry.source is not None)
+        if len(files) > MAX_FILES:
+            raise PackageError(f"the zip would hold {len(files):,} files, more than the platform's "
+                               f"{MAX_FILES:,} per dependency: drop --requirement distributions or plugins")
+        if unpacked > MAX_UNPACKED_BYTES:
+            raise PackageError(f"the zip would unpack to {human_size(unpacked)}, more than the platform's "
+                               f"{human_size(MAX_UNPACKED_BYTES)} per dependency")
+        partial = output.with_name(f".{output.name}.partial")
+        try:
+            written = write_zip(partial, entries)
+            os.replace(partial, output)
+        finally:
+            if partial.exists():
+                partial.unlink()
+
+        sizes: Dict[str, List[int]] = {}
+        for entry, info in written:
+            if entry.is_dir:
+                continue
+            bucket = sizes.setdefault(_owner_of(entry.name, installed), [0, 0, 0])
+            bucket[0] += 1
+            bucket[1] += info.file_size
+            bucket[2] += info.compress_size
+        contributors = sorted((Contributor(name, *values) for name, values in sizes.items()),
+                              key=lambda c: (-c.unpacked, c.name))
+
+    compressed = output.stat().st_size
+    listed = [{"name": d.name, "version": d.version, "wheel": d.wheel, "tags": d.tags} for d in distributions]
+    if installed_dist is not None:
+        listed.append({"name": "fgext", "version": str(installed_dist.version), "wheel": "(installed copy)",
+                       "tags": "py3-none-any"})
+        listed.sort(key=lambda item: item["name"])
+    if compressed > MAX_INLINE_BYTES:
+        warnings.append(f"the zip is {human_size(compressed)}, above the {human_size(MAX_INLINE_BYTES)} "
+                        "inline upload limit: upload it to OBS and create the dependency with "
+                        "depend_type obs (depend_link = its OBS URL)")
+    return BuildResult(
+        output=str(output), runtime=runtime.name, arch=options.arch, launcher=f"extension/{options.name}",
+        compressed=compressed, unpacked=unpacked, files=len(files),
+        sha256=hashlib.sha256(output.read_bytes()).hexdigest(),
+        distributions=listed,
+        contributors=contributors, plugins=sorted(plugin_names),
+        config="extension/fgext.json" if config is not None else None, bytecode=bytecode,
+        resolver={"mode": installer.mode, "rounds": installer.rounds, "pip": installer.pip_command,
+                  "constraints": [str(path) for path in constraints]},
+        removed={"files": stats.files, "bytes": stats.size, "by_reason": dict(sorted(stats.reasons.items())),
+                 "debug_info_stripped": stripping},
+        warnings=warnings)

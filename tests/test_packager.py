@@ -1,0 +1,457 @@
+"""``fgext package`` end to end: real pip against the package index, real target interpreters, real zips.
+
+Each runtime is built once per session (module-scoped fixtures) and every test inspects that zip. pip's
+cache lives under /tmp so reruns are fast; the first run downloads about 5 MB per runtime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+from packaging.version import Version
+
+from fgext.packager import BuildOptions, BuildResult, build
+from fgext.packager._runtimes import RUNTIMES, find_interpreter
+from tests.agentproc import AgentProcess
+from tests.conftest import LAUNCHER, ROOT
+from tests.platform import RecordingPlatform, free_port
+
+pytestmark = [pytest.mark.slow]
+
+PIP_CACHE = os.environ.get("FGEXT_TEST_PIP_CACHE", "/tmp/fgext-test-pip-cache")
+PY39 = find_interpreter(RUNTIMES["Python3.9"])
+PY310 = find_interpreter(RUNTIMES["Python3.10"])
+needs_py39 = pytest.mark.skipif(PY39 is None, reason="no Python 3.9 interpreter on this machine")
+needs_py310 = pytest.mark.skipif(PY310 is None, reason="no Python 3.10 interpreter on this machine")
+
+PLUGIN_MODULE = '''\
+"""A user plugin shipped in extension/fgext-plugins: records that the agent started it."""
+from typing import ClassVar, Dict
+import sys
+from fgext import Plugin
+
+
+class MarkerPlugin(Plugin):
+    name: ClassVar[str] = "marker"
+    config_schema: ClassVar[Dict[str, type]] = {"path": str}
+
+    def start(self, context):
+        with open(context.config["path"], "w") as handle:
+            handle.write("started on %d.%d" % sys.version_info[:2])
+'''
+
+
+@dataclass
+class Built:
+    """A zip built by the test session, with the report the command printed."""
+
+    path: Path
+    report: Dict[str, Any]
+    inputs: Path
+
+    def zip(self) -> zipfile.ZipFile:
+        return zipfile.ZipFile(self.path)
+
+    def names(self) -> List[str]:
+        with self.zip() as archive:
+            return archive.namelist()
+
+    def versions(self) -> Dict[str, str]:
+        return {d["name"]: d["version"] for d in self.report["distributions"]}
+
+
+@pytest.fixture(scope="module")
+def pip_cache() -> Iterator[None]:
+    old = os.environ.get("PIP_CACHE_DIR")
+    os.environ["PIP_CACHE_DIR"] = PIP_CACHE
+    yield
+    if old is None:
+        os.environ.pop("PIP_CACHE_DIR", None)
+    else:
+        os.environ["PIP_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plugin module, a plugin package and a config file, at fixed content."""
+    folder = tmp_path_factory.mktemp("inputs")
+    (folder / "marker_plugin.py").write_text(PLUGIN_MODULE)
+    package = folder / "acme_plugins"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""A plugin package."""\nVALUE = 42\n')
+    (package / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    (package / "notes.txt~").write_text("an editor backup that must not ship\n")
+    marker = folder / "marker.txt"
+    (folder / "fgext.json").write_text(json.dumps({"plugins": {"marker": {"path": str(marker)}}}))
+    return folder
+
+
+def run_cli(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "fgext", *args], capture_output=True, text=True,
+                          cwd=str(cwd or ROOT), env=env, timeout=600, check=False)
+
+
+def cli_build(out: Path, inputs: Path, runtime: str) -> Built:
+    done = run_cli("package", "-o", str(out), "--runtime", runtime, "--json", "--quiet",
+                   "--plugin", str(inputs / "marker_plugin.py"), "--plugin", str(inputs / "acme_plugins"),
+                   "--config", str(inputs / "fgext.json"), "--requirement", "six>=1.16")
+    assert done.returncode == 0, done.stderr
+    return Built(out, json.loads(done.stdout), inputs)
+
+
+@pytest.fixture(scope="module")
+def zip39(pip_cache: None, inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Python3.9, through the command line, resolved by the 3.9 interpreter's own pip."""
+    if PY39 is None:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    return cli_build(tmp_path_factory.mktemp("b39") / "fgext-py39.zip", inputs, "Python3.9")
+
+
+@pytest.fixture(scope="module")
+def zip310(pip_cache: None, inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Python3.10 through the API and the *running* pip (3.11) cross-target: the marker check must add
+    what pip's own marker evaluation leaves out."""
+    if PY310 is None:
+        pytest.skip("no Python 3.10 interpreter on this machine")
+    out = tmp_path_factory.mktemp("b310") / "fgext-py310.zip"
+    result: BuildResult = build(BuildOptions(
+        output=out, runtime="Python3.10", use_target_pip=False,
+        plugins=[inputs / "marker_plugin.py", inputs / "acme_plugins"], config=inputs / "fgext.json"))
+    return Built(out, json.loads(json.dumps(result.to_dict(), default=lambda o: o.__dict__)), inputs)
+
+
+def unpack(built: Built, into: Path) -> Path:
+    """Unpack with Info-ZIP's unzip, as a Linux platform would, so stored mode bits are applied."""
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["unzip", "-q", str(built.path), "-d", str(into)], check=True, timeout=120)
+    return into / "extension"
+
+
+def magic_number(python: str) -> bytes:
+    done = subprocess.run([python, "-I", "-c", "import importlib.util,sys;"
+                           "sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return bytes.fromhex(done.stdout)
+
+
+class TestTargetResolution:
+    def test_wheel_tags_match_python39_x86_64(self, zip39: Built) -> None:
+        """Every wheel is pure Python or built for CPython 3.9 (or abi3) on manylinux x86_64."""
+        for dist in zip39.report["distributions"]:
+            python, abi, platform = dist["tags"].split("-")
+            assert python in ("py3", "py2.py3", "cp39") or python.startswith("cp3"), dist
+            assert abi in ("none", "abi3", "cp39"), dist
+            assert platform == "any" or all(p.startswith("manylinux") and p.endswith("_x86_64")
+                                            for p in platform.split(".")), dist
+        sos = [n for n in zip39.names() if n.endswith(".so")]
+        assert sos and all("cpython-39-x86_64-linux-gnu" in n or ".abi3." in n for n in sos)
+
+    def test_wheel_tags_match_python310(self, zip310: Built) -> None:
+        """The 3.10 zip carries cp310 extension modules, never the building interpreter's cp311."""
+        sos = [n for n in zip310.names() if n.endswith(".so")]
+        assert sos and all("cpython-310-x86_64-linux-gnu" in n or ".abi3." in n for n in sos)
+        assert not any("cpython-311" in n for n in zip310.names())
+
+    def test_async_timeout_present_for_39_and_310(self, zip39: Built, zip310: Built) -> None:
+        """aiohttp's ``async-timeout; python_version < '3.11'`` is honoured for both older targets."""
+        assert "async-timeout" in zip39.versions()
+        assert "async-timeout" in zip310.versions()
+        assert any(n.startswith("extension/fgext-lib/async_timeout/") for n in zip310.names())
+
+    def test_cross_target_pip_needed_the_marker_round(self, zip310: Built) -> None:
+        """Resolving 3.10 with the running pip takes a second round exactly when the running Python (3.11+)
+        drops the ``python_version < '3.11'`` requirements the target needs."""
+        assert zip310.report["resolver"]["mode"] == "pip-cross"
+        assert (zip310.report["resolver"]["rounds"] >= 2) is (sys.version_info >= (3, 11))
+
+    def test_python39_gets_the_opentelemetry_line_that_supports_it(self, zip39: Built, zip310: Built) -> None:
+        """opentelemetry after 1.41.x needs Python >= 3.10: the 3.9 zip stays on 1.41.x, all parts alike."""
+        v39 = zip39.versions()
+        assert v39["opentelemetry-sdk"].startswith("1.41.")
+        for name in ("opentelemetry-api", "opentelemetry-exporter-otlp-proto-http", "opentelemetry-proto"):
+            assert v39[name] == v39["opentelemetry-sdk"], name
+        assert Version(zip310.versions()["opentelemetry-sdk"]) >= Version(v39["opentelemetry-sdk"])
+
+    def test_grpc_exporter_only_on_request(self, zip39: Built) -> None:
+        """The default zip has the OTLP/HTTP exporter and structlog but no gRPC exporter or grpcio."""
+        versions = zip39.versions()
+        assert {"aiohttp", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http",
+                "structlog", "fgext"} <= set(versions)
+        assert "opentelemetry-exporter-otlp-proto-grpc" not in versions and "grpcio" not in versions
+
+
+class TestLayout:
+    def test_launcher_is_the_repository_file_with_mode_0755(self, zip39: Built) -> None:
+        """extension/extensionFgext.sh is byte-identical to the repository's launcher and stored as 0755."""
+        with zip39.zip() as archive:
+            info = archive.getinfo("extension/extensionFgext.sh")
+            assert info.create_system == 3
+            assert info.external_attr >> 16 == stat.S_IFREG | 0o755
+            assert archive.read(info) == LAUNCHER.read_bytes()
+
+    def test_plugins_and_config_are_included(self, zip39: Built) -> None:
+        """Plugin module and package land in fgext-plugins (without '~' files); the config is verbatim."""
+        names = zip39.names()
+        assert "extension/fgext-plugins/marker_plugin.py" in names
+        assert "extension/fgext-plugins/acme_plugins/__init__.py" in names
+        assert "extension/fgext-plugins/acme_plugins/helpers.py" in names
+        with zip39.zip() as archive:
+            assert archive.read("extension/fgext.json") == (zip39.inputs / "fgext.json").read_bytes()
+        assert not any(n.rstrip("/").endswith("~") for n in names)
+
+    def test_extra_requirement_is_installed_into_fgext_lib(self, zip39: Built) -> None:
+        """--requirement adds a distribution (with its metadata) to fgext-lib."""
+        assert "six" in zip39.versions()
+        assert "extension/fgext-lib/six.py" in zip39.names()
+        assert any(n.startswith("extension/fgext-lib/six-") and n.endswith(".dist-info/METADATA")
+                   for n in zip39.names())
+
+    def test_no_tests_no_foreign_bytecode_no_record(self, zip39: Built) -> None:
+        """No tests folders, no byte code of other interpreters, no RECORD; the packager stays out."""
+        names = zip39.names()
+        assert not any("/tests/" in n or "/test/" in n for n in names)
+        pycs = [n for n in names if n.endswith(".pyc")]
+        assert pycs and all(".cpython-39." in n and "/__pycache__/" in n for n in pycs)
+        assert not any(n.endswith((".dist-info/RECORD", ".pyi", ".c")) for n in names)
+        assert not any(n.startswith("extension/fgext-lib/fgext/packager") for n in names)
+
+    def test_entries_sorted_with_fixed_timestamps(self, zip39: Built) -> None:
+        """Members are in name order and all carry the same fixed date."""
+        with zip39.zip() as archive:
+            infos = archive.infolist()
+        assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+        assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+
+    def test_deterministic_rebuild(self, zip39: Built, tmp_path: Path) -> None:
+        """Building again from the same inputs gives a byte-identical zip."""
+        again = cli_build(tmp_path / "again.zip", zip39.inputs, "Python3.9")
+        assert again.path.read_bytes() == zip39.path.read_bytes()
+        assert again.report["sha256"] == zip39.report["sha256"]
+
+    def test_bytecode_is_unchecked_hash_for_the_target(self, zip39: Built, zip310: Built) -> None:
+        """Every .pyc starts with the target interpreter's magic number and the unchecked-hash flags."""
+        assert PY39 is not None and PY310 is not None
+        for built, python in ((zip39, PY39), (zip310, PY310)):
+            magic = magic_number(python)
+            with built.zip() as archive:
+                pycs = [n for n in archive.namelist() if n.endswith(".pyc")]
+                assert len(pycs) == built.report["bytecode"]["compiled"] > 100
+                for name in pycs:
+                    header = archive.read(name)[:8]
+                    assert header[:4] == magic, name
+                    assert int.from_bytes(header[4:8], "little") == 0b01, name  # hash-based, unchecked
+
+    def test_report_names_sizes_and_contributors(self, zip39: Built) -> None:
+        """The JSON report carries sizes that match the file and the largest contributors first."""
+        report = zip39.report
+        assert report["compressed"] == zip39.path.stat().st_size
+        with zip39.zip() as archive:
+            files = [i for i in archive.infolist() if not i.is_dir()]
+        assert report["files"] == len(files)
+        assert report["unpacked"] == sum(i.file_size for i in files)
+        sizes = [c["unpacked"] for c in report["contributors"]]
+        assert sizes == sorted(sizes, reverse=True)
+        assert report["contributors"][0]["name"].startswith("aiohttp ")
+        assert report["needs_obs"] is False and report["warnings"] == []
+
+    def test_check_passes_the_built_zips(self, zip39: Built, zip310: Built) -> None:
+        """``fgext check`` finds nothing wrong in what ``fgext package`` built."""
+        for built, runtime in ((zip39, "Python3.9"), (zip310, "Python3.10")):
+            done = run_cli("check", str(built.path), "--runtime", runtime, "--strict")
+            assert done.returncode == 0, done.stdout
+            assert done.stdout.strip().endswith(": ok")
+
+
+class TestUnpackedTree:
+    @needs_py39
+    def test_imports_with_nothing_but_the_zip(self, zip39: Built, tmp_path: Path) -> None:
+        """Python 3.9 without site-packages imports fgext and its stack from fgext-lib, metadata included."""
+        assert PY39 is not None
+        extension = unpack(zip39, tmp_path)
+        code = (
+            "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "import fgext, aiohttp.web, opentelemetry.sdk.trace, structlog, async_timeout, marker_plugin\n"
+            "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n"
+            "from opentelemetry.util._importlib_metadata import entry_points, version\n"
+            "from fgext._discovery import _entry_points\n"
+            "import json\n"
+            "print(json.dumps({'fgext': fgext.__file__, 'aiohttp': aiohttp.__file__,\n"
+            "  'sdk': version('opentelemetry-sdk'),\n"
+            "  'contexts': sorted(e.name for e in entry_points(group='opentelemetry_context')),\n"
+            "  'fgext_plugins': sorted(_entry_points()), 'site': 'site' in sys.modules}))\n"
+        )
+        done = subprocess.run([PY39, "-S", "-E", "-c", code, str(extension / "fgext-lib"),
+                               str(extension / "fgext-plugins")], capture_output=True, text=True,
+                              timeout=60, check=False, env={"PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        assert seen["fgext"].startswith(str(extension / "fgext-lib"))
+        assert seen["aiohttp"].startswith(str(extension / "fgext-lib"))
+        assert seen["sdk"] == zip39.versions()["opentelemetry-sdk"]
+        assert "contextvars_context" in seen["contexts"]
+        assert "jsonl" in seen["fgext_plugins"]
+        assert seen["site"] is False
+
+    @needs_py39
+    def test_shipped_bytecode_is_used_without_checking_sources(self, zip39: Built, tmp_path: Path) -> None:
+        """A source changed after unpacking is not recompiled: the interpreter runs the shipped .pyc."""
+        assert PY39 is not None
+        lib = unpack(zip39, tmp_path) / "fgext-lib"
+        source = lib / "async_timeout" / "__init__.py"
+        source.write_text("raise RuntimeError('the source was compiled instead of the shipped .pyc')\n")
+        done = subprocess.run([PY39, "-S", "-E", "-B", "-c",
+                               "import sys; sys.path.insert(0, sys.argv[1]); import async_timeout; "
+                               "print(async_timeout.timeout)", str(lib)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+
+    @needs_py39
+    @pytest.mark.agent
+    def test_launcher_registers_from_a_read_only_unpacked_zip(
+            self, zip39: Built, tmp_path: Path, port_range_lock: None) -> None:
+        """Unpacked read-only, the zip's launcher starts the agent on 3.9 without site-packages; it registers
+        and starts the shipped plugin with the shipped config."""
+        assert PY39 is not None
+        extension = unpack(zip39, tmp_path / "code")
+        wrapper = tmp_path / "python3.9-nosite"
+        wrapper.write_text(f'#!/bin/sh\nexec {PY39} -S "$@"\n')
+        wrapper.chmod(0o755)
+        marker = json.loads((extension / "fgext.json").read_text())["plugins"]["marker"]["path"]
+        if os.path.exists(marker):
+            os.unlink(marker)
+        subprocess.run(["chmod", "-R", "a-w", str(tmp_path / "code")], check=True)
+        platform = RecordingPlatform().start()
+        agent = AgentProcess(tmp_path, {"EXTENSION_API_ADDR": platform.addr, "FGEXT_PYTHON": str(wrapper),
+                                        "FGEXT_PLUGINS": "marker_plugin:MarkerPlugin"},
+                             launcher=extension / "extensionFgext.sh")
+        try:
+            seen = platform.wait_for(lambda r: any(x.path == "/extension/register" for x in r), timeout=30)
+            register = next(x for x in seen if x.path == "/extension/register")
+            assert register.headers["FunctionGraph-Extension-Name"] == "extensionFgext.sh"
+            agent.wait_log("pipeline started", timeout=30)
+            assert Path(marker).read_text() == "started on 3.9"
+        finally:
+            agent.stop()
+            platform.stop()
+            subprocess.run(["chmod", "-R", "u+w", str(tmp_path / "code")], check=False)
+
+
+HAS_EMULATE_AND_OTLP = all(importlib.util.find_spec(m) is not None for m in ("fgext.emulator", "oteltap")) and \
+    (ROOT / "fgext" / "otlp").is_dir()
+
+
+@needs_py39
+@pytest.mark.agent
+@pytest.mark.skipif(not HAS_EMULATE_AND_OTLP, reason="needs fgext.emulator, fgext.otlp and oteltap in this tree")
+def test_zip_under_emulate_sends_spans_to_a_third_party_receiver(
+        zip39: Built, tmp_path: Path, port_range_lock: None) -> None:
+    """`fgext emulate` runs the 3.9 zip without site-packages; spans of the sample function reach oteltap."""
+    wrapper = tmp_path / "python3.9-nosite"
+    wrapper.write_text(f'#!/bin/sh\nexec {PY39} -S "$@"\n')
+    wrapper.chmod(0o755)
+    port = free_port()
+    receiver = subprocess.Popen([sys.executable, "-m", "oteltap", "--port", str(port), "--await-span", "^invoke$"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        done = run_cli("emulate", str(zip39.path), "-n", "2", "--env", f"FGEXT_PYTHON={wrapper}",
+                       "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{port}",
+                       "--env", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "--env", "FGEXT_PLUGINS=otlp")
+        assert done.returncode == 0, done.stdout + done.stderr
+        output, _ = receiver.communicate(timeout=20)
+        assert receiver.returncode == 0, output
+        spans = []
+        for line in output.splitlines():
+            try:
+                spans.append(json.loads(line))
+            except ValueError:
+                continue  # oteltap's own status lines
+        assert any(isinstance(span, dict) and span.get("name") == "invoke" for span in spans), output
+    finally:
+        if receiver.poll() is None:
+            receiver.terminate()
+            try:
+                receiver.wait(10)
+            except subprocess.TimeoutExpired:
+                receiver.kill()
+                receiver.wait(5)
+
+
+class TestCommandLine:
+    @pytest.mark.parametrize("runtime, words", [
+        ("Python2.7", "too old"), ("Python3.6", "too old"), ("Node.js14", "Python runtime"),
+        ("Java11", "Python runtime"), ("Python3.11", "not a FunctionGraph runtime"),
+    ])
+    def test_unsupported_runtime_says_what_to_do(self, runtime: str, words: str, tmp_path: Path) -> None:
+        """An unsupported runtime exits 2 with a message naming the supported ones, no traceback."""
+        done = run_cli("package", "-o", str(tmp_path / "x.zip"), "--runtime", runtime)
+        assert done.returncode == 2
+        assert words in done.stderr and "Python3.9" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert not (tmp_path / "x.zip").exists()
+
+    @pytest.mark.parametrize("flag, value, words", [
+        ("--name", "fgext.sh", "extension*.sh"),
+        ("--name", "extension/evil.sh", "extension*.sh"),
+        ("--plugin", "/nonexistent/plugin.py", "no such file"),
+        ("--requirement", "not a valid ((requirement", "not a valid requirement"),
+        ("--python", "/bin/true", "not a Python interpreter"),
+    ])
+    def test_bad_flags_are_usage_errors(self, flag: str, value: str, words: str, tmp_path: Path) -> None:
+        """Bad flag values exit 2 with a message that names the flag, before any download."""
+        done = run_cli("package", "-o", str(tmp_path / "x.zip"), flag, value)
+        assert done.returncode == 2, done.stderr
+        assert words in done.stderr and "Traceback" not in done.stderr
+
+    def test_bad_config_is_a_usage_error(self, tmp_path: Path) -> None:
+        """A config file that is not a JSON object is refused with exit 2."""
+        config = tmp_path / "fgext.json"
+        config.write_text("[1, 2")
+        done = run_cli("package", "-o", str(tmp_path / "x.zip"), "--config", str(config))
+        assert done.returncode == 2 and "not valid JSON" in done.stderr
+
+    @needs_py310
+    def test_python_of_the_wrong_version_is_refused(self, tmp_path: Path) -> None:
+        """--python must be an interpreter of the target's version."""
+        assert PY310 is not None
+        done = run_cli("package", "-o", str(tmp_path / "x.zip"), "--runtime", "Python3.9", "--python", PY310)
+        assert done.returncode == 2 and "needs Python 3.9" in done.stderr
+
+
+def test_launcher_and_constraints_ship_as_package_data() -> None:
+    """The launcher and packaging/ are reachable through fgext/packager/_data, as a wheel would carry them."""
+    from fgext.packager import _assets
+
+    assert _assets.launcher().read_bytes() == LAUNCHER.read_bytes()
+    constraints = _assets.constraints_file("Python3.9")
+    assert constraints is not None and "opentelemetry-sdk<1.42" in constraints.read_text()
+    assert shutil.which("unzip"), "the end-to-end tests unpack with Info-ZIP's unzip"
+
+
+@pytest.mark.skipif('"fgext.packager"' not in (ROOT / "pyproject.toml").read_text(),
+                    reason="pyproject.toml has no package-data entry for fgext.packager yet")
+def test_wheel_of_the_repository_carries_launcher_and_constraints(tmp_path: Path) -> None:
+    """``pip wheel .`` of the repository ships the launcher and packaging/ so an installed fgext can build."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
+                           str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PIP_CACHE_DIR": PIP_CACHE}, check=False)
+    assert done.returncode == 0, done.stderr
+    wheel = next((tmp_path / "dist").glob("fgext-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        launcher = archive.read("fgext/packager/_data/extensionFgext.sh")
+    assert launcher == LAUNCHER.read_bytes()
+    assert "fgext/packager/_data/packaging/constraints/Python3.9.txt" in names
