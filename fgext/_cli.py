@@ -74,4 +74,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `fgext package | head`: the reader left; that is not an error of ours to report.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return int(result) if isinstance(result, int) else 0

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python packaging/bench_coldstart.py --python /root/.pyenv/versions/3.9.18/bin/python3.9 \
+    python bench/zip_coldstart.py --python /root/.pyenv/versions/3.9.18/bin/python3.9 \
         --runs 15 WITH.zip SOURCE_ONLY.zip
 
 For each zip: unpack it with ``unzip`` into a fresh folder, make the tree read-only (as the sandbox's code
