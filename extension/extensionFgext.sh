@@ -4,16 +4,26 @@
 # The platform identifies an extension by this script's full file name, hence FGEXT_NAME.
 set -eu
 
-here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
-FGEXT_NAME=$(basename -- "$0")
+# Parameter expansion instead of dirname/basename: two fewer processes on every cold start.
+case "$0" in
+    */*) dir="${0%/*}" ;;
+    *) dir=. ;;
+esac
+here=$(CDPATH= cd -- "$dir" && pwd)
+FGEXT_NAME="${0##*/}"
 FGEXT_HOME="$here"
 export FGEXT_NAME FGEXT_HOME
 
 # A packaged zip carries the agent and its libraries beside this script (fgext-lib) and the user's
 # plugins in fgext-plugins; a source checkout has the fgext package one level up.
 libpath=""
+site_flag=""
 if [ -d "$here/fgext-lib" ]; then
     libpath="$here/fgext-lib"
+    # Everything the agent needs is in fgext-lib: skipping the runtime's site-packages scan (-S)
+    # saves milliseconds of every cold start and keeps the runtime's packages out of the agent.
+    # FGEXT_PYTHON_FLAGS replaces it (set it empty to keep site-packages).
+    site_flag="${FGEXT_PYTHON_FLAGS--S}"
 elif [ -f "$here/../fgext/__init__.py" ]; then
     libpath=$(CDPATH= cd -- "$here/.." && pwd)
 fi
@@ -54,4 +64,4 @@ fi
 PYTHONDONTWRITEBYTECODE=1
 PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE PYTHONUNBUFFERED
-exec "$python" -m fgext run
+exec "$python" $site_flag -m fgext run

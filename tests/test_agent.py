@@ -85,7 +85,7 @@ class TestRegistration:
         launcher = unpacked / "extension_1.sh"
         launcher.write_bytes(LAUNCHER.read_bytes())
         launcher.chmod(0o755)
-        (unpacked / "fgext-lib").symlink_to(ROOT)
+        (unpacked.parent / "fgext").symlink_to(ROOT / "fgext")  # a checkout's layout, elsewhere
         agents(jsonl_env(platform, tmp_path / "o.jsonl"), launcher=launcher)
         seen = platform.wait_for(lambda r: len(r) >= 1)
         assert seen[0].headers["FunctionGraph-Extension-Name"] == "extension_1.sh"

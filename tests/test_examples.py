@@ -195,6 +195,8 @@ class TestPrefetchConfig:
         home = tmp_path / "unpacked" / "extension"
         (home / "fgext-plugins").mkdir(parents=True)
         (home / "fgext-plugins" / "prefetch_config.py").write_bytes((EXAMPLES / "prefetch_config.py").read_bytes())
+        # The source tree stands in for fgext-lib; its dependencies are in this interpreter's
+        # site-packages, which the launcher skips for a real fgext-lib unless told otherwise.
         (home / "fgext-lib").symlink_to(ROOT)
         launcher = home / "extensionFgext.sh"
         launcher.write_bytes(LAUNCHER.read_bytes())
@@ -210,7 +212,7 @@ class TestPrefetchConfig:
         try:
             agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "prefetch_config:ext",
                             "FGEXT_PREFETCH_URL": server.url, "FGEXT_PREFETCH_PATH": str(path),
-                            "FGEXT_PREFETCH_TTL": "0"}, launcher=launcher)
+                            "FGEXT_PREFETCH_TTL": "0", "FGEXT_PYTHON_FLAGS": ""}, launcher=launcher)
             agent.wait_log("pipeline started")
             assert json.loads(path.read_text())["version"] == 1
             port = int(agent.wait_log("listening")["address"].rsplit(":", 1)[1])

@@ -272,14 +272,16 @@ class TestAsAgent:
         home = tmp_path / "unpacked" / "extension"
         (home / "fgext-plugins").mkdir(parents=True)
         (home / "fgext-plugins" / "myext.py").write_text(EXTENSION_SOURCE)
+        # The source tree stands in for fgext-lib; its dependencies are in this interpreter's
+        # site-packages, which the launcher skips for a real fgext-lib unless told otherwise.
         (home / "fgext-lib").symlink_to(ROOT)
         launcher = home / "extensionFgext.sh"
         launcher.write_bytes(LAUNCHER.read_bytes())
         launcher.chmod(0o755)
         out = tmp_path / "mine.jsonl"
         agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "myext:ext,jsonl",
-                        "FGEXT_MINE_OUT": str(out), "FGEXT_JSONL_PATH": str(tmp_path / "all.jsonl")},
-                       launcher=launcher)
+                        "FGEXT_MINE_OUT": str(out), "FGEXT_JSONL_PATH": str(tmp_path / "all.jsonl"),
+                        "FGEXT_PYTHON_FLAGS": ""}, launcher=launcher)
         lines = drive(agent, out)
         assert lines[1:] == [{"invoke": "req-1"},
                              {"telemetry": ["platform.initStart", "HELLO", "platform.initReport"]}, {"shutdown": True}]
