@@ -7,7 +7,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -21,8 +21,8 @@ from tests.test_otlp_plugin import (
     free_port,
     invocation,
     metric_value,
-    oteltap_executable,
     roots,
+    tap_factory,  # noqa: F401 - a fixture, used through ``taps``
 )
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
@@ -30,23 +30,16 @@ Start = Callable[..., AgentProcess]
 
 
 @pytest.fixture
-def taps() -> Iterator[Callable[[int], OtelTap]]:
-    executable = oteltap_executable()
-    if executable is None:
-        pytest.skip("oteltap not found (it needs Python >= 3.10): set FGEXT_TEST_OTELTAP to its executable")
-    started: List[OtelTap] = []
+def taps(request: pytest.FixtureRequest) -> Callable[[int], OtelTap]:
+    """Like ``tap_factory``, each receiver already started (and stopped by it after the test)."""
+    factory: Callable[[int], OtelTap] = request.getfixturevalue("tap_factory")
 
     def make(port: int) -> OtelTap:
-        tap = OtelTap(executable, port)  # type: ignore[arg-type]
-        started.append(tap)
+        tap = factory(port)
         tap.start()
         return tap
 
-    try:
-        yield make
-    finally:
-        for tap in started:
-            tap.stop()
+    return make
 
 
 def otlp_env(platform: RecordingPlatform, collector_port: int, spool: Path, **extra: str) -> Dict[str, str]:
