@@ -51,6 +51,7 @@ class Agent:
 
     def __init__(self, boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> None:
         self.boot = boot
+        self.registration = boot.registration()
         self._given_plugins = list(plugins or [])
         self.settings = boot.settings
         self.log = get_logger()
@@ -135,7 +136,7 @@ class Agent:
         name = plugin.name or type(plugin).__name__
         return PluginContext(
             name=name,
-            registration=self.boot.registration,
+            registration=self.registration,
             config=plugin_config(plugin, self.settings.config, self.settings.environ),
             logger=get_logger(plugin=name),
             stats=self.stats,
@@ -176,8 +177,8 @@ class Agent:
         await runner.setup()
         site = web.SockSite(runner, self.boot.sock)
         await site.start()
-        self.log.info("listening", address=self.boot.registration.address,
-                      subscribed=self.boot.registration.subscribed)
+        self.log.info("listening", address=self.registration.address,
+                      subscribed=self.registration.subscribed)
         try:
             if not self._stop.is_set():
                 try:

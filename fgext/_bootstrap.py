@@ -1,26 +1,30 @@
 """The agent's cold start: bind, register and subscribe with the standard library only.
 
 The platform measures an extension's bootstrap by its registration, and aiohttp alone takes a quarter
-of a second to import, so nothing heavy is imported here. The socket is bound and listening before
-registration: a request that arrives while aiohttp and the plugins load waits in the listen backlog
-and is served as soon as the event loop starts (``web.SockSite`` adopts this very socket).
+of a second to import, so nothing heavy is imported here - not even ``typing``, ``dataclasses`` or
+``http.client`` (see :mod:`fgext._http`). The socket is bound and listening before registration: a
+request that arrives while aiohttp and the plugins load waits in the listen backlog and is served as
+soon as the event loop starts (``web.SockSite`` adopts this very socket).
 """
 
 from __future__ import annotations
 
 import errno
-import http.client
 import json
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fgext._config import PORT_RANGE, AgentSettings
 from fgext._errors import ConfigError, FgextError, RegistrationError
-from fgext._plugin import Plugin, RegistrationInfo
+from fgext._http import post
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+    from fgext._plugin import Plugin, RegistrationInfo
 
 __all__ = [
     "Bootstrap",
@@ -38,17 +42,36 @@ _BACKOFF_CAP = 1.0
 _ATTEMPT_TIMEOUT_CAP = 3.0
 
 
-@dataclass
 class Bootstrap:
     """What the cold start achieved, handed to the event loop with the bound socket."""
 
-    settings: AgentSettings
-    sock: socket.socket
-    registration: RegistrationInfo
-    exec_monotonic: float
-    registered_after: float  # seconds from process start to the registration answer
-    notes: List[Tuple[str, str, Dict[str, Any]]] = field(default_factory=list)  # (level, event, fields)
-    stop_requested: List[int] = field(default_factory=list)  # signals received before the loop ran
+    def __init__(self, settings: AgentSettings, sock: socket.socket, answer: Dict[str, Any], subscribed: bool,
+                 exec_monotonic: float, registered_after: float, stop_requested: List[int]) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.answer = answer  # the platform's answer to /extension/register
+        self.subscribed = subscribed
+        self.exec_monotonic = exec_monotonic
+        self.registered_after = registered_after  # seconds from process start to the registration answer
+        self.stop_requested = stop_requested  # signals received before the event loop ran
+        self.notes: List[Tuple[str, str, Dict[str, Any]]] = []  # (level, event, fields) to log later
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def registration(self) -> RegistrationInfo:
+        """The plugins' view of the registration (built after the cold start: it needs dataclasses)."""
+        from fgext._plugin import RegistrationInfo
+
+        return RegistrationInfo(
+            extension_name=self.settings.name,
+            address=self.address,
+            function_name=str(self.answer.get("functionName") or ""),
+            function_version=str(self.answer.get("functionVersion") or ""),
+            telemetry_types=self.settings.telemetry_types if self.subscribed else (),
+            subscribed=self.subscribed,
+        )
 
     def note(self, level: str, event: str, **fields: Any) -> None:
         """Remember a log line until structured logging is configured."""
@@ -82,13 +105,7 @@ def bind_listener(port: Optional[int]) -> socket.socket:
 
 def _post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
           timeout: float) -> Tuple[int, bytes]:
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
-        response = connection.getresponse()
-        return response.status, response.read(64 * 1024)
-    finally:
-        connection.close()
+    return post(host, port, path, body, {"Content-Type": "application/json", **headers}, timeout)
 
 
 def _error_text(status: int, body: bytes) -> str:
@@ -109,8 +126,8 @@ def _error_text(status: int, body: bytes) -> str:
     return f"HTTP {status}: {text[:500]}" if text else f"HTTP {status}"
 
 
-def register(settings: AgentSettings, address: str,
-             clock: Any = time.monotonic, sleep: Any = time.sleep) -> Tuple[Dict[str, Any], int]:
+def register(settings: AgentSettings, address: str, clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> Tuple[Dict[str, Any], int]:
     """``POST /extension/register``, retrying transient failures until ``register_timeout``.
 
     Connection errors, time-outs, 429 and 5xx are transient: the platform's API may come up after the
@@ -130,7 +147,7 @@ def register(settings: AgentSettings, address: str,
         try:
             status, body = _post(settings.api_host, settings.api_port, "/extension/register", b"{}", headers,
                                  timeout=max(0.05, min(_ATTEMPT_TIMEOUT_CAP, remaining)))
-        except (OSError, http.client.HTTPException) as error:
+        except OSError as error:
             last = f"{type(error).__name__}: {error}"
         else:
             if status == 200:
@@ -169,7 +186,7 @@ def subscribe(settings: AgentSettings, port: int) -> Tuple[bool, str]:
         try:
             status, answer = _post(settings.api_host, settings.api_port, "/telemetry", body, headers,
                                    timeout=_ATTEMPT_TIMEOUT_CAP)
-        except (OSError, http.client.HTTPException) as error:
+        except OSError as error:
             last = f"{type(error).__name__}: {error}"
         else:
             if status == 200:
@@ -206,18 +223,9 @@ def _bootstrap(exec_monotonic: float) -> Bootstrap:
     if settings.telemetry_types:
         subscribed, refusal = subscribe(settings, port)
 
-    registration = RegistrationInfo(
-        extension_name=settings.name,
-        address=address,
-        function_name=str(answer.get("functionName") or ""),
-        function_version=str(answer.get("functionVersion") or ""),
-        telemetry_types=settings.telemetry_types if subscribed else (),
-        subscribed=subscribed,
-    )
-    boot = Bootstrap(settings=settings, sock=sock, registration=registration, exec_monotonic=exec_monotonic,
-                     registered_after=registered_after, stop_requested=stop_requested)
+    boot = Bootstrap(settings, sock, answer, subscribed, exec_monotonic, registered_after, stop_requested)
     boot.note("info", "registered", address=address, name=settings.name, attempts=attempts,
-              function=registration.function_name, version=registration.function_version,
+              function=str(answer.get("functionName") or ""), version=str(answer.get("functionVersion") or ""),
               registered_ms=round(registered_after * 1000, 1))
     if settings.telemetry_types and not subscribed:
         boot.note("error", "telemetry subscription refused; serving invokes without telemetry",

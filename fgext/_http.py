@@ -1,0 +1,109 @@
+"""One HTTP/1.1 POST over a plain socket: what the cold start needs to register and subscribe.
+
+Why not ``http.client``: importing it costs about 40 ms on the sandbox's fraction of a core (it pulls
+in ``email`` for header parsing and ``ssl`` for HTTPS), which alone is most of the 60 ms budget from
+exec to registration. The Extension API is plain HTTP on the sandbox's own network, one request per
+connection, so this module speaks exactly that: a request with ``Content-Length`` and
+``Connection: close``, and a response read to its end (by ``Content-Length``, chunked, or to EOF).
+Everything after registration uses aiohttp.
+"""
+
+from __future__ import annotations
+
+import socket
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Tuple
+
+__all__ = ["ProtocolError", "post"]
+
+_MAX_RESPONSE = 1024 * 1024
+
+
+class ProtocolError(OSError):
+    """The peer's answer was not HTTP/1.x this client can read; treated like a connection error."""
+
+
+def _dechunk(data: bytes) -> bytes:
+    body = bytearray()
+    position = 0
+    while True:
+        line_end = data.find(b"\r\n", position)
+        if line_end < 0:
+            raise ProtocolError("truncated chunked body")
+        try:
+            size = int(data[position:line_end].split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ProtocolError("malformed chunk size") from None
+        position = line_end + 2
+        if size == 0:
+            return bytes(body)
+        if position + size > len(data):
+            raise ProtocolError("truncated chunked body")
+        body += data[position:position + size]
+        position += size + 2
+
+
+def post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
+         timeout: float) -> Tuple[int, bytes]:
+    """POST ``body`` to ``http://host:port/path``; return the status and the body of the answer.
+
+    Raises ``OSError`` (``ProtocolError`` included) for anything short of a readable answer.
+    """
+    host_header = f"[{host}]" if ":" in host else host
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host_header}:{port}", f"Content-Length: {len(body)}",
+             "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        received = 0
+        while received <= _MAX_RESPONSE:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+            data = b"".join(chunks)
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = _content_length(data[:head_end])
+                if length is not None and len(data) >= head_end + 4 + length:
+                    break
+    data = b"".join(chunks)
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        raise ProtocolError("no complete HTTP response header" if data else "connection closed without an answer")
+    head = data[:head_end].decode("latin-1")
+    status_line, _, header_text = head.partition("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    status = int(parts[1])
+    rest = data[head_end + 4:]
+    fields = {}
+    for line in header_text.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip().lower()] = value.strip()
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        return status, _dechunk(rest)
+    length = _content_length(data[:head_end])
+    if length is not None:
+        if len(rest) < length:
+            raise ProtocolError("connection closed before the whole body arrived")
+        return status, rest[:length]
+    return status, rest
+
+
+def _content_length(head: bytes) -> Optional[int]:
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"content-length":
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ProtocolError("malformed Content-Length") from None
+    return None
