@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
@@ -43,7 +43,7 @@ def port_range_lock() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def stop(proc: "subprocess.Popen[bytes]", sig: int = signal.SIGTERM) -> None:
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -154,7 +154,7 @@ class Sink:
         return items[-1][1] if items else time.monotonic()
 
     def stop(self) -> None:
-        stop(self.proc)  # type: ignore[arg-type]
+        stop(self.proc)
         self._reader.join(5)
 
 
@@ -201,7 +201,7 @@ class AgentUnderTest:
         time.sleep(0.2)
 
     def stop(self) -> None:
-        stop(self.proc)  # type: ignore[arg-type]
+        stop(self.proc)
         self.tmp.cleanup()
 
 
@@ -219,7 +219,7 @@ class FloorServer:
         return self.proc.pid
 
     def stop(self) -> None:
-        stop(self.proc)  # type: ignore[arg-type]
+        stop(self.proc)
 
 
 def python_version(python: str) -> str:

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._agents import (  # noqa: E402
+from bench._agents import (
     AGENT_PORT,
     LAUNCHER,
     ROOT,
@@ -57,8 +57,8 @@ from bench._agents import (  # noqa: E402
     python_version,
     rss_kib,
 )
-from bench._workload import invocation, invoke_body  # noqa: E402
-from tests.platform import RecordingPlatform  # noqa: E402
+from bench._workload import invocation, invoke_body
+from tests.platform import RecordingPlatform
 
 SECTIONS = ("coldstart", "cpu", "memory", "latency", "zip")
 OTLP_IMPORTS = ("import aiohttp.web, opentelemetry.proto.collector.trace.v1.trace_service_pb2, "
@@ -73,7 +73,7 @@ def progress(message: str) -> None:
 
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
 
 
@@ -144,7 +144,7 @@ async def post_all(port: int, bodies: List[Tuple[str, bytes]], concurrency: int)
     import aiohttp
 
     latencies: List[float] = []
-    queue: "asyncio.Queue[Tuple[str, bytes]]" = asyncio.Queue()
+    queue: asyncio.Queue[Tuple[str, bytes]] = asyncio.Queue()
     for item in bodies:
         queue.put_nowait(item)
     headers = {"Content-Type": "application/json"}
@@ -187,6 +187,31 @@ def _drive(target_pid: int, port: int, bodies: List[Tuple[str, bytes]], concurre
     return finished - started, cpu_seconds(target_pid) - cpu0
 
 
+def _agent_load(python: str, bodies: List[Tuple[str, bytes]], warm: List[Tuple[str, bytes]], concurrency: int,
+                flush: str) -> Tuple[float, float, int]:
+    sink = Sink()
+    platform = RecordingPlatform().start()
+    try:
+        with port_range_lock():
+            agent = AgentUnderTest(python, platform.addr, "otlp",
+                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                                    "FGEXT_FLUSH": flush})
+            try:
+                agent.wait_ready()
+                asyncio.run(post_all(agent.port, warm, concurrency))
+                sink.wait_quiet(quiet=1.5 if flush != "end" else 0.5)
+                # the drain waits for the sink to go quiet: longer than a periodic flush's interval
+                wall, cpu = _drive(agent.pid, agent.port, bodies, concurrency,
+                                   lambda: sink.wait_quiet(quiet=1.5 if flush != "end" else 0.5))
+                exported = sum(1 for path, _, _ in sink.snapshot() if path == "/v1/logs")
+            finally:
+                agent.stop()
+    finally:
+        platform.stop()
+        sink.stop()
+    return wall, cpu, exported
+
+
 def bench_cpu(python: str, batches: int, lines: int, concurrency: int) -> Dict[str, float]:
     warm, _ = telemetry_bodies(10_000_000, 20, lines)
     bodies, events = telemetry_bodies(0, batches, lines)
@@ -197,31 +222,19 @@ def bench_cpu(python: str, batches: int, lines: int, concurrency: int) -> Dict[s
         floor_wall, floor_cpu = _drive(floor.pid, floor.port, bodies, concurrency, time.monotonic)
     finally:
         floor.stop()
-    progress("per-event CPU: agent with OTLP")
-    sink = Sink()
-    platform = RecordingPlatform().start()
-    try:
-        with port_range_lock():
-            agent = AgentUnderTest(python, platform.addr, "otlp",
-                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
-            try:
-                agent.wait_ready()
-                asyncio.run(post_all(agent.port, warm, concurrency))
-                sink.wait_quiet()
-                agent_wall, agent_cpu = _drive(agent.pid, agent.port, bodies, concurrency,
-                                               lambda: sink.wait_quiet())
-                exported = sum(1 for path, _, _ in sink.snapshot() if path == "/v1/logs")
-            finally:
-                agent.stop()
-    finally:
-        platform.stop()
-        sink.stop()
+    progress("per-event CPU: agent with OTLP (FGEXT_FLUSH=end, the default)")
+    agent_wall, agent_cpu, exported = _agent_load(python, bodies, warm, concurrency, "end")
+    progress("per-event CPU: agent with OTLP (FGEXT_FLUSH=periodically,1000)")
+    periodic_wall, periodic_cpu, _ = _agent_load(python, bodies, warm, concurrency, "periodically,1000")
     floor_rate, agent_rate = events / floor_wall, events / agent_wall
     return {"events": events, "floor_events_per_s": floor_rate, "floor_cpu_us_per_event": floor_cpu / events * 1e6,
             "agent_events_per_s": agent_rate, "agent_cpu_us_per_event": agent_cpu / events * 1e6,
             "agent_over_floor_events_per_s": agent_rate / floor_rate,
             "agent_over_floor_cpu_per_event": (agent_cpu / events) / max(floor_cpu / events, 1e-9),
-            "log_exports_seen": exported}
+            "log_exports_seen": exported,
+            "periodic_cpu_us_per_event": periodic_cpu / events * 1e6,
+            # the drain includes up to one flush interval of waiting: a lower bound on throughput
+            "periodic_events_per_s_incl_drain": events / periodic_wall}
 
 
 # ------------------------------------------------------------------------------------------ 3 memory
@@ -235,31 +248,38 @@ def _invocations(first: int, count: int, lines: int) -> List[Tuple[str, bytes]]:
     return bodies
 
 
-def bench_memory(python: str, first: int, second: int, lines: int) -> Dict[str, float]:
-    progress(f"memory: {first} then {second} invocations with {lines} log lines each")
+def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[str, float]:
+    """RSS after start and at each checkpoint (invocations so far); the first two are the targets' 1,000 and
+    10,000, later ones show whether growth levels off once the bounded caches are full."""
+    progress(f"memory: RSS at {', '.join(map(str, checkpoints))} invocations with {lines} log lines each")
     sink = Sink()
     platform = RecordingPlatform().start()
+    out: Dict[str, float] = {}
     try:
         with port_range_lock():
             agent = AgentUnderTest(python, platform.addr, "otlp",
                                    {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
             try:
                 agent.wait_ready()
-                start_rss, _ = rss_kib(agent.pid)
-                asyncio.run(post_all(agent.port, _invocations(0, first, lines), 2))
-                sink.wait_quiet()
-                first_rss, _ = rss_kib(agent.pid)
-                asyncio.run(post_all(agent.port, _invocations(first, second - first, lines), 2))
-                sink.wait_quiet()
-                second_rss, peak = rss_kib(agent.pid)
+                out["rss_start_mb"] = rss_kib(agent.pid)[0] / 1024
+                done = 0
+                for checkpoint in checkpoints:
+                    asyncio.run(post_all(agent.port, _invocations(done, checkpoint - done, lines), 2))
+                    done = checkpoint
+                    sink.wait_quiet()
+                    out[f"rss_after_{checkpoint}_mb"] = rss_kib(agent.pid)[0] / 1024
+                out["rss_peak_mb"] = rss_kib(agent.pid)[1] / 1024
             finally:
                 agent.stop()
     finally:
         platform.stop()
         sink.stop()
-    return {"invocations_first": first, "invocations_second": second, "rss_start_mb": start_rss / 1024,
-            "rss_first_mb": first_rss / 1024, "rss_second_mb": second_rss / 1024, "rss_peak_mb": peak / 1024,
-            "growth_first_to_second_mb": (second_rss - first_rss) / 1024}
+    first, second = checkpoints[0], checkpoints[1]
+    out["growth_first_to_second_mb"] = out[f"rss_after_{second}_mb"] - out[f"rss_after_{first}_mb"]
+    out["rss_steady_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"]
+    if len(checkpoints) > 2:
+        out["growth_second_to_last_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"] - out[f"rss_after_{second}_mb"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------- 4 latency
@@ -287,6 +307,7 @@ def bench_latency(python: str, invokes: int, concurrency: int, flushes: int) -> 
     try:
         asyncio.run(post_all(floor.port, bodies[:50], concurrency))
         floor_lat = asyncio.run(post_all(floor.port, bodies, concurrency))
+        floor_seq = asyncio.run(post_all(floor.port, bodies[: len(bodies) // 5], 1))
     finally:
         floor.stop()
     progress(f"invoke latency and end flush ({flushes} invocations of 100 events): agent with OTLP")
@@ -300,6 +321,7 @@ def bench_latency(python: str, invokes: int, concurrency: int, flushes: int) -> 
                 agent.wait_ready()
                 asyncio.run(post_all(agent.port, bodies[:50], concurrency))
                 agent_lat = asyncio.run(post_all(agent.port, bodies, concurrency))
+                agent_seq = asyncio.run(post_all(agent.port, bodies[: len(bodies) // 5], 1))
                 _end_flush(agent, sink, 5_000_000, 100)  # warm-up: the exporter's connections
                 flush = [_end_flush(agent, sink, 5_000_001 + i, 100) for i in range(flushes)]
             finally:
@@ -311,6 +333,10 @@ def bench_latency(python: str, invokes: int, concurrency: int, flushes: int) -> 
             "floor_invoke_p50_ms": statistics.median(floor_lat), "floor_invoke_p99_ms": percentile(floor_lat, 99),
             "agent_invoke_p50_ms": statistics.median(agent_lat), "agent_invoke_p99_ms": percentile(agent_lat, 99),
             "agent_over_floor_invoke_p99": percentile(agent_lat, 99) / percentile(floor_lat, 99),
+            "floor_sequential_p50_ms": statistics.median(floor_seq),
+            "floor_sequential_p99_ms": percentile(floor_seq, 99),
+            "agent_sequential_p50_ms": statistics.median(agent_seq),
+            "agent_sequential_p99_ms": percentile(agent_seq, 99),
             "end_flushes": flushes, "end_flush_p50_ms": statistics.median(flush),
             "end_flush_p99_ms": percentile(flush, 99)}
 
@@ -339,7 +365,7 @@ def build_zip(python39: str) -> Path:
         env = {**os.environ, "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR", "/tmp/fgext-pip-cache")}
         partial = target.with_suffix(".part.zip")
         subprocess.run([sys.executable, "-m", "fgext", "package", "-o", str(partial), "--python", python39, "-q"],
-                       cwd=str(ROOT), env=env, check=True, timeout=900)
+                       cwd=str(ROOT), env=env, check=True, timeout=900, stdout=subprocess.DEVNULL)
         partial.rename(target)
     return target
 
@@ -397,7 +423,7 @@ TARGETS: List[Tuple[str, str, str, float, str]] = [
     ("coldstart", "otlp_first_batch_over_import_floor", "<=", 1.2,
      "ready for telemetry within 1.2x import floor (aiohttp.web + OTLP protobuf)"),
     ("cpu", "agent_over_floor_events_per_s", ">=", 0.5, "at least half the floor's events/s"),
-    ("memory", "rss_second_mb", "<", 45.0, "RSS under 45 MB at steady state"),
+    ("memory", "rss_steady_mb", "<", 45.0, "RSS under 45 MB at steady state"),
     ("memory", "growth_first_to_second_mb", "<", 2.0, "RSS growth 1,000 -> 10,000 under 2 MB"),
     ("latency", "agent_invoke_p99_ms", "<", 2.0, "p99 invoke answer under 2 ms"),
     ("latency", "end_flush_p99_ms", "<", 20.0, "end flush p99 under 20 ms (100 events)"),
@@ -480,7 +506,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
-    pythons = [os.path.abspath(p) if os.sep in p else (shutil.which(p) or p) for p in (args.python or default_pythons())]
+    pythons = [os.path.abspath(p) if os.sep in p else (shutil.which(p) or p)
+               for p in (args.python or default_pythons())]
     for python in pythons:
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
             parser.error(f"--python {python}: not an executable file")
@@ -500,8 +527,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "cpu" in only:
             sections["cpu"] = bench_cpu(python, 30 if smoke else 1500, 20, 4)
         if "memory" in only:
-            sections["memory"] = (bench_memory(python, 20, 60, 5) if smoke else
-                                  bench_memory(python, 1000, 10_000, 5))
+            sections["memory"] = (bench_memory(python, (20, 60), 5) if smoke else
+                                  bench_memory(python, (1000, 10_000, 20_000), 5))
         if "latency" in only:
             sections["latency"] = (bench_latency(python, 100, 8, 5) if smoke else
                                    bench_latency(python, 5000, 8, 100))

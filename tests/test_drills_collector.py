@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -34,9 +34,11 @@ pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]
 
 HANDLER = '''
+import time
 def handler(event, context):
     for line in range(3):
-        print(f"[Function]INFO drill {event['n']} line {line}")
+        print(f"[Function]INFO drill {event['n']} line {line}", flush=True)
+        time.sleep(event.get("pause", 0))
     return {"n": event["n"]}
 '''
 
