@@ -130,6 +130,7 @@ class ScriptedCollector:
             return web.Response(status=200, content_type="application/x-protobuf")
 
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # the clean-up's gather() looks for this thread's loop
         self._loop = loop
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/{tail:.*}", handle)
