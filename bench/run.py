@@ -109,30 +109,38 @@ def one_launch(python: str, platform: RecordingPlatform, plugins: str, launcher:
 
 
 def launches(python: str, plugins: str, runs: int, launcher: Path = LAUNCHER,
-             extra: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+             extra: Optional[Dict[str, str]] = None, floor: Optional[Tuple[str, str, Sequence[str]]] = None,
+             ) -> Dict[str, float]:
+    """Medians of ``runs`` launches; with ``floor`` (interpreter, code, its flags), that import floor is timed
+    right before each launch, so both see the same load from whatever else runs on the machine."""
     platform = RecordingPlatform().start()
+    samples: List[Dict[str, float]] = []
     try:
         with port_range_lock():
             one_launch(python, platform, plugins, launcher, extra)  # warm the page cache
-            samples = [one_launch(python, platform, plugins, launcher, extra) for _ in range(runs)]
+            for _ in range(runs):
+                sample = {}
+                if floor is not None:
+                    sample["floor_ms"] = floor_ms(floor[0], floor[1], 1, floor[2])
+                sample.update(one_launch(python, platform, plugins, launcher, extra))
+                samples.append(sample)
     finally:
         platform.stop()
     return {key: statistics.median(s[key] for s in samples) for key in samples[0]}
 
 
 def bench_coldstart(python: str, runs: int) -> Dict[str, float]:
-    progress("cold start floors")
-    out = {"floor_python_pass_ms": floor_ms(python, "pass", runs),
-           "floor_import_aiohttp_web_ms": floor_ms(python, "import aiohttp.web", runs),
-           "floor_import_otlp_deps_ms": floor_ms(python, OTLP_IMPORTS, runs)}
-    for label, plugins in (("bare", ""), ("otlp", "otlp")):
-        progress(f"cold start, plugins={plugins or '(none)'}")
-        for key, value in launches(python, plugins, runs).items():
+    progress("cold start floor: python -c pass")
+    out = {"floor_python_pass_ms": floor_ms(python, "pass", runs)}
+    for label, plugins, code in (("bare", "", "import aiohttp.web"), ("otlp", "otlp", OTLP_IMPORTS)):
+        progress(f"cold start, plugins={plugins or '(none)'}, interleaved with its import floor")
+        measured = launches(python, plugins, runs, floor=(python, code, ()))
+        out[f"{label}_floor_import_ms"] = measured.pop("floor_ms")
+        for key, value in measured.items():
             out[f"{label}_{key}"] = value
     for label in ("bare", "otlp"):
         out[f"{label}_register_minus_pass_floor_ms"] = out[f"{label}_register_ms"] - out["floor_python_pass_ms"]
-    out["bare_first_batch_over_import_floor"] = out["bare_first_batch_ms"] / out["floor_import_aiohttp_web_ms"]
-    out["otlp_first_batch_over_import_floor"] = out["otlp_first_batch_ms"] / out["floor_import_otlp_deps_ms"]
+        out[f"{label}_first_batch_over_import_floor"] = out[f"{label}_first_batch_ms"] / out[f"{label}_floor_import_ms"]
     return out
 
 
@@ -396,19 +404,18 @@ def bench_zip(python39: str, runs: int) -> Dict[str, float]:
             subprocess.run(["chmod", "-R", "a-w", str(code)], check=True)  # the sandbox's code is read-only
             try:
                 progress(f"zip cold start, {label}")
-                floor = ("import sys; sys.path.insert(0, sys.argv[1]); " + OTLP_IMPORTS)
-                samples = []
-                for _ in range(runs):
-                    started = time.perf_counter()
-                    subprocess.run([python39, "-S", "-E", "-B", "-c", floor, str(lib)], check=True, timeout=60)
-                    samples.append((time.perf_counter() - started) * 1000)
-                out[f"{label}_floor_import_otlp_deps_ms"] = statistics.median(samples)
-                measured = launches(str(wrapper), "otlp", runs, launcher=code / "extension" / "extensionFgext.sh")
+                floor = f"import sys; sys.path.insert(0, {str(lib)!r}); {OTLP_IMPORTS}"
+                measured = launches(str(wrapper), "otlp", runs, launcher=code / "extension" / "extensionFgext.sh",
+                                    floor=(python39, floor, ("-S", "-E", "-B")))
+                out[f"{label}_floor_import_otlp_deps_ms"] = measured.pop("floor_ms")
                 for key, value in measured.items():
                     out[f"{label}_{key}"] = value
             finally:
                 subprocess.run(["chmod", "-R", "u+w", str(code)], check=True)
     out["source_minus_pyc_first_batch_ms"] = out["source_first_batch_ms"] - out["pyc_first_batch_ms"]
+    for label in ("pyc", "source"):
+        out[f"{label}_first_batch_over_import_floor"] = (out[f"{label}_first_batch_ms"]
+                                                         / out[f"{label}_floor_import_otlp_deps_ms"])
     return out
 
 
