@@ -59,7 +59,7 @@ async def post_all(port: int, items: List[Tuple[str, bytes]], concurrency: int =
 def test_twenty_thousand_invocations_all_arrive_and_rss_levels_off(platform: RecordingPlatform, agents: Start,
                                                                 taps: Callable[[int], OtelTap],  # noqa: F811
                                                                 tmp_path: Path) -> None:
-    """20,000 invocations with logs: 20,000 traces at oteltap; RSS from 10,000 to 20,000 grows < 6 MB."""
+    """20,000 invocations with logs: 20,000 traces at oteltap; RSS from 10,000 to 20,000 grows < 8 MB."""
     tap = taps(free_port())
     agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_LOG_LEVEL="warning"))
     port = ready_quiet(agent)
@@ -81,7 +81,7 @@ def test_twenty_thousand_invocations_all_arrive_and_rss_levels_off(platform: Rec
     assert len(ids) == 20_000
     print(f"drill figure: soak 20,000 invocations in {took:.1f} s; RSS MB " +
           ", ".join(f"{n}: {value:.1f}" for n, value in rss.items()))
-    assert rss[20_000] - rss[10_000] < 6, rss
+    assert rss[20_000] - rss[10_000] < 8, rss  # the first 10,000 add ~23 MB: a leak would add as much
     assert max(rss.values()) < 120, rss
     assert agent.stop() == 0
 
