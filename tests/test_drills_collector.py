@@ -188,6 +188,7 @@ def scripted() -> Iterator[ScriptedCollector]:
         collector.stop()
 
 
+@pytest.mark.slow
 def test_429_503_and_timeouts_are_retried_with_bounded_memory(platform: RecordingPlatform, agents: Start,
                                                               scripted: ScriptedCollector, tmp_path: Path) -> None:
     """429 then 503 (Retry-After: 1) then answers slower than the timeout: nothing is sent before
