@@ -1,0 +1,555 @@
+"""fgext's benchmarks, all of them, in one command: a table for a person and JSON for a machine.
+
+    python bench/run.py                        # full run: Python 3.11 (this one) and 3.9, several minutes
+    python bench/run.py --smoke                # seconds: tiny counts, proves the harness works
+    python bench/run.py --python /work/venv39/bin/python --json out.json
+    python bench/run.py --only coldstart,memory
+
+Sections (each a ratio to a floor taken in the same run where the machine's speed matters; medians of
+repeated runs):
+
+1. ``coldstart``: launcher exec -> register received, -> subscription received, -> first telemetry batch
+   answered; without plugins and with the OTLP plugin. Floors: ``python -c pass``, ``python -c "import
+   aiohttp.web"`` and the same plus the OTLP plugin's protobuf modules.
+2. ``cpu``: a load generator posts realistic batches to the agent (OTLP on, exporting to a local sink);
+   events/s and agent CPU us/event (``/proc/<pid>/stat``) against a bare aiohttp JSON-parsing handler.
+3. ``memory``: agent RSS after start, after 1,000 and after 10,000 invocations with logs.
+4. ``latency``: ``/extension/invoke`` answer p50/p99 under concurrent load (and the floor's), and the end
+   flush: ``platform.report`` POSTed -> the invocation's spans, logs and metrics answered by the sink.
+5. ``zip``: size of the default Python3.9 build, and its cold start with and without shipped byte code
+   (built once per source tree with the packager, cached under /tmp; needs PyPI or a warm pip cache).
+
+The agent runs as a subprocess on ``--python`` (``FGEXT_PYTHON``), so the harness stays on 3.11. Ports
+8081-8090 are held under the tests' lock. Nothing here asserts; the targets are evaluated in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import hashlib
+import json
+import os
+import platform as platform_module
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._agents import (
+    AGENT_PORT,
+    LAUNCHER,
+    ROOT,
+    AgentUnderTest,
+    FloorServer,
+    Sink,
+    cpu_seconds,
+    dumps,
+    port_range_lock,
+    python_version,
+    rss_kib,
+)
+from bench._workload import invocation, invoke_body
+from tests.platform import RecordingPlatform
+
+SECTIONS = ("coldstart", "cpu", "memory", "latency", "zip")
+OTLP_IMPORTS = ("import aiohttp.web, opentelemetry.proto.collector.trace.v1.trace_service_pb2, "
+                "opentelemetry.proto.collector.logs.v1.logs_service_pb2, "
+                "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
+FIRST_BATCH = dumps(invocation(0, 2))
+
+
+def progress(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --------------------------------------------------------------------------------------- 1 cold start
+
+
+def floor_ms(python: str, code: str, runs: int, args: Sequence[str] = ()) -> float:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([python, *args, "-c", code], check=True, timeout=60)
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def one_launch(python: str, platform: RecordingPlatform, plugins: str, launcher: Path = LAUNCHER,
+               extra: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+    before = len(platform.requests)
+    start = time.monotonic()
+    agent = AgentUnderTest(python, platform.addr, plugins, extra, launcher=launcher)
+    try:
+        seen = platform.wait_for(lambda r: len(r) >= before + 2, timeout=30)
+        register, subscribe = seen[before], seen[before + 1]
+        # The socket is bound before registration: this POST waits in the backlog until aiohttp serves.
+        request = urllib.request.Request(f"http://127.0.0.1:{AGENT_PORT}/", data=FIRST_BATCH, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+        answered = time.monotonic()
+    finally:
+        agent.stop()
+    return {"register_ms": (register.at - start) * 1000, "subscribe_ms": (subscribe.at - start) * 1000,
+            "first_batch_ms": (answered - start) * 1000}
+
+
+def launches(python: str, plugins: str, runs: int, launcher: Path = LAUNCHER,
+             extra: Optional[Dict[str, str]] = None, floor: Optional[Tuple[str, str, Sequence[str]]] = None,
+             ) -> Dict[str, float]:
+    """Medians of ``runs`` launches; with ``floor`` (interpreter, code, its flags), that import floor is timed
+    right before each launch, so both see the same load from whatever else runs on the machine."""
+    platform = RecordingPlatform().start()
+    samples: List[Dict[str, float]] = []
+    try:
+        with port_range_lock():
+            one_launch(python, platform, plugins, launcher, extra)  # warm the page cache
+            for _ in range(runs):
+                sample = {}
+                if floor is not None:
+                    sample["floor_ms"] = floor_ms(floor[0], floor[1], 1, floor[2])
+                sample.update(one_launch(python, platform, plugins, launcher, extra))
+                samples.append(sample)
+    finally:
+        platform.stop()
+    return {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+
+
+def bench_coldstart(python: str, runs: int) -> Dict[str, float]:
+    progress("cold start floor: python -c pass")
+    out = {"floor_python_pass_ms": floor_ms(python, "pass", runs)}
+    for label, plugins, code in (("bare", "", "import aiohttp.web"), ("otlp", "otlp", OTLP_IMPORTS)):
+        progress(f"cold start, plugins={plugins or '(none)'}, interleaved with its import floor")
+        measured = launches(python, plugins, runs, floor=(python, code, ()))
+        out[f"{label}_floor_import_ms"] = measured.pop("floor_ms")
+        for key, value in measured.items():
+            out[f"{label}_{key}"] = value
+    for label in ("bare", "otlp"):
+        out[f"{label}_register_minus_pass_floor_ms"] = out[f"{label}_register_ms"] - out["floor_python_pass_ms"]
+        out[f"{label}_first_batch_over_import_floor"] = out[f"{label}_first_batch_ms"] / out[f"{label}_floor_import_ms"]
+    return out
+
+
+# ------------------------------------------------------------------------------------ load generator
+
+
+async def post_all(port: int, bodies: List[Tuple[str, bytes]], concurrency: int) -> List[float]:
+    """POST every (path, body) with ``concurrency`` keep-alive clients; the latency of each, in ms."""
+    import aiohttp
+
+    latencies: List[float] = []
+    queue: asyncio.Queue[Tuple[str, bytes]] = asyncio.Queue()
+    for item in bodies:
+        queue.put_nowait(item)
+    headers = {"Content-Type": "application/json"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            path, body = queue.get_nowait()
+            started = time.perf_counter()
+            async with session.post(f"http://127.0.0.1:{port}{path}", data=body, headers=headers) as answer:
+                await answer.read()
+                if answer.status != 200:
+                    raise RuntimeError(f"{path} answered {answer.status}")
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return latencies
+
+
+def telemetry_bodies(first: int, count: int, lines: int) -> Tuple[List[Tuple[str, bytes]], int]:
+    bodies, events = [], 0
+    for index in range(first, first + count):
+        batch = invocation(index, lines)
+        events += len(batch)
+        bodies.append(("/", dumps(batch)))
+    return bodies, events
+
+
+# --------------------------------------------------------------------------------- 2 per-event CPU
+
+
+def _drive(target_pid: int, port: int, bodies: List[Tuple[str, bytes]], concurrency: int,
+           drained: Callable[[], float]) -> Tuple[float, float]:
+    """(wall seconds until the work is done, CPU seconds the target spent)."""
+    cpu0 = cpu_seconds(target_pid)
+    started = time.monotonic()
+    asyncio.run(post_all(port, bodies, concurrency))
+    finished = max(time.monotonic(), drained())
+    return finished - started, cpu_seconds(target_pid) - cpu0
+
+
+def _agent_load(python: str, bodies: List[Tuple[str, bytes]], warm: List[Tuple[str, bytes]], concurrency: int,
+                flush: str) -> Tuple[float, float, int]:
+    sink = Sink()
+    platform = RecordingPlatform().start()
+    try:
+        with port_range_lock():
+            agent = AgentUnderTest(python, platform.addr, "otlp",
+                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
+                                    "FGEXT_FLUSH": flush})
+            try:
+                agent.wait_ready()
+                asyncio.run(post_all(agent.port, warm, concurrency))
+                sink.wait_quiet(quiet=1.5 if flush != "end" else 0.5)
+                # the drain waits for the sink to go quiet: longer than a periodic flush's interval
+                wall, cpu = _drive(agent.pid, agent.port, bodies, concurrency,
+                                   lambda: sink.wait_quiet(quiet=1.5 if flush != "end" else 0.5))
+                exported = sum(1 for path, _, _ in sink.snapshot() if path == "/v1/logs")
+            finally:
+                agent.stop()
+    finally:
+        platform.stop()
+        sink.stop()
+    return wall, cpu, exported
+
+
+def bench_cpu(python: str, batches: int, lines: int, concurrency: int) -> Dict[str, float]:
+    warm, _ = telemetry_bodies(10_000_000, 20, lines)
+    bodies, events = telemetry_bodies(0, batches, lines)
+    progress(f"per-event CPU: floor, {batches} POSTs x {lines + 3} events")
+    floor = FloorServer(python)
+    try:
+        asyncio.run(post_all(floor.port, warm, concurrency))
+        floor_wall, floor_cpu = _drive(floor.pid, floor.port, bodies, concurrency, time.monotonic)
+    finally:
+        floor.stop()
+    progress("per-event CPU: agent with OTLP (FGEXT_FLUSH=end, the default)")
+    agent_wall, agent_cpu, exported = _agent_load(python, bodies, warm, concurrency, "end")
+    progress("per-event CPU: agent with OTLP (FGEXT_FLUSH=periodically,1000)")
+    periodic_wall, periodic_cpu, _ = _agent_load(python, bodies, warm, concurrency, "periodically,1000")
+    floor_rate, agent_rate = events / floor_wall, events / agent_wall
+    return {"events": events, "floor_events_per_s": floor_rate, "floor_cpu_us_per_event": floor_cpu / events * 1e6,
+            "agent_events_per_s": agent_rate, "agent_cpu_us_per_event": agent_cpu / events * 1e6,
+            "agent_over_floor_events_per_s": agent_rate / floor_rate,
+            "agent_over_floor_cpu_per_event": (agent_cpu / events) / max(floor_cpu / events, 1e-9),
+            "log_exports_seen": exported,
+            "periodic_cpu_us_per_event": periodic_cpu / events * 1e6,
+            # the drain includes up to one flush interval of waiting: a lower bound on throughput
+            "periodic_events_per_s_incl_drain": events / periodic_wall}
+
+
+# ------------------------------------------------------------------------------------------ 3 memory
+
+
+def _invocations(first: int, count: int, lines: int) -> List[Tuple[str, bytes]]:
+    bodies = []
+    for index in range(first, first + count):
+        bodies.append(("/extension/invoke", dumps(invoke_body(index))))
+        bodies.append(("/", dumps(invocation(index, lines))))
+    return bodies
+
+
+def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[str, float]:
+    """RSS after start and at each checkpoint (invocations so far); the first two are the targets' 1,000 and
+    10,000, later ones show whether growth levels off once the bounded caches are full."""
+    progress(f"memory: RSS at {', '.join(map(str, checkpoints))} invocations with {lines} log lines each")
+    sink = Sink()
+    platform = RecordingPlatform().start()
+    out: Dict[str, float] = {}
+    try:
+        with port_range_lock():
+            agent = AgentUnderTest(python, platform.addr, "otlp",
+                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
+            try:
+                agent.wait_ready()
+                out["rss_start_mb"] = rss_kib(agent.pid)[0] / 1024
+                done = 0
+                for checkpoint in checkpoints:
+                    asyncio.run(post_all(agent.port, _invocations(done, checkpoint - done, lines), 2))
+                    done = checkpoint
+                    sink.wait_quiet()
+                    out[f"rss_after_{checkpoint}_mb"] = rss_kib(agent.pid)[0] / 1024
+                out["rss_peak_mb"] = rss_kib(agent.pid)[1] / 1024
+            finally:
+                agent.stop()
+    finally:
+        platform.stop()
+        sink.stop()
+    first, second = checkpoints[0], checkpoints[1]
+    out["growth_first_to_second_mb"] = out[f"rss_after_{second}_mb"] - out[f"rss_after_{first}_mb"]
+    out["rss_steady_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"]
+    if len(checkpoints) > 2:
+        out["growth_second_to_last_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"] - out[f"rss_after_{second}_mb"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- 4 latency
+
+
+def _end_flush(agent: AgentUnderTest, sink: Sink, index: int, events: int) -> float:
+    batch = invocation(index, events - 3)
+    asyncio.run(post_all(agent.port, [("/", dumps(batch[:-1]))], 1))
+    before = len(sink.snapshot())
+    started = time.monotonic()
+    asyncio.run(post_all(agent.port, [("/", dumps(batch[-1:]))], 1))
+    deadline = started + 10
+    while time.monotonic() < deadline:
+        paths = {path: at for path, at, _ in sink.snapshot()[before:]}
+        if {"/v1/traces", "/v1/logs", "/v1/metrics"} <= set(paths):
+            return (max(paths.values()) - started) * 1000
+        time.sleep(0.0005)
+    raise RuntimeError("the end flush did not reach the sink within 10 s")
+
+
+def bench_latency(python: str, invokes: int, concurrency: int, flushes: int) -> Dict[str, float]:
+    bodies = [("/extension/invoke", dumps(invoke_body(i))) for i in range(invokes)]
+    progress(f"invoke latency: floor, {invokes} invokes, {concurrency} concurrent clients")
+    floor = FloorServer(python)
+    try:
+        asyncio.run(post_all(floor.port, bodies[:50], concurrency))
+        floor_lat = asyncio.run(post_all(floor.port, bodies, concurrency))
+        floor_seq = asyncio.run(post_all(floor.port, bodies[: len(bodies) // 5], 1))
+    finally:
+        floor.stop()
+    progress(f"invoke latency and end flush ({flushes} invocations of 100 events): agent with OTLP")
+    sink = Sink()
+    platform = RecordingPlatform().start()
+    try:
+        with port_range_lock():
+            agent = AgentUnderTest(python, platform.addr, "otlp",
+                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
+            try:
+                agent.wait_ready()
+                asyncio.run(post_all(agent.port, bodies[:50], concurrency))
+                agent_lat = asyncio.run(post_all(agent.port, bodies, concurrency))
+                agent_seq = asyncio.run(post_all(agent.port, bodies[: len(bodies) // 5], 1))
+                _end_flush(agent, sink, 5_000_000, 100)  # warm-up: the exporter's connections
+                flush = [_end_flush(agent, sink, 5_000_001 + i, 100) for i in range(flushes)]
+            finally:
+                agent.stop()
+    finally:
+        platform.stop()
+        sink.stop()
+    return {"invokes": invokes, "concurrency": concurrency,
+            "floor_invoke_p50_ms": statistics.median(floor_lat), "floor_invoke_p99_ms": percentile(floor_lat, 99),
+            "agent_invoke_p50_ms": statistics.median(agent_lat), "agent_invoke_p99_ms": percentile(agent_lat, 99),
+            "agent_over_floor_invoke_p99": percentile(agent_lat, 99) / percentile(floor_lat, 99),
+            "floor_sequential_p50_ms": statistics.median(floor_seq),
+            "floor_sequential_p99_ms": percentile(floor_seq, 99),
+            "agent_sequential_p50_ms": statistics.median(agent_seq),
+            "agent_sequential_p99_ms": percentile(agent_seq, 99),
+            "end_flushes": flushes, "end_flush_p50_ms": statistics.median(flush),
+            "end_flush_p99_ms": percentile(flush, 99)}
+
+
+# --------------------------------------------------------------------------------------------- 5 zip
+
+
+def _tree_key() -> str:
+    digest = hashlib.sha256()
+    for base in ("fgext", "extension", "pyproject.toml"):
+        path = ROOT / base
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                     if p.is_file() and "__pycache__" not in p.parts)
+        for item in files:
+            digest.update(str(item.relative_to(ROOT)).encode())
+            digest.update(item.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_zip(python39: str) -> Path:
+    cache = Path("/tmp/fgext-bench-zips")
+    cache.mkdir(exist_ok=True)
+    target = cache / f"fgext-py39-{_tree_key()}.zip"
+    if not target.exists():
+        progress(f"building the default Python3.9 zip with the packager into {target} (pip cache under /tmp)")
+        env = {**os.environ, "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR", "/tmp/fgext-pip-cache")}
+        partial = target.with_suffix(".part.zip")
+        subprocess.run([sys.executable, "-m", "fgext", "package", "-o", str(partial), "--python", python39, "-q"],
+                       cwd=str(ROOT), env=env, check=True, timeout=900, stdout=subprocess.DEVNULL)
+        partial.rename(target)
+    return target
+
+
+def _unpacked_bytes(root: Path) -> Tuple[int, int]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def bench_zip(python39: str, runs: int) -> Dict[str, float]:
+    archive = build_zip(python39)
+    out: Dict[str, float] = {"zip_bytes": archive.stat().st_size}
+    with tempfile.TemporaryDirectory(prefix="fgext-bench-zip-") as scratch:
+        code = Path(scratch) / "code"
+        code.mkdir()
+        subprocess.run(["unzip", "-q", str(archive), "-d", str(code)], check=True)
+        out["unpacked_bytes"], out["files"] = _unpacked_bytes(code)
+        lib = code / "extension" / "fgext-lib"
+        wrapper = Path(scratch) / "python-nosite"
+        # The sandbox's runtime has no site-packages of ours: only what the zip ships is importable.
+        wrapper.write_text(f'#!/bin/sh\nexec {python39} -S "$@"\n')
+        wrapper.chmod(0o755)
+        for label in ("pyc", "source"):
+            if label == "source":
+                for cache_dir in list(code.rglob("__pycache__")):
+                    shutil.rmtree(cache_dir)
+            out[f"{label}_files_pyc"] = sum(1 for _ in lib.rglob("*.pyc"))
+            subprocess.run(["chmod", "-R", "a-w", str(code)], check=True)  # the sandbox's code is read-only
+            try:
+                progress(f"zip cold start, {label}")
+                floor = f"import sys; sys.path.insert(0, {str(lib)!r}); {OTLP_IMPORTS}"
+                measured = launches(str(wrapper), "otlp", runs, launcher=code / "extension" / "extensionFgext.sh",
+                                    floor=(python39, floor, ("-S", "-E", "-B")))
+                out[f"{label}_floor_import_otlp_deps_ms"] = measured.pop("floor_ms")
+                for key, value in measured.items():
+                    out[f"{label}_{key}"] = value
+            finally:
+                subprocess.run(["chmod", "-R", "u+w", str(code)], check=True)
+    out["source_minus_pyc_first_batch_ms"] = out["source_first_batch_ms"] - out["pyc_first_batch_ms"]
+    for label in ("pyc", "source"):
+        out[f"{label}_first_batch_over_import_floor"] = (out[f"{label}_first_batch_ms"]
+                                                         / out[f"{label}_floor_import_otlp_deps_ms"])
+    return out
+
+
+# --------------------------------------------------------------------------------------- the report
+
+# (section, key, comparison, bound, what the target says)
+TARGETS: List[Tuple[str, str, str, float, str]] = [
+    ("coldstart", "bare_register_ms", "<", 60.0, "register within 60 ms of exec"),
+    ("coldstart", "otlp_register_ms", "<", 60.0, "register within 60 ms of exec (OTLP on)"),
+    ("coldstart", "bare_first_batch_over_import_floor", "<=", 1.2,
+     "ready for telemetry within 1.2x import floor (aiohttp.web)"),
+    ("coldstart", "otlp_first_batch_over_import_floor", "<=", 1.2,
+     "ready for telemetry within 1.2x import floor (aiohttp.web + OTLP protobuf)"),
+    ("cpu", "agent_over_floor_events_per_s", ">=", 0.5, "at least half the floor's events/s"),
+    ("memory", "rss_steady_mb", "<", 45.0, "RSS under 45 MB at steady state"),
+    ("memory", "growth_first_to_second_mb", "<", 2.0, "RSS growth 1,000 -> 10,000 under 2 MB"),
+    ("latency", "agent_invoke_p99_ms", "<", 2.0, "p99 invoke answer under 2 ms"),
+    ("latency", "end_flush_p99_ms", "<", 20.0, "end flush p99 under 20 ms (100 events)"),
+]
+
+
+def evaluate(runs: Dict[str, Dict[str, Dict[str, float]]]) -> List[Dict[str, Any]]:
+    verdicts = []
+    for version, sections in runs.items():
+        for section, key, op, bound, text in TARGETS:
+            if key not in sections.get(section, {}):
+                continue
+            value = sections[section][key]
+            met = {"<": value < bound, "<=": value <= bound, ">=": value >= bound}[op]
+            verdicts.append({"python": version, "section": section, "key": key, "value": value,
+                             "target": f"{op} {bound:g}", "met": met, "meaning": text})
+    return verdicts
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(result: Dict[str, Any]) -> str:
+    versions = list(result["runs"])
+    lines = [f"fgext benchmarks  {result['date']}  {result['machine']['cpu']} x{result['machine']['nproc']}"
+             f"  ({'smoke' if result['smoke'] else 'full'})", ""]
+    for section in SECTIONS:
+        keys: List[str] = []
+        for version in versions:
+            for key in result["runs"][version].get(section, {}):
+                if key not in keys:
+                    keys.append(key)
+        if not keys:
+            continue
+        width = max(len(k) for k in keys)
+        lines.append(f"[{section}]".ljust(width + 2) + "".join(f"{'python ' + v:>16}" for v in versions))
+        for key in keys:
+            cells = "".join(f"{fmt(result['runs'][v].get(section, {}).get(key, '-')):>16}" for v in versions)
+            lines.append(f"  {key:<{width}}{cells}")
+        lines.append("")
+    lines.append("targets")
+    for verdict in result["targets"]:
+        lines.append(f"  {'MET   ' if verdict['met'] else 'MISSED'} python {verdict['python']:<7} "
+                     f"{verdict['key']} = {fmt(verdict['value'])} (target {verdict['target']}): {verdict['meaning']}")
+    return "\n".join(lines)
+
+
+def machine() -> Dict[str, Any]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": cpu, "kernel": platform_module.release(),
+            "harness_python": sys.version.split()[0]}
+
+
+def default_pythons() -> List[str]:
+    pythons = [sys.executable]
+    if Path("/work/venv39/bin/python").exists():
+        pythons.append("/work/venv39/bin/python")
+    return pythons
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Sections: " + ", ".join(SECTIONS))
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: seconds, to keep the harness working")
+    parser.add_argument("--python", action="append", help="interpreter the agent runs on (repeatable; default: "
+                                                          "this one and /work/venv39/bin/python)")
+    parser.add_argument("--json", dest="json_out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--only", help="comma-separated sections to run")
+    parser.add_argument("--runs", type=int, help="repetitions for medians (default 15, smoke 2)")
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    pythons = [os.path.abspath(p) if os.sep in p else (shutil.which(p) or p)
+               for p in (args.python or default_pythons())]
+    for python in pythons:
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            parser.error(f"--python {python}: not an executable file")
+    smoke = args.smoke
+    runs = args.runs or (2 if smoke else 15)
+    result: Dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(), "smoke": smoke, "runs_per_median": runs, "runs": {}, "targets": []}
+    for python in pythons:
+        version = python_version(python)
+        result["machine"].setdefault("pythons", {})[version] = python
+        print(f"python {version} ({python})", file=sys.stderr, flush=True)
+        sections: Dict[str, Dict[str, float]] = {}
+        if "coldstart" in only:
+            sections["coldstart"] = bench_coldstart(python, runs)
+        if "cpu" in only:
+            sections["cpu"] = bench_cpu(python, 30 if smoke else 1500, 20, 4)
+        if "memory" in only:
+            sections["memory"] = (bench_memory(python, (20, 60), 5) if smoke else
+                                  bench_memory(python, (1000, 10_000, 20_000), 5))
+        if "latency" in only:
+            sections["latency"] = (bench_latency(python, 100, 8, 5) if smoke else
+                                   bench_latency(python, 5000, 8, 100))
+        if "zip" in only and version.startswith("3.9."):
+            sections["zip"] = bench_zip(python, runs)
+        result["runs"][version] = sections
+    if "zip" in only and not any("zip" in s for s in result["runs"].values()):
+        print("zip: skipped, no Python 3.9 among --python (the default build is Python3.9)", file=sys.stderr)
+    result["targets"] = evaluate(result["runs"])
+    print(table(result))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

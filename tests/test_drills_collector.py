@@ -1,0 +1,265 @@
+"""Drills: the collector misbehaves while a real agent runs under the emulator or takes direct POSTs.
+
+* collector down for the first invocations, then up (emulator + oteltap): every span, log line and the
+  invocation count arrive, exactly once. OTLP is at-least-once: a request the collector took whose answer
+  the agent never saw (a timeout) is sent again; a refused connection cannot cause that, so none here.
+* collector answering 429/503 with Retry-After, then too slow to answer (timeouts), then well: the wait
+  is honoured, everything is retried until delivered, and the agent's memory stays bounded.
+* SIGTERM while the collector hangs: the agent exits within FGEXT_SHUTDOWN_TIMEOUT, the data is
+  spooled, and the next agent delivers it to oteltap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from fgext.testing import emulate
+from tests.agentproc import AgentProcess
+from tests.conftest import ROOT, agent_python
+from tests.platform import RecordingPlatform
+from tests.test_drills_hostile import rss_mb
+from tests.test_otlp_agent import otlp_env, post_events, ready, taps  # noqa: F401 - taps is a fixture
+from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, metric_value, roots
+
+pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
+Start = Callable[..., AgentProcess]
+
+HANDLER = '''
+import time
+def handler(event, context):
+    for line in range(3):
+        print(f"[Function]INFO drill {event['n']} line {line}", flush=True)
+        time.sleep(event.get("pause", 0))
+    return {"n": event["n"]}
+'''
+
+
+def emulated_env(collector_port: int, spool: Path) -> Dict[str, str]:
+    return {"FGEXT_PYTHON": agent_python(), "FGEXT_PLUGINS": "otlp", "FGEXT_SPOOL_DIR": str(spool),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "2000",
+            "FGEXT_SHUTDOWN_TIMEOUT": "3"}
+
+
+def log_lines(tap: OtelTap) -> Counter[str]:
+    return Counter(item["body"]["stringValue"] for item in tap.items("logs")
+                   if "drill" in item["body"].get("stringValue", ""))
+
+
+def test_collector_down_then_up_every_item_arrives_once(taps: Callable[[int], OtelTap],  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    """Four invocations while the collector is down, four after it comes up: 8 traces, 24 lines, count 8, once each."""
+    port = free_port()
+    function = tmp_path / "func.py"
+    function.write_text(HANDLER)
+    spool = tmp_path / "spool"
+    holder: List[OtelTap] = []
+
+    async def scenario() -> List[str]:
+        ids = []
+        async with emulate(ROOT, function=f"{function}:handler", env=emulated_env(port, spool),
+                           register_timeout_s=20.0, timeout_s=10.0) as emu:
+            for n in range(4):
+                ids.append((await emu.invoke({"n": n})).request_id)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not list(spool.glob("*.pb")):
+                await asyncio.sleep(0.05)
+            assert list(spool.glob("*.pb")), "nothing was spooled while the collector was down"
+            down_since = time.monotonic()
+            holder.append(await asyncio.get_running_loop().run_in_executor(None, taps, port))
+            for n in range(4, 8):
+                ids.append((await emu.invoke({"n": n})).request_id)
+            tap = holder[0]
+            await tap.wait("spans", lambda s: len(roots(s)) >= 8, timeout=40)
+            await tap.wait("metrics", lambda m: metric_value(m, "faas.invocations") == 8, timeout=20)
+            print(f"drill figure: collector down->up recovery {time.monotonic() - down_since:.2f} s")
+        assert emu.report is not None and emu.report.telemetry.events_dropped == 0
+        return ids
+
+    ids = asyncio.run(scenario())
+    tap = holder[0]
+    time.sleep(0.5)  # anything sent twice would have arrived by now
+    per_request = Counter(attr(span, "faas.invocation_id") for span in roots(tap.items("spans")))
+    assert per_request == Counter(ids), per_request  # every trace, once
+    assert len(tap.items("spans")) == 8 * 2 + 1  # root + invoke each, one init
+    lines = log_lines(tap)
+    assert lines == Counter({f"INFO drill {n} line {line}": 1 for n in range(8) for line in range(3)}), lines
+    assert metric_value(tap.items("metrics"), "faas.invocations") == 8
+    assert list(spool.glob("*.pb")) == []
+
+
+class ScriptedCollector:
+    """An OTLP/HTTP endpoint in a thread: answers from ``mode`` (ok, 429, 503, slow, hang), records every
+    request whose body fully arrived (as a real collector, which may process a request whose answer the
+    client gave up on), with the request IDs of the root spans it carried."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mode = "ok"
+        self.requests: List[Tuple[float, str, str, int]] = []  # (time, path, mode answered, items)
+        self.root_ids: List[str] = []
+        self._lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            if body[:2] == b"\x1f\x8b":
+                body = gzip.decompress(body)
+            mode = self.mode
+            items = self._record(request.path, body, mode)
+            if mode in ("429", "503"):
+                return web.Response(status=int(mode), headers={"Retry-After": "1"})
+            if mode == "slow":
+                await asyncio.sleep(3)
+            if mode == "hang":
+                await asyncio.sleep(60)
+            del items
+            return web.Response(status=200, content_type="application/x-protobuf")
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # the clean-up's gather() looks for this thread's loop
+        self._loop = loop
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        loop.run_forever()
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()  # a request held by "hang" or "slow"
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    def _record(self, path: str, body: bytes, mode: str) -> int:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        ids: List[str] = []
+        if path == "/v1/traces":
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource_spans in request.resource_spans:
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        if not span.parent_span_id:
+                            ids += [kv.value.string_value for kv in span.attributes
+                                    if kv.key == "faas.invocation_id"]
+        with self._lock:
+            self.requests.append((time.monotonic(), path, mode, len(ids)))
+            if mode in ("ok", "slow", "hang"):  # taken by the collector (slow: answered too late)
+                self.root_ids += ids
+        return len(ids)
+
+    def start(self) -> ScriptedCollector:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def snapshot(self) -> Tuple[List[Tuple[float, str, str, int]], List[str]]:
+        with self._lock:
+            return list(self.requests), list(self.root_ids)
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedCollector]:
+    collector = ScriptedCollector().start()
+    try:
+        yield collector
+    finally:
+        collector.stop()
+
+
+@pytest.mark.slow
+def test_429_503_and_timeouts_are_retried_with_bounded_memory(platform: RecordingPlatform, agents: Start,
+                                                              scripted: ScriptedCollector, tmp_path: Path) -> None:
+    """429 then 503 (Retry-After: 1) then answers slower than the timeout: nothing is sent before
+    Retry-After, every invocation arrives at least once when the collector recovers, RSS stays bounded."""
+    agent = agents(otlp_env(platform, scripted.port, tmp_path / "spool", OTEL_EXPORTER_OTLP_TIMEOUT="500"))
+    port = ready(agent)
+    baseline = rss_mb(agent.pid)
+    peak = baseline
+    ids: List[str] = []
+    for mode in ("429", "503", "slow"):
+        # Each misbehaviour lasts until the agent has met it at least once (bounded: its backoff grows)
+        scripted.mode = mode
+        deadline = time.monotonic() + 25
+        posted = 0
+        while time.monotonic() < deadline and (
+                posted < 100 or not any(m == mode for _, _, m, _ in scripted.snapshot()[0])):
+            posted += 1
+            rid = f"00000000-0000-4000-8000-{len(ids):012d}"
+            ids.append(rid)
+            post_events(agent, port, invocation(rid, 0, logs=10))
+            peak = max(peak, rss_mb(agent.pid))
+            time.sleep(0.02)
+        assert any(m == mode for _, _, m, _ in scripted.snapshot()[0]), f"the agent never met {mode}"
+    requests, _ = scripted.snapshot()
+    refused = [at for at, _, mode, _ in requests if mode in ("429", "503")]
+    assert refused, "the scripted collector never refused"
+    # Retry-After: after a refusal, nothing is sent for a second (a little slack for two event loops)
+    for refusal in refused:
+        following = [at for at, *_ in requests if at > refusal]
+        if following:
+            assert following[0] - refusal >= 0.95, following[0] - refusal
+    recovered_at = time.monotonic()
+    scripted.mode = "ok"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not set(ids) <= set(scripted.snapshot()[1]):
+        time.sleep(0.1)
+        peak = max(peak, rss_mb(agent.pid))
+    delivered = Counter(scripted.snapshot()[1])
+    missing = set(ids) - set(delivered)
+    assert not missing, f"{len(missing)} invocations never arrived"
+    duplicates = sum(count - 1 for count in delivered.values())
+    print(f"drill figure: 429/503/slow recovery {time.monotonic() - recovered_at:.2f} s, "
+          f"duplicates {duplicates} (timed-out sends retried), RSS baseline {baseline:.1f} MB, peak {peak:.1f} MB")
+    assert peak - baseline < 25, f"RSS grew {peak - baseline:.1f} MB while the collector misbehaved"
+    assert agent.stop() == 0
+
+
+def test_sigterm_while_the_collector_hangs_spools_and_next_agent_delivers(
+        platform: RecordingPlatform, agents: Start, scripted: ScriptedCollector,
+        taps: Callable[[int], OtelTap], tmp_path: Path) -> None:  # noqa: F811
+    """A collector that never answers cannot hold the agent past FGEXT_SHUTDOWN_TIMEOUT: it exits 0 in time,
+    its data is on disk, and the next agent (collector fixed) delivers all of it."""
+    spool = tmp_path / "spool"
+    scripted.mode = "hang"
+    agent = agents(otlp_env(platform, scripted.port, spool, FGEXT_SHUTDOWN_TIMEOUT="2",
+                            FGEXT_FLUSH="periodically,600000"))
+    port = ready(agent)
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(5)]
+    for rid in ids:
+        post_events(agent, port, invocation(rid, 0, logs=2))
+    started = time.monotonic()
+    agent.proc.send_signal(signal.SIGTERM)
+    assert agent.wait_exit(10) == 0
+    took = time.monotonic() - started
+    assert took < 2 + 1.5, f"shutdown took {took:.2f} s with a 2 s deadline"
+    assert list(spool.glob("*.pb")), "nothing was spooled at the deadline"
+    tap = taps(free_port())
+    second = agents(otlp_env(platform, tap.port, spool))
+    ready(second)
+    spans = asyncio.run(tap.wait("spans", lambda s: len(roots(s)) >= 5, timeout=20))
+    assert sorted(attr(s, "faas.invocation_id") for s in roots(spans)) == ids
+    asyncio.run(tap.wait("logs", lambda items: len(items) >= 10, timeout=10))
+    print(f"drill figure: SIGTERM with hung collector exited in {took:.2f} s (deadline 2 s)")
+    assert second.stop() == 0
