@@ -2,7 +2,7 @@
 
     python bench/run.py                        # full run: Python 3.11 (this one) and 3.9, several minutes
     python bench/run.py --smoke                # seconds: tiny counts, proves the harness works
-    python bench/run.py --python /work/venv39/bin/python --json out.json
+    python bench/run.py --python .venv39/bin/python --json out.json
     python bench/run.py --only coldstart,memory
 
 Sections (each a ratio to a floor taken in the same run where the machine's speed matters; medians of
@@ -493,9 +493,11 @@ def machine() -> Dict[str, Any]:
 
 
 def default_pythons() -> List[str]:
+    """This interpreter, and the Python 3.9 environment ``./dev test`` makes (.venv39), when it exists."""
     pythons = [sys.executable]
-    if Path("/work/venv39/bin/python").exists():
-        pythons.append("/work/venv39/bin/python")
+    py39 = Path(__file__).resolve().parent.parent / ".venv39" / "bin" / "python"
+    if py39.exists() and sys.version_info[:2] != (3, 9):
+        pythons.append(str(py39))
     return pythons
 
 
@@ -504,7 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      epilog="Sections: " + ", ".join(SECTIONS))
     parser.add_argument("--smoke", action="store_true", help="tiny counts: seconds, to keep the harness working")
     parser.add_argument("--python", action="append", help="interpreter the agent runs on (repeatable; default: "
-                                                          "this one and /work/venv39/bin/python)")
+                                                          "this one and ./.venv39/bin/python if present)")
     parser.add_argument("--json", dest="json_out", type=Path, help="write the results as JSON here")
     parser.add_argument("--only", help="comma-separated sections to run")
     parser.add_argument("--runs", type=int, help="repetitions for medians (default 15, smoke 2)")

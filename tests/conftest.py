@@ -14,6 +14,7 @@ import pytest
 if TYPE_CHECKING:
     from tests.agentproc import AgentProcess
     from tests.platform import RecordingPlatform
+    from tests.test_otlp_plugin import OtelTap
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
@@ -73,3 +74,28 @@ def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     finally:
         for agent in started:
             agent.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def tap_factory() -> Iterator[Callable[[int], OtelTap]]:
+    """Factory of oteltap receivers (a third-party OTLP/HTTP receiver) as subprocesses, stopped by PID after.
+
+    oteltap needs Python 3.10+: a 3.9 test run points ``FGEXT_TEST_OTELTAP`` at one from a 3.10+ venv.
+    """
+    from tests.test_otlp_plugin import OtelTap, oteltap_executable
+
+    executable = oteltap_executable()
+    if executable is None:
+        pytest.skip("oteltap not found (it needs Python >= 3.10): set FGEXT_TEST_OTELTAP to its executable")
+    started: List[OtelTap] = []
+
+    def make(port: int) -> OtelTap:
+        tap = OtelTap(executable, port)
+        started.append(tap)
+        return tap
+
+    try:
+        yield make
+    finally:
+        for tap in started:
+            tap.stop()

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, agent_python
 
 pytestmark = [pytest.mark.agent, pytest.mark.slow]
 
-PY39 = Path("/work/venv39/bin/python")
 EXPECTED = {
     "coldstart": {"floor_python_pass_ms", "bare_floor_import_ms", "otlp_floor_import_ms",
                   "bare_register_ms", "bare_subscribe_ms", "bare_first_batch_ms", "otlp_register_ms",
@@ -37,7 +36,8 @@ EXPECTED = {
 def test_smoke_run_produces_every_key(tmp_path: Path) -> None:
     """bench/run.py --smoke exits 0, prints the table, and its JSON has every section's keys and verdicts."""
     out = tmp_path / "bench.json"
-    pythons = [sys.executable] + ([str(PY39)] if PY39.exists() and sys.version_info[:2] != (3, 9) else [])
+    # The harness's own interpreter, and the agent legs' one (FGEXT_TEST_PYTHON) when that differs.
+    pythons = list(dict.fromkeys([sys.executable, agent_python()]))
     command = [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--json", str(out)]
     for python in pythons:
         command += ["--python", python]

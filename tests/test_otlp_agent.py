@@ -22,7 +22,6 @@ from tests.test_otlp_plugin import (
     invocation,
     metric_value,
     roots,
-    tap_factory,  # noqa: F401 - a fixture, used through ``taps``
 )
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
@@ -30,12 +29,11 @@ Start = Callable[..., AgentProcess]
 
 
 @pytest.fixture
-def taps(request: pytest.FixtureRequest) -> Callable[[int], OtelTap]:
+def taps(tap_factory: Callable[[int], OtelTap]) -> Callable[[int], OtelTap]:
     """Like ``tap_factory``, each receiver already started (and stopped by it after the test)."""
-    factory: Callable[[int], OtelTap] = request.getfixturevalue("tap_factory")
 
     def make(port: int) -> OtelTap:
-        tap = factory(port)
+        tap = tap_factory(port)
         tap.start()
         return tap
 

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -126,25 +126,6 @@ class OtelTap:
             if time.monotonic() > deadline:
                 raise AssertionError(f"oteltap: condition on {kind} not met in {timeout} s; got {len(items)}")
             await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def tap_factory() -> Iterator[Callable[[int], OtelTap]]:
-    executable = oteltap_executable()
-    if executable is None:
-        pytest.skip("oteltap not found (it needs Python >= 3.10): set FGEXT_TEST_OTELTAP to its executable")
-    started: List[OtelTap] = []
-
-    def make(port: int) -> OtelTap:
-        tap = OtelTap(executable, port)  # type: ignore[arg-type]
-        started.append(tap)
-        return tap
-
-    try:
-        yield make
-    finally:
-        for tap in started:
-            tap.stop()
 
 
 @pytest.fixture
