@@ -45,5 +45,6 @@ def test_import_is_light() -> None:
             "heavy = [m for m in ('aiohttp', 'structlog', 'opentelemetry', 'typing', 'dataclasses', 'http.client',"
             " 'email') if m in sys.modules]; "
             "print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    # -S as the packaged launcher runs it: an editable install's import hook (site) would import typing itself.
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -15,10 +15,13 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from fgext._errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
 from fgext.emulator._config import EmulatorConfig
+
+if TYPE_CHECKING:
+    from fgext.emulator._emulator import Emulator
 
 __all__ = ["add_arguments", "config_from_args", "run_command"]
 
@@ -169,12 +172,23 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
-def stop_on_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C: cancel the run so that every extension process is stopped, not orphaned."""
+def stop_on_sigterm(emulator: Optional[Emulator] = None) -> None:
+    """Treat SIGTERM like Ctrl-C: cancel the run so that every extension process is stopped, not orphaned.
+
+    The emulator is also flagged: its run loop stops at the next wave even if the cancellation itself
+    was swallowed on the way (Python 3.9's ``asyncio.wait_for`` can lose one).
+    """
     task = asyncio.current_task()
-    if task is not None:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if task is None:
+        return
+
+    def interrupt() -> None:
+        if emulator is not None:
+            emulator.interrupted = True
+        task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, interrupt)
 
 
 def echo_output(source: str, line: str) -> None:
@@ -188,7 +202,7 @@ async def _emulate(config: EmulatorConfig, event: Any, invocations: int, concurr
 
     emulator = Emulator(config, on_output=echo_output if verbose else None)
     progress = Progress(sys.stderr, invocations, telemetry=lambda: emulator.telemetry.stats)
-    stop_on_sigterm()
+    stop_on_sigterm(emulator)
     await emulator.start()
     interrupted = False
     try:

@@ -64,6 +64,7 @@ class Emulator:
         self.supervisor: Optional[ExtensionSupervisor] = None
         self.results: List[InvocationResult] = []
         self.freezes = 0
+        self.interrupted = False  # set by a SIGTERM handler: run() stops at the next wave
         self._invocations = 0
         self._instance: Optional[FunctionInstance] = None
         self._retiring: Set[asyncio.Task[None]] = set()
@@ -202,6 +203,9 @@ class Emulator:
             raise ConfigError("invocations and concurrency must be at least 1")
         done: List[InvocationResult] = []
         for wave_start in range(0, invocations, concurrency):
+            if self.interrupted:
+                # A cancellation can be lost inside Python 3.9's wait_for (bpo-42130); the flag is not.
+                raise asyncio.CancelledError()
             size = min(concurrency, invocations - wave_start)
             payloads = [events[(wave_start + i) % len(events)] if events else event for i in range(size)]
             wave = await asyncio.gather(*(self.invoke(payload) for payload in payloads))
