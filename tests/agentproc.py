@@ -94,3 +94,9 @@ class AgentProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+def ready(agent: AgentProcess) -> int:
+    """Wait until the agent's plugins run; return the port it listens on."""
+    agent.wait_log("pipeline started")
+    return int(agent.wait_log("listening")["address"].rsplit(":", 1)[1])

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterator, List
 
 import pytest
 
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, ready
 from tests.conftest import LAUNCHER, ROOT
 from tests.platform import RecordingPlatform, free_port
 from tests.test_events import DONE, EXTENSION_LOG, FUNCTION_LOG, REPORT, START, UUID
@@ -24,11 +24,6 @@ Start = Callable[..., AgentProcess]
 def jsonl_env(platform: RecordingPlatform, out: Path, **extra: str) -> Dict[str, str]:
     return {"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": str(out), **extra}
 
-
-def ready(agent: AgentProcess) -> int:
-    """Wait until the agent's plugins run; return its port."""
-    agent.wait_log("pipeline started")
-    return int(agent.wait_log("listening")["address"].rsplit(":", 1)[1])
 
 
 def records(path: Path, count: int, timeout: float = 10.0) -> List[Dict[str, object]]:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from tests.agentproc import AgentProcess
+from tests.agentproc import AgentProcess, ready
 from tests.platform import RecordingPlatform
 from tests.test_otlp_plugin import (
     INIT_ID,
@@ -45,10 +45,6 @@ def otlp_env(platform: RecordingPlatform, collector_port: int, spool: Path, **ex
     return {"EXTENSION_API_ADDR": platform.addr, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
             "FGEXT_SPOOL_DIR": str(spool), "RUNTIME_TIMEOUT": "3", **extra}
 
-
-def ready(agent: AgentProcess) -> int:
-    agent.wait_log("pipeline started")
-    return int(agent.wait_log("listening")["address"].rsplit(":", 1)[1])
 
 
 def wait(tap: OtelTap, kind: str, predicate: Callable[[List[Dict[str, Any]]], bool],
