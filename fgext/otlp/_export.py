@@ -358,6 +358,10 @@ class Shipper:
         self._not_before = 0.0  # Retry-After: nothing is sent before this, not even on flush
         self.sent_requests = 0
         self.failed_attempts = 0
+        #: Called when the sender has nothing left to send; returns True if it submitted more. The plugin
+        #: uses it to coalesce: invocations that end while a send is in flight leave in one request.
+        self.refill: Optional[Callable[[], bool]] = None
+        self._drained: Optional[asyncio.Event] = None
 
     @property
     def down(self) -> bool:
@@ -367,6 +371,32 @@ class Shipper:
     def pending(self) -> int:
         """Requests not yet accepted: queued in memory plus spooled."""
         return len(self._queue) + len(self.spool)
+
+    @property
+    def sending(self) -> bool:
+        """A send is in flight to a collector believed up: what ends meanwhile can wait and coalesce."""
+        return self._lock.locked() and not self.down
+
+    @property
+    def backlogged(self) -> bool:
+        """The in-memory queue holds more than half its bound while the collector is up."""
+        return self._queue_bytes * 2 > self._max_queue_bytes and not self.down
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until the queue is no longer backlogged (sent, or spooled because the collector went
+        down), at most ``timeout`` seconds: how a slow collector slows the listener instead of filling
+        the spool while it is up."""
+        deadline = self._monotonic() + timeout
+        while self.backlogged:
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                return False
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            self._drained.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), remaining)
+        return True
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -421,46 +451,63 @@ class Shipper:
     async def pump(self, *, force: bool) -> bool:
         """Send the spool then the queue, in order; return True when nothing is left pending.
 
-        ``force`` (a flush) tries even while backing off, but never before a ``Retry-After``.
+        ``force`` (a flush) tries even while backing off, but never before a ``Retry-After``. When all is
+        sent, ``refill`` may hand over what accumulated meanwhile, which is sent in the same turn.
         """
         async with self._lock:
-            sent_before = self.sent_requests
-            now = self._monotonic()
-            if now < self._not_before or (self.down and not force and now < self._next_attempt):
-                self.spill()
-                return False
-            for entry in self.spool.entries():
-                transport = self._transports.get(entry.signal)
-                if transport is None:
-                    self._log.warning("otlp spooled data for a switched-off signal dropped",
-                                      signal=entry.signal, items=entry.items)
-                    self.spool.remove(entry)
-                    self._on_drop(entry.signal, "disabled", entry.items)
-                    continue
-                data = self.spool.read(entry)
-                if data is None:
-                    continue
-                outcome = await transport.send(data)
-                if not self._handle(outcome, entry.signal, entry.items):
-                    return False
+            try:
+                while True:
+                    done = await self._pump_locked(force)
+                    refill = self.refill
+                    # After a failure the refill still runs: what it submits goes to the spool, on disk.
+                    if refill is None or not refill() or not done:
+                        return done
+            finally:
+                # Whatever happened, the queue is shorter (sent or spilled): backpressure may let go.
+                if self._drained is not None:
+                    self._drained.set()
+
+    async def _pump_locked(self, force: bool) -> bool:
+        """``pump`` with the lock held: one pass over the spool and the queue."""
+        sent_before = self.sent_requests
+        now = self._monotonic()
+        if now < self._not_before or (self.down and not force and now < self._next_attempt):
+            self.spill()
+            return False
+        for entry in self.spool.entries():
+            transport = self._transports.get(entry.signal)
+            if transport is None:
+                self._log.warning("otlp spooled data for a switched-off signal dropped",
+                                  signal=entry.signal, items=entry.items)
                 self.spool.remove(entry)
-            while self._queue:
-                item = self._queue[0]
-                signal, data, items = item
-                outcome = await self._transports[signal].send(data)
-                if not self._handle(outcome, signal, items):
-                    return False
-                # A deadline may have spilled the queue to the spool while this send was in flight:
-                # then the spooled copy is sent again later (at-least-once), never lost.
-                if self._queue and self._queue[0] is item:
-                    self._queue.popleft()
-                    self._queue_bytes -= len(data)
-            if self._failures:
-                if self.sent_requests > sent_before:
-                    self._log.info("otlp collector reachable again", failed_attempts=self._failures)
-                # Either it answered, or nothing was left to try: new requests go straight out again.
-                self._failures = 0
-            return True
+                self._on_drop(entry.signal, "disabled", entry.items)
+                continue
+            data = self.spool.read(entry)
+            if data is None:
+                continue
+            outcome = await transport.send(data)
+            if not self._handle(outcome, entry.signal, entry.items):
+                return False
+            self.spool.remove(entry)
+        while self._queue:
+            item = self._queue[0]
+            signal, data, items = item
+            outcome = await self._transports[signal].send(data)
+            if not self._handle(outcome, signal, items):
+                return False
+            # A deadline may have spilled the queue to the spool while this send was in flight:
+            # then the spooled copy is sent again later (at-least-once), never lost.
+            if self._queue and self._queue[0] is item:
+                self._queue.popleft()
+                self._queue_bytes -= len(data)
+                if self._drained is not None:
+                    self._drained.set()
+        if self._failures:
+            if self.sent_requests > sent_before:
+                self._log.info("otlp collector reachable again", failed_attempts=self._failures)
+            # Either it answered, or nothing was left to try: new requests go straight out again.
+            self._failures = 0
+        return True
 
     def _handle(self, outcome: Outcome, signal: str, items: int) -> bool:
         """Account for one send; return False when the collector is down (stop sending for now)."""

@@ -167,6 +167,18 @@ class _Phase:
             return self.report.status
         return self.done_status
 
+    def settle(self, begin: int, end: int) -> None:
+        """Its span is written: keep only the extent that log correlation needs.
+
+        The phase stays in the correlation index for a few hundred invocations; letting its report event
+        (raw JSON included) go now keeps those long-lived objects few, which is what lets pymalloc give
+        whole arenas back instead of holding them for one survivor each (bench/RESULTS.md, memory).
+        """
+        self.start_ns = begin
+        self.forced_end_ns = end
+        self.done_ns = None
+        self.report = None
+
 
 class _Request:
     """The phases of one request ID, open until the trace can be written."""
@@ -376,9 +388,11 @@ class Mapper:
         max_open: int = 10_000,
         # Bounds of what is remembered after a request is written. A sandbox runs one invocation at a
         # time (or a few): late events and log lines refer to the last few requests, and every entry
-        # costs memory in the customer's function (measured in bench/RESULTS.md).
+        # costs memory in the customer's function (measured in bench/RESULTS.md). Indexed phases are the
+        # costly ones: each keeps a few objects alive for as long as it is indexed, and such survivors
+        # spread over pymalloc's arenas stop them being returned (256 cost ~2 MB more than 64).
         closed_memory: int = 1024,
-        max_intervals: int = 256,
+        max_intervals: int = 64,
     ) -> None:
         self.resource = resource
         self.metrics = metrics
@@ -631,6 +645,7 @@ class Mapper:
                 span.status.code = code
                 span.status.message = message
             self._record_metrics(phase, begin, end, kind in incomplete_phases)
+            phase.settle(begin, end)
         coldstart = "init" in request.phases or "restore" in request.phases
         if not request.late and first_begin is not None and last_end is not None:
             root_attributes: List[Attribute] = [

@@ -36,6 +36,8 @@ __all__ = ["OtlpPlugin"]
 MAX_PENDING_LOGS = 5000
 MAX_PENDING_SPANS = 5000
 _DEFAULT_FLUSH_TIMEOUT_S = 5.0
+# Longest a telemetry batch waits for a backlogged (up but slow) collector before it is taken anyway.
+_BACKPRESSURE_WAIT_S = 30.0
 
 
 class OtlpPlugin(Plugin):
@@ -66,6 +68,7 @@ class OtlpPlugin(Plugin):
         self._ticker: Optional[asyncio.Task[None]] = None
         self._stopped = False
         self._drops: Dict[str, int] = {}
+        self._deferred = False  # an invocation ended during a send: export when the sender is free
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -95,6 +98,7 @@ class OtlpPlugin(Plugin):
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
         self._shipper = Shipper(transports, spool, self._count_drop, self._log)
+        self._shipper.refill = self._refill
         self._shipper.start()
         self._scheduler = FlushScheduler(config.flush)
         self._ticker = asyncio.ensure_future(self._tick_loop())
@@ -115,11 +119,22 @@ class OtlpPlugin(Plugin):
         mapper = self._mapper
         if mapper is None or self._stopped:
             return
+        shipper = self._shipper
+        assert self._scheduler is not None and shipper is not None
+        if shipper.backlogged:
+            # The collector is up but slower than the platform: hold this batch (and so, through the
+            # pipeline's bounded queue, the platform's POST) instead of spilling to a spool that fills.
+            await shipper.drained(_BACKPRESSURE_WAIT_S)
         completed = mapper.consume(events)
-        assert self._scheduler is not None
-        if (completed and self._scheduler.at_invocation_end()) or len(mapper.logs) >= MAX_PENDING_LOGS \
-                or mapper.pending_spans >= MAX_PENDING_SPANS:
+        if len(mapper.logs) >= MAX_PENDING_LOGS or mapper.pending_spans >= MAX_PENDING_SPANS:
             self._export_pending()
+        elif completed and self._scheduler.at_invocation_end():
+            if shipper.sending:
+                # Leaves with the next request, right after the one in flight: under load, many
+                # invocations share one request per signal instead of three requests each.
+                self._deferred = True
+            else:
+                self._export_pending()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
         """Export everything pending now and wait for it, at most ``timeout`` seconds."""
@@ -180,8 +195,16 @@ class OtlpPlugin(Plugin):
     def _spool_dropped(self, signal: str, items: int, size: int) -> None:
         self._count_drop(signal, "spool_full", items)
 
+    def _refill(self) -> bool:
+        """The sender is free: export what was deferred while it was busy; True if anything was."""
+        if not self._deferred:
+            return False
+        self._export_pending()
+        return True
+
     def _export_pending(self) -> None:
         """Encode what is pending into requests (one serialization each) and hand them to the sender."""
+        self._deferred = False
         mapper, shipper, resource, metrics = self._mapper, self._shipper, self._resource, self._metrics
         assert mapper is not None and shipper is not None and resource is not None and metrics is not None
         assert self.config is not None and self._scheduler is not None
