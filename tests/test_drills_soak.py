@@ -1,10 +1,11 @@
-"""Drill: a soak of a real agent process (OTLP on, exporting to oteltap): 10,000 invocations, then 10,000 more.
+"""Drill: a soak of a real agent process (OTLP on, exporting to oteltap): 20,000 invocations with logs.
 
 Expectation: every invocation's trace arrives (20,000 distinct request IDs), the agent answers every POST,
-and its memory is bounded. The OTLP mapping keeps bounded memories (4,096 written traces, up to 2,048
-correlation intervals) that fill during the first ~10,000 invocations (RSS rises ~25 MB meanwhile, see
-bench/RESULTS.md); after that RSS must level off: the second 10,000 may add only a few MB. RSS is a
-correctness property here, not a timing.
+never touches its spool (the collector is up the whole time: invocations that end during a send are
+coalesced into the next request, and a backlog holds the listener instead of spilling), and its memory
+is flat once started: the OTLP mapping keeps bounded memories (1,024 written traces, 64-80 indexed
+phases), and a written phase keeps only its extent, so RSS from 1,000 to 20,000 invocations grows by
+about 1 MB (bench/RESULTS.md). RSS is a correctness property here, not a timing.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ async def post_all(port: int, items: List[Tuple[str, bytes]], concurrency: int =
 def test_twenty_thousand_invocations_all_arrive_and_rss_levels_off(platform: RecordingPlatform, agents: Start,
                                                                 taps: Callable[[int], OtelTap],  # noqa: F811
                                                                 tmp_path: Path) -> None:
-    """20,000 invocations with logs: 20,000 traces at oteltap; RSS from 10,000 to 20,000 grows < 8 MB."""
+    """20,000 invocations with logs: 20,000 traces at oteltap, no spooling; RSS grows < 6 MB after 1,000."""
     tap = taps(free_port())
     agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_LOG_LEVEL="warning"))
     port = ready_quiet(agent)
@@ -81,9 +82,11 @@ def test_twenty_thousand_invocations_all_arrive_and_rss_levels_off(platform: Rec
     assert len(ids) == 20_000
     print(f"drill figure: soak 20,000 invocations in {took:.1f} s; RSS MB " +
           ", ".join(f"{n}: {value:.1f}" for n, value in rss.items()))
-    assert rss[20_000] - rss[10_000] < 8, rss  # the first 10,000 add ~23 MB: a leak would add as much
-    assert max(rss.values()) < 120, rss
+    # ~1 MB measured on 3.11 and 3.9; a leak of one small object per invocation would add more than 6
+    assert rss[20_000] - rss[1000] < 6, rss
+    assert max(rss.values()) < 80, rss
     assert agent.stop() == 0
+    assert "spool" not in agent.stderr(), agent.stderr()[-2000:]
 
 
 def ready_quiet(agent: AgentProcess) -> int:

@@ -375,6 +375,37 @@ class TestLogs:
         assert both.trace_id == b"" and "faas.invocation_id" not in attrs(both)
         assert attrs(second_only)["faas.invocation_id"] == other
 
+    def test_written_phase_keeps_its_extent_not_its_report(self) -> None:
+        """After its span is written a phase lets its report event go (memory: it stays indexed for a while),
+        and a line that arrives later in the phase's interval is still correlated with it."""
+        import gc
+        import weakref
+
+        mapper = make_mapper()
+        batch = events(*invocation(INVOKE_ID, 0, 10))
+        watched = weakref.ref(batch[-1])
+        mapper.consume(batch)
+        spans = by_name(mapper.take_spans())
+        del batch
+        gc.collect()
+        assert watched() is None, "the written phase still holds its report event"
+        mapper.consume(events(log(5, "[Function]late line")))
+        (record,) = encoded_logs(mapper)
+        assert record.span_id == spans["invoke"].span_id
+        assert attrs(record)["faas.invocation_id"] == INVOKE_ID
+
+    def test_correlation_index_is_bounded(self) -> None:
+        """Only the last ~64 phases are indexed: a line for an invocation 200 invocations back is left
+        uncorrelated rather than kept searchable forever."""
+        mapper = make_mapper()
+        for index in range(200):
+            mapper.consume(events(*invocation(f"00000000-0000-4000-8000-{index:012d}", index * 20,
+                                              index * 20 + 10)))
+        mapper.consume(events(log(5, "[Function]very late"), log(199 * 20 + 5, "[Function]recent")))
+        old, recent = encoded_logs(mapper)
+        assert old.trace_id == b""
+        assert attrs(recent)["faas.invocation_id"] == f"00000000-0000-4000-8000-{199:012d}"
+
     def test_unknown_event_is_kept_as_a_log_record(self) -> None:
         """An event name fgext does not know is exported whole, never dropped."""
         mapper = make_mapper()

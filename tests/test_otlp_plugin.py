@@ -426,9 +426,10 @@ def test_shutdown_exports_what_is_open(tap: OtelTap, tmp_path: Path) -> None:
 class Recorder:
     """An OTLP/HTTP endpoint that answers from a script, to test what oteltap cannot answer."""
 
-    def __init__(self, answers: List[Tuple[int, Dict[str, str]]], body: bytes = b"") -> None:
+    def __init__(self, answers: List[Tuple[int, Dict[str, str]]], body: bytes = b"", delay: float = 0.0) -> None:
         self.answers = answers
         self.body = body
+        self.delay = delay  # seconds before each answer: a slow collector
         self.requests: List[Tuple[float, str, Dict[str, str], bytes]] = []
         self.port = 0
         self._runner: Any = None
@@ -442,6 +443,8 @@ class Recorder:
                 body = gzip.decompress(body)
             self.requests.append((time.monotonic(), request.path, dict(request.headers), body))
             status, headers = self.answers.pop(0) if self.answers else (200, {})
+            if self.delay:
+                await asyncio.sleep(self.delay)
             return web.Response(status=status, headers=headers, body=self.body)
 
         app = web.Application()
@@ -525,6 +528,71 @@ def test_partial_success_is_counted_as_dropped(tmp_path: Path) -> None:
             assert plugin.stats["spooled_requests"] == 0 and len(server.requests) == 1
             await plugin.shutdown(2)
 
+    asyncio.run(scenario())
+
+
+def trace_requests(server: Recorder) -> List[List[str]]:
+    """The request IDs (``faas.invocation_id`` of the roots) in each trace request the server received."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    out = []
+    for _, path, _, body in server.requests:
+        if path == "/v1/traces":
+            spans = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+            out.append([kv.value.string_value for span in spans for kv in span.attributes
+                        if kv.key == "faas.invocation_id" and not span.parent_span_id])
+    return out
+
+
+def test_invocations_ending_during_a_send_leave_together_in_the_next_request(tmp_path: Path) -> None:
+    """end flush under load: reports that arrive while an export is in flight are coalesced into one request
+    per signal right after it, not one each; every invocation arrives, nothing is spooled."""
+
+    async def scenario() -> None:
+        async with Recorder([], delay=0.3) as server:
+            plugin = await started(environ(server.port, tmp_path, OTEL_METRICS_EXPORTER="none"))
+            ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(5)]
+            await plugin.on_telemetry(parsed(invocation(ids[0], 0)))
+            deadline = time.monotonic() + 5
+            while not server.requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            for index, rid in enumerate(ids[1:], start=1):  # all while the first request is answered
+                await plugin.on_telemetry(parsed(invocation(rid, index * 20)))
+            assert await plugin._shipper.flush(10) if plugin._shipper else False
+            assert trace_requests(server) == [ids[:1], ids[1:]]
+            assert sorted(path for _, path, _, _ in server.requests) == ["/v1/logs"] * 2 + ["/v1/traces"] * 2
+            assert plugin.stats["spooled_total"] == 0 and plugin.stats["dropped_items"] == 0
+            await plugin.shutdown(2)
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_collector_holds_the_caller_instead_of_spooling(tmp_path: Path) -> None:
+    """While the collector is up but slower than the input, the in-memory queue stays under its bound:
+    ``on_telemetry`` waits for the sender (backpressure) rather than spilling to the spool and dropping."""
+    from fgext.otlp import _plugin as plugin_module
+
+    async def scenario() -> None:
+        async with Recorder([], delay=0.05) as server:
+            plugin = await started(environ(server.port, tmp_path, OTEL_METRICS_EXPORTER="none",
+                                           FGEXT_FLUSH="periodically,600000"))
+            assert plugin._shipper is not None
+            bound = plugin._shipper._max_queue_bytes = 64 * 1024  # ~12 invocations of 30 lines each
+            held = 0
+            for index in range(40):
+                rid = f"00000000-0000-4000-8000-{index:012d}"
+                started_at = time.monotonic()
+                await plugin.on_telemetry(parsed(invocation(rid, index * 20, logs=30)))
+                held += time.monotonic() - started_at > 0.02
+                plugin._export_pending()  # as the MAX_PENDING_* bounds would, without 5,000 lines
+                assert plugin._shipper._queue_bytes <= bound
+            assert held > 0, "the caller was never held back"
+            assert await plugin._shipper.flush(20)
+            assert sum(len(ids) for ids in trace_requests(server)) == 40
+            assert plugin.stats["spooled_total"] == 0 and plugin.stats["dropped_items"] == 0
+            await plugin.shutdown(2)
+
+    assert plugin_module._BACKPRESSURE_WAIT_S >= 5
     asyncio.run(scenario())
 
 

@@ -183,6 +183,7 @@ class OtlpPlugin(Plugin):
             "failed_attempts": shipper.failed_attempts if shipper else 0,
             "spooled_requests": len(shipper.spool) if shipper else 0,
             "spooled_bytes": shipper.spool.size if shipper else 0,
+            "spooled_total": shipper.spool.added if shipper else 0,
             "dropped_items": sum(self._drops.values()),
         }
 

@@ -57,6 +57,7 @@ class Spool:
         self._opened = False
         self._last_warning = float("-inf")
         self._unreported: List[int] = [0, 0]  # drops (requests, items) since the last warning
+        self.added = 0  # requests ever spooled: a spool used while the collector is up is a finding
 
     @property
     def size(self) -> int:
@@ -108,6 +109,7 @@ class Spool:
     def add(self, signal: str, data: bytes, items: int) -> None:
         """Keep one request; drop the oldest ones (counted) if the bound would be exceeded."""
         self.open()
+        self.added += 1
         size = len(data)
         if size > self.max_bytes:
             self._drop(SpoolEntry(-1, signal, items, size))
