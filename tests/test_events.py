@@ -272,3 +272,32 @@ class TestProperties:
             parse_body(json.dumps(value))
         except MalformedEvent:
             assert not isinstance(value, list)
+
+    @settings(max_examples=300, deadline=None)
+    @given(event_like)
+    def test_parsed_events_equal_their_dataclass_construction(self, obj: object) -> None:
+        """Events built on the fast path are the same objects the dataclasses' own __init__ would build:
+        equal, same fields, same hash, and still frozen."""
+        import dataclasses
+
+        try:
+            event = parse_event(obj)
+        except MalformedEvent:
+            return
+        values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}  # type: ignore[arg-type]
+        again = type(event)(**values)
+        assert event == again and vars(event) == vars(again) and hash(event) == hash(again)
+        assert repr(event) == repr(again)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.name = "changed"  # type: ignore[misc]
+
+    @pytest.mark.parametrize("obj", [START, DONE, REPORT, FUNCTION_LOG, EXTENSION_LOG,
+                                     {**FUNCTION_LOG, "logs": ["a", "b"]}, {**FUNCTION_LOG, "logs": None},
+                                     {**DONE, "name": "platform.RuntimeDone"}, {**START, "name": " platform.START "}])
+    def test_documented_examples_equal_their_dataclass_construction(self, obj: dict) -> None:  # type: ignore[type-arg]
+        """The spec's examples and their variants give events equal to the dataclass-built ones."""
+        import dataclasses
+
+        event = parse_event(obj)
+        values = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}  # type: ignore[arg-type]
+        assert vars(event) == vars(type(event)(**values))
