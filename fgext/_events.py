@@ -27,7 +27,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 from fgext._urn import FunctionUrn, parse_urn
 
@@ -415,11 +415,14 @@ def _log_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _no_start(name: str) -> int:
+_E = TypeVar("_E", bound="Event")
+
+
+def _no_start(name: Any) -> int:
     raise MalformedEvent(f"{name}: no startTime")
 
 
-def _build(cls: Type[Event], fields: Dict[str, Any]) -> Any:
+def _build(cls: Type[_E], fields: Dict[str, Any]) -> _E:
     """An instance of a frozen event dataclass from all of its fields, without its generated ``__init__``.
 
     The generated ``__init__`` sets each field through ``object.__setattr__`` (that is what frozen costs),
