@@ -9,6 +9,11 @@ plugin that keeps failing is disabled; with ``strict`` the first failure is rais
 
 The queue is bounded: when plugins fall behind, ``submit_telemetry`` waits for room, so the platform's
 POST waits too, instead of the agent's memory growing without limit.
+
+After a batch that ends an invocation (it holds a ``platform.report``), every plugin that implements
+``flush`` (and keeps ``flush_at_invocation_end``) is flushed, because the sandbox may be frozen next.
+The flush runs beside the worker, never in its way: one at a time per plugin, and reports arriving
+meanwhile are answered by one more flush after it, not one each.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import asyncio
 import inspect
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from fgext._errors import DropEvent
-from fgext._events import AnyEvent, Invoke
+from fgext._events import AnyEvent, Invoke, Report
 from fgext._plugin import Plugin, PluginContext
 
 __all__ = ["Pipeline", "PluginFailure"]
@@ -50,6 +55,12 @@ def _is_async(function: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(function)
 
 
+def _implements_flush(plugin: Plugin) -> bool:
+    """Whether ``plugin`` has a ``flush`` of its own: the base one does nothing, and calling a plain
+    function costs a thread hop, so only real flushes are called at the end of each invocation."""
+    return getattr(plugin.flush, "__func__", None) is not Plugin.flush
+
+
 class Pipeline:
     """Runs plugins over invokes and telemetry; owns their lifecycle (start, flush, shutdown)."""
 
@@ -73,6 +84,10 @@ class Pipeline:
         self.on_fatal: Optional[Callable[[BaseException], None]] = None
         #: called with (plugin name, original event) for every event a processor drops
         self.on_drop: Optional[Callable[[str, AnyEvent], None]] = None
+        self._end_flushers = [s for s in self._processors + self._sinks
+                              if s.plugin.flush_at_invocation_end and _implements_flush(s.plugin)]
+        self._flushes: Dict[int, asyncio.Task[None]] = {}  # by id(state): the flush running for it
+        self._flush_again: Set[int] = set()
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -122,6 +137,7 @@ class Pipeline:
                 self._log.warning("pipeline shutdown: queued telemetry not fully dispatched in time",
                                   pending=self._queue.qsize())
                 self._worker.cancel()
+        await self._settle_flushes(max(0.0, (deadline - time.monotonic()) * 0.5))
         remaining = max(0.05, deadline - time.monotonic())
         states = [s for s in self._processors + self._sinks if s.started and not s.disabled]
         await asyncio.gather(*(self._call(s, "shutdown", remaining, timeout=remaining) for s in states))
@@ -168,7 +184,51 @@ class Pipeline:
                 if wanted:
                     calls.append(self._call(state, "on_telemetry", wanted))
             await asyncio.gather(*calls)
+        if self._end_flushers:
+            # The original batch: a processor may have filtered the report out, the invocation still ended.
+            for event in events:
+                if isinstance(event, Report):
+                    self._flush_at_end()
+                    break
         return survivors
+
+    # ------------------------------------------------------------------------ end of invocation
+
+    def _flush_at_end(self) -> None:
+        for state in self._end_flushers:
+            if state.disabled:
+                continue
+            key = id(state)
+            running = self._flushes.get(key)
+            if running is not None and not running.done():
+                self._flush_again.add(key)  # answered by one more flush when the running one ends
+            else:
+                self._flushes[key] = asyncio.ensure_future(self._flush_loop(state))
+
+    async def _flush_loop(self, state: _State) -> None:
+        key = id(state)
+        while True:
+            self._flush_again.discard(key)
+            try:
+                await self._call(state, "flush", self._hook_timeout, timeout=self._hook_timeout)
+            except PluginFailure as failure:  # strict mode, outside the worker: stop the same way
+                self.failure = failure
+                if self.on_fatal is not None:
+                    self.on_fatal(failure)
+                return
+            if key not in self._flush_again or state.disabled or self._closing:
+                return
+
+    async def _settle_flushes(self, timeout: float) -> None:
+        """Let running end-of-invocation flushes finish (shutdown flushes again, never concurrently)."""
+        running = [task for task in self._flushes.values() if not task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=0.5)
+        self._flushes.clear()
 
     def _active_sinks(self) -> List[_State]:
         return [s for s in self._sinks if not s.disabled]

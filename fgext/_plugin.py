@@ -112,6 +112,9 @@ class Plugin:
     config_schema: ClassVar[Dict[str, type]] = {}
     #: event classes this plugin receives (``isinstance``); empty means every event
     accepts: ClassVar[EventTypes] = ()
+    #: whether the pipeline calls ``flush`` after each batch that ends an invocation (a ``platform.report``):
+    #: the sandbox may be frozen right after. Off for a plugin with its own end-of-invocation policy.
+    flush_at_invocation_end: ClassVar[bool] = True
 
     def wants(self, event: AnyEvent) -> bool:
         """Whether ``accepts`` lets ``event`` reach this plugin."""

@@ -428,3 +428,132 @@ class TestDropSignal:
         pipeline = run(go())
         assert sink.batches == [["a"]]
         assert drops == [("nonedrop", "x")] and pipeline.stats["dropped_by_processors"] == 1
+
+
+def report_event(rid: str = "3da1f2dc-3222-475e-9205-e2e6c6318895") -> AnyEvent:
+    return parse_event({"name": "platform.report", "startTime": "2023-02-01T00:03:50Z", "traceId": rid,
+                        "endTime": "2023-02-01T00:03:51Z", "status": "success"})
+
+
+class Holding(Plugin):
+    """A sink whose flush records itself, then waits until the test lets it finish."""
+
+    name: ClassVar[str] = "holding"
+
+    def __init__(self) -> None:
+        self.flushes = 0
+        self.release: Optional[asyncio.Event] = None  # made in the running loop (3.9 binds it at creation)
+        self.batches = 0
+
+    async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self.batches += 1
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        self.flushes += 1
+        assert self.release is not None
+        await self.release.wait()
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+class TestFlushAtInvocationEnd:
+    def test_a_report_flushes_without_holding_the_worker(self) -> None:
+        """A batch with a platform.report flushes the sinks; a slow flush does not delay the next batches, and
+        reports arriving meanwhile cost one more flush, not one each."""
+        sink = Holding()
+
+        async def go() -> None:
+            sink.release = asyncio.Event()
+            pipeline = Pipeline([sink], logger=Log())
+            await pipeline.start(context)
+            await pipeline.submit_telemetry([log_event("no end yet")])
+            await until(lambda: sink.batches == 1)
+            await asyncio.sleep(0.05)
+            assert sink.flushes == 0
+            await pipeline.submit_telemetry([log_event("last line"), report_event()])
+            await until(lambda: sink.flushes == 1)
+            for _ in range(5):  # the flush is still held: batches keep flowing past it
+                await pipeline.submit_telemetry([report_event()])
+            await until(lambda: sink.batches == 7)
+            assert sink.flushes == 1
+            sink.release.set()
+            await until(lambda: sink.flushes == 2)
+            await asyncio.sleep(0.05)
+            assert sink.flushes == 2
+            await pipeline.shutdown(2)
+
+        run(go())
+
+    def test_a_report_filtered_out_by_a_processor_still_ends_the_invocation(self) -> None:
+        """The flush follows the batch as received: dropping the report event does not skip it."""
+
+        class DropReports(Plugin):
+            name: ClassVar[str] = "drop-reports"
+            role: ClassVar[str] = "processor"
+
+            def process(self, event: AnyEvent) -> AnyEvent:
+                if event.name == "platform.report":
+                    raise DropEvent
+                return event
+
+        sink = Collect()
+
+        async def go() -> None:
+            pipeline = Pipeline([DropReports(), sink], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([log_event("x"), report_event()])
+            await until(lambda: "flush" in sink.calls)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert sink.batches == [["x"]]
+
+    def test_plugins_can_opt_out_and_the_otlp_sink_does(self) -> None:
+        """flush_at_invocation_end = False keeps the pipeline from flushing a plugin with its own policy."""
+        from fgext.otlp import OtlpPlugin
+
+        class OwnPolicy(Collect):
+            flush_at_invocation_end: ClassVar[bool] = False
+
+        sink = OwnPolicy()
+
+        async def go() -> None:
+            pipeline = Pipeline([sink], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([report_event()])
+            await asyncio.sleep(0.1)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert sink.calls == ["start", "shutdown"]
+        assert OtlpPlugin.flush_at_invocation_end is False
+
+    def test_shutdown_waits_for_a_running_flush_before_shutting_down(self) -> None:
+        """A plugin is never flushed and shut down at once: shutdown lets the running flush end first."""
+        order: List[str] = []
+
+        class Slow(Plugin):
+            name: ClassVar[str] = "slow"
+
+            async def flush(self, timeout: Optional[float] = None) -> None:
+                order.append("flush start")
+                await asyncio.sleep(0.2)
+                order.append("flush end")
+
+            async def shutdown(self, timeout: float) -> None:
+                order.append("shutdown")
+
+        async def go() -> None:
+            pipeline = Pipeline([Slow()], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([report_event()])
+            await until(lambda: order == ["flush start"])
+            await pipeline.shutdown(2)
+
+        run(go())
+        assert order == ["flush start", "flush end", "shutdown"]

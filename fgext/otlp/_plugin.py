@@ -53,6 +53,8 @@ class OtlpPlugin(Plugin):
     #: ``FGEXT_OTLP_CLOSE_MARGIN_MS`` (or ``plugins.otlp.close_margin_ms`` in the config file): how long
     #: past the function timeout an unfinished request waits before it is closed as incomplete
     config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float}
+    #: the flush strategy (``FGEXT_FLUSH``) decides what leaves at the end of an invocation, not the pipeline
+    flush_at_invocation_end: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.config: Optional[OtlpConfig] = None
