@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from fgext._errors import DropEvent
 from fgext._events import AnyEvent, Invoke, Report
@@ -53,6 +54,26 @@ class _State:
 
 def _is_async(function: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(function)
+
+
+async def _all(calls: Iterable[Awaitable[Any]]) -> None:
+    """``gather`` without its task per call when there is just one (the usual case: one sink)."""
+    pending = list(calls)
+    if len(pending) == 1:
+        await pending[0]
+    elif pending:
+        await asyncio.gather(*pending)
+
+
+if sys.version_info >= (3, 11):
+    async def _within(call: Awaitable[Any], limit: float) -> Any:
+        # asyncio.timeout runs the hook in the caller's task; wait_for (before 3.12) wraps it in a new
+        # task per call, which was a measurable share of the per-batch cost.
+        async with asyncio.timeout(limit):
+            return await call
+else:
+    async def _within(call: Awaitable[Any], limit: float) -> Any:
+        return await asyncio.wait_for(call, timeout=limit)
 
 
 def _implements_flush(plugin: Plugin) -> bool:
@@ -165,7 +186,7 @@ class Pipeline:
         """Hand one invoke to every plugin."""
         self.stats["invokes"] += 1
         states = [s for s in self._processors + self._sinks if not s.disabled]
-        await asyncio.gather(*(self._call(s, "on_invoke", invoke) for s in states))
+        await _all(self._call(s, "on_invoke", invoke) for s in states)
 
     async def dispatch_telemetry(self, events: Sequence[AnyEvent]) -> List[AnyEvent]:
         """Run the chain on one batch: processors in order, then sinks; return what the sinks got."""
@@ -183,7 +204,7 @@ class Pipeline:
                 wanted = survivors if not state.plugin.accepts else [e for e in survivors if state.plugin.wants(e)]
                 if wanted:
                     calls.append(self._call(state, "on_telemetry", wanted))
-            await asyncio.gather(*calls)
+            await _all(calls)
         if self._end_flushers:
             # The original batch: a processor may have filtered the report out, the invocation still ended.
             for event in events:
@@ -317,7 +338,7 @@ class Pipeline:
         limit = self._hook_timeout if timeout is None else timeout
         try:
             if _is_async(function):
-                await asyncio.wait_for(function(*args), timeout=limit)
+                await _within(function(*args), limit)
             else:
                 result = await asyncio.wait_for(
                     asyncio.get_running_loop().run_in_executor(None, function, *args), timeout=limit)
