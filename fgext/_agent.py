@@ -13,6 +13,7 @@ Lifecycle, in order (each step undone in reverse at the end):
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import time
@@ -155,6 +156,10 @@ class Agent:
         pipeline.on_fatal = lambda failure: self.request_stop(f"strict mode: {failure}", EXIT_PROBLEMS)
         await pipeline.start(lambda p: contexts[id(p)])
         self.pipeline = pipeline
+        # What is loaded by now (modules, protobuf descriptors, plugin state) lives as long as the process.
+        # Out of the collector's sight, a full collection no longer walks its ~40,000 objects: 15-20 ms
+        # of a stopped loop on the development machine, now ~0 (bench/RESULTS.md, latency).
+        gc.freeze()
         for kind, payload in self._pending:
             await self._submit(kind, payload)
         self._pending.clear()
