@@ -406,6 +406,40 @@ class TestLogs:
         assert old.trace_id == b""
         assert attrs(recent)["faas.invocation_id"] == f"00000000-0000-4000-8000-{199:012d}"
 
+    def test_lone_surrogates_are_escaped_not_fatal(self) -> None:
+        """JSON may carry a lone surrogate ("\\ud800"), which UTF-8 cannot encode: in a log line, a request
+        ID, a status or an unknown event's name it is written as its escape, and nothing else is lost."""
+        rid = "req-\ud800"
+        mapper = make_mapper()
+        mapper.consume(events(start(rid, 0), log(5, "[Function]bad \udcff byte"), done(rid, 10, "fail\ud800"),
+                              report(rid, 0, 11, "fail\ud800"), {"name": "odd\ud800", "startTime": ts(6)},
+                              log(7, "[Function]fine")))
+        spans = by_name(mapper.take_spans())
+        trace = ExportTraceServiceRequest.FromString(
+            encode_trace_requests(mapper.resource.message(), list(spans.values()))[0][0])
+        root = trace.resource_spans[0].scope_spans[0].spans[1]
+        assert attrs(root)["faas.invocation_id"] == "req-\\ud800"
+        assert spans["invoke"].status.message == "fail\\ud800"
+        bad, odd, fine = encoded_logs(mapper)
+        assert bad.body.string_value == "bad \\udcff byte"
+        assert attrs(bad)["faas.invocation_id"] == "req-\\ud800"
+        assert attrs(odd)["fgext.event.name"] == "odd\\ud800" and "\\ud800" in odd.body.string_value
+        assert fine.body.string_value == "fine"
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.text(st.characters(blacklist_categories=())), st.text(st.characters(blacklist_categories=()),
+                                                                     min_size=1))
+    def test_any_text_encodes(self, text: str, rid: str) -> None:
+        """Whatever text the platform sends (surrogates included) as a line, a status or a request ID, the
+        mapping and the encoding of all three signals never raise, and each line becomes one record."""
+        mapper = make_mapper()
+        rid = rid.strip() or "x"
+        mapper.consume(events(start(rid, 0), log(5, "[Function]" + text), done(rid, 10, text or "ok"),
+                              report(rid, 0, 11, text or "ok"), {"name": "odd" + text, "startTime": ts(6)}))
+        spans = mapper.take_spans()
+        encode_trace_requests(mapper.resource.message(), spans)
+        assert len(spans) == 2 and len(encoded_logs(mapper)) == 2
+
     def test_unknown_event_is_kept_as_a_log_record(self) -> None:
         """An event name fgext does not know is exported whole, never dropped."""
         mapper = make_mapper()

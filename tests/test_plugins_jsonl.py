@@ -45,3 +45,13 @@ def test_stdout_lines_carry_no_collectable_marker(capsys: pytest.CaptureFixture[
     assert len(out.splitlines()) == 2
     assert "[Extension]" not in out and "[Function]" not in out
     assert json.loads(out.splitlines()[0])["message"] == "echo"
+
+
+def test_lone_surrogates_are_escaped_and_the_batch_is_kept(tmp_path: Path) -> None:
+    """A log line carrying a lone surrogate (valid JSON, not UTF-8) is written as a JSON escape: the file stays
+    UTF-8, the line reads back exactly as the platform sent it, and its batch is not lost."""
+    out = tmp_path / "e.jsonl"
+    run_plugin(JsonlPlugin(), [make_log("bad \ud800 char"), make_log("fine")], config={"path": str(out)})
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [line["message"] for line in lines] == ["bad \ud800 char", "fine"]
+    assert "\\ud800" in out.read_text(encoding="utf-8")

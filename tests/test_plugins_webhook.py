@@ -77,6 +77,19 @@ class TestAlerts:
         assert bad["function"] == "hello" and bad["phase"] == "invoke" and bad["duration_ms"] == 40
         assert receiver.headers[0]["X-Token"] == "t0k"
 
+    def test_lone_surrogate_in_a_log_line_still_alerts(self) -> None:
+        """A failed invocation whose log line holds a lone surrogate is still posted (UTF-8, the character as a
+        JSON escape, so the receiver reads the line as sent)."""
+
+        async def go() -> Receiver:
+            async with Receiver() as receiver:
+                await arun_plugin(WebhookPlugin(), make_invocation("bad", status="error", logs=["oops \udcff"]),
+                                  config={"url": receiver.url})
+                return receiver
+
+        receiver = run(go())
+        assert [b["recent_logs"] for b in receiver.bodies] == [["oops \udcff"]]
+
     def test_thresholds_and_phases(self) -> None:
         """slow_ms 0 turns slow alerts off, failures=false turns failure alerts off, phases narrow reports."""
 

@@ -48,7 +48,7 @@ from fgext._events import (
     StartEvent,
     UnknownEvent,
 )
-from fgext.otlp._resource import ResourceBuilder, any_value
+from fgext.otlp._resource import ResourceBuilder, any_value, safe_text
 
 __all__ = ["Mapper", "Metrics", "encode_logs", "span_id", "trace_id_for"]
 
@@ -122,7 +122,10 @@ def _put(container: Any, attributes: Iterable[Attribute]) -> None:
         elif isinstance(value, float):
             kv.value.double_value = value
         else:
-            kv.value.string_value = value
+            try:
+                kv.value.string_value = value
+            except UnicodeEncodeError:  # rare: only ever pay for the check when it fails
+                kv.value.string_value = safe_text(value)
 
 
 # ----------------------------------------------------------------------------------------- records
@@ -643,7 +646,7 @@ class Mapper:
             _put(span.attributes, attributes)
             if code != Status.STATUS_CODE_UNSET:
                 span.status.code = code
-                span.status.message = message
+                span.status.message = safe_text(message)
             self._record_metrics(phase, begin, end, kind in incomplete_phases)
             phase.settle(begin, end)
         coldstart = "init" in request.phases or "restore" in request.phases
@@ -668,7 +671,7 @@ class Mapper:
             _put(span.attributes, root_attributes)
             if root_error:
                 span.status.code = Status.STATUS_CODE_ERROR
-                span.status.message = root_error
+                span.status.message = safe_text(root_error)
             if "invoke" in request.phases:
                 self.metrics.count("faas.invocations")
                 if coldstart:
@@ -821,12 +824,15 @@ def encode_logs(container: object, pending: Sequence[PendingLog], mapper: Mapper
             match = level.search(message, 0, _LEVEL_SCAN)
             key = (event.category, match.group(1) if match is not None else None)
             record.MergeFromString(templates.get(key) or _template(*key))
-            record.body.string_value = message
+            try:
+                record.body.string_value = message
+            except UnicodeEncodeError:
+                record.body.string_value = safe_text(message)
         else:
             at = event.start_ns if event.start_ns is not None else observed
-            record.body.string_value = json.dumps(dict(event.raw), ensure_ascii=False, default=str)
+            record.body.string_value = safe_text(json.dumps(dict(event.raw), ensure_ascii=False, default=str))
             record.MergeFromString(templates.get(("unknown", None)) or _template("unknown", None))
-            record.attributes.add(key="fgext.event.name").value.string_value = event.name
+            record.attributes.add(key="fgext.event.name").value.string_value = safe_text(event.name)
         record.time_unix_nano = at
         phase = correlate(at)
         if phase is not None:

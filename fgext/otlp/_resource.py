@@ -41,7 +41,18 @@ def any_value(value: AttributeValue) -> AnyValue:
         return AnyValue(int_value=value)
     if isinstance(value, float):
         return AnyValue(double_value=value)
-    return AnyValue(string_value=str(value))
+    return AnyValue(string_value=safe_text(str(value)))
+
+
+def safe_text(text: str) -> str:
+    """``text`` fit for a protobuf string field. JSON may carry a lone surrogate (``"\\ud800"``), and an
+    environment variable undecodable bytes (as surrogates): UTF-8 cannot encode either, and one such
+    character must not cost an export, so it is written as its escape sequence instead."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class ResourceBuilder:

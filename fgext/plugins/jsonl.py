@@ -58,6 +58,12 @@ class JsonlPlugin(Plugin):
         if self._out is None or not records:
             return
         text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate from the JSON ("\\ud800") cannot be written as UTF-8: escape it rather than
+            # lose the whole batch to the write's error.
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         if not self._owned:
             from fgext._logging import neutralise_markers
 

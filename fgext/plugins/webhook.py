@@ -190,7 +190,8 @@ class WebhookPlugin(Sink):
     async def _send(self, alert: Dict[str, Any]) -> bool:
         import aiohttp
 
-        body = json.dumps(alert, ensure_ascii=False).encode()
+        # backslashreplace: a lone surrogate in a log line must not cost the alert
+        body = json.dumps(alert, ensure_ascii=False).encode("utf-8", "backslashreplace")
         delay = self.backoff
         last = ""
         for attempt in range(self.retries + 1):
