@@ -177,9 +177,7 @@ class Pipeline:
                 else:
                     await self.dispatch_telemetry(payload)
             except PluginFailure as failure:
-                self.failure = failure
-                if self.on_fatal is not None:
-                    self.on_fatal(failure)
+                self._fatal(failure)
                 return
 
     async def dispatch_invoke(self, invoke: Invoke) -> None:
@@ -233,12 +231,15 @@ class Pipeline:
             try:
                 await self._call(state, "flush", self._hook_timeout, timeout=self._hook_timeout)
             except PluginFailure as failure:  # strict mode, outside the worker: stop the same way
-                self.failure = failure
-                if self.on_fatal is not None:
-                    self.on_fatal(failure)
+                self._fatal(failure)
                 return
             if key not in self._flush_again or state.disabled or self._closing:
                 return
+
+    def _fatal(self, failure: PluginFailure) -> None:
+        self.failure = failure
+        if self.on_fatal is not None:
+            self.on_fatal(failure)
 
     async def _settle_flushes(self, timeout: float) -> None:
         """Let running end-of-invocation flushes finish (shutdown flushes again, never concurrently)."""
@@ -316,7 +317,7 @@ class Pipeline:
 
     async def _one(self, state: _State, event: AnyEvent, process: Callable[..., Any]) -> Optional[AnyEvent]:
         try:
-            result = await asyncio.wait_for(process(event), timeout=self._hook_timeout)
+            result = await _within(process(event), self._hook_timeout)
         except DropEvent:
             self._dropped(state, event)
             return None
@@ -340,11 +341,10 @@ class Pipeline:
             if _is_async(function):
                 await _within(function(*args), limit)
             else:
-                result = await asyncio.wait_for(
-                    asyncio.get_running_loop().run_in_executor(None, function, *args), timeout=limit)
+                result = await _within(asyncio.get_running_loop().run_in_executor(None, function, *args), limit)
                 if inspect.isawaitable(result):
                     # A plain function that returned a coroutine (a wrapped or decorated hook).
-                    await asyncio.wait_for(result, timeout=limit)
+                    await _within(result, limit)
         except (Exception, asyncio.TimeoutError) as error:
             self._failed(state, hook, error)
             return False
