@@ -142,6 +142,13 @@ class Pipeline:
         Processors are asked too: the contract gives ``flush`` to both roles, and a processor may
         hold state of its own (an extension's lifecycle handlers can ride on its processor).
         """
+        # Never two flushes of one plugin at once: an end-of-invocation flush still running goes first.
+        if timeout is None:
+            await self._settle_flushes(self._hook_timeout)
+        else:
+            deadline = time.monotonic() + timeout
+            await self._settle_flushes(timeout * 0.5)
+            timeout = max(0.0, deadline - time.monotonic())
         states = [s for s in self._processors + self._sinks if not s.disabled]
         await asyncio.gather(*(self._call(s, "flush", timeout, timeout=timeout) for s in states))
 

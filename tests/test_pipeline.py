@@ -557,3 +557,27 @@ class TestFlushAtInvocationEnd:
 
         run(go())
         assert order == ["flush start", "flush end", "shutdown"]
+
+    def test_an_explicit_flush_waits_for_the_end_of_invocation_flush(self) -> None:
+        """pipeline.flush() (fgext.testing, a host) lets a running end-of-invocation flush end before
+        flushing again: a plugin's flush never runs twice at once."""
+        order: List[str] = []
+
+        class Slow(Plugin):
+            name: ClassVar[str] = "slow"
+
+            async def flush(self, timeout: Optional[float] = None) -> None:
+                order.append("start")
+                await asyncio.sleep(0.2)
+                order.append("end")
+
+        async def go() -> None:
+            pipeline = Pipeline([Slow()], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry([report_event()])
+            await until(lambda: order == ["start"])
+            await pipeline.flush(2)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert order == ["start", "end", "start", "end"]
