@@ -10,7 +10,6 @@ soon as the event loop starts (``web.SockSite`` adopts this very socket).
 from __future__ import annotations
 
 import errno
-import json
 import signal
 import socket
 import sys
@@ -110,6 +109,8 @@ def _post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
 
 def _error_text(status: int, body: bytes) -> str:
     """The platform's own words for a refusal: ``errorInfo``, ``error_msg`` or the raw body."""
+    import json
+
     try:
         data = json.loads(body)
     except ValueError:
@@ -151,6 +152,10 @@ def register(settings: AgentSettings, address: str, clock: Callable[[], float] =
             last = f"{type(error).__name__}: {error}"
         else:
             if status == 200:
+                # Imported once the platform has the registration: json brings re and its compiler, the
+                # largest import left on the path to the first request (bench/RESULTS.md, cold start).
+                import json
+
                 try:
                     answer = json.loads(body) if body.strip() else {}
                 except ValueError:
@@ -173,6 +178,8 @@ def register(settings: AgentSettings, address: str, clock: Callable[[], float] =
 
 def subscribe(settings: AgentSettings, port: int) -> Tuple[bool, str]:
     """``POST /telemetry``; a refusal is reported, not fatal: invokes are still worth serving."""
+    import json
+
     body = json.dumps({
         "subscriber": {"protocol": "POST", "uri": f"http://127.0.0.1:{port}"},
         "types": list(settings.telemetry_types),

@@ -6,7 +6,6 @@ no ``dataclasses`` at run time (together about 20 ms on the sandbox's fraction o
 
 from __future__ import annotations
 
-import json
 import os
 
 from fgext._errors import ConfigError
@@ -91,6 +90,8 @@ def load_config_file(path: Optional[str]) -> Dict[str, Any]:
     """Read the optional JSON config file (``FGEXT_CONFIG``); missing path means no file."""
     if not path:
         return {}
+    import json  # only with a config file: json costs milliseconds before registering (re, enum)
+
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
