@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import gzip
 import importlib
 import time
 from collections import deque
@@ -152,6 +150,8 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     except ValueError:
         pass
     try:
+        import email.utils  # only for a Retry-After date: email costs milliseconds of the cold start
+
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
@@ -205,7 +205,11 @@ class HttpTransport(Transport):
     async def send(self, data: bytes) -> Outcome:
         import aiohttp
 
-        body = gzip.compress(data, compresslevel=6) if self._config.compression == "gzip" else data
+        body = data
+        if self._config.compression == "gzip":
+            import gzip
+
+            body = gzip.compress(data, compresslevel=6)
         timeout = aiohttp.ClientTimeout(total=self._config.timeout_s)
         for attempt in (1, 2):
             try:
