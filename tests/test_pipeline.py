@@ -535,49 +535,43 @@ class TestFlushAtInvocationEnd:
 
     def test_shutdown_waits_for_a_running_flush_before_shutting_down(self) -> None:
         """A plugin is never flushed and shut down at once: shutdown lets the running flush end first."""
-        order: List[str] = []
-
-        class Slow(Plugin):
-            name: ClassVar[str] = "slow"
-
-            async def flush(self, timeout: Optional[float] = None) -> None:
-                order.append("flush start")
-                await asyncio.sleep(0.2)
-                order.append("flush end")
-
-            async def shutdown(self, timeout: float) -> None:
-                order.append("shutdown")
-
-        async def go() -> None:
-            pipeline = Pipeline([Slow()], logger=Log())
-            await pipeline.start(context)
-            await pipeline.dispatch_telemetry([report_event()])
-            await until(lambda: order == ["flush start"])
-            await pipeline.shutdown(2)
-
-        run(go())
-        assert order == ["flush start", "flush end", "shutdown"]
+        plugin = SlowFlush()
+        run(plugin.flushed_by_a_report_then(lambda pipeline: pipeline.shutdown(2)))
+        assert plugin.order == ["flush start", "flush end", "shutdown"]
 
     def test_an_explicit_flush_waits_for_the_end_of_invocation_flush(self) -> None:
         """pipeline.flush() (fgext.testing, a host) lets a running end-of-invocation flush end before
         flushing again: a plugin's flush never runs twice at once."""
-        order: List[str] = []
+        plugin = SlowFlush()
 
-        class Slow(Plugin):
-            name: ClassVar[str] = "slow"
-
-            async def flush(self, timeout: Optional[float] = None) -> None:
-                order.append("start")
-                await asyncio.sleep(0.2)
-                order.append("end")
-
-        async def go() -> None:
-            pipeline = Pipeline([Slow()], logger=Log())
-            await pipeline.start(context)
-            await pipeline.dispatch_telemetry([report_event()])
-            await until(lambda: order == ["start"])
+        async def flush_then_shut_down(pipeline: Pipeline) -> None:
             await pipeline.flush(2)
             await pipeline.shutdown(1)
 
-        run(go())
-        assert order == ["start", "end", "start", "end"]
+        run(plugin.flushed_by_a_report_then(flush_then_shut_down))
+        assert plugin.order == ["flush start", "flush end", "flush start", "flush end", "shutdown"]
+
+
+class SlowFlush(Plugin):
+    """A sink whose flush takes 0.2 s; ``order`` records its flushes and its shutdown."""
+
+    name: ClassVar[str] = "slow"
+
+    def __init__(self) -> None:
+        self.order: List[str] = []
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        self.order.append("flush start")
+        await asyncio.sleep(0.2)
+        self.order.append("flush end")
+
+    async def shutdown(self, timeout: float) -> None:
+        self.order.append("shutdown")
+
+    async def flushed_by_a_report_then(self, then: Any) -> None:
+        """Start a pipeline, end an invocation, and call ``then(pipeline)`` while that flush runs."""
+        pipeline = Pipeline([self], logger=Log())
+        await pipeline.start(context)
+        await pipeline.dispatch_telemetry([report_event()])
+        await until(lambda: self.order == ["flush start"])
+        await then(pipeline)
