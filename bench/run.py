@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import json
@@ -40,7 +41,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -190,6 +191,26 @@ def telemetry_bodies(first: int, count: int, lines: int) -> Tuple[List[Tuple[str
 # --------------------------------------------------------------------------------- 2 per-event CPU
 
 
+@contextlib.contextmanager
+def otlp_agent(python: str, extra: Optional[Dict[str, str]] = None) -> Iterator[Tuple[AgentUnderTest, Sink]]:
+    """A ready agent with the OTLP plugin exporting to a fresh sink, under a recording platform; all three
+    stopped on the way out."""
+    sink = Sink()
+    platform = RecordingPlatform().start()
+    try:
+        with port_range_lock():
+            agent = AgentUnderTest(python, platform.addr, "otlp",
+                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}", **(extra or {})})
+            try:
+                agent.wait_ready()
+                yield agent, sink
+            finally:
+                agent.stop()
+    finally:
+        platform.stop()
+        sink.stop()
+
+
 def _drive(target_pid: int, port: int, bodies: List[Tuple[str, bytes]], concurrency: int,
            drained: Callable[[], float]) -> Tuple[float, float]:
     """(wall seconds until the work is done, CPU seconds the target spent)."""
@@ -202,26 +223,13 @@ def _drive(target_pid: int, port: int, bodies: List[Tuple[str, bytes]], concurre
 
 def _agent_load(python: str, bodies: List[Tuple[str, bytes]], warm: List[Tuple[str, bytes]], concurrency: int,
                 flush: str) -> Tuple[float, float, int]:
-    sink = Sink()
-    platform = RecordingPlatform().start()
-    try:
-        with port_range_lock():
-            agent = AgentUnderTest(python, platform.addr, "otlp",
-                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}",
-                                    "FGEXT_FLUSH": flush})
-            try:
-                agent.wait_ready()
-                asyncio.run(post_all(agent.port, warm, concurrency))
-                sink.wait_quiet(quiet=1.5 if flush != "end" else 0.5)
-                # the drain waits for the sink to go quiet: longer than a periodic flush's interval
-                wall, cpu = _drive(agent.pid, agent.port, bodies, concurrency,
-                                   lambda: sink.wait_quiet(quiet=1.5 if flush != "end" else 0.5))
-                exported = sum(1 for path, _, _ in sink.snapshot() if path == "/v1/logs")
-            finally:
-                agent.stop()
-    finally:
-        platform.stop()
-        sink.stop()
+    # the drain waits for the sink to go quiet: longer than a periodic flush's interval
+    quiet = 1.5 if flush != "end" else 0.5
+    with otlp_agent(python, {"FGEXT_FLUSH": flush}) as (agent, sink):
+        asyncio.run(post_all(agent.port, warm, concurrency))
+        sink.wait_quiet(quiet=quiet)
+        wall, cpu = _drive(agent.pid, agent.port, bodies, concurrency, lambda: sink.wait_quiet(quiet=quiet))
+        exported = sum(1 for path, _, _ in sink.snapshot() if path == "/v1/logs")
     return wall, cpu, exported
 
 
@@ -265,28 +273,16 @@ def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[st
     """RSS after start and at each checkpoint (invocations so far); the first two are the targets' 1,000 and
     10,000, later ones show whether growth levels off once the bounded caches are full."""
     progress(f"memory: RSS at {', '.join(map(str, checkpoints))} invocations with {lines} log lines each")
-    sink = Sink()
-    platform = RecordingPlatform().start()
     out: Dict[str, float] = {}
-    try:
-        with port_range_lock():
-            agent = AgentUnderTest(python, platform.addr, "otlp",
-                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
-            try:
-                agent.wait_ready()
-                out["rss_start_mb"] = rss_kib(agent.pid)[0] / 1024
-                done = 0
-                for checkpoint in checkpoints:
-                    asyncio.run(post_all(agent.port, _invocations(done, checkpoint - done, lines), 2))
-                    done = checkpoint
-                    sink.wait_quiet()
-                    out[f"rss_after_{checkpoint}_mb"] = rss_kib(agent.pid)[0] / 1024
-                out["rss_peak_mb"] = rss_kib(agent.pid)[1] / 1024
-            finally:
-                agent.stop()
-    finally:
-        platform.stop()
-        sink.stop()
+    with otlp_agent(python) as (agent, sink):
+        out["rss_start_mb"] = rss_kib(agent.pid)[0] / 1024
+        done = 0
+        for checkpoint in checkpoints:
+            asyncio.run(post_all(agent.port, _invocations(done, checkpoint - done, lines), 2))
+            done = checkpoint
+            sink.wait_quiet()
+            out[f"rss_after_{checkpoint}_mb"] = rss_kib(agent.pid)[0] / 1024
+        out["rss_peak_mb"] = rss_kib(agent.pid)[1] / 1024
     first, second = checkpoints[0], checkpoints[1]
     out["growth_first_to_second_mb"] = out[f"rss_after_{second}_mb"] - out[f"rss_after_{first}_mb"]
     out["rss_steady_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"]
@@ -324,24 +320,12 @@ def bench_latency(python: str, invokes: int, concurrency: int, flushes: int) -> 
     finally:
         floor.stop()
     progress(f"invoke latency and end flush ({flushes} invocations of 100 events): agent with OTLP")
-    sink = Sink()
-    platform = RecordingPlatform().start()
-    try:
-        with port_range_lock():
-            agent = AgentUnderTest(python, platform.addr, "otlp",
-                                   {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
-            try:
-                agent.wait_ready()
-                asyncio.run(post_all(agent.port, bodies[:50], concurrency))
-                agent_lat = asyncio.run(post_all(agent.port, bodies, concurrency))
-                agent_seq = asyncio.run(post_all(agent.port, bodies[: len(bodies) // 5], 1))
-                _end_flush(agent, sink, 5_000_000, 100)  # warm-up: the exporter's connections
-                flush = [_end_flush(agent, sink, 5_000_001 + i, 100) for i in range(flushes)]
-            finally:
-                agent.stop()
-    finally:
-        platform.stop()
-        sink.stop()
+    with otlp_agent(python) as (agent, sink):
+        asyncio.run(post_all(agent.port, bodies[:50], concurrency))
+        agent_lat = asyncio.run(post_all(agent.port, bodies, concurrency))
+        agent_seq = asyncio.run(post_all(agent.port, bodies[: len(bodies) // 5], 1))
+        _end_flush(agent, sink, 5_000_000, 100)  # warm-up: the exporter's connections
+        flush = [_end_flush(agent, sink, 5_000_001 + i, 100) for i in range(flushes)]
     return {"invokes": invokes, "concurrency": concurrency,
             "floor_invoke_p50_ms": statistics.median(floor_lat), "floor_invoke_p99_ms": percentile(floor_lat, 99),
             "agent_invoke_p50_ms": statistics.median(agent_lat), "agent_invoke_p99_ms": percentile(agent_lat, 99),
