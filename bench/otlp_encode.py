@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._agents import wait_connect
 from fgext._events import parse_body
 from fgext.otlp._export import (
     encode_logs_requests,
@@ -109,13 +110,7 @@ def end_to_end(invocations: int, lines: int) -> None:
         port = sock.getsockname()[1]
     receiver = subprocess.Popen([sys.executable, "-c", _RECEIVER, str(port)])
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_connect(port, timeout=15)
         events = workload(invocations, lines)
         per_invocation = 3 + lines
         batches = [parse_body(json.dumps(events[i:i + per_invocation])).events
