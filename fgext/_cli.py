@@ -28,6 +28,8 @@ _COMMANDS: Dict[str, tuple[str, str, str]] = {
                 "fgext.packager._cli:add_package_arguments", "fgext.packager._cli:package_command"),
     "check": ("validate any extension zip against the platform's rules and limits",
               "fgext.packager._cli:add_check_arguments", "fgext.packager._cli:check_command"),
+    "publish": ("create a dependency version from a zip and attach it to functions (needs fgext[publish])",
+                "fgext.publish._cli:add_arguments", "fgext.publish._cli:run_command"),
 }
 
 
