@@ -5,8 +5,11 @@ shared/spec/functiongraph-api-dependencies.zh.txt (7.3.3 create a dependency ver
 7.6.4 get a function's code, 7.6.5 update it), and records every request the SDK really sends: method,
 path as sent, headers and JSON body. It is the only stand-in: the cloud cannot exist here.
 
-Faults are queued per call (``fail("PUT code", 500, "FSS.0500", "...")``) and used once each; ``drop``
+Faults are queued per call (``fail("PUT code", 500, "FSS.0500", "...")``) and used once each; status 0
 closes the connection without an answer, as a network failure would.
+
+``python -m tests.fg_api`` runs it on its own (docs/packaging.md, "Publish it"): it prints its endpoint,
+project ID and a function's URN, then one line per request, until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import base64
 import hashlib
 import json
 import re
+import signal
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -70,6 +75,8 @@ class FunctionGraphApi:
     _server: Optional[ThreadingHTTPServer] = None
     _thread: Optional[threading.Thread] = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: called with each request and the status it was answered with (the standalone mode prints them)
+    on_answer: Optional[Any] = None
 
     @property
     def endpoint(self) -> str:
@@ -222,6 +229,8 @@ class FunctionGraphApi:
                 except ConnectionAbortedError:
                     self.close_connection = True
                     return
+                if api.on_answer is not None:
+                    api.on_answer(api.requests[-1], status)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -247,3 +256,34 @@ class FunctionGraphApi:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def main() -> int:
+    """Serve until SIGINT/SIGTERM with one function that has an earlier fgext-py39 version attached."""
+    api = FunctionGraphApi()
+    earlier = api.add_version("fgext-py39")
+    other = api.add_version("requests-lib")
+    function = api.add_function("hello", depend_version_list=[other["id"], earlier["id"]])
+
+    def show(request: Request, status: int) -> None:
+        body = request.body if request.method != "GET" else None
+        if isinstance(body, dict) and "depend_file" in body:
+            body = {**body, "depend_file": f"<{len(body['depend_file'])} base64 characters>"}
+        print(f"{request.method} {unquote(request.path)} -> {status}" + (f" {json.dumps(body)}" if body else ""),
+              flush=True)
+
+    api.on_answer = show
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    api.start()
+    print(f"endpoint {api.endpoint}\nproject_id {api.project_id}\nfunction {function.urn}", flush=True)
+    print(f"(the function lists {other['id']} (requests-lib) and {earlier['id']} (fgext-py39 version 1))",
+          flush=True)
+    stop.wait()
+    api.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -349,3 +349,22 @@ def test_without_the_sdk_the_install_command_is_printed(zip39: Path) -> None:
                           check=False)
     assert done.returncode == 2, done.stderr
     assert "pip install 'fgext[publish]'" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_sdk
+def test_region_and_project_come_from_the_environment(zip39: Path) -> None:
+    """HUAWEICLOUD_SDK_REGION and HUAWEICLOUD_SDK_PROJECT_ID stand for --region and --project-id."""
+    env = {"HUAWEICLOUD_SDK_REGION": "cn-north-4", "HUAWEICLOUD_SDK_PROJECT_ID": "p0123"}
+    done = run(str(zip39), "--dry-run", env=env, credentials=False)
+    assert done.returncode == 0, done.stderr
+    assert "Endpoint https://functiongraph.cn-north-4.myhuaweicloud.com, project p0123." in done.stdout
+    assert "POST /v2/p0123/fgs/dependencies/version" in done.stdout
+
+
+@needs_sdk
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_unknown_region_is_a_configuration_error(zip39: Path, dry_run: List[str]) -> None:
+    """A region the SDK has no endpoint for exits 2 with one line, before any request."""
+    done = run(str(zip39), "--region", "nowhere-1", "--project-id", "p0123", *dry_run)
+    assert done.returncode == 2
+    assert "--region 'nowhere-1' is not a region" in done.stderr and "Traceback" not in done.stderr

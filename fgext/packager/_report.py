@@ -55,9 +55,12 @@ def render_build(result: BuildResult) -> str:
     inline = ("depend_type obs with depend_link = the zip's OBS URL (it is above the inline limit)"
               if result.needs_obs else
               "depend_type zip with depend_file = the zip in base64, or depend_type obs with depend_link")
+    obs_link = " --obs-link <its OBS URL>" if result.needs_obs else ""
     lines += [
         "",
         "Add it to a function:",
+        f"  fgext publish {result.output} --function <function URN> --region <region>{obs_link}",
+        "  (pip install 'fgext[publish]'; docs/packaging.md, \"Publish it\"), or by hand:",
         f"  1. Create a dependency from {result.output}: console FunctionGraph > Functions > Dependencies >",
         f"     Create Dependency (runtime {result.runtime}), or the dependency API with",
         f"     {inline}, runtime {result.runtime}.",

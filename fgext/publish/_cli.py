@@ -11,15 +11,13 @@ import base64
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from fgext._errors import EXIT_OK, ConfigError
 from fgext.packager._limits import human_size
+from fgext.publish._client import Api, Settings, region_endpoint, require_sdk
 from fgext.publish._errors import ApiError, PartialPublish
 from fgext.publish._plan import Attached, Publication, attach_version, check_function_urn, render_dry_run
-
-if TYPE_CHECKING:
-    from fgext.publish._client import Api
 
 __all__ = ["add_arguments", "run_command"]
 
@@ -86,18 +84,24 @@ def run_command(args: argparse.Namespace) -> int:
                                            description=args.description, obs_link=args.obs_link)
     if args.endpoint and not args.endpoint.startswith(("https://", "http://")):
         raise ConfigError(f"--endpoint {args.endpoint!r}: give a URL (https://host[:port])")
-    endpoint = args.endpoint or (f"the FunctionGraph endpoint of {args.region}" if args.region else None)
-
     if args.dry_run:
-        print(render_dry_run(publication, attach, functions, endpoint=endpoint or "(give --region or --endpoint)",
-                             project_id=args.project_id))
+        if args.endpoint:
+            endpoint = args.endpoint
+        elif args.region:
+            try:
+                require_sdk()
+            except ConfigError:  # a dry run without the SDK still prints the plan
+                endpoint = f"the FunctionGraph endpoint of {args.region}"
+            else:
+                endpoint = region_endpoint(args.region)
+        else:
+            endpoint = "(give --region or --endpoint)"
+        print(render_dry_run(publication, attach, functions, endpoint=endpoint, project_id=args.project_id))
         return EXIT_OK
-    if endpoint is None:
+    if not args.endpoint and not args.region:
         raise ConfigError(f"give --region (or set {REGION_ENV}) or --endpoint")
     if not args.project_id:
         raise ConfigError(f"give --project-id (or set {PROJECT_ENV}): the project the function lives in")
-
-    from fgext.publish._client import Api, Settings
 
     api = Api(Settings(project_id=args.project_id, endpoint=args.endpoint, region=args.region))
     if publication is not None:

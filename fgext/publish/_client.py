@@ -17,7 +17,7 @@ from fgext._errors import ConfigError
 from fgext.publish._errors import ApiError
 from fgext.publish._plan import Attached
 
-__all__ = ["INSTALL_HINT", "Api", "Settings", "Version", "require_sdk"]
+__all__ = ["INSTALL_HINT", "Api", "Settings", "Version", "region_endpoint", "require_sdk"]
 
 INSTALL_HINT = "pip install 'fgext[publish]'"
 _T = TypeVar("_T")
@@ -34,6 +34,18 @@ def require_sdk() -> None:
     except ImportError as error:
         raise ConfigError(f"fgext publish needs the Huawei Cloud SDK, which is not installed ({error.name}): "
                           f"{INSTALL_HINT}") from None
+
+
+def region_endpoint(region: str) -> str:
+    """The public FunctionGraph endpoint of ``region`` from the SDK's table; ConfigError for an unknown one."""
+    require_sdk()
+    from huaweicloudsdkfunctiongraph.v2.region.functiongraph_region import FunctionGraphRegion
+
+    try:
+        return str(FunctionGraphRegion.value_of(region).endpoints[0])
+    except (KeyError, ValueError, IndexError):
+        raise ConfigError(f"--region {region!r} is not a region the SDK knows a FunctionGraph endpoint for: "
+                          "check the name (e.g. cn-north-4), or give --endpoint") from None
 
 
 @dataclass(frozen=True)
@@ -133,11 +145,8 @@ class Api:
         if settings.endpoint:
             builder = builder.with_endpoints([settings.endpoint])
         else:
-            try:
-                builder = builder.with_region(FunctionGraphRegion.value_of(settings.region))
-            except (KeyError, ValueError):
-                raise ConfigError(f"--region {settings.region!r} is not a region the SDK knows an endpoint "
-                                  "for: check the name (e.g. cn-north-4), or give --endpoint") from None
+            region_endpoint(str(settings.region))  # the one line for an unknown region
+            builder = builder.with_region(FunctionGraphRegion.value_of(settings.region))
         self._client: Any = builder.build()
 
     def create_version(self, body: Dict[str, Any]) -> Version:
