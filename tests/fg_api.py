@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,6 +73,7 @@ class FunctionGraphApi:
     versions: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # version id -> the version's record
     requests: List[Request] = field(default_factory=list)
     faults: Dict[str, List[Tuple[int, str, str]]] = field(default_factory=dict)
+    delays: Dict[str, List[float]] = field(default_factory=dict)
     _server: Optional[ThreadingHTTPServer] = None
     _thread: Optional[threading.Thread] = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -96,6 +98,10 @@ class FunctionGraphApi:
     def fail(self, call: str, status: int, error_code: str = "", error_msg: str = "") -> None:
         """Answer the next ``call`` ("POST version", "GET code", ...) with this error; status 0 drops it."""
         self.faults.setdefault(call, []).append((status, error_code, error_msg))
+
+    def slow(self, call: str, seconds: float) -> None:
+        """Apply the next ``call`` at once but answer it only after ``seconds`` (a late answer)."""
+        self.delays.setdefault(call, []).append(seconds)
 
     def calls(self, call: Optional[str] = None) -> List[Request]:
         return [r for r in self.requests if call is None or r.call == call]
@@ -133,8 +139,16 @@ class FunctionGraphApi:
         return {key: v[key] for key in keys}
 
     def handle(self, method: str, raw_path: str, headers: Dict[str, str],
-               body: Optional[Any]) -> Tuple[int, Dict[str, Any]]:
-        """(status, JSON answer) for one request; a raised ConnectionAbortedError drops the connection."""
+               body: Optional[Any]) -> Tuple[int, Dict[str, Any], float]:
+        """(status, JSON answer, seconds to wait before answering) for one request; a raised
+        ConnectionAbortedError drops the connection."""
+        status, answer = self._handle(method, raw_path, headers, body)
+        with self._lock:
+            delays = self.delays.get(self.requests[-1].call or "")
+            return status, answer, delays.pop(0) if delays else 0.0
+
+    def _handle(self, method: str, raw_path: str, headers: Dict[str, str],
+                body: Optional[Any]) -> Tuple[int, Dict[str, Any]]:
         path = raw_path.split("?", 1)[0]
         route = next(((name, m) for verb, pattern, name in _ROUTES if verb == method
                       for m in [pattern.match(path)] if m), None)
@@ -225,10 +239,12 @@ class FunctionGraphApi:
                     body = raw.decode("utf-8", "replace")
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 try:
-                    status, answer = api.handle(self.command, self.path, headers, body)
+                    status, answer, delay = api.handle(self.command, self.path, headers, body)
                 except ConnectionAbortedError:
                     self.close_connection = True
                     return
+                if delay:
+                    time.sleep(delay)
                 if api.on_answer is not None:
                     api.on_answer(api.requests[-1], status)
                 data = json.dumps(answer).encode()

@@ -368,3 +368,47 @@ def test_unknown_region_is_a_configuration_error(zip39: Path, dry_run: List[str]
     done = run(str(zip39), "--region", "nowhere-1", "--project-id", "p0123", *dry_run)
     assert done.returncode == 2
     assert "--region 'nowhere-1' is not a region" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_sdk
+def test_late_answer_to_a_read_is_retried_and_a_late_create_is_not_resent(api: FunctionGraphApi,
+                                                                         zip39: Path) -> None:
+    """Past --timeout a GET is sent again; a POST, which the API may have applied, is reported instead."""
+    function = api.add_function("hello")
+    api.slow("GET code", 3.0)
+    done = run(str(zip39), "--function", function.urn, "--timeout", "1", *target(api))
+    assert done.returncode == 0, done.stderr
+    assert len(api.calls("GET code")) == 3 and len(function.depend_version_list) == 1
+    api.slow("POST version", 3.0)
+    late = run(str(zip39), "--timeout", "1", *target(api))
+    assert late.returncode == 1
+    assert "timed out" in late.stderr and "after 1 attempt(s)" in late.stderr and "Traceback" not in late.stderr
+    assert len(api.calls("POST version")) == 2  # one per run: the late one was not sent again
+
+
+@needs_sdk
+def test_attach_dry_run_lists_the_version_lookup_first(api: FunctionGraphApi) -> None:
+    """--attach DEPEND_ID:VERSION --dry-run: GET the version, then GET/PUT/GET each function; nothing sent."""
+    function = api.add_function("hello")
+    done = run("--attach", "dep-1:3", "--function", function.urn, "--dry-run", *target(api), credentials=False)
+    assert done.returncode == 0, done.stderr
+    assert f"1. GET /v2/{api.project_id}/fgs/dependencies/dep-1/version/3" in done.stdout
+    assert [line.split()[1] for line in done.stdout.splitlines() if line[:2] in ("2.", "3.", "4.")] == \
+        ["GET", "PUT", "GET"]
+    assert api.requests == []
+
+
+@needs_sdk
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--attach", "dep-1"], "give DEPEND_ID:VERSION"),
+    (["--attach", "dep-1:x"], "give DEPEND_ID:VERSION"),
+    (["ZIP", "--timeout", "0"], "--timeout 0.0: give a positive number of seconds"),
+])
+def test_bad_attach_or_timeout_is_a_usage_error(api: FunctionGraphApi, zip39: Path, args: List[str],
+                                                expected: str) -> None:
+    """--attach wants DEPEND_ID:VERSION and --timeout a positive number: exit 2 otherwise, nothing sent."""
+    function = api.add_function("hello")
+    done = run(*[str(zip39) if arg == "ZIP" else arg for arg in args], "--function", function.urn, *target(api))
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr
+    assert api.requests == []

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the FunctionGraph endpoint, for a private endpoint (instead of --region)")
     parser.add_argument("--project-id", metavar="ID", default=os.environ.get(PROJECT_ENV),
                         help=f"the project ID (default ${PROJECT_ENV})")
+    parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="seconds to wait for each answer (default 300: an inline upload takes a while)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print every request it would make, and send none (needs no credentials)")
 
@@ -103,7 +105,10 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.project_id:
         raise ConfigError(f"give --project-id (or set {PROJECT_ENV}): the project the function lives in")
 
-    api = Api(Settings(project_id=args.project_id, endpoint=args.endpoint, region=args.region))
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
+    api = Api(Settings(project_id=args.project_id, endpoint=args.endpoint, region=args.region,
+                       timeout=args.timeout))
     if publication is not None:
         depend_file = None if publication.obs_link else base64.b64encode(publication.zip.read_bytes()).decode()
         version = api.create_version(publication.body(depend_file))
@@ -132,8 +137,11 @@ def run_command(args: argparse.Namespace) -> int:
         lines += [f"  {urn}: {why}" for urn, why in failed]
         finish = " ".join(f"--function {urn}" for urn, _ in failed)
         where = f"--endpoint {args.endpoint}" if args.endpoint else f"--region {args.region}"
-        lines.append(f"finish with: fgext publish --attach {version.dep_id}:{version.version} {finish} {where} "
-                     f"--project-id {args.project_id}")
+        if version.dep_id and version.version is not None:
+            lines.append(f"finish with: fgext publish --attach {version.dep_id}:{version.version} {finish} {where} "
+                         f"--project-id {args.project_id}")
+        else:  # the API did not say which dependency and version number this is
+            lines.append(f"finish in the console: add dependency version {version.id} to each function above")
         raise PartialPublish(lines)
     return EXIT_OK
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from fgext._errors import ConfigError
 from fgext.publish._errors import ApiError
@@ -55,8 +55,8 @@ class Settings:
     project_id: str
     endpoint: Optional[str] = None
     region: Optional[str] = None
-    #: (connect, read) seconds; a 40 MB inline body takes a while to upload
-    timeout: Tuple[float, float] = (10.0, 300.0)
+    #: seconds to wait for an answer (a 40 MB inline body takes a while to upload)
+    timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def _with_retries(label: str, call: Callable[[], _T], *, resend_safe: bool) -> _
     is not sent twice. The one place publish retries: the lead may swap it for a shared helper.
     """
     from huaweicloudsdkcore.exceptions import exceptions
+    from requests.exceptions import Timeout
 
     delay = FIRST_BACKOFF
     for attempt in range(1, ATTEMPTS + 1):
@@ -103,15 +104,18 @@ def _with_retries(label: str, call: Callable[[], _T], *, resend_safe: bool) -> _
         except exceptions.ServiceResponseException as error:
             raise ApiError(label, status=error.status_code, error_code=str(error.error_code),
                            error_msg=str(error.error_msg)) from None
-        except (exceptions.ConnectionException, exceptions.RequestTimeoutException) as error:
+        # The SDK wraps connection errors; a read timeout reaches us as requests' own exception.
+        except (exceptions.ConnectionException, exceptions.RequestTimeoutException, Timeout) as error:
             never_sent = "Failed to establish a new connection" in str(error) or isinstance(
                 error, exceptions.HostUnreachableException)
             if attempt == ATTEMPTS or not (resend_safe or never_sent):
-                kind = "timed out" if isinstance(error, exceptions.RequestTimeoutException) else "network error"
-                raise ApiError(label, status=None, error_code=kind,
+                timed_out = isinstance(error, (exceptions.RequestTimeoutException, Timeout))
+                raise ApiError(label, status=None, error_code="timed out" if timed_out else "network error",
                                error_msg=f"{_short(error)} (after {attempt} attempt(s))") from None
             time.sleep(delay)
             delay *= 2
+        except exceptions.SdkException as error:
+            raise ApiError(label, status=None, error_code="SDK error", error_msg=_short(error)) from None
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
@@ -139,7 +143,7 @@ class Api:
                               "HUAWEICLOUD_SDK_SECURITY_TOKEN with a temporary access key)") from None
         credentials.with_project_id(settings.project_id)
         config = HttpConfig.get_default_config()
-        config.timeout = settings.timeout
+        config.timeout = (min(10.0, settings.timeout), settings.timeout)  # (connect, read)
         config.retry_times = 0  # retries are ours (_with_retries), with backoff and the resend rule
         builder = FunctionGraphClient.new_builder().with_http_config(config).with_credentials(credentials)
         if settings.endpoint:
