@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 
 from fgext._errors import ConfigError
-from fgext.publish._plan import Attached, attach_version, check_name, runtime_of_zip
+from fgext.publish._plan import Attached, attach_version, check_name, inline_body_size, needs_obs, runtime_of_zip
 from tests.conftest import ROOT
 from tests.fg_api import FunctionGraphApi
 
@@ -114,6 +114,13 @@ def test_attach_version_matches_by_name_without_dependency_ids_and_keeps_unknown
     assert (result, replaced) == (["mystery", "new"], ["old"])
     assert attach_version(["a"], [], Attached("new", "d", "n")) == (["a", "new"], [])
     assert attach_version(["new"], [Attached("new", "d", "n")], Attached("new", "d", "n")) == (["new"], [])
+
+
+def test_inline_limit_is_the_signed_request_body_not_only_40_mb() -> None:
+    """A zip goes inline only while its base64 body stays within the 12 MB of an AK/SK-signed request."""
+    assert inline_body_size(3) == 4 + 1024
+    assert not needs_obs(9_400_000)
+    assert needs_obs(9_500_000) and needs_obs(41 * 1024 * 1024)
 
 
 @pytest.mark.parametrize("name", ["9fgext", "fgext-", "fg ext", "a" * 97, "fgext/x"])
@@ -266,6 +273,18 @@ def test_above_40_mb_needs_an_obs_link_which_is_sent_instead(api: FunctionGraphA
     assert done.returncode == 0, done.stderr
     [post] = api.requests
     assert post.body == {"depend_type": "obs", "depend_link": link, "runtime": "Python3.9", "name": "fgext-big"}
+
+
+@needs_sdk
+def test_zip_above_the_signed_body_limit_needs_an_obs_link(api: FunctionGraphApi, tmp_path: Path) -> None:
+    """A 10 MB zip is below 40 MB but its base64 body is above 12 MB: exit 2 asking for --obs-link."""
+    big = make_zip(tmp_path / "fgext-10mb.zip", extra_bytes=10 * 1024 * 1024)
+    refused = run(str(big), *target(api))
+    assert refused.returncode == 2, refused.stderr
+    assert "above the 12.0 MB the API accepts in a request signed with an access key" in refused.stderr
+    assert "--obs-link" in refused.stderr and api.requests == []
+    done = run(str(big), "--obs-link", "https://bucket.obs.example/fgext-10mb.zip", *target(api))
+    assert done.returncode == 0, done.stderr
 
 
 @needs_sdk

@@ -55,7 +55,9 @@ def render_build(result: BuildResult) -> str:
     inline = ("depend_type obs with depend_link = the zip's OBS URL (it is above the inline limit)"
               if result.needs_obs else
               "depend_type zip with depend_file = the zip in base64, or depend_type obs with depend_link")
-    obs_link = " --obs-link <its OBS URL>" if result.needs_obs else ""
+    from fgext.publish._plan import needs_obs  # a signed request's body limit makes OBS needed sooner
+
+    obs_link = " --obs-link <its OBS URL>" if needs_obs(result.compressed) else ""
     lines += [
         "",
         "Add it to a function:",

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from fgext._errors import ConfigError, PackageError, UrnError
 from fgext._urn import parse_urn
-from fgext.packager._limits import DEPENDENCY_NAME, MAX_INLINE_BYTES, human_size
+from fgext.packager._limits import DEPENDENCY_NAME, MAX_INLINE_BYTES, MB, human_size
 from fgext.packager._runtimes import RUNTIMES, get_runtime
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "attach_version",
     "check_function_urn",
     "check_name",
+    "inline_body_size",
+    "needs_obs",
     "render_dry_run",
     "runtime_of_zip",
 ]
@@ -34,6 +36,20 @@ CREATE_PATH = "/v2/{project_id}/fgs/dependencies/version"
 SHOW_VERSION_PATH = "/v2/{project_id}/fgs/dependencies/{depend_id}/version/{version}"
 CODE_PATH = "/v2/{project_id}/fgs/functions/{function_urn}/code"
 MAX_DESCRIPTION = 512  # the API's limit on a dependency's description
+#: the API takes AK/SK-signed requests (the SDK's way) with bodies up to 12 MB (spec 4.2): with the
+#: zip in base64, that is a zip of about 9 MB, below the 40 MB an inline dependency may have
+MAX_SIGNED_BODY = 12 * MB
+_BODY_OVERHEAD = 1024  # the JSON around depend_file: keys, runtime, name, a description of <= 512 chars
+
+
+def inline_body_size(zip_size: int) -> int:
+    """The size of a CreateDependencyVersion body that carries a zip of ``zip_size`` bytes in base64."""
+    return 4 * ((zip_size + 2) // 3) + _BODY_OVERHEAD
+
+
+def needs_obs(zip_size: int) -> bool:
+    """True when a zip this large cannot go inline in a signed request and must be uploaded to OBS."""
+    return zip_size > MAX_INLINE_BYTES or inline_body_size(zip_size) > MAX_SIGNED_BODY
 
 # `fgext package` compiles byte code with an interpreter of the target runtime, and the wheels it
 # resolves carry the target's ABI in their extension modules' names: both say which runtime it is for.
@@ -128,6 +144,11 @@ class Publication:
         if obs_link is None and size > MAX_INLINE_BYTES:
             raise ConfigError(f"{path} is {human_size(size)}, above the API's {human_size(MAX_INLINE_BYTES)} "
                               "inline limit: upload it to OBS and give its URL with --obs-link")
+        if obs_link is None and inline_body_size(size) > MAX_SIGNED_BODY:
+            raise ConfigError(f"{path} is {human_size(size)}: inline, in base64, it makes a "
+                              f"{human_size(inline_body_size(size))} request, above the "
+                              f"{human_size(MAX_SIGNED_BODY)} the API accepts in a request signed with an "
+                              "access key (as the SDK signs): upload it to OBS and give its URL with --obs-link")
         return cls(zip=path, size=size, runtime=chosen, runtime_source=source, name=chosen_name,
                    description=description, obs_link=obs_link)
 
