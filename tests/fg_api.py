@@ -55,6 +55,7 @@ class Function:
     """A function's code settings, as 7.6.4 returns them."""
 
     urn: str
+    runtime: str = "Python3.9"
     code_type: str = "zip"
     code_filename: str = "index.zip"
     code_url: str = ""
@@ -123,7 +124,7 @@ class FunctionGraphApi:
         """The 7.6.4 answer for ``function``."""
         return {
             "func_urn": function.urn, "func_name": function.urn.split(":")[-2], "domain_id": "domain0001",
-            "runtime": "Python3.9", "code_type": function.code_type, "code_url": function.code_url,
+            "runtime": function.runtime, "code_type": function.code_type, "code_url": function.code_url,
             "code_filename": function.code_filename, "code_size": 245, "digest": "39d51ae3",
             "last_modified": "2019-10-31 11:37:58", "func_code": {"file": function.file, "link": function.link},
             "depend_list": sorted({self.versions[v]["dep_id"] for v in function.depend_version_list

@@ -318,7 +318,18 @@ def test_function_whose_code_is_not_returned_is_left_unchanged(api: FunctionGrap
     function = api.add_function("inline", code_type="inline", file="", link="")
     done = run(str(zip39), "--function", function.urn, *target(api))
     assert done.returncode == 1
-    assert "code not returned" in done.stderr and api.calls("PUT code") == []
+    assert "the API returned no code for this inline function" in done.stderr and api.calls("PUT code") == []
+
+
+@needs_sdk
+def test_function_of_another_runtime_is_left_unchanged(api: FunctionGraphApi, zip39: Path) -> None:
+    """A Python3.10 function does not get a Python3.9 version: exit 1 naming both runtimes, no PUT."""
+    function = api.add_function("py310", runtime="Python3.10")
+    done = run(str(zip39), "--function", function.urn, *target(api))
+    assert done.returncode == 1
+    assert "the function runs Python3.10 and the dependency version is for Python3.9" in done.stderr
+    assert "fgext package --runtime Python3.10" in done.stderr
+    assert api.calls("PUT code") == [] and function.depend_version_list == []
 
 
 @needs_sdk

@@ -15,9 +15,9 @@ from typing import List, Optional, Tuple
 
 from fgext._errors import EXIT_OK, ConfigError
 from fgext.packager._limits import human_size
-from fgext.publish._client import Api, Settings, region_endpoint, require_sdk
-from fgext.publish._errors import ApiError, PartialPublish
-from fgext.publish._plan import Attached, Publication, attach_version, check_function_urn, render_dry_run
+from fgext.publish._client import Api, Settings, Version, region_endpoint, require_sdk
+from fgext.publish._errors import ApiError, NotAttached, PartialPublish
+from fgext.publish._plan import Publication, attach_version, check_function_urn, render_dry_run
 
 __all__ = ["add_arguments", "run_command"]
 
@@ -86,6 +86,8 @@ def run_command(args: argparse.Namespace) -> int:
                                            description=args.description, obs_link=args.obs_link)
     if args.endpoint and not args.endpoint.startswith(("https://", "http://")):
         raise ConfigError(f"--endpoint {args.endpoint!r}: give a URL (https://host[:port])")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
     if args.dry_run:
         if args.endpoint:
             endpoint = args.endpoint
@@ -105,8 +107,6 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.project_id:
         raise ConfigError(f"give --project-id (or set {PROJECT_ENV}): the project the function lives in")
 
-    if not args.timeout > 0:
-        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
     api = Api(Settings(project_id=args.project_id, endpoint=args.endpoint, region=args.region,
                        timeout=args.timeout))
     if publication is not None:
@@ -124,9 +124,9 @@ def run_command(args: argparse.Namespace) -> int:
     failed: List[Tuple[str, str]] = []
     for urn in functions:
         try:
-            print(_attach(api, urn, version.attached()))
+            print(_attach(api, urn, version))
             done.append(urn)
-        except ApiError as error:
+        except (ApiError, NotAttached) as error:
             failed.append((urn, str(error)))
             print(f"  ! {urn}: {error}", file=sys.stderr)
     if failed:
@@ -146,20 +146,24 @@ def run_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _attach(api: Api, urn: str, new: Attached) -> str:
-    """Read the function's code settings, put ``new`` in its depend_version_list, write, read back."""
+def _attach(api: Api, urn: str, version: Version) -> str:
+    """Read the function's code settings, put ``version`` in its depend_version_list, write, read back."""
+    new = version.attached()
     code = api.show_code(urn)
+    if code.runtime and version.runtime and code.runtime != version.runtime:
+        raise NotAttached(urn, f"the function runs {code.runtime} and the dependency version is for "
+                               f"{version.runtime}: its byte code and compiled modules would not load; build one "
+                               f"with `fgext package --runtime {code.runtime}` and publish that")
     if (code.code_type or "") in _CODE_IN_BODY and not code.file and not code.link:
-        raise ApiError(f"GET {urn} code", status=200, error_code="code not returned",
-                       error_msg=f"the API returned no code for this {code.code_type} function; writing it back "
-                                 "would replace the function's code with the default, so it was left unchanged")
+        raise NotAttached(urn, f"the API returned no code for this {code.code_type} function; writing it back "
+                               "would replace the function's code with the default, so it was left unchanged")
     wanted, replaced = attach_version(code.depend_version_list, code.attached, new)
     if wanted == code.depend_version_list:
         return f"  {urn}: already lists {new.id}, unchanged"
     api.update_code(urn, code, wanted)
     confirmed = api.show_code(urn).depend_version_list
     if new.id not in confirmed or any(old in confirmed for old in replaced):
-        raise ApiError(f"GET {urn} code", status=200, error_code="not confirmed",
-                       error_msg=f"after the update the function lists {confirmed}, not {wanted}")
+        raise NotAttached(urn, f"the API accepted the update, but the function now lists {confirmed}, "
+                               f"not {wanted}")
     was = f", replacing {', '.join(replaced)}" if replaced else ""
     return f"  {urn}: attached {new.id}{was}; depend_version_list {confirmed}"

@@ -17,7 +17,7 @@ from fgext._errors import ConfigError
 from fgext.publish._errors import ApiError
 from fgext.publish._plan import Attached
 
-__all__ = ["INSTALL_HINT", "Api", "Settings", "Version", "region_endpoint", "require_sdk"]
+__all__ = ["INSTALL_HINT", "Api", "Code", "Settings", "Version", "region_endpoint", "require_sdk"]
 
 INSTALL_HINT = "pip install 'fgext[publish]'"
 _T = TypeVar("_T")
@@ -78,6 +78,7 @@ class Version:
 class Code:
     """A function's code settings as read: what UpdateFunctionCode must be sent back unchanged."""
 
+    runtime: Optional[str]
     code_type: Optional[str]
     code_url: Optional[str]
     code_filename: Optional[str]
@@ -177,7 +178,8 @@ class Api:
                                resend_safe=True)
         func_code = answer.func_code
         return Code(
-            code_type=answer.code_type, code_url=answer.code_url, code_filename=answer.code_filename,
+            runtime=answer.runtime, code_type=answer.code_type, code_url=answer.code_url,
+            code_filename=answer.code_filename,
             file=getattr(func_code, "file", None), link=getattr(func_code, "link", None),
             depend_version_list=list(answer.depend_version_list or []),
             attached=[Attached(id=d.id, dep_id=d.dep_id, name=d.name) for d in answer.dependencies or [] if d.id])

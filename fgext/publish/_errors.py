@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from fgext._errors import FgextError
 
-__all__ = ["ApiError", "PartialPublish"]
+__all__ = ["ApiError", "NotAttached", "PartialPublish"]
 
 
 class ApiError(FgextError):
@@ -23,6 +23,14 @@ class ApiError(FgextError):
         self.error_msg = error_msg
         where = f"HTTP {status}" if status is not None else "no answer"
         super().__init__(f"{request}: {where}: {error_code}: {error_msg}")
+
+
+class NotAttached(FgextError):
+    """fgext refused to write a function's code settings (or could not confirm the write): exit 1."""
+
+    def __init__(self, urn: str, reason: str) -> None:
+        self.urn = urn
+        super().__init__(reason)
 
 
 class PartialPublish(FgextError):
