@@ -29,7 +29,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
 DEPENDENCY_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9])?$")
-RUNTIMES = {"Python2.7", "Python3.6", "Python3.9", "Python3.10", "Python3.12", "Node.js18.15", "Custom"}
+# The runtime enum of 7.3.3 (the Python ones and a few others); it names no Python3.12.
+RUNTIMES = {"Python2.7", "Python3.6", "Python3.9", "Python3.10", "Node.js18.15", "Custom", "http", "Custom Image"}
 _ROUTES = [
     ("POST", re.compile(r"^/v2/(?P<project>[^/]+)/fgs/dependencies/version$"), "POST version"),
     ("GET", re.compile(r"^/v2/(?P<project>[^/]+)/fgs/dependencies/(?P<dep>[^/]+)/version/(?P<ver>\d+)$"),

@@ -249,9 +249,9 @@ def test_runtime_flag_is_needed_without_byte_code_and_then_used(api: FunctionGra
     bare = make_zip(tmp_path / "bare.zip", pyc_tag=None)
     refused = run(str(bare), *target(api))
     assert refused.returncode == 2 and "--runtime" in refused.stderr
-    done = run(str(bare), "--runtime", "Python3.12", "--name", "fgext-bare", *target(api))
+    done = run(str(bare), "--runtime", "Python3.10", "--name", "fgext-bare", *target(api))
     assert done.returncode == 0, done.stderr
-    assert api.calls("POST version")[0].body["runtime"] == "Python3.12"
+    assert api.calls("POST version")[0].body["runtime"] == "Python3.10"
 
 
 def test_zip_that_fails_check_is_refused(api: FunctionGraphApi, tmp_path: Path) -> None:
