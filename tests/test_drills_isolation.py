@@ -54,6 +54,8 @@ def test_slow_sink_delays_neither_otlp_nor_the_exit(platform: RecordingPlatform,
     assert time.monotonic() - signalled <= SHUTDOWN_TIMEOUT + 0.5
     assert any(line.get("event") == "sink did not take its queued telemetry before the shutdown deadline"
                and line.get("plugin") == "slow" for line in agent.logs())
+    # One batch per invocation: the first held by the slow sink's hook, the other two counted as dropped.
+    assert agent.wait_log("stopped")["lane_batches_dropped"] == 2
 
 
 def test_sink_raising_on_every_batch_is_disabled(platform: RecordingPlatform, agents: Start,

@@ -863,6 +863,25 @@ class TestLanes:
         full = [f for _, ev, f in log.lines if ev == "sink lane full: batches for this sink are dropped"]
         assert full and full[0]["plugin"] == "stuck"
 
+    def test_default_lane_holds_32_batches_and_waits_2_seconds(self) -> None:
+        """By default a lane holds 32 batches; past that the dispatcher waits (2 s) and then drops for that sink."""
+        stuck, fast = Stuck(), Collect()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, fast])
+            for i in range(40):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: len(fast.batches) == 40, timeout=15)
+            stuck.release.set()
+            await until(lambda: stuck.batches == 33)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            assert run(go()).stats["lane_batches_dropped"] == 40 - 1 - 32
+        finally:
+            stuck.release.set()
+
     def test_a_lane_with_room_again_takes_batches_again(self) -> None:
         """Once the stuck sink has drained its lane to half, its batches are queued again, not dropped."""
         stuck = Stuck()
