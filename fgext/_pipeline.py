@@ -521,7 +521,7 @@ class Pipeline:
 
     async def _flush_now(self, lane: _Lane, deadline: Deadline) -> None:
         if lane.queue is not None and lane.enqueued > lane.done:
-            await _until(asyncio.shield(lane.queue.join()), deadline)  # what is queued leaves with this flush
+            await _until(lane.queue.join(), deadline)  # what is queued leaves with this flush
         answered = self._request_flush(lane, deadline)
         while lane.completed < answered and not deadline.expired():
             await _until(lane.progress.wait(), deadline)
