@@ -207,7 +207,7 @@ class Agent:
             self.log.warning("listener did not close in time")
         if self.pipeline is not None:
             # The pipeline holds every lane and hook to the deadline itself; a hook stuck in a thread
-            # does not hold the process either (fgext._pipeline._HookThread).
+            # does not hold the process either (fgext._hooks.HookThread).
             await self.pipeline.shutdown(deadline)
         self.log.info("stopped", **self.stats, **(self.pipeline.stats if self.pipeline else {}))
 

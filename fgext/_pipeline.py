@@ -15,12 +15,9 @@ their invocation's report) a sink is flushed once it has taken that batch; with 
 also on the timer. A flush runs beside the lane, never in its way: one at a time per plugin, and
 requests arriving meanwhile are answered by one more flush after it, not one each.
 
-Isolation lives here too: a hook that raises is logged with the plugin's name and the event goes on
-(or is dropped, as the processor declares); failures are counted per hook, and a plugin failing
-``max_failures`` times in a row in one hook is disabled (a success in another hook does not reset
-that count); with ``strict`` the first failure stops the agent instead. A hook the plugin does not
-override is never called. Plain-function hooks run in a daemon thread of the plugin's own, so a
-plugin stuck in one cannot hold the others or the process's exit.
+Every hook is called through :class:`fgext._hooks.Hooks`: isolated, bounded in time, failures counted
+per hook (a processor's failed event goes on or is dropped, as it declares); with ``strict`` the
+first failure stops the agent instead. A hook the plugin does not override is never called.
 
 One :class:`~fgext._deadline.Deadline` flows through :meth:`Pipeline.flush` and
 :meth:`Pipeline.shutdown` into every lane; plugins' hooks receive its remaining seconds.
@@ -29,10 +26,6 @@ One :class:`~fgext._deadline.Deadline` flows through :meth:`Pipeline.flush` and
 from __future__ import annotations
 
 import asyncio
-import inspect
-import queue
-import sys
-import threading
 from collections import deque
 from typing import (
     Any,
@@ -52,6 +45,7 @@ from fgext._deadline import Deadline
 from fgext._errors import DropEvent
 from fgext._events import AnyEvent, Invoke
 from fgext._flush import FlushClock, FlushPolicy, InvocationTracker
+from fgext._hooks import Hooks, PluginFailure, PluginState, is_async, overrides, within
 from fgext._plugin import Plugin, PluginContext
 
 __all__ = ["Pipeline", "PluginFailure"]
@@ -59,25 +53,6 @@ __all__ = ["Pipeline", "PluginFailure"]
 _STOP = object()
 #: at shutdown, the time kept for plugins' own ``shutdown`` after queued work has had its turn
 _SHUTDOWN_RESERVE_S = 0.5
-
-
-class PluginFailure(Exception):
-    """Strict mode: a plugin hook raised; ``__cause__`` is what it raised."""
-
-    def __init__(self, plugin: str, hook: str) -> None:
-        super().__init__(f"plugin {plugin!r} failed in {hook}")
-        self.plugin = plugin
-        self.hook = hook
-
-
-def _is_async(function: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(function)
-
-
-def _overrides(plugin: Plugin, hook: str) -> bool:
-    """Whether ``plugin`` has a ``hook`` of its own: the base ones do nothing, and calling a plain function
-    costs a thread hop, so the base class's no-ops are never called."""
-    return getattr(getattr(plugin, hook), "__func__", None) is not getattr(Plugin, hook)
 
 
 async def _all(calls: Iterable[Awaitable[Any]]) -> None:
@@ -89,17 +64,6 @@ async def _all(calls: Iterable[Awaitable[Any]]) -> None:
         await asyncio.gather(*pending)
 
 
-if sys.version_info >= (3, 11):
-    async def _within(call: Awaitable[Any], limit: float) -> Any:
-        # asyncio.timeout runs the hook in the caller's task; wait_for (before 3.12) wraps it in a new
-        # task per call, which was a measurable share of the per-batch cost.
-        async with asyncio.timeout(limit):
-            return await call
-else:
-    async def _within(call: Awaitable[Any], limit: float) -> Any:
-        return await asyncio.wait_for(call, timeout=limit)
-
-
 async def _until(call: Awaitable[Any], deadline: Deadline) -> bool:
     """Await ``call`` until ``deadline``; whether it finished (it is cancelled if not)."""
     try:
@@ -109,87 +73,17 @@ async def _until(call: Awaitable[Any], deadline: Deadline) -> bool:
     return True
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: Optional[BaseException]) -> None:
-    if future.done():  # the caller stopped waiting (its timeout)
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-class _HookThread:
-    """The thread one plugin's plain-function hooks run in, one call at a time, in call order.
-
-    Not the loop's default executor: its threads are joined when the interpreter exits (and by
-    ``asyncio.run``), so one plugin stuck in a synchronous hook would keep the process alive past
-    ``FGEXT_SHUTDOWN_TIMEOUT``. This thread is a daemon, which the interpreter does not wait for: once
-    every plugin has had its share of the deadline the process exits, whatever a stuck hook is doing.
-    One per plugin also keeps a stuck plugin's later calls queued behind its own stuck call, instead
-    of taking threads the other plugins need.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._jobs: queue.SimpleQueue[Optional[Tuple[Any, ...]]] = queue.SimpleQueue()
-        self._thread: Optional[threading.Thread] = None
-
-    def call(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=f"fgext-plugin-{self._name}", daemon=True)
-            self._thread.start()
-        self._jobs.put((loop, future, function, args))
-        return future
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            loop, future, function, args = job
-            result: Any = None
-            error: Optional[BaseException] = None
-            try:
-                result = function(*args)
-            except BaseException as raised:  # handed to the coroutine awaiting it, whatever it is
-                error = raised
-            try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
-
-
-class _State:
-    """One plugin and what the pipeline knows about it."""
-
-    __slots__ = ("disabled", "failures", "name", "plugin", "started", "thread")
-
-    def __init__(self, plugin: Plugin) -> None:
-        self.plugin = plugin
-        self.name = plugin.name or type(plugin).__name__
-        self.failures: Dict[str, int] = {}  # consecutive failures, by hook
-        self.disabled = False
-        self.started = False
-        self.thread = _HookThread(self.name)
-
-
 class _Lane:
     """One plugin's delivery: for a sink, its own bounded queue and task; for every plugin, its flushes."""
 
     def __init__(self, plugin: Plugin, policy: FlushPolicy, capacity: int) -> None:
-        self.state = _State(plugin)
+        self.state = PluginState(plugin)
         is_sink = plugin.role != "processor"
         self.queue: Optional[asyncio.Queue[Any]] = asyncio.Queue(maxsize=capacity) if is_sink else None
         self.task: Optional[asyncio.Task[None]] = None
-        self.invokes = _overrides(plugin, "on_invoke")
-        self.telemetry = _overrides(plugin, "on_telemetry" if is_sink else "process")
-        self.flushes = _overrides(plugin, "flush")
+        self.invokes = overrides(plugin, "on_invoke")
+        self.telemetry = overrides(plugin, "on_telemetry" if is_sink else "process")
+        self.flushes = overrides(plugin, "flush")
         self.clock = FlushClock(policy)
         self.received = False  # something reached the plugin since its last flush began
         self.enqueued = 0  # items put in the queue, and taken by the plugin: flush targets count in these
@@ -219,7 +113,6 @@ class Pipeline:
                  max_pending: int = 256, hook_timeout: float = 30.0, flush: Optional[FlushPolicy] = None,
                  lane_capacity: int = 32, lane_wait: float = 2.0) -> None:
         self._log = logger
-        self._strict = strict
         self._hook_timeout = hook_timeout
         self._policy = flush or FlushPolicy()
         self._lane_capacity = max(1, lane_capacity)
@@ -238,6 +131,7 @@ class Pipeline:
             "invokes": 0, "batches": 0, "events": 0, "dropped_by_processors": 0,
             "plugin_failures": 0, "plugins_disabled": 0, "lane_batches_dropped": 0, "lane_events_dropped": 0,
         }
+        self._hooks = Hooks(logger=logger, strict=strict, hook_timeout=hook_timeout, stats=self.stats)
         self.on_fatal: Optional[Callable[[BaseException], None]] = None
         #: called with (plugin name, original event) for every event a processor drops
         self.on_drop: Optional[Callable[[str, AnyEvent], None]] = None
@@ -273,11 +167,11 @@ class Pipeline:
         for lane in self._lanes:
             state = lane.state
             ok = True
-            if _overrides(state.plugin, "start"):
-                ok = await self._call(state, "start", make_context(state.plugin))
+            if overrides(state.plugin, "start"):
+                ok = await self._hooks.call(state, "start", make_context(state.plugin))
             state.started = ok
             if not ok and not state.disabled:
-                self._disable(state, "failed to start")
+                self._hooks.disable(state, "failed to start")
         self._started = True
         for lane in self._sinks:
             lane.task = asyncio.ensure_future(self._lane_run(lane))
@@ -378,7 +272,7 @@ class Pipeline:
 
     async def _dispatch_invoke(self, invoke: Invoke) -> None:
         self.stats["invokes"] += 1
-        await _all(self._call(lane.state, "on_invoke", invoke) for lane in self._processors
+        await _all(self._hooks.call(lane.state, "on_invoke", invoke) for lane in self._processors
                    if lane.invokes and not lane.state.disabled)
         for lane in self._sinks:
             if lane.invokes and not lane.state.disabled:
@@ -457,7 +351,7 @@ class Pipeline:
                     hook, payload = item
                     lane.received = True
                     try:
-                        await self._call(lane.state, hook, payload)
+                        await self._hooks.call(lane.state, hook, payload)
                     except PluginFailure as failure:  # strict mode: stop the agent, keep the queue moving
                         self._fatal(failure)
             finally:
@@ -505,7 +399,7 @@ class Pipeline:
                 lane.received = False
                 lane.clock.flushed()
                 try:
-                    await self._call_until(lane.state, "flush", deadline)
+                    await self._hooks.call_until(lane.state, "flush", deadline)
                 except PluginFailure as failure:  # strict mode, outside the dispatcher: stop the same way
                     self._fatal(failure)
                     return
@@ -544,15 +438,15 @@ class Pipeline:
         if flusher is not None and not flusher.done() and not await _until(asyncio.shield(flusher), drain):
             flusher.cancel()
             self._log.warning("plugin flush still running at shutdown: cancelled", plugin=state.name)
-        if state.started and not state.disabled and _overrides(state.plugin, "shutdown"):
+        if state.started and not state.disabled and overrides(state.plugin, "shutdown"):
             if deadline.expired():
                 self._log.warning("no time left for the plugin's shutdown", plugin=state.name)
                 return
-            await self._call_until(state, "shutdown", deadline)
+            await self._hooks.call_until(state, "shutdown", deadline)
 
     # ---------------------------------------------------------------------------------- processors
 
-    async def _process(self, state: _State, events: List[AnyEvent]) -> List[AnyEvent]:
+    async def _process(self, state: PluginState, events: List[AnyEvent]) -> List[AnyEvent]:
         if state.plugin.accepts:
             # Events the processor does not accept pass by it unchanged, in their place in the batch.
             mine = [e for e in events if state.plugin.wants(e)]
@@ -571,15 +465,15 @@ class Pipeline:
                 return merged
         return [e for e in await self._process_all(state, events) if e is not None]
 
-    def _dropped(self, state: _State, event: AnyEvent) -> None:
+    def _dropped(self, state: PluginState, event: AnyEvent) -> None:
         self.stats["dropped_by_processors"] += 1
         if self.on_drop is not None:
             self.on_drop(state.name, event)
 
-    async def _process_all(self, state: _State, events: List[AnyEvent]) -> List[Optional[AnyEvent]]:
+    async def _process_all(self, state: PluginState, events: List[AnyEvent]) -> List[Optional[AnyEvent]]:
         """Run one processor over ``events``; a dropped event leaves ``None`` in its slot."""
         process = state.plugin.process
-        if _is_async(process):
+        if is_async(process):
             return [await self._one(state, event, process) for event in events]
 
         def run_batch() -> List[Tuple[Optional[AnyEvent], Optional[BaseException], AnyEvent]]:
@@ -595,16 +489,16 @@ class Pipeline:
 
         # One thread hop per batch, not per event: a slow sync processor never blocks the loop.
         try:
-            outcomes = await _within(state.thread.call(run_batch), self._hook_timeout)
+            outcomes = await within(state.thread.call(run_batch), self._hook_timeout)
         except asyncio.TimeoutError as timeout:
             # The whole batch waited too long: one failure, and every event goes as ``on_error`` says.
-            self._failed(state, "process", timeout)
+            self._hooks.failed(state, "process", timeout)
             outcomes = [(None, timeout, event) for event in events]
         kept: List[Optional[AnyEvent]] = []
         for result, error, original in outcomes:
             if error is not None:
                 if not isinstance(error, asyncio.TimeoutError):
-                    self._failed(state, "process", error)
+                    self._hooks.failed(state, "process", error)
                 if state.plugin.on_error != "drop":
                     kept.append(original)
                 else:
@@ -614,75 +508,29 @@ class Pipeline:
                 self._dropped(state, original)
                 kept.append(None)
             else:
-                self._succeeded(state, "process")
+                self._hooks.succeeded(state, "process")
                 kept.append(result)
         return kept
 
-    async def _one(self, state: _State, event: AnyEvent, process: Callable[..., Any]) -> Optional[AnyEvent]:
+    async def _one(self, state: PluginState, event: AnyEvent, process: Callable[..., Any]) -> Optional[AnyEvent]:
         try:
-            result = await _within(process(event), self._hook_timeout)
+            result = await within(process(event), self._hook_timeout)
         except DropEvent:
             self._dropped(state, event)
             return None
         except Exception as error:
-            self._failed(state, "process", error)
+            self._hooks.failed(state, "process", error)
             if state.plugin.on_error == "drop":
                 self._dropped(state, event)
                 return None
             return event
-        self._succeeded(state, "process")
+        self._hooks.succeeded(state, "process")
         if result is None:
             # Returning None drops the event, as it does for a synchronous processor.
             self._dropped(state, event)
         return result  # type: ignore[no-any-return]
 
-    # --------------------------------------------------------------------------------- any hook
-
-    async def _call(self, state: _State, hook: str, *args: Any, deadline: Optional[Deadline] = None) -> bool:
-        """Call one hook of one plugin, isolated and bounded in time; return whether it succeeded."""
-        function = getattr(state.plugin, hook)
-        limit = self._hook_timeout if deadline is None else deadline.remaining()
-        try:
-            if _is_async(function):
-                await _within(function(*args), limit)
-            else:
-                result = await _within(state.thread.call(function, *args), limit)
-                if inspect.isawaitable(result):
-                    # A plain function that returned a coroutine (a wrapped or decorated hook).
-                    await _within(result, limit if deadline is None else deadline.remaining())
-        except (Exception, asyncio.TimeoutError) as error:
-            self._failed(state, hook, error)
-            return False
-        self._succeeded(state, hook)
-        return True
-
-    async def _call_until(self, state: _State, hook: str, deadline: Deadline) -> bool:
-        """``flush`` or ``shutdown``: the plugin is told the seconds it has (its public contract takes float
-        seconds) and is held to them."""
-        if deadline.timeout() is None:
-            deadline = Deadline.after(self._hook_timeout)
-        return await self._call(state, hook, deadline.remaining(), deadline=deadline)
-
-    # ----------------------------------------------------------------------------------- failure
-
-    def _succeeded(self, state: _State, hook: str) -> None:
-        if state.failures.get(hook):
-            state.failures[hook] = 0
-
-    def _failed(self, state: _State, hook: str, error: BaseException) -> None:
-        self.stats["plugin_failures"] += 1
-        if self._strict:
-            raise PluginFailure(state.name, hook) from error
-        count = state.failures[hook] = state.failures.get(hook, 0) + 1
-        self._log.error("plugin failed", plugin=state.name, hook=hook, error=f"{type(error).__name__}: {error}",
-                        consecutive=count)
-        if count >= max(1, state.plugin.max_failures) and not state.disabled:
-            self._disable(state, f"{count} consecutive failures in {hook}")
-
-    def _disable(self, state: _State, why: str) -> None:
-        state.disabled = True
-        self.stats["plugins_disabled"] += 1
-        self._log.warning("plugin disabled", plugin=state.name, why=why)
+    # ----------------------------------------------------------------------------------- strict
 
     def _fatal(self, failure: PluginFailure) -> None:
         if self.failure is not None:
