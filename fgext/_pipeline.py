@@ -213,11 +213,10 @@ class Pipeline:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-        if not self._started:
-            if self._queue.qsize():
-                self._log.warning("telemetry received before plugins started was not processed",
-                                  count=self._queue.qsize())
-            return
+        if not self._started and self._queue.qsize():
+            # Plugins never started (a configuration error, a stop during start-up): said, not lost silently.
+            self._log.warning("telemetry received before plugins started was not processed",
+                              count=self._queue.qsize())
         worker = self._worker
         if worker is not None and not worker.done():
             if self._queue.empty():

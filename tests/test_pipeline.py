@@ -1017,3 +1017,23 @@ class TestBeforeStart:
         run(go())
         assert [f for _, ev, f in log.lines if ev == "telemetry received before plugins started was not processed"] \
             == [{"count": 1}]
+
+    def test_plugins_started_before_a_strict_start_failure_are_still_shut_down(self) -> None:
+        """Strict mode, a plugin's start raises: the plugins that did start still get their shutdown."""
+
+        class NoStart(Plugin):
+            name: ClassVar[str] = "nostart"
+
+            def start(self, context: PluginContext) -> None:
+                raise RuntimeError("cannot connect")
+
+        first = Collect()
+
+        async def go() -> None:
+            pipeline = Pipeline([first, NoStart()], logger=Log(), strict=True)
+            with pytest.raises(PluginFailure):
+                await pipeline.start(context)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert first.calls == ["start", "shutdown"]
