@@ -69,6 +69,7 @@ class Agent:
         # Created in run(): on Python 3.9 an Event binds to the loop current at its creation.
         self._stop: Optional[asyncio.Event] = None
         self._exit_code = EXIT_OK
+        self._deadline: Optional[Deadline] = None  # set by request_stop
 
     # ------------------------------------------------------------------------------ HTTP handlers
 
@@ -132,6 +133,8 @@ class Agent:
 
     def request_stop(self, reason: str, exit_code: int = EXIT_OK) -> None:
         if self._stop is not None and not self._stop.is_set():
+            # The shutdown deadline counts from the signal, not from when the loop gets round to it.
+            self._deadline = Deadline.after(self.settings.shutdown_timeout)
             self.log.info("stopping", reason=reason)
             self._exit_code = exit_code
             self._stop.set()
@@ -199,7 +202,7 @@ class Agent:
         return self._exit_code
 
     async def _shutdown(self, runner: web.AppRunner) -> None:
-        deadline = Deadline.after(self.settings.shutdown_timeout)
+        deadline = self._deadline or Deadline.after(self.settings.shutdown_timeout)
         # Stop accepting first: what is in flight finishes, nothing new arrives after the flush.
         try:
             await asyncio.wait_for(runner.cleanup(), timeout=deadline.earliest(_LISTENER_CLOSE_S).remaining())
