@@ -109,7 +109,7 @@ class Plugin:
     order: ClassVar[int] = 100
     #: what happens to an event when ``process`` raises: ``"pass"`` it on unchanged, or ``"drop"`` it
     on_error: ClassVar[str] = "pass"
-    #: consecutive failures after which the plugin is disabled
+    #: consecutive failures of one hook after which the plugin is disabled
     max_failures: ClassVar[int] = 10
     #: configuration keys the plugin accepts, with their types; anything else is a configuration error
     config_schema: ClassVar[Dict[str, type]] = {}
