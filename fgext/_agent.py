@@ -4,10 +4,11 @@ Lifecycle, in order (each step undone in reverse at the end):
 
 1. configure structured logging and replay the cold start's notes;
 2. adopt the bound socket with ``web.SockSite`` - requests waiting in its backlog are served now;
-3. load, configure and start plugins, then the pipeline's worker;
+3. load, configure and start plugins, then the pipeline's dispatcher and lanes (the pipeline, and its
+   bounded queue, exist from the first request: what arrives before the plugins start waits there);
 4. run until SIGTERM/SIGINT (the platform documents no shutdown event) or a strict-mode failure;
-5. stop accepting, give the pipeline what is left of ``FGEXT_SHUTDOWN_TIMEOUT`` to dispatch, flush
-   and shut plugins down, and exit 0.
+5. stop accepting, hand the pipeline one deadline (``FGEXT_SHUTDOWN_TIMEOUT`` from the signal) to
+   dispatch, flush and shut plugins down, and exit 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Dict, Optional, Sequence
 from aiohttp import web
 
 from fgext._bootstrap import Bootstrap
+from fgext._deadline import Deadline
 from fgext._discovery import load_plugins, plugin_config
 from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
 from fgext._events import MalformedEvent, parse_batch, parse_invoke
@@ -32,6 +34,8 @@ from fgext._plugin import Plugin, PluginContext
 __all__ = ["Agent", "serve"]
 
 _MAX_ERROR_DETAILS = 5
+# At shutdown, the longest the listener may take to close (in-flight requests get aiohttp's own 0.2 s).
+_LISTENER_CLOSE_S = 0.5
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -56,6 +60,7 @@ class Agent:
         self._given_plugins = list(plugins or [])
         self.settings = boot.settings
         self.log = get_logger()
+        # Made in run(), before the listener starts: asyncio queues bind to the running loop on 3.9.
         self.pipeline: Optional[Pipeline] = None
         self.stats: Dict[str, int] = {
             "invokes_received": 0, "telemetry_posts": 0, "events_received": 0, "events_malformed": 0,
@@ -64,7 +69,7 @@ class Agent:
         # Created in run(): on Python 3.9 an Event binds to the loop current at its creation.
         self._stop: Optional[asyncio.Event] = None
         self._exit_code = EXIT_OK
-        self._pending: list[Any] = []  # submissions made before the pipeline existed
+        self._deadline: Optional[Deadline] = None  # set by request_stop
 
     # ------------------------------------------------------------------------------ HTTP handlers
 
@@ -118,9 +123,8 @@ class Agent:
         return _error(reject.status, reject.message)
 
     async def _submit(self, kind: str, payload: Any) -> None:
-        if self.pipeline is None:
-            self._pending.append((kind, payload))
-        elif kind == "invoke":
+        assert self.pipeline is not None  # made before the listener starts
+        if kind == "invoke":
             await self.pipeline.submit_invoke(payload)
         else:
             await self.pipeline.submit_telemetry(payload)
@@ -129,6 +133,8 @@ class Agent:
 
     def request_stop(self, reason: str, exit_code: int = EXIT_OK) -> None:
         if self._stop is not None and not self._stop.is_set():
+            # The shutdown deadline counts from the signal, not from when the loop gets round to it.
+            self._deadline = Deadline.after(self.settings.shutdown_timeout)
             self.log.info("stopping", reason=reason)
             self._exit_code = exit_code
             self._stop.set()
@@ -152,18 +158,15 @@ class Agent:
             named = ()
         plugins = [*self._given_plugins, *load_plugins(named)]
         contexts = {id(p): self._context(p) for p in plugins}  # validate every config before any start
-        pipeline = Pipeline(plugins, logger=self.log, strict=self.settings.strict)
-        pipeline.on_fatal = lambda failure: self.request_stop(f"strict mode: {failure}", EXIT_PROBLEMS)
-        await pipeline.start(lambda p: contexts[id(p)])
-        self.pipeline = pipeline
+        pipeline = self.pipeline
+        assert pipeline is not None
+        await pipeline.start(lambda p: contexts[id(p)], plugins)
         # What is loaded by now (modules, protobuf descriptors, plugin state) lives as long as the process.
         # Out of the collector's sight, a full collection no longer walks its ~40,000 objects: 15-20 ms
         # of a stopped loop on the development machine, now ~0 (bench/RESULTS.md, latency).
         gc.freeze()
-        for kind, payload in self._pending:
-            await self._submit(kind, payload)
-        self._pending.clear()
         self.log.info("pipeline started", plugins=[p.name or type(p).__name__ for p in plugins],
+                      flush=str(pipeline.policy),
                       ready_ms=round((time.monotonic() - self.boot.exec_monotonic) * 1000, 1))
 
     async def run(self) -> int:
@@ -174,6 +177,8 @@ class Agent:
         if self.boot.stop_requested:
             self.request_stop(signal.Signals(self.boot.stop_requested[0]).name)
 
+        self.pipeline = Pipeline(logger=self.log, strict=self.settings.strict, flush=self.settings.flush)
+        self.pipeline.on_fatal = lambda failure: self.request_stop(f"strict mode: {failure}", EXIT_PROBLEMS)
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_post("/extension/invoke", self.handle_invoke)
         app.router.add_post("/", self.handle_telemetry)
@@ -197,21 +202,16 @@ class Agent:
         return self._exit_code
 
     async def _shutdown(self, runner: web.AppRunner) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_timeout
+        deadline = self._deadline or Deadline.after(self.settings.shutdown_timeout)
         # Stop accepting first: what is in flight finishes, nothing new arrives after the flush.
         try:
-            await asyncio.wait_for(runner.cleanup(), timeout=max(0.05, self.settings.shutdown_timeout * 0.25))
+            await asyncio.wait_for(runner.cleanup(), timeout=deadline.earliest(_LISTENER_CLOSE_S).remaining())
         except asyncio.TimeoutError:
             self.log.warning("listener did not close in time")
         if self.pipeline is not None:
-            remaining = max(0.05, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(self.pipeline.shutdown(remaining), timeout=remaining + 0.1)
-            except asyncio.TimeoutError:
-                self.log.warning("plugins did not shut down within FGEXT_SHUTDOWN_TIMEOUT",
-                                 timeout=self.settings.shutdown_timeout)
-        elif self._pending:
-            self.log.warning("events received before plugins started were not processed", count=len(self._pending))
+            # The pipeline holds every lane and hook to the deadline itself; a hook stuck in a thread
+            # does not hold the process either (fgext._hooks.HookThread).
+            await self.pipeline.shutdown(deadline)
         self.log.info("stopped", **self.stats, **(self.pipeline.stats if self.pipeline else {}))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from fgext._errors import ConfigError
+from fgext._flush import FlushPolicy, parse_flush
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,8 +108,8 @@ def load_config_file(path: Optional[str]) -> Dict[str, Any]:
 class AgentSettings:
     """Everything ``fgext run`` reads from its environment, validated; read-only after creation."""
 
-    __slots__ = ("api_host", "api_port", "config", "environ", "log_level", "max_body_bytes", "name", "plugins",
-                 "port", "register_timeout", "shutdown_timeout", "strict", "telemetry_types")
+    __slots__ = ("api_host", "api_port", "config", "environ", "flush", "log_level", "max_body_bytes", "name",
+                 "plugins", "port", "register_timeout", "shutdown_timeout", "strict", "telemetry_types")
 
     api_host: str
     api_port: int
@@ -120,6 +121,7 @@ class AgentSettings:
     shutdown_timeout: float
     plugins: Tuple[str, ...]
     strict: bool
+    flush: FlushPolicy
     log_level: str
     config: Mapping[str, Any]
     environ: Mapping[str, str]
@@ -127,13 +129,15 @@ class AgentSettings:
     def __init__(self, api_host: str, api_port: int, *, name: str = DEFAULT_NAME, port: Optional[int] = None,
                  register_timeout: float = 10.0, telemetry_types: Tuple[str, ...] = TELEMETRY_TYPES,
                  max_body_bytes: int = 6 * 1024 * 1024, shutdown_timeout: float = 2.0,
-                 plugins: Tuple[str, ...] = ("otlp",), strict: bool = False, log_level: str = "info",
-                 config: Optional[Mapping[str, Any]] = None, environ: Optional[Mapping[str, str]] = None) -> None:
+                 plugins: Tuple[str, ...] = ("otlp",), strict: bool = False, flush: Optional[FlushPolicy] = None,
+                 log_level: str = "info", config: Optional[Mapping[str, Any]] = None,
+                 environ: Optional[Mapping[str, str]] = None) -> None:
         values = {
             "api_host": api_host, "api_port": api_port, "name": name, "port": port,
             "register_timeout": register_timeout, "telemetry_types": telemetry_types,
             "max_body_bytes": max_body_bytes, "shutdown_timeout": shutdown_timeout, "plugins": plugins,
-            "strict": strict, "log_level": log_level, "config": config or {}, "environ": environ or {},
+            "strict": strict, "flush": flush or FlushPolicy(), "log_level": log_level, "config": config or {},
+            "environ": environ or {},
         }
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -209,6 +213,7 @@ class AgentSettings:
             shutdown_timeout=_float(env, "FGEXT_SHUTDOWN_TIMEOUT", 2.0),
             plugins=plugins,
             strict=_bool(env, "FGEXT_STRICT"),
+            flush=parse_flush(env.get("FGEXT_FLUSH")),
             log_level=level,
             config=config,
             environ=env,

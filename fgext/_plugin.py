@@ -19,13 +19,16 @@ called for a batch holding none), and a processor sees only those, the others pa
 An empty tuple, the default, means every event.
 
 Both roles receive ``on_invoke`` for every ``POST /extension/invoke``, ``start`` once the agent is
-registered, ``flush`` when the pipeline asks for pending data to leave now (the sandbox may freeze),
-and ``shutdown`` with a deadline at the end of the agent's life.
+registered, ``flush`` when the pipeline asks for pending data to leave now (the flush policy,
+``FGEXT_FLUSH``, decides when, for every plugin alike: by default after each batch that ends an
+invocation, since the sandbox may freeze next), and ``shutdown`` with a deadline at the end of the
+agent's life. A hook a plugin does not override is never called.
 
 Failure policy: a hook that raises is logged with the plugin's name; for a processor, ``on_error``
 says whether the event is then passed on unchanged (``"pass"``, the default) or dropped (``"drop"``).
-After ``max_failures`` consecutive failures the plugin is disabled with a warning. With
-``FGEXT_STRICT=1`` the first failure stops the agent instead, for tests.
+After ``max_failures`` consecutive failures of one hook the plugin is disabled with a warning (a
+success of another hook does not reset that count). With ``FGEXT_STRICT=1`` the first failure stops
+the agent instead, for tests.
 """
 
 from __future__ import annotations
@@ -106,15 +109,12 @@ class Plugin:
     order: ClassVar[int] = 100
     #: what happens to an event when ``process`` raises: ``"pass"`` it on unchanged, or ``"drop"`` it
     on_error: ClassVar[str] = "pass"
-    #: consecutive failures after which the plugin is disabled
+    #: consecutive failures of one hook after which the plugin is disabled
     max_failures: ClassVar[int] = 10
     #: configuration keys the plugin accepts, with their types; anything else is a configuration error
     config_schema: ClassVar[Dict[str, type]] = {}
     #: event classes this plugin receives (``isinstance``); empty means every event
     accepts: ClassVar[EventTypes] = ()
-    #: whether the pipeline calls ``flush`` after each batch that ends an invocation (a ``platform.report``):
-    #: the sandbox may be frozen right after. Off for a plugin with its own end-of-invocation policy.
-    flush_at_invocation_end: ClassVar[bool] = True
 
     def wants(self, event: AnyEvent) -> bool:
         """Whether ``accepts`` lets ``event`` reach this plugin."""

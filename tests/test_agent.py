@@ -124,6 +124,14 @@ class TestRegistration:
         assert agent.wait_exit() == 2
         assert message in agent.stderr() and len(agent.stderr().strip().splitlines()) == 1
 
+    def test_bad_flush_setting(self, platform: RecordingPlatform, agents: Start, tmp_path: Path) -> None:
+        """FGEXT_FLUSH that is no flush policy: one line naming it and the accepted forms, exit 2, no register."""
+        agent = agents(jsonl_env(platform, tmp_path / "o.jsonl", FGEXT_FLUSH="every,100"))
+        assert agent.wait_exit() == 2
+        lines = agent.stderr().strip().splitlines()
+        assert len(lines) == 1 and "FGEXT_FLUSH='every,100'" in lines[0] and "continuously,<ms>" in lines[0]
+        assert platform.paths() == []
+
     @pytest.mark.parametrize(("value", "message"), [(None, "EXTENSION_API_ADDR is not set"),
                                                     ("localhost", "must be host:port"),
                                                     ("127.0.0.1:99999", "1-65535")])

@@ -9,6 +9,7 @@ import pytest
 
 from fgext._config import AgentSettings, parse_api_addr
 from fgext._errors import ConfigError
+from fgext._flush import FlushPolicy
 
 BASE = {"EXTENSION_API_ADDR": "127.0.0.1:9000"}
 
@@ -38,12 +39,19 @@ class TestSettings:
         assert settings.register_timeout == 10.0 and settings.shutdown_timeout == 2.0
         assert settings.telemetry_types == ("platform", "function", "extension")
         assert settings.max_body_bytes == 6 * 1024 * 1024 and settings.plugins == ("otlp",)
+        assert settings.flush == FlushPolicy("end")
+
+    def test_flush_policy_is_an_agent_setting(self) -> None:
+        """FGEXT_FLUSH is read with the agent's settings, for every sink alike."""
+        settings = AgentSettings.from_environ({**BASE, "FGEXT_FLUSH": "continuously,500"})
+        assert settings.flush == FlushPolicy("continuously", 0.5)
 
     @pytest.mark.parametrize(("key", "value", "message"), [
         ("FGEXT_PORT", "9000", "8081 to 8090"), ("FGEXT_REGISTER_TIMEOUT", "-1", "positive"),
         ("FGEXT_REGISTER_TIMEOUT", "soon", "number of seconds"), ("FGEXT_TELEMETRY_TYPES", "platform,logs", "logs"),
         ("FGEXT_MAX_BODY_BYTES", "12", "at least"), ("FGEXT_STRICT", "maybe", "FGEXT_STRICT"),
         ("FGEXT_LOG_LEVEL", "loud", "FGEXT_LOG_LEVEL"), ("FGEXT_SHUTDOWN_TIMEOUT", "nan", "positive"),
+        ("FGEXT_FLUSH", "periodically", "FGEXT_FLUSH"),
     ])
     def test_invalid_values_name_the_variable(self, key: str, value: str, message: str) -> None:
         """Each invalid setting is refused with a message naming it."""

@@ -6,12 +6,14 @@ import asyncio
 import threading
 import time
 from dataclasses import replace
-from typing import Any, ClassVar, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+from fgext._deadline import Deadline
 from fgext._errors import DropEvent
 from fgext._events import AnyEvent, FunctionLog, Invoke, parse_event
+from fgext._flush import FlushPolicy
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext, RegistrationInfo
 
@@ -294,39 +296,46 @@ class TestSyncHooks:
         assert run(go()).stats["plugin_failures"] == 1
 
 
+class Gate(Plugin):
+    """A sink whose on_telemetry waits until the test opens the gate; ``batches`` counts what it was handed."""
+
+    name: ClassVar[str] = "gate"
+
+    def __init__(self) -> None:
+        self.gate: Optional[asyncio.Event] = None  # made in the running loop (3.9 binds it at creation)
+        self.batches = 0
+
+    async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self.batches += 1
+        assert self.gate is not None
+        await self.gate.wait()
+
+
 class TestBackpressure:
-    def test_full_queue_makes_submit_wait(self) -> None:
-        """With the worker busy and the queue full, submit_telemetry waits instead of growing memory."""
-        release = asyncio.Event
-
-        class Gate(Plugin):
-            name: ClassVar[str] = "gate"
-
-            def __init__(self) -> None:
-                self.gate: Optional[asyncio.Event] = None
-
-            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
-                assert self.gate is not None
-                await self.gate.wait()
-
+    def test_full_queues_make_submit_wait(self) -> None:
+        """With the sink's hook busy, its lane full and the dispatcher's queue full, submit_telemetry waits
+        instead of growing memory, and goes on once the sink moves."""
         gate = Gate()
 
-        async def go() -> bool:
-            gate.gate = release()
-            pipeline = Pipeline([gate], logger=Log(), max_pending=2)
+        async def go() -> int:
+            gate.gate = asyncio.Event()
+            pipeline = Pipeline([gate], logger=Log(), max_pending=2, lane_capacity=1, lane_wait=30)
             await pipeline.start(context)
-            for i in range(3):  # one taken by the worker, two queued
-                await pipeline.submit_telemetry([log_event(str(i))])
-            await asyncio.sleep(0.05)
-            blocked = asyncio.ensure_future(pipeline.submit_telemetry([log_event("x")]))
-            await asyncio.sleep(0.1)
-            was_blocked = not blocked.done()
+            accepted = 0
+            for i in range(10):
+                submit = asyncio.ensure_future(pipeline.submit_telemetry([log_event(str(i))]))
+                await asyncio.sleep(0.05)
+                if not submit.done():
+                    break
+                accepted += 1
             gate.gate.set()
-            await asyncio.wait_for(blocked, 2)
+            await asyncio.wait_for(submit, 5)
             await pipeline.shutdown(2)
-            return was_blocked
+            assert pipeline.stats["lane_batches_dropped"] == 0 and gate.batches == accepted + 1
+            return accepted
 
-        assert run(go()) is True
+        # One in the hook, one in the lane, one held by the dispatcher at the full lane, two queued.
+        assert run(go()) == 5
 
 
 class TestAccepts:
@@ -513,26 +522,6 @@ class TestFlushAtInvocationEnd:
         run(go())
         assert sink.batches == [["x"]]
 
-    def test_plugins_can_opt_out_and_the_otlp_sink_does(self) -> None:
-        """flush_at_invocation_end = False keeps the pipeline from flushing a plugin with its own policy."""
-        from fgext.otlp import OtlpPlugin
-
-        class OwnPolicy(Collect):
-            flush_at_invocation_end: ClassVar[bool] = False
-
-        sink = OwnPolicy()
-
-        async def go() -> None:
-            pipeline = Pipeline([sink], logger=Log())
-            await pipeline.start(context)
-            await pipeline.dispatch_telemetry([report_event()])
-            await asyncio.sleep(0.1)
-            await pipeline.shutdown(1)
-
-        run(go())
-        assert sink.calls == ["start", "shutdown"]
-        assert OtlpPlugin.flush_at_invocation_end is False
-
     def test_shutdown_waits_for_a_running_flush_before_shutting_down(self) -> None:
         """A plugin is never flushed and shut down at once: shutdown lets the running flush end first."""
         plugin = SlowFlush()
@@ -575,3 +564,476 @@ class SlowFlush(Plugin):
         await pipeline.dispatch_telemetry([report_event()])
         await until(lambda: self.order == ["flush start"])
         await then(pipeline)
+
+
+def platform_event(name: str, rid: str) -> AnyEvent:
+    raw: Dict[str, Any] = {"name": name, "startTime": "2023-02-01T00:03:50Z", "traceId": rid}
+    if name in ("platform.report", "platform.runtimeDone"):
+        raw["status"] = "success"
+    return parse_event(raw)
+
+
+def invocation_events(rid: str, lines: int = 1) -> List[AnyEvent]:
+    return [platform_event("platform.start", rid), *[log_event(f"{rid} {i}") for i in range(lines)],
+            platform_event("platform.runtimeDone", rid), platform_event("platform.report", rid)]
+
+
+class Flushes(Plugin):
+    """A sink counting its batches and its flushes, and the timeout each flush was given."""
+
+    name: ClassVar[str] = "flushes"
+
+    def __init__(self) -> None:
+        self.batches: List[List[str]] = []
+        self.flushes: List[Optional[float]] = []
+        self.order: List[str] = []
+
+    async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self.batches.append([e.message for e in events if isinstance(e, FunctionLog)])
+        self.order.append("telemetry")
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        self.flushes.append(timeout)
+        self.order.append("flush")
+
+
+async def started(plugins: Sequence[Plugin], **options: Any) -> Pipeline:
+    pipeline = Pipeline(plugins, logger=options.pop("logger", None) or Log(), **options)
+    await pipeline.start(context)
+    return pipeline
+
+
+class TestFlushPolicy:
+    def test_end_flushes_after_each_invocation_and_not_before(self) -> None:
+        """end: no flush for lines of an invocation still open, one once its report has been taken."""
+        sink = Flushes()
+
+        async def go() -> None:
+            pipeline = await started([sink])
+            await pipeline.dispatch_telemetry(invocation_events("a")[:2])
+            await asyncio.sleep(0.05)
+            assert sink.flushes == []
+            await pipeline.dispatch_telemetry(invocation_events("a")[2:])
+            await until(lambda: len(sink.flushes) == 1)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert sink.order == ["telemetry", "telemetry", "flush"]
+
+    def test_periodically_skips_an_invocation_end_before_the_interval(self) -> None:
+        """periodically: an invocation ending before the interval passed is not flushed then."""
+        sink = Flushes()
+
+        async def go() -> None:
+            pipeline = await started([sink], flush=FlushPolicy("periodically", 600.0))
+            await pipeline.dispatch_telemetry(invocation_events("a"))
+            await asyncio.sleep(0.1)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert sink.flushes == []
+
+    @pytest.mark.parametrize("mode", ["periodically", "continuously"])
+    def test_timer_flushes_a_sink_that_received_something(self, mode: str) -> None:
+        """periodically and continuously: the timer flushes a sink once it has received data, and not again
+        while it receives nothing."""
+        sink = Flushes()
+
+        async def go() -> None:
+            pipeline = await started([sink], flush=FlushPolicy(mode, 0.05))
+            await asyncio.sleep(0.2)
+            assert sink.flushes == []  # nothing received: no flush
+            await pipeline.dispatch_telemetry([log_event("a")])  # no invocation end
+            await until(lambda: len(sink.flushes) == 1)
+            await asyncio.sleep(0.2)
+            assert len(sink.flushes) == 1
+            await pipeline.shutdown(1)
+
+        run(go())
+
+    def test_continuously_flushes_at_every_invocation_end(self) -> None:
+        """continuously: each invocation's end flushes at once, whatever the interval."""
+        sink = Flushes()
+
+        async def go() -> None:
+            pipeline = await started([sink], flush=FlushPolicy("continuously", 600.0))
+            await pipeline.dispatch_telemetry(invocation_events("a"))
+            await until(lambda: len(sink.flushes) == 1)
+            await pipeline.shutdown(1)
+
+        run(go())
+
+    def test_late_lines_are_flushed_without_a_next_invocation(self) -> None:
+        """end: log lines that arrive after their invocation's report are flushed once taken (item 8)."""
+        sink = Flushes()
+
+        async def go() -> None:
+            pipeline = await started([sink])
+            await pipeline.dispatch_telemetry(invocation_events("a"))
+            await until(lambda: len(sink.flushes) == 1)
+            await pipeline.dispatch_telemetry([log_event("late 1"), log_event("late 2")])
+            await until(lambda: len(sink.flushes) == 2)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert sink.order == ["telemetry", "flush", "telemetry", "flush"]
+        assert sink.batches[-1] == ["late 1", "late 2"]
+
+    def test_a_flush_follows_the_batch_through_a_busy_lane(self) -> None:
+        """The end-of-invocation flush of a sink comes after it took the report's batch, however far
+        behind the sink is."""
+        sink = Flushes()
+        order: List[str] = []
+
+        class Behind(Flushes):
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                await asyncio.sleep(0.05)
+                order.append(f"batch {len(self.batches)}")
+                await super().on_telemetry(events)
+
+            async def flush(self, timeout: Optional[float] = None) -> None:
+                order.append(f"flush after {len(self.batches)}")
+
+        behind = Behind()
+
+        async def go() -> None:
+            pipeline = await started([behind, sink])
+            for event in invocation_events("a", lines=3):
+                await pipeline.submit_telemetry([event])
+            await until(lambda: order[-1:] == ["flush after 6"])
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert order == [f"batch {i}" for i in range(6)] + ["flush after 6"]
+
+    def test_explicit_flush_comes_after_what_the_lane_holds(self) -> None:
+        """pipeline.flush() lets each sink take what is queued for it first, then flushes it."""
+        sink = Flushes()
+
+        class Slow(Flushes):
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                await asyncio.sleep(0.1)
+                await super().on_telemetry(events)
+
+        slow = Slow()
+
+        async def go() -> None:
+            pipeline = await started([slow, sink])
+            await pipeline.submit_telemetry([log_event("a")])
+            await until(lambda: sink.batches == [["a"]])
+            await pipeline.flush(2)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert slow.order == ["telemetry", "flush"]
+
+
+class TestFailureCounting:
+    def test_a_sink_failing_every_batch_is_disabled_despite_invokes_between(self) -> None:
+        """Failures are counted per hook: successful on_invoke calls between failing batches reset nothing."""
+
+        class FailsTelemetry(Plugin):
+            name: ClassVar[str] = "fails"
+            max_failures: ClassVar[int] = 3
+
+            def __init__(self) -> None:
+                self.invokes = 0
+                self.batches = 0
+
+            def on_invoke(self, invoke: Invoke) -> None:
+                self.invokes += 1
+
+            def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                self.batches += 1
+                raise RuntimeError("cannot write")
+
+        fails, log = FailsTelemetry(), Log()
+
+        async def go() -> Pipeline:
+            pipeline = await started([fails], logger=log)
+            for i in range(6):
+                await pipeline.dispatch_invoke(Invoke(f"r{i}", "", None, 0, {}))
+                await pipeline.dispatch_telemetry([log_event(str(i))])
+            await pipeline.shutdown(1)
+            return pipeline
+
+        pipeline = run(go())
+        assert fails.batches == 3 and fails.invokes == 3
+        assert pipeline.stats["plugins_disabled"] == 1
+        disabled = [f for _, ev, f in log.lines if ev == "plugin disabled"]
+        assert disabled == [{"plugin": "fails", "why": "3 consecutive failures in on_telemetry"}]
+
+    def test_a_success_of_the_same_hook_resets_its_count(self) -> None:
+        """Consecutive means consecutive in one hook: a successful batch between failures starts over."""
+
+        class Flaky(Plugin):
+            name: ClassVar[str] = "flaky"
+            max_failures: ClassVar[int] = 2
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                if any(isinstance(e, FunctionLog) and e.message == "bad" for e in events):
+                    raise RuntimeError("bad batch")
+
+        async def go() -> Pipeline:
+            pipeline = await started([Flaky()])
+            for text in ("bad", "good", "bad", "good", "bad"):
+                await pipeline.dispatch_telemetry([log_event(text)])
+            return pipeline
+
+        assert run(go()).stats["plugins_disabled"] == 0
+
+    def test_hooks_the_plugin_does_not_override_are_never_called(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The base class's no-op hooks (on_invoke, flush, shutdown...) are not called at all."""
+        called: List[str] = []
+        for hook in ("start", "on_invoke", "flush", "shutdown"):
+            monkeypatch.setattr(Plugin, hook, lambda self, *args, _hook=hook: called.append(_hook))
+
+        class OnlyTelemetry(Plugin):
+            name: ClassVar[str] = "only"
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                called.append("on_telemetry")
+
+        async def go() -> None:
+            pipeline = await started([OnlyTelemetry()])
+            await pipeline.dispatch_invoke(Invoke("r", "", None, 0, {}))
+            await pipeline.dispatch_telemetry(invocation_events("r"))
+            await pipeline.flush(1)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert called == ["on_telemetry"]
+
+
+class Stuck(Plugin):
+    """A synchronous sink whose on_telemetry blocks its thread until the test releases it."""
+
+    name: ClassVar[str] = "stuck"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.batches = 0
+
+    def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self.batches += 1
+        self.release.wait(30)
+
+
+class TestLanes:
+    def test_a_stuck_sink_does_not_delay_another(self) -> None:
+        """While one sink is stuck in a synchronous hook, the other gets every batch."""
+        stuck, fast = Stuck(), Collect()
+
+        async def go() -> None:
+            pipeline = await started([stuck, fast])
+            for i in range(10):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: len(fast.batches) == 10)
+            assert stuck.batches == 1
+            stuck.release.set()
+            await until(lambda: stuck.batches == 10)
+            await pipeline.shutdown(2)
+
+        try:
+            run(go())
+        finally:
+            stuck.release.set()
+
+    def test_a_full_lane_waits_then_drops_for_that_sink_only(self) -> None:
+        """A full lane holds the dispatcher for lane_wait, then that sink's batches are dropped and counted
+        while the other sink still gets all of them."""
+        stuck, fast, log = Stuck(), Collect(), Log()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, fast], logger=log, lane_capacity=2, lane_wait=0.1)
+            for i in range(10):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: len(fast.batches) == 10)
+            assert pipeline.stats["lane_batches_dropped"] == 7  # one in the hook, two in the lane
+            stuck.release.set()
+            await until(lambda: stuck.batches == 3)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            pipeline = run(go())
+        finally:
+            stuck.release.set()
+        assert pipeline.stats["lane_events_dropped"] == 7
+        full = [f for _, ev, f in log.lines if ev == "sink lane full: batches for this sink are dropped"]
+        assert full and full[0]["plugin"] == "stuck"
+
+    def test_default_lane_holds_32_batches_and_waits_2_seconds(self) -> None:
+        """By default a lane holds 32 batches; past that the dispatcher waits (2 s) and then drops for that sink."""
+        stuck, fast = Stuck(), Collect()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, fast])
+            for i in range(40):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: len(fast.batches) == 40, timeout=15)
+            stuck.release.set()
+            await until(lambda: stuck.batches == 33)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            assert run(go()).stats["lane_batches_dropped"] == 40 - 1 - 32
+        finally:
+            stuck.release.set()
+
+    def test_a_lane_with_room_again_takes_batches_again(self) -> None:
+        """Once the stuck sink has drained its lane to half, its batches are queued again, not dropped."""
+        stuck = Stuck()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck], lane_capacity=2, lane_wait=0.1)
+            for i in range(4):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: pipeline.stats["lane_batches_dropped"] == 1)
+            stuck.release.set()
+            await until(lambda: stuck.batches == 3)
+            await pipeline.submit_telemetry([log_event("after")])
+            await until(lambda: stuck.batches == 4)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            assert run(go()).stats["lane_batches_dropped"] == 1
+        finally:
+            stuck.release.set()
+
+
+class Timeouts(Plugin):
+    """A sink recording the timeouts its flush and shutdown were given."""
+
+    name: ClassVar[str] = "timeouts"
+
+    def __init__(self) -> None:
+        self.given: Dict[str, float] = {}
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        assert timeout is not None
+        self.given["flush"] = timeout
+
+    async def shutdown(self, timeout: float) -> None:
+        self.given["shutdown"] = timeout
+
+
+class TestDeadline:
+    def test_plugins_get_what_is_left_of_the_callers_deadline(self) -> None:
+        """One Deadline flows through flush and shutdown: each hook is given at most what it has left."""
+        plugin = Timeouts()
+        left: Dict[str, float] = {}
+
+        async def go() -> None:
+            pipeline = await started([plugin])
+            flush_by = Deadline.after(1.5)
+            await pipeline.flush(flush_by)
+            left["flush"] = flush_by.remaining()
+            shutdown_by = Deadline.after(3.0)
+            await pipeline.shutdown(shutdown_by)
+            left["shutdown"] = shutdown_by.remaining()
+
+        run(go())
+        assert left["flush"] <= plugin.given["flush"] <= 1.5
+        assert left["shutdown"] <= plugin.given["shutdown"] <= 3.0
+
+    def test_shutdown_holds_its_deadline_with_a_sink_stuck_in_a_thread(self) -> None:
+        """A sink stuck in a synchronous hook is left behind at the deadline; the others are still shut
+        down within it, and what the stuck lane held is counted."""
+        stuck, other = Stuck(), Timeouts()
+        log = Log()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, other], logger=log)
+            for i in range(3):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: stuck.batches == 1)
+            await asyncio.wait_for(pipeline.shutdown(Deadline.after(1.0)), 10)
+            return pipeline
+
+        try:
+            pipeline = run(go())
+        finally:
+            stuck.release.set()
+        assert stuck.batches == 1
+        assert 0 < other.given["shutdown"] <= 1.0
+        assert pipeline.stats["lane_batches_dropped"] == 2
+        assert any(ev == "sink did not take its queued telemetry before the shutdown deadline" and f["batches"] == 2
+                   for _, ev, f in log.lines)
+
+    def test_plain_function_hooks_run_in_a_daemon_thread(self) -> None:
+        """Plain-function hooks run in a daemon thread of the plugin's own, which the interpreter does not
+        wait for at exit (so a stuck one cannot hold the process)."""
+        seen: List[Tuple[str, bool]] = []
+
+        class Sync(Plugin):
+            name: ClassVar[str] = "sync"
+
+            def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                seen.append((threading.current_thread().name, threading.current_thread().daemon))
+
+        async def go() -> None:
+            pipeline = await started([Sync()])
+            await pipeline.dispatch_telemetry([log_event("a")])
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert seen == [("fgext-plugin-sync", True)]
+
+
+class TestBeforeStart:
+    def test_submissions_before_start_wait_in_the_bounded_queue(self) -> None:
+        """The pipeline exists before its plugins: what is submitted first waits in its bounded queue (the
+        submitter waits when it is full) and flows once the plugins start."""
+        sink = Collect()
+
+        async def go() -> bool:
+            pipeline = Pipeline(logger=Log(), max_pending=2)
+            await pipeline.submit_telemetry([log_event("0")])
+            await pipeline.submit_telemetry([log_event("1")])
+            third = asyncio.ensure_future(pipeline.submit_telemetry([log_event("2")]))
+            await asyncio.sleep(0.05)
+            waited = not third.done()
+            await pipeline.start(context, [sink])
+            await asyncio.wait_for(third, 5)
+            await until(lambda: len(sink.batches) == 3)
+            await pipeline.shutdown(1)
+            return waited
+
+        assert run(go()) is True
+        assert sink.batches == [["0"], ["1"], ["2"]]
+
+    def test_queued_before_a_start_that_never_came_is_logged(self) -> None:
+        """Shut down before plugins started: what waited is reported with its count, not lost silently."""
+        log = Log()
+
+        async def go() -> None:
+            pipeline = Pipeline(logger=log)
+            await pipeline.submit_telemetry([log_event("0")])
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert [f for _, ev, f in log.lines if ev == "telemetry received before plugins started was not processed"] \
+            == [{"count": 1}]
+
+    def test_plugins_started_before_a_strict_start_failure_are_still_shut_down(self) -> None:
+        """Strict mode, a plugin's start raises: the plugins that did start still get their shutdown."""
+
+        class NoStart(Plugin):
+            name: ClassVar[str] = "nostart"
+
+            def start(self, context: PluginContext) -> None:
+                raise RuntimeError("cannot connect")
+
+        first = Collect()
+
+        async def go() -> None:
+            pipeline = Pipeline([first, NoStart()], logger=Log(), strict=True)
+            with pytest.raises(PluginFailure):
+                await pipeline.start(context)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert first.calls == ["start", "shutdown"]
