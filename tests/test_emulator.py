@@ -14,7 +14,14 @@ import pytest
 from fgext._urn import parse_urn
 from fgext.emulator import Emulator, EmulatorConfig, ExtensionError
 from fgext.testing import emulate, run_emulator
-from tests.emulator_helpers import add_extension, function_file, records, telemetry_events, zip_dir
+from tests.emulator_helpers import (
+    add_extension,
+    extension_ports,
+    function_file,
+    records,
+    telemetry_events,
+    zip_dir,
+)
 
 ALL = ["platform", "function", "extension"]
 
@@ -124,7 +131,8 @@ class TestLifecycle:
         report = run_emulator(archive, events=[{}, {"fail": True}])
         assert report.ok, report.problems
         assert [r.status for r in report.invocations] == ["success", "failure"]
-        assert report.extensions[0].address == "127.0.0.1:8081" and not report.extensions[0].run_via_sh
+        port = extension_ports(root)["extensionTest.sh"]
+        assert report.extensions[0].address == f"127.0.0.1:{port}" and not report.extensions[0].run_via_sh
         assert records(root, "start")[0]["argv0"].endswith("/function/code/extension/recorder.py")
 
     def test_script_without_executable_bit_runs_through_sh(self, tmp_path: Path) -> None:
@@ -138,7 +146,7 @@ class TestLifecycle:
     def test_every_extension_gets_invokes_one_subscribes(self, tmp_path: Path) -> None:
         """Two extensions register on their own ports; both answer every invoke."""
         root = add_extension(tmp_path / "ext", subscribe=ALL)
-        add_extension(root, name="extensionTwo.sh", port=8082)
+        add_extension(root, name="extensionTwo.sh")
         report = run_emulator(root, invocations=2)
         assert report.ok, report.problems
         assert {e.name: e.subscribed for e in report.extensions} == {"extensionTest.sh": tuple(ALL),

@@ -18,7 +18,7 @@ import pytest
 from fgext.emulator._render import Progress
 from fgext.emulator._report import InvocationResult
 from fgext.emulator._telemetry import TelemetryStats
-from tests.emulator_helpers import add_extension, records
+from tests.emulator_helpers import add_extension, extension_ports, records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,8 @@ class TestRuns:
         result = fgext(str(root), "-n", "2")
         assert result.returncode == 0, result.stderr
         out = result.stdout
-        assert "extensionTest.sh  127.0.0.1:8081  platform" in out
+        port = extension_ports(root)["extensionTest.sh"]
+        assert f"extensionTest.sh  127.0.0.1:{port}  platform" in out
         rows = [line for line in out.splitlines() if line[:2] in ("1 ", "2 ")]
         assert len(rows) == 2 and "cold (init" in rows[0] and "warm" in rows[1]
         assert all("success" in row and " 200 " in row for row in rows)
