@@ -367,6 +367,9 @@ class Pipeline:
         name = state.plugin.name or type(state.plugin).__name__
         self.stats["plugin_failures"] += 1
         if self._strict:
+            # The original exception is logged here: PluginFailure only names the plugin and the hook.
+            self._log.error("plugin failed", plugin=name, hook=hook, error=f"{type(error).__name__}: {error}",
+                            strict=True)
             raise PluginFailure(name, hook) from error
         state.failures += 1
         self._log.error("plugin failed", plugin=name, hook=hook, error=f"{type(error).__name__}: {error}",

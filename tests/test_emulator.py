@@ -371,3 +371,27 @@ class TestFreeze:
         assert report.ok, report.problems
         assert report.freezes == 2
         assert names(telemetry_events(root)).count("platform.report") == 3
+
+
+class TestExtensionOutput:
+    def test_signal_exit_is_named(self) -> None:
+        """A process a signal ended reads as the signal's name, not asyncio's negative code."""
+        from fgext.emulator._extensions import describe_exit, ended
+
+        assert describe_exit(-15) == "SIGTERM" and describe_exit(3) == "exit 3"
+        assert ended(-9) == "was killed by SIGKILL" and ended(3) == "exited with code 3"
+
+    @pytest.mark.parametrize(("line", "expected"), [
+        ('{"event": "plugin disabled", "level": "warning", "plugin": "otlp", "timestamp": "t"}',
+         "warning: plugin disabled (plugin=otlp)"),
+        ('{"event": "plugin failed", "level": "error", "error": "ValueError: x"}',
+         "error: plugin failed (error=ValueError: x)"),
+        ('{"event": "listening", "level": "info"}', None),
+        ("[Extension] error: not JSON", None),
+        ("[1, 2]", None),
+    ])
+    def test_structured_warnings_and_errors_are_problems(self, line: str, expected: object) -> None:
+        """JSON log lines at warning or above become one readable line; anything else is not a problem."""
+        from fgext.emulator._extensions import logged_problem
+
+        assert logged_problem(line) == expected

@@ -180,16 +180,24 @@ class TestTargetResolution:
         """opentelemetry after 1.41.x needs Python >= 3.10: the 3.9 zip stays on 1.41.x, all parts alike."""
         v39 = zip39.versions()
         assert v39["opentelemetry-sdk"].startswith("1.41.")
-        for name in ("opentelemetry-api", "opentelemetry-exporter-otlp-proto-http", "opentelemetry-proto"):
+        for name in ("opentelemetry-api", "opentelemetry-proto"):
             assert v39[name] == v39["opentelemetry-sdk"], name
         assert Version(zip310.versions()["opentelemetry-sdk"]) >= Version(v39["opentelemetry-sdk"])
 
-    def test_grpc_exporter_only_on_request(self, zip39: Built) -> None:
-        """The default zip has the OTLP/HTTP exporter and structlog but no gRPC exporter or grpcio."""
+    def test_only_what_the_agent_imports(self, zip39: Built) -> None:
+        """The zip holds the agent's runtime set: no OTLP exporter (fgext encodes OTLP itself), no grpcio."""
         versions = zip39.versions()
-        assert {"aiohttp", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http",
-                "structlog", "fgext"} <= set(versions)
-        assert "opentelemetry-exporter-otlp-proto-grpc" not in versions and "grpcio" not in versions
+        assert {"aiohttp", "opentelemetry-sdk", "opentelemetry-proto", "structlog", "fgext"} <= set(versions)
+        for name in ("opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-grpc",
+                     "opentelemetry-exporter-otlp-proto-common", "requests", "urllib3", "grpcio"):
+            assert name not in versions, name
+
+    def test_no_developer_tools_in_the_zip(self, zip39: Built) -> None:
+        """The emulator, the packager and the test helpers never run in the sandbox: the zip leaves them out."""
+        names = zip39.names()
+        assert "extension/fgext-lib/fgext/_bootstrap.py" in names
+        for left_out in ("fgext/emulator/", "fgext/packager/", "fgext/testing.py", "fgext/_plugintest.py"):
+            assert not any(name.startswith(f"extension/fgext-lib/{left_out}") for name in names), left_out
 
 
 class TestLayout:
@@ -283,7 +291,7 @@ class TestUnpackedTree:
         code = (
             "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
             "import fgext, aiohttp.web, opentelemetry.sdk.trace, structlog, async_timeout, marker_plugin\n"
-            "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n"
+            "from opentelemetry.proto.trace.v1.trace_pb2 import Span\n"
             "from opentelemetry.util._importlib_metadata import entry_points, version\n"
             "from fgext._discovery import _entry_points\n"
             "import json\n"

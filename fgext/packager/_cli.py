@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fgext._errors import EXIT_OK, EXIT_PROBLEMS
+from fgext._errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
 
 __all__ = ["add_check_arguments", "add_package_arguments", "check_command", "package_command"]
 
@@ -49,6 +49,7 @@ def add_package_arguments(parser: argparse.ArgumentParser) -> None:
 
 def package_command(args: argparse.Namespace) -> int:
     """Build the zip and print the report; 0 on success (warnings included)."""
+    require_package_extra()
     from fgext.packager._build import BuildOptions, build
     from fgext.packager._report import render_build
 
@@ -64,6 +65,15 @@ def package_command(args: argparse.Namespace) -> int:
     else:
         print(render_build(result))
     return EXIT_OK
+
+
+def require_package_extra() -> None:
+    """A missing ``fgext[package]`` extra is an installation the user fixes: exit 2, with the command."""
+    import importlib.util
+
+    if importlib.util.find_spec("packaging") is None:
+        raise ConfigError("fgext package needs the 'package' extra (the 'packaging' library), not installed "
+                          f"here; install it with: {sys.executable} -m pip install 'fgext[package]'")
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
