@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import venv
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_otlp_plugin import OtelTap, free_port, roots
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("port_range_lock")]
 
@@ -84,8 +88,9 @@ def test_package_without_its_extra_says_how_to_install_it(installed: Installed) 
     assert "Traceback" not in done.stderr
 
 
-def test_package_then_emulate_the_zip(installed: Installed) -> None:
-    """With the documented extra, `fgext package -o dist/x.zip` builds a zip that `fgext emulate -n 2` runs."""
+def test_package_then_emulate_the_zip(installed: Installed, tap_factory: Callable[[int], OtelTap]) -> None:
+    """With the documented extra, `fgext package -o dist/x.zip` builds a zip that `fgext emulate -n 2` runs,
+    exporting both invocations' traces to a collector (oteltap)."""
     installed.pip(f"fgext[package] @ {installed.wheel.as_uri()}")
     built = installed.run("fgext", "package", "-q", "-o", "dist/x.zip")
     assert built.returncode == 0, built.stderr[-3000:]
@@ -93,6 +98,42 @@ def test_package_then_emulate_the_zip(installed: Installed) -> None:
         names = archive.namelist()
     assert "extension/fgext-lib/fgext/_bootstrap.py" in names
     assert not any(name.startswith("extension/fgext-lib/fgext/emulator/") for name in names)
-    ran = installed.run("fgext", "emulate", "dist/x.zip", "-n", "2")
+    tap = tap_factory(free_port())
+    ran = installed.run("fgext", "emulate", "dist/x.zip", "-n", "2",
+                        "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{tap.port}")
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert ran.stdout.rstrip().endswith("no problems")
+
+    def two_roots(spans: List[Dict[str, Any]]) -> bool:
+        return len(roots(spans)) >= 2
+
+    asyncio.run(tap.wait("spans", two_roots, timeout=30))
+
+
+def test_sdist_carries_docs_examples_and_licence(tmp_path: Path) -> None:
+    """The sdist holds LICENSE, CHANGELOG.md, docs/, examples/, the launcher and packaging/; the wheel built
+    from it declares the project's URLs and ships the licence."""
+    source = tmp_path / "src"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=str(ROOT), capture_output=True,
+                            text=True, check=True).stdout.split()
+    for name in listed:  # a copy: building writes *.egg-info into the tree it builds
+        path, copy = ROOT / name, source / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():  # fgext/packager/_data links to the launcher and packaging/
+            copy.symlink_to(os.readlink(path))
+        elif path.is_file():
+            shutil.copy2(path, copy)
+    built = subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    with tarfile.open(next((tmp_path / "dist").glob("fgext-*.tar.gz"))) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    for required in ("LICENSE", "CHANGELOG.md", "README.md", "docs/platform.md", "docs/plugins.md",
+                     "examples/README.md", "examples/sqlite_sink.py", "extension/extensionFgext.sh",
+                     "packaging/constraints/Python3.9.txt"):
+        assert required in names, required
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("fgext-*.whl"))) as wheel:
+        metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        text = wheel.read(metadata).decode()
+        assert any(n.endswith("LICENSE") for n in wheel.namelist())
+    assert "Project-URL: Changelog, https://" in text and "Project-URL: Homepage, https://" in text

@@ -379,8 +379,7 @@ class Emulator:
             logged = ext.problem_lines()
             if logged:
                 total = sum(count for _, count in logged)
-                problems.append(f"{ext.name} logged {total} warning(s) or error(s); in the cloud this loses "
-                                "telemetry:\n" + "\n".join(
+                problems.append(f"{ext.name} logged {total} error(s) or warning(s) of lost telemetry:\n" + "\n".join(
                                     f"  | {line}" + (f"  (x{count})" if count > 1 else "") for line, count in logged))
         failed: Dict[str, List[ExtensionAnswer]] = {}
         for result in self.results:

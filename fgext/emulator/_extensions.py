@@ -3,9 +3,11 @@
 Each ``extension/extension*.sh`` runs with the sandbox's working directory and environment. Its output
 is captured line by line: the last lines are kept for error messages, lines that carry
 ``[Extension]`` are handed on as extension log events, and structured log lines (JSON, as the fgext
-agent writes on stderr) at level warning or above are kept as the extension's problems: a plugin that
-failed or was disabled, a bad exporter setting, an export that failed or dropped data - each of them
-loses telemetry in the cloud, where nobody watches the extension's own log.
+agent writes on stderr) that report lost telemetry are kept as the extension's problems: every error
+(a plugin that failed, a bad exporter setting, a strict-mode failure) and the agent's warnings listed
+in ``LOSING_WARNINGS`` (a plugin disabled, an export that failed, data dropped). In the cloud nobody
+watches the extension's own log; here they fail the run. A plugin's own warnings (an alert) are not
+problems.
 """
 
 from __future__ import annotations
@@ -25,10 +27,39 @@ from fgext._errors import FgextError
 from fgext.emulator._platform import PlatformApi
 from fgext.emulator._process import pump_lines, signal_group, stop_group
 
-__all__ = ["ExtensionError", "ExtensionProcess", "ExtensionSupervisor", "describe_exit", "ended", "logged_problem"]
+__all__ = [
+    "LOSING_WARNINGS",
+    "ExtensionError",
+    "ExtensionProcess",
+    "ExtensionSupervisor",
+    "describe_exit",
+    "ended",
+    "logged_problem",
+]
 
 EXTENSION_MARKER = "[Extension]"
-_PROBLEM_LEVELS = ("warning", "error", "critical", "fatal")
+_ERROR_LEVELS = ("error", "critical", "fatal")
+#: The agent's warnings that mean telemetry was or may be lost (tests/test_emulator.py keeps this list
+#: in step with the agent's code: a new warning must be sorted in here or among the harmless ones).
+LOSING_WARNINGS = frozenset({
+    "plugin disabled",
+    "malformed telemetry events skipped",
+    "events received before plugins started were not processed",
+    "pipeline shutdown: queued telemetry not fully dispatched in time",
+    "plugins did not shut down within FGEXT_SHUTDOWN_TIMEOUT",
+    "otlp export failed; spooling and retrying with backoff",
+    "otlp collector rejected part of a request",
+    "otlp collector rejected a request for good; dropped",
+    "otlp spool full: dropped the oldest telemetry",
+    "otlp spool file unreadable; dropping it",
+    "otlp spooled data for a switched-off signal dropped",
+    "webhook queue full; alert dropped",
+    "webhook alert not delivered",
+    "webhook alerts still pending after flush",
+    "telemetry body rejected",
+})
+#: An info line that takes back an earlier warning: the collector answered again, what was spooled is sent.
+_RECOVERIES = {"otlp collector reachable again": "otlp export failed; spooling and retrying with backoff"}
 _MAX_PROBLEM_KINDS = 50  # distinct problem lines kept per extension; repeats are counted, not kept
 
 
@@ -51,8 +82,7 @@ def ended(code: Optional[int]) -> str:
     return f"exited with code {code}"
 
 
-def logged_problem(line: str) -> Optional[str]:
-    """A structured log line at level warning or above, as one readable line; None for anything else."""
+def _record(line: str) -> Optional[Dict[str, Any]]:
     text = line.strip()
     if not text.startswith("{"):
         return None
@@ -60,7 +90,22 @@ def logged_problem(line: str) -> Optional[str]:
         record: Any = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(record, dict) or str(record.get("level", "")).lower() not in _PROBLEM_LEVELS:
+    return record if isinstance(record, dict) else None
+
+
+def recovered(line: str) -> Optional[str]:
+    """The warning event a structured line takes back (the collector is reachable again), if any."""
+    record = _record(line)
+    return _RECOVERIES.get(str(record.get("event"))) if record is not None else None
+
+
+def logged_problem(line: str) -> Optional[str]:
+    """A structured log line reporting lost telemetry, as one readable line; None for anything else."""
+    record = _record(line)
+    if record is None:
+        return None
+    level = str(record.get("level", "")).lower()
+    if level not in _ERROR_LEVELS and not (level == "warning" and record.get("event") in LOSING_WARNINGS):
         return None
     skip = {"level", "event", "timestamp", "logger"}
     fields = " ".join(f"{key}={value}" for key, value in record.items() if key not in skip)
@@ -154,6 +199,10 @@ class ExtensionSupervisor:
             problem = logged_problem(line)
             if problem is not None and (problem in ext.problems or len(ext.problems) < _MAX_PROBLEM_KINDS):
                 ext.problems[problem] = ext.problems.get(problem, 0) + 1
+            taken_back = recovered(line)
+            if taken_back is not None:
+                for key in [key for key in ext.problems if key.startswith(f"warning: {taken_back} (")]:
+                    del ext.problems[key]
             if EXTENSION_MARKER in line:
                 self.on_log(ext.name, line)
         return handle
