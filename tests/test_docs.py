@@ -91,8 +91,12 @@ def test_every_block_says_what_it_is() -> None:
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory: pytest.TempPathFactory) -> Dict[Path, Path]:
-    """One working directory per page, shared by its blocks in order."""
-    return {page: tmp_path_factory.mktemp(page.stem) for page in PAGES}
+    """One working directory per page, shared by its blocks in order, with the checkout's examples/."""
+    dirs = {page: tmp_path_factory.mktemp(page.stem) for page in PAGES}
+    for workdir in dirs.values():
+        # Recipes name the repository's examples (examples/sqlite_sink.py) as a checkout has them.
+        (workdir / "examples").symlink_to(ROOT / "examples")
+    return dirs
 
 
 def python39_dir() -> Optional[str]:

@@ -235,6 +235,27 @@ def _wheel_requires(wheel: Path) -> List[str]:
     return message.get_all("Requires-Dist") or []
 
 
+def _stand_in_wheel(version: str, folder: Path) -> Path:
+    """A wheel of fgext with metadata only and no dependencies, for pip's resolution alone.
+
+    A plugin distribution given with ``-r`` depends on fgext; pip must find that requirement satisfied
+    without pulling fgext's own dependency list (the OTLP exporters the sandbox never imports) into the
+    zip. fgext itself is installed from the real wheel or copied from the installation, never from this.
+    """
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"fgext-{version}-py3-none-any.whl"
+    info = f"fgext-{version}.dist-info"
+    files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: fgext\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: fgext\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return path
+
+
 def _installed_fgext() -> Any:
     """The installed fgext distribution."""
     try:
@@ -342,18 +363,20 @@ def build(options: BuildOptions) -> BuildResult:
         wheel = _fgext_wheel(scratch, log)
         installed_dist = None
         if wheel is not None:
-            requires = _wheel_requires(wheel)
+            requires, version = _wheel_requires(wheel), wheel.name.split("-")[1]
         else:
             installed_dist = _installed_fgext()
-            requires = installed_dist.requires or []
+            requires, version = installed_dist.requires or [], str(installed_dist.version)
         # fgext goes in without its dependencies (its own list is the developer's); the agent's come next.
+        stand_in = _stand_in_wheel(version, scratch / "stand-in")
         roots = _agent_roots(requires, runtime, options.arch, options.with_grpc) + extra_requirements
+        roots.append(f"fgext @ {stand_in.as_uri()}")
 
         installer = Installer(runtime, options.arch, target_python=python,
                               use_target_pip=options.use_target_pip, constraints=constraints, log=log)
-        distributions: List[Resolved] = installer.resolve(roots)
+        distributions: List[Resolved] = [d for d in installer.resolve(roots) if d.name != "fgext"]
         if wheel is not None:
-            fgext_dist = Resolved(name="fgext", version=wheel.name.split("-")[1], wheel=wheel.name,
+            fgext_dist = Resolved(name="fgext", version=version, wheel=wheel.name,
                                   url=wheel.as_uri(), direct=True)
             distributions = sorted([*distributions, fgext_dist], key=lambda d: d.name)
         installer.install(distributions, lib)
