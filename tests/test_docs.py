@@ -157,6 +157,7 @@ def collector(tap_factory: Callable[[int], object]) -> Iterator[Callable[[], str
 
     def start() -> str:
         tap = tap_factory(free_port())
+        tap.start()  # type: ignore[attr-defined]
         return f"http://127.0.0.1:{tap.port}"  # type: ignore[attr-defined]
 
     yield start

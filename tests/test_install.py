@@ -99,6 +99,7 @@ def test_package_then_emulate_the_zip(installed: Installed, tap_factory: Callabl
     assert "extension/fgext-lib/fgext/_bootstrap.py" in names
     assert not any(name.startswith("extension/fgext-lib/fgext/emulator/") for name in names)
     tap = tap_factory(free_port())
+    tap.start()
     ran = installed.run("fgext", "emulate", "dist/x.zip", "-n", "2",
                         "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{tap.port}")
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]

@@ -200,6 +200,22 @@ class TestTargetResolution:
             assert not any(name.startswith(f"extension/fgext-lib/{left_out}") for name in names), left_out
 
 
+class TestReport:
+    def test_one_distribution_count_throughout(self, zip39: Built) -> None:
+        """The text report counts distributions once: the contributor header names the listed number."""
+        import re
+
+        from fgext.packager._build import Contributor
+        from fgext.packager._report import render_build
+
+        data = dict(zip39.report)
+        data["contributors"] = [Contributor(**item) for item in data["contributors"]]
+        text = render_build(BuildResult(**data))
+        listed = int(re.search(r"^Distributions \((\d+)\):", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        header = re.search(r"^Largest contributors \(top \d+ of (\d+) distributions", text, re.MULTILINE)
+        assert header is not None and int(header.group(1)) == listed == len(zip39.versions()), text
+
+
 class TestLayout:
     def test_launcher_is_the_repository_file_with_mode_0755(self, zip39: Built) -> None:
         """extension/extensionFgext.sh is byte-identical to the repository's launcher and stored as 0755."""

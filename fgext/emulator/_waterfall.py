@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -87,7 +89,7 @@ def render_trace(spans: Sequence[SpanData], logs: Iterable[LogData] = (), width:
     name_width = max(len(name) for name in names)
     lines = [header]
     for (span, _, below), name in zip(rows, names):
-        line = f"  {name.ljust(name_width)}  |{_bar(span, start, total, width)}| {span.duration_ms:7.1f} ms"
+        line = f"  {name.ljust(name_width)}  |{_bar(span, start, total, width)}| {_duration_ms(span):7.1f} ms"
         if span.status == "ERROR":
             line += "  ERROR" + (f" {span.status_message}" if span.status_message else "")
         lines.append(line)
@@ -98,11 +100,24 @@ def render_trace(spans: Sequence[SpanData], logs: Iterable[LogData] = (), width:
     return "\n".join(lines)
 
 
+def _duration_ms(span: SpanData) -> float:
+    """The platform's measured duration when the span carries it, else the span's extent.
+
+    Platform events are stamped to the millisecond, so a sub-millisecond invoke spans 0 or 1 ms; the
+    report's ``durationMs`` (the ``fgext.report.duration_ms`` attribute) is the figure the table shows.
+    """
+    reported = span.attributes.get("fgext.report.duration_ms")
+    return float(reported) if isinstance(reported, (int, float)) else span.duration_ms
+
+
 def _log_text(log: LogData) -> str:
-    text = log.body.replace("\n", " ")
+    text = log.body.replace("\n", " ").strip()
     if len(text) > 100:
         text = text[:97] + "..."
-    return f"{log.severity} {text}" if log.severity else text
+    # A function's logger writes its level into the line itself: show it once.
+    if not log.severity or re.search(rf"\b{re.escape(log.severity)}\b", text):
+        return text
+    return f"{log.severity} {text}"
 
 
 def render_traces(spans: Sequence[SpanData], logs: Sequence[LogData] = (),
@@ -132,6 +147,16 @@ def _value(point: MetricPoint) -> str:
     return f"{point.value:.3f}" if isinstance(point.value, float) else str(point.value)
 
 
+def _in_mb(point: MetricPoint) -> MetricPoint:
+    mb = 1024 * 1024
+    if isinstance(point.value, tuple):
+        count, total = point.value
+        value: object = (count, None if total is None else total / mb)
+    else:
+        value = point.value / mb
+    return dataclasses.replace(point, value=value, unit="MB")
+
+
 def render_metrics(points: Sequence[MetricPoint]) -> str:
     """The last value of each (metric, attributes) pair, one line each, sorted by name."""
     latest: Dict[Tuple[str, str], MetricPoint] = {}
@@ -140,6 +165,8 @@ def render_metrics(points: Sequence[MetricPoint]) -> str:
         latest[key] = point
     lines = []
     for (name, _), point in sorted(latest.items()):
+        if point.unit == "By":  # memory: bytes are unreadable at this size
+            point = _in_mb(point)
         unit = f" {point.unit}" if point.unit else ""
         attrs = ", ".join(f"{k}={v}" for k, v in sorted(point.attributes.items()))
         lines.append(f"  {name} ({point.kind}{unit}): {_value(point)}" + (f"  {{{attrs}}}" if attrs else ""))

@@ -381,6 +381,8 @@ def build(options: BuildOptions) -> BuildResult:
             distributions = sorted([*distributions, fgext_dist], key=lambda d: d.name)
         installer.install(distributions, lib)
         if installed_dist is not None:
+            if log:
+                log(f"copying fgext {version} from this installation")
             _copy_installed(installed_dist, lib)
         for name in AGENT_GRPC if options.with_grpc else ():
             if not any(d.name == name for d in distributions):

@@ -101,5 +101,5 @@ def check_command(args: argparse.Namespace) -> int:
         print(json.dumps({"zip": str(args.zip), "ok": not failing,
                           "findings": [finding.to_dict() for finding in findings]}, indent=2))
     else:
-        print(render_check(str(args.zip), findings))
+        print(render_check(str(args.zip), findings, strict=args.strict))
     return EXIT_PROBLEMS if failing else EXIT_OK
