@@ -168,3 +168,15 @@ class TestProgress:
         progress.update(_result("success"))
         progress.clear()
         assert stream.getvalue() == "" and progress.done == 1
+
+
+def test_an_answers_error_is_shown_whole() -> None:
+    """An extension's failed answer reads in full in its row (it was cut at 32 characters)."""
+    from fgext.emulator._render import _invocation_row
+    from fgext.emulator._report import ExtensionAnswer, InvocationResult
+
+    error = "process was killed by SIGKILL while the invocation waited for its answer"
+    result = InvocationResult(index=0, request_id="r" * 36, status="success", duration_ms=1.0, billed_ms=1.0,
+                              memory_used_mb=30.0, cold=False, started_at=0.0,
+                              answers=[ExtensionAnswer("extensionA.sh", None, 0.0, error)])
+    assert error in _invocation_row(result, ["extensionA.sh"])
