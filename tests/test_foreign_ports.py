@@ -39,6 +39,7 @@ def test_port_sensitive_tests_pass_beside_a_foreign_agent(tmp_path: Path) -> Non
         inner = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PORT_SENSITIVE],
                                cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=1500)
         assert inner.returncode == 0, inner.stdout[-6000:] + inner.stderr[-2000:]
+        print(f"inner run beside the foreign agent: {inner.stdout.strip().splitlines()[-1]}")
         # Seven ports stay free: no test may have skipped for want of one.
         assert "other software listens" not in inner.stdout, inner.stdout[-3000:]
         assert foreign.poll() is None, "the foreign agent died: a test disturbed it"
