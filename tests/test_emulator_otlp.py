@@ -133,6 +133,19 @@ class TestWaterfallReadability:
         line = next(line for line in render_trace(decode_traces(request)).splitlines() if "invoke" in line)
         assert line.endswith("|     0.9 ms"), line
 
+    def test_a_warm_trace_within_one_millisecond_shows_the_reported_duration(self) -> None:
+        """Root and invoke stamped to the same millisecond: both lines and the header show the 0.9 ms."""
+        request = ExportTraceServiceRequest()
+        spans = request.resource_spans.add().scope_spans.add().spans
+        spans.append(Span(trace_id=TRACE, span_id=ROOT, name="fgext-demo", kind=Span.SPAN_KIND_SERVER,
+                          start_time_unix_nano=T0, end_time_unix_nano=T0))
+        spans.append(Span(trace_id=TRACE, span_id=INVOKE, parent_span_id=ROOT, name="invoke",
+                          kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=T0, end_time_unix_nano=T0,
+                          attributes=[KeyValue(key="fgext.report.duration_ms", value=AnyValue(double_value=0.9))]))
+        lines = render_trace(decode_traces(request)).splitlines()
+        assert lines[0].endswith("  fgext-demo  0.9 ms")
+        assert lines[1].endswith("|     0.9 ms") and lines[2].endswith("|     0.9 ms"), lines
+
     def test_a_level_in_the_line_is_not_repeated(self) -> None:
         """A function logger's line that names its level is shown once; a bare line gets the severity."""
         request = ExportLogsServiceRequest()

@@ -79,9 +79,11 @@ def render_trace(spans: Sequence[SpanData], logs: Iterable[LogData] = (), width:
             unattached.append(log)
     rows = _tree(spans)
     roots = [span for span, prefix, _ in rows if not prefix]
+    shown = _shown_durations(spans)
     label = roots[0].name if roots else spans[0].name
     service = next((s.resource.get("service.name") for s in spans if s.resource.get("service.name")), None)
-    header = f"trace {spans[0].trace_id}  {label}  {total / 1e6:.1f} ms"
+    longest = max([total / 1e6, *(shown[root.span_id] for root in roots)])
+    header = f"trace {spans[0].trace_id}  {label}  {longest:.1f} ms"
     if service:
         header += f"  (service {service})"
     names = [f"{prefix}{span.name}" + ("" if span.kind in ("INTERNAL", "UNSPECIFIED") else f"  {span.kind}")
@@ -89,7 +91,7 @@ def render_trace(spans: Sequence[SpanData], logs: Iterable[LogData] = (), width:
     name_width = max(len(name) for name in names)
     lines = [header]
     for (span, _, below), name in zip(rows, names):
-        line = f"  {name.ljust(name_width)}  |{_bar(span, start, total, width)}| {_duration_ms(span):7.1f} ms"
+        line = f"  {name.ljust(name_width)}  |{_bar(span, start, total, width)}| {shown[span.span_id]:7.1f} ms"
         if span.status == "ERROR":
             line += "  ERROR" + (f" {span.status_message}" if span.status_message else "")
         lines.append(line)
@@ -108,6 +110,18 @@ def _duration_ms(span: SpanData) -> float:
     """
     reported = span.attributes.get("fgext.report.duration_ms")
     return float(reported) if isinstance(reported, (int, float)) else span.duration_ms
+
+
+def _shown_durations(spans: Sequence[SpanData]) -> Dict[str, float]:
+    """Each span's duration to show: its own (see _duration_ms), and never less than a child's."""
+    shown = {span.span_id: _duration_ms(span) for span in spans}
+    parents = {span.span_id: span.parent_span_id for span in spans}
+    for span in spans:  # a parent spans its children: lift it to the longest reported child
+        parent, value, hops = parents.get(span.span_id), shown[span.span_id], 0
+        while parent in shown and hops < len(spans):
+            shown[parent] = max(shown[parent], value)
+            value, parent, hops = shown[parent], parents.get(parent), hops + 1
+    return shown
 
 
 def _log_text(log: LogData) -> str:
