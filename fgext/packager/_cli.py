@@ -38,7 +38,7 @@ def add_package_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--constraint", "-c", action="append", default=[], type=Path, metavar="FILE",
                         help="extra pip constraints file (repeatable)")
     parser.add_argument("--with-grpc", action="store_true",
-                        help="include the OTLP/gRPC exporter (about 7 MB more, compressed)")
+                        help="include grpcio, for OTLP/gRPC export (about 7 MB more, compressed)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="ship sources only, without byte code")
     parser.add_argument("--no-strip", dest="strip", action="store_false",
