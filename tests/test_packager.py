@@ -403,6 +403,23 @@ def test_zip_under_emulate_sends_spans_to_a_third_party_receiver(
     asyncio.run(tap.wait("spans", has_invoke, timeout=20))
 
 
+@needs_py39
+def test_with_grpc_adds_grpcio_that_the_agent_imports(pip_cache: None, tmp_path: Path) -> None:
+    """--with-grpc ships grpcio (what the gRPC transport calls), no exporter; it imports on 3.9 without site."""
+    out = tmp_path / "grpc.zip"
+    result = build(BuildOptions(output=out, runtime="Python3.9", with_grpc=True, strip=False))
+    built = Built(out, json.loads(json.dumps(result.to_dict(), default=lambda o: o.__dict__)), tmp_path)
+    versions = built.versions()
+    assert "grpcio" in versions and not any("exporter" in name for name in versions), versions
+    extension = unpack(built, tmp_path / "unpacked")
+    code = ("import sys; sys.path[:0] = [sys.argv[1]]\n"
+            "from fgext.otlp._export import _load_grpc\n"
+            "print(_load_grpc().__name__)")
+    done = subprocess.run([str(PY39), "-S", "-E", "-c", code, str(extension / "fgext-lib")], capture_output=True,
+                          text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stdout.strip() == "grpc", done.stderr
+
+
 class TestCommandLine:
     @pytest.mark.parametrize("runtime, words", [
         ("Python2.7", "too old"), ("Python3.6", "too old"), ("Node.js14", "Python runtime"),
