@@ -167,6 +167,9 @@ class Hooks:
     def failed(self, state: PluginState, hook: str, error: BaseException) -> None:
         self._stats["plugin_failures"] += 1
         if self._strict:
+            # The original exception is logged here: PluginFailure only names the plugin and the hook.
+            self._log.error("plugin failed", plugin=state.name, hook=hook, error=f"{type(error).__name__}: {error}",
+                            strict=True)
             raise PluginFailure(state.name, hook) from error
         count = state.failures[hook] = state.failures.get(hook, 0) + 1
         self._log.error("plugin failed", plugin=state.name, hook=hook, error=f"{type(error).__name__}: {error}",

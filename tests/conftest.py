@@ -5,9 +5,10 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional
 
 import pytest
 
@@ -18,6 +19,38 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
+EXTENSION_PORTS = range(8081, 8091)  # the platform's fixed range for extension listeners
+
+
+def port_free(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` can be bound now (as the agent binds: SO_REUSEADDR, so TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_extension_ports(count: int = 1) -> List[int]:
+    """``count`` ports of 8081-8090 nobody listens on, lowest first; skip the test when there are fewer.
+
+    Call it while holding ``port_range_lock``: other fgext test runs then stay off the range, and a port
+    held by other software (a developer's ``fgext emulate``, another extension) is simply not chosen.
+    """
+    free = [port for port in EXTENSION_PORTS if port_free(port)]
+    if len(free) < count:
+        pytest.skip(f"needs {count} free port(s) of 8081-8090, only {free or 'none'} free: "
+                    "other software listens on the rest")
+    return free[:count]
+
+
+def require_free_ports(ports: Iterable[int]) -> None:
+    """Skip the test, naming them, when any of these exact ports is taken by someone else."""
+    taken = [port for port in ports if not port_free(port)]
+    if taken:
+        pytest.skip(f"needs 127.0.0.1:{','.join(map(str, taken))} free, but other software listens there")
 
 
 def agent_python() -> str:

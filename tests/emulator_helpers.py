@@ -8,7 +8,9 @@ import stat
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
+
+from tests.conftest import free_extension_ports
 
 HERE = Path(__file__).resolve().parent
 RECORDER = HERE / "emulator_recorder.py"
@@ -20,10 +22,16 @@ exec {python} "$here/recorder.py" "$here/$(basename -- "$0").json"
 """
 
 
-def add_extension(root: Path, name: str = "extensionTest.sh", port: int = 8081, **behaviour: Any) -> Path:
-    """Add one recorder extension called ``name`` under ``root/extension``; return ``root``."""
+def add_extension(root: Path, name: str = "extensionTest.sh", port: Optional[int] = None, **behaviour: Any) -> Path:
+    """Add one recorder extension called ``name`` under ``root/extension``; return ``root``.
+
+    Without ``port`` it listens on a free port of 8081-8090 that no other extension under ``root`` uses
+    (other software may hold 8081: a test never assumes it is free).
+    """
     folder = root / "extension"
     folder.mkdir(parents=True, exist_ok=True)
+    if port is None:
+        port = extension_port(root)
     shutil.copy(RECORDER, folder / "recorder.py")
     script = folder / name
     script.write_text(LAUNCHER.format(python=sys.executable))
@@ -31,6 +39,19 @@ def add_extension(root: Path, name: str = "extensionTest.sh", port: int = 8081, 
     config = {"name": name, "port": port, "record": str(root / "record.jsonl"), **behaviour}
     (folder / f"{name}.json").write_text(json.dumps(config))
     return root
+
+
+def extension_port(root: Path) -> int:
+    """The port ``add_extension`` gave the first extension under ``root``, else a free one for the next."""
+    used = [json.loads(p.read_text())["port"] for p in sorted((root / "extension").glob("*.sh.json"))]
+    free = [port for port in free_extension_ports(len(used) + 1) if port not in used]
+    return free[0]
+
+
+def extension_ports(root: Path) -> Dict[str, int]:
+    """Each recorder extension's name under ``root`` and the port it listens on."""
+    configs = [json.loads(p.read_text()) for p in sorted((root / "extension").glob("*.sh.json"))]
+    return {config["name"]: int(config["port"]) for config in configs}
 
 
 def records(root: Path, kind: str = "", extension: str = "") -> List[Dict[str, Any]]:

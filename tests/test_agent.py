@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterator, List
 import pytest
 
 from tests.agentproc import AgentProcess, ready
-from tests.conftest import LAUNCHER, ROOT
+from tests.conftest import EXTENSION_PORTS, LAUNCHER, ROOT, free_extension_ports, port_free
 from tests.platform import RecordingPlatform, free_port
 from tests.test_events import DONE, EXTENSION_LOG, FUNCTION_LOG, REPORT, START, UUID
 
@@ -59,15 +59,16 @@ def hold_ports() -> Iterator[Callable[[List[int]], None]]:
 class TestRegistration:
     def test_registers_with_both_headers_and_subscribes(self, platform: RecordingPlatform, agents: Start,
                                                         tmp_path: Path) -> None:
-        """Register carries the launcher's file name and 127.0.0.1:8081; subscribe carries the documented body."""
+        """Register carries the launcher's file name and the first free port; subscribe the documented body."""
+        port = free_extension_ports()[0]  # 8081 unless other software listens there
         agent = agents(jsonl_env(platform, tmp_path / "out.jsonl"))
         seen = platform.wait_for(lambda r: len(r) >= 2)
         register, subscribe = seen[0], seen[1]
         assert register.path == "/extension/register"
         assert register.headers["FunctionGraph-Extension-Name"] == "extensionFgext.sh"
-        assert register.headers["FunctionGraph-Extension-Address"] == "127.0.0.1:8081"
+        assert register.headers["FunctionGraph-Extension-Address"] == f"127.0.0.1:{port}"
         assert subscribe.path == "/telemetry"
-        assert subscribe.json() == {"subscriber": {"protocol": "POST", "uri": "http://127.0.0.1:8081"},
+        assert subscribe.json() == {"subscriber": {"protocol": "POST", "uri": f"http://127.0.0.1:{port}"},
                                     "types": ["platform", "function", "extension"]}
         note = agent.wait_log("registered")
         assert note["function"] == "helloWorld" and note["version"] == "$LATEST"
@@ -91,30 +92,33 @@ class TestRegistration:
         seen = platform.wait_for(lambda r: len(r) >= 2)
         assert seen[1].json()["types"] == ["platform", "function"]
 
-    def test_port_fallback_when_8081_taken(self, platform: RecordingPlatform, agents: Start, tmp_path: Path,
-                                           hold_ports: Callable[[List[int]], None]) -> None:
-        """With 8081 in use the agent takes 8082, registers and subscribes with it."""
-        hold_ports([8081])
+    def test_port_fallback_when_first_free_port_taken(self, platform: RecordingPlatform, agents: Start,
+                                                      tmp_path: Path, hold_ports: Callable[[List[int]], None]) -> None:
+        """With the first free port (8081 on a quiet machine) taken, the agent takes the next free one."""
+        first, second = free_extension_ports(2)
+        hold_ports([first])
         agent = agents(jsonl_env(platform, tmp_path / "o.jsonl"))
         seen = platform.wait_for(lambda r: len(r) >= 2)
-        assert seen[0].headers["FunctionGraph-Extension-Address"] == "127.0.0.1:8082"
-        assert seen[1].json()["subscriber"]["uri"] == "http://127.0.0.1:8082"
-        assert ready(agent) == 8082
+        assert seen[0].headers["FunctionGraph-Extension-Address"] == f"127.0.0.1:{second}"
+        assert seen[1].json()["subscriber"]["uri"] == f"http://127.0.0.1:{second}"
+        assert ready(agent) == second
 
     def test_all_ports_taken(self, platform: RecordingPlatform, agents: Start, tmp_path: Path,
                              hold_ports: Callable[[List[int]], None]) -> None:
         """With 8081-8090 all in use the agent says so and exits 2 without registering."""
-        hold_ports(list(range(8081, 8091)))
+        # Ports other software listens on are taken already; the test holds the rest.
+        hold_ports([port for port in EXTENSION_PORTS if port_free(port)])
         agent = agents(jsonl_env(platform, tmp_path / "o.jsonl"))
         assert agent.wait_exit() == 2
         assert "8081-8090 is in use" in agent.stderr()
         assert platform.paths() == []
 
     def test_explicit_port(self, platform: RecordingPlatform, agents: Start, tmp_path: Path) -> None:
-        """FGEXT_PORT picks the port inside the range."""
-        agents(jsonl_env(platform, tmp_path / "o.jsonl", FGEXT_PORT="8087"))
+        """FGEXT_PORT picks the port inside the range, even when a lower one is free."""
+        port = free_extension_ports(2)[1]
+        agents(jsonl_env(platform, tmp_path / "o.jsonl", FGEXT_PORT=str(port)))
         seen = platform.wait_for(lambda r: len(r) >= 1)
-        assert seen[0].headers["FunctionGraph-Extension-Address"] == "127.0.0.1:8087"
+        assert seen[0].headers["FunctionGraph-Extension-Address"] == f"127.0.0.1:{port}"
 
     @pytest.mark.parametrize(("value", "message"), [("8080", "from 8081 to 8090"), ("80x", "port number")])
     def test_bad_port_setting(self, platform: RecordingPlatform, agents: Start, tmp_path: Path, value: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, agent_python
+from tests.conftest import ROOT, agent_python, require_free_ports
 
 pytestmark = [pytest.mark.agent, pytest.mark.slow]
 
@@ -35,6 +35,10 @@ EXPECTED = {
 
 def test_smoke_run_produces_every_key(tmp_path: Path) -> None:
     """bench/run.py --smoke exits 0, prints the table, and its JSON has every section's keys and verdicts."""
+    from bench._agents import AGENT_PORT, port_range_lock
+
+    with port_range_lock():  # bench/run.py takes the lock itself while its agents run
+        require_free_ports([AGENT_PORT])
     out = tmp_path / "bench.json"
     # The harness's own interpreter, and the agent legs' one (FGEXT_TEST_PYTHON) when that differs.
     pythons = list(dict.fromkeys([sys.executable, agent_python()]))

@@ -10,6 +10,7 @@ import pytest
 from fgext._bootstrap import bind_listener, register, subscribe
 from fgext._config import AgentSettings
 from fgext._errors import ConfigError, RegistrationError
+from tests.conftest import free_extension_ports
 from tests.platform import RecordingPlatform, free_port
 
 
@@ -24,11 +25,12 @@ def settings_for() -> Iterator:  # type: ignore[type-arg]
 class TestBind:
     @pytest.mark.usefixtures("port_range_lock")
     def test_binds_loopback_only_in_range(self) -> None:
-        """The listener is on 127.0.0.1 within 8081-8090 and already listening."""
+        """The listener is on 127.0.0.1, on the first free port of 8081-8090, and already listening."""
+        first = free_extension_ports()[0]
         sock = bind_listener(None)
         try:
             host, port = sock.getsockname()
-            assert host == "127.0.0.1" and 8081 <= port <= 8090
+            assert host == "127.0.0.1" and port == first
             with socket.create_connection((host, port), timeout=2):
                 pass  # accepted into the backlog before any event loop exists
         finally:
@@ -37,10 +39,11 @@ class TestBind:
     @pytest.mark.usefixtures("port_range_lock")
     def test_explicit_port_in_use(self) -> None:
         """An explicit port that is taken is a configuration error naming it."""
-        first = bind_listener(8090)
+        port = free_extension_ports()[0]
+        first = bind_listener(port)
         try:
-            with pytest.raises(ConfigError, match="8090"):
-                bind_listener(8090)
+            with pytest.raises(ConfigError, match=str(port)):
+                bind_listener(port)
         finally:
             first.close()
 

@@ -178,7 +178,10 @@ class TestLimits:
         assert not codes(findings, "error")
         assert "depend_type obs" in codes(findings, "warning")["needs-obs"].message
         assert run_check(str(path)).returncode == 0
-        assert run_check(str(path), "--strict").returncode == 1
+        strict = run_check(str(path), "--strict")
+        assert strict.returncode == 1
+        assert strict.stdout.rstrip().endswith("1 warning(s), which fail in --strict mode") and "ok" not in \
+            strict.stdout.splitlines()[-1]
 
 
 class TestNamesAndBytecode:

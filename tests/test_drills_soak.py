@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 
 from tests.agentproc import AgentProcess
+from tests.conftest import free_extension_ports
 from tests.platform import RecordingPlatform
 from tests.test_drills_hostile import rss_mb
 from tests.test_otlp_agent import otlp_env, ready, taps  # noqa: F401 - taps is a fixture
@@ -62,8 +63,12 @@ def test_twenty_thousand_invocations_all_arrive_and_rss_levels_off(platform: Rec
                                                                 tmp_path: Path) -> None:
     """20,000 invocations with logs: 20,000 traces at oteltap, no spooling; RSS grows < 6 MB after 1,000."""
     tap = taps(free_port())
-    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_LOG_LEVEL="warning"))
-    port = ready_quiet(agent)
+    # At log level warning the agent does not log its port: the test chooses it (never scans the range,
+    # where another developer's agent may answer).
+    port = free_extension_ports()[0]
+    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_LOG_LEVEL="warning",
+                            FGEXT_PORT=str(port)))
+    wait_serving(agent, port)
     rss: Dict[int, float] = {0: rss_mb(agent.pid)}
     started = time.monotonic()
     done = 0
@@ -89,19 +94,20 @@ def test_twenty_thousand_invocations_all_arrive_and_rss_levels_off(platform: Rec
     assert "spool" not in agent.stderr(), agent.stderr()[-2000:]
 
 
-def ready_quiet(agent: AgentProcess) -> int:
-    """The listening port, found by posting: at log level warning the agent does not log it."""
+def wait_serving(agent: AgentProcess, port: int, timeout: float = 20.0) -> None:
+    """Wait until the agent this test started answers on the port the test gave it."""
     import urllib.request
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for port in range(8081, 8091):
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"[]", method="POST")
-                with urllib.request.urlopen(request, timeout=2) as answer:
-                    if json.loads(answer.read()).get("accepted") == 0:
-                        return port
-            except OSError:
-                continue
+        if agent.proc.poll() is not None:
+            break
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=b"[]", method="POST")
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                if json.loads(answer.read()).get("accepted") == 0:
+                    return
+        except OSError:
+            pass
         time.sleep(0.05)
-    raise AssertionError(f"the agent never served; stderr:\n{agent.stderr()}")
+    raise AssertionError(f"the agent never served on {port}; exit={agent.proc.poll()} stderr:\n{agent.stderr()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -14,7 +15,15 @@ import pytest
 from fgext._urn import parse_urn
 from fgext.emulator import Emulator, EmulatorConfig, ExtensionError
 from fgext.testing import emulate, run_emulator
-from tests.emulator_helpers import add_extension, function_file, records, telemetry_events, zip_dir
+from tests.conftest import ROOT
+from tests.emulator_helpers import (
+    add_extension,
+    extension_ports,
+    function_file,
+    records,
+    telemetry_events,
+    zip_dir,
+)
 
 ALL = ["platform", "function", "extension"]
 
@@ -124,7 +133,8 @@ class TestLifecycle:
         report = run_emulator(archive, events=[{}, {"fail": True}])
         assert report.ok, report.problems
         assert [r.status for r in report.invocations] == ["success", "failure"]
-        assert report.extensions[0].address == "127.0.0.1:8081" and not report.extensions[0].run_via_sh
+        port = extension_ports(root)["extensionTest.sh"]
+        assert report.extensions[0].address == f"127.0.0.1:{port}" and not report.extensions[0].run_via_sh
         assert records(root, "start")[0]["argv0"].endswith("/function/code/extension/recorder.py")
 
     def test_script_without_executable_bit_runs_through_sh(self, tmp_path: Path) -> None:
@@ -138,7 +148,7 @@ class TestLifecycle:
     def test_every_extension_gets_invokes_one_subscribes(self, tmp_path: Path) -> None:
         """Two extensions register on their own ports; both answer every invoke."""
         root = add_extension(tmp_path / "ext", subscribe=ALL)
-        add_extension(root, name="extensionTwo.sh", port=8082)
+        add_extension(root, name="extensionTwo.sh")
         report = run_emulator(root, invocations=2)
         assert report.ok, report.problems
         assert {e.name: e.subscribed for e in report.extensions} == {"extensionTest.sh": tuple(ALL),
@@ -363,3 +373,64 @@ class TestFreeze:
         assert report.ok, report.problems
         assert report.freezes == 2
         assert names(telemetry_events(root)).count("platform.report") == 3
+
+
+class TestExtensionOutput:
+    def test_signal_exit_is_named(self) -> None:
+        """A process a signal ended reads as the signal's name, not asyncio's negative code."""
+        from fgext.emulator._extensions import describe_exit, ended
+
+        assert describe_exit(-15) == "SIGTERM" and describe_exit(3) == "exit 3"
+        assert ended(-9) == "was killed by SIGKILL" and ended(3) == "exited with code 3"
+
+    @pytest.mark.parametrize(("line", "expected"), [
+        ('{"event": "plugin disabled", "level": "warning", "plugin": "otlp", "timestamp": "t"}',
+         "warning: plugin disabled (plugin=otlp)"),
+        ('{"event": "slow invocation", "level": "warning", "plugin": "alert"}', None),
+        ('{"event": "plugin failed", "level": "error", "error": "ValueError: x"}',
+         "error: plugin failed (error=ValueError: x)"),
+        ('{"event": "listening", "level": "info"}', None),
+        ("[Extension] error: not JSON", None),
+        ("[1, 2]", None),
+    ])
+    def test_structured_warnings_and_errors_are_problems(self, line: str, expected: object) -> None:
+        """Errors and the agent's lost-telemetry warnings become one readable line; anything else is not."""
+        from fgext.emulator._extensions import logged_problem
+
+        assert logged_problem(line) == expected
+
+    def test_every_agent_warning_is_sorted(self) -> None:
+        """Each warning the agent's code logs is either a lost-telemetry problem or known to be harmless."""
+        from fgext.emulator._extensions import LOSING_WARNINGS
+
+        harmless = {"listener did not close in time", "otlp spool cannot write; spooling in memory from now on",
+                    "otlp spool directory unusable; spooling in memory", "slow invocation"}
+        logged = set()
+        for path in (ROOT / "fgext").rglob("*.py"):
+            if path.parent.name not in ("emulator", "packager"):
+                text = path.read_text()
+                logged |= set(re.findall(r"log\.warning\(\s*\"([^\"]+)\"", text))
+                logged |= {"telemetry body rejected" for _ in re.findall(r"log\.warning\(f\"\{what\} body", text)}
+        unsorted = logged - LOSING_WARNINGS - harmless
+        assert not unsorted, f"sort these into LOSING_WARNINGS (fgext/emulator/_extensions.py) or harmless: {unsorted}"
+        assert logged >= LOSING_WARNINGS, LOSING_WARNINGS - logged  # no stale names
+
+    def test_export_failure_taken_back_when_the_collector_answers_again(self, tmp_path: Path) -> None:
+        """A failed export followed by 'reachable again' is no problem; one never followed by it stays one."""
+        from collections import deque
+
+        from fgext.emulator._extensions import ExtensionProcess, ExtensionSupervisor
+
+        failed = ('{"event": "otlp export failed; spooling and retrying with backoff", "level": "warning", '
+                  '"signal": "%s"}')
+        back = '{"event": "otlp collector reachable again", "level": "info", "failed_attempts": 1}'
+        supervisor = ExtensionSupervisor([], tmp_path, {}, 10, on_log=lambda name, line: None)
+        ext = ExtensionProcess(script=tmp_path / "extensionX.sh", process=None, output=deque(),  # type: ignore[arg-type]
+                               started=0.0)
+        handle = supervisor._line_handler(ext)
+        handle(failed % "traces")
+        handle(back)
+        assert ext.problem_lines() == []
+        handle(failed % "logs")
+        assert [line for line, _ in ext.problem_lines()] == [
+            "warning: otlp export failed; spooling and retrying with backoff (signal=logs)"]

@@ -80,3 +80,67 @@ def test_demo_end_to_end() -> None:
     assert "fgext-demo  SERVER" in traces and "├─ init" in traces and "invoke" in traces
     assert "ERROR" in traces  # the invocation that failed
     assert "metrics:" in out and "faas." in out
+
+
+FAILING_PLUGIN = '''
+import fgext
+
+ext = fgext.Extension(name="boom")
+
+
+@ext.on_telemetry
+def fail(events):
+    raise ValueError("boom on every batch: disk quota exceeded")
+'''
+
+
+def failing_plugin_env(tmp_path: Path, **extra: str) -> Dict[str, str]:
+    (tmp_path / "boom_plugin.py").write_text(FAILING_PLUGIN)
+    return {"FGEXT_PYTHON": agent_python(), "FGEXT_PLUGINS": "jsonl,boom_plugin:ext",
+            "FGEXT_JSONL_PATH": str(tmp_path / "agent.jsonl"), "PYTHONPATH": str(tmp_path), **extra}
+
+
+class TestProblemsThatLoseTelemetry:
+    """Whatever would lose telemetry in the cloud makes the run not ok, named in the problems."""
+
+    @pytest.mark.parametrize(("variable", "value"), [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ])
+    def test_bad_exporter_setting(self, variable: str, value: str) -> None:
+        """A bad OTLP setting disables the otlp plugin: a problem quoting the user's own value."""
+        report = run_emulator(ROOT, invocations=1, env={"FGEXT_PYTHON": agent_python(), variable: value},
+                              register_timeout_s=20.0)
+        assert not report.ok
+        text = "\n".join(report.problems)
+        assert f"{variable}={value!r}" in text and "/v1/traces" not in text, text
+        assert "plugin disabled" in text and "plugin=otlp" in text
+
+    def test_plugin_failing_on_every_batch(self, tmp_path: Path) -> None:
+        """A plugin that raises on every batch is a problem, with its exception, counted."""
+        report = run_emulator(ROOT, invocations=2, env=failing_plugin_env(tmp_path), register_timeout_s=20.0)
+        assert not report.ok
+        text = "\n".join(report.problems)
+        assert "plugin failed (plugin=boom" in text
+        assert "ValueError: boom on every batch: disk quota exceeded" in text
+
+    def test_strict_failure_shows_the_original_exception(self, tmp_path: Path) -> None:
+        """FGEXT_STRICT=1: the agent stops on the first failure and the problem carries the exception."""
+        report = run_emulator(ROOT, invocations=2, env=failing_plugin_env(tmp_path, FGEXT_STRICT="1"),
+                              register_timeout_s=20.0)
+        assert not report.ok
+        text = "\n".join(report.problems)
+        assert "ValueError: boom on every batch: disk quota exceeded" in text and "strict=True" in text
+        agent = report.extensions[0]
+        assert agent.exit_code == 1, agent
+
+    def test_cli_exits_1_and_lists_the_problem(self) -> None:
+        """`fgext emulate` with a bad endpoint prints the problem and exits 1 (it used to say no problems)."""
+        result = subprocess.run([sys.executable, "-m", "fgext", "emulate", str(ROOT), "-n", "1",
+                                 "--env", f"FGEXT_PYTHON={agent_python()}",
+                                 "--env", "OTEL_EXPORTER_OTLP_ENDPOINT=localhost:4318"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "problems:" in result.stdout and "no problems" not in result.stdout
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT='localhost:4318'" in result.stdout

@@ -18,7 +18,7 @@ import pytest
 from fgext.emulator._render import Progress
 from fgext.emulator._report import InvocationResult
 from fgext.emulator._telemetry import TelemetryStats
-from tests.emulator_helpers import add_extension, records
+from tests.emulator_helpers import add_extension, extension_ports, records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,8 @@ class TestRuns:
         result = fgext(str(root), "-n", "2")
         assert result.returncode == 0, result.stderr
         out = result.stdout
-        assert "extensionTest.sh  127.0.0.1:8081  platform" in out
+        port = extension_ports(root)["extensionTest.sh"]
+        assert f"extensionTest.sh  127.0.0.1:{port}  platform" in out
         rows = [line for line in out.splitlines() if line[:2] in ("1 ", "2 ")]
         assert len(rows) == 2 and "cold (init" in rows[0] and "warm" in rows[1]
         assert all("success" in row and " 200 " in row for row in rows)
@@ -167,3 +168,15 @@ class TestProgress:
         progress.update(_result("success"))
         progress.clear()
         assert stream.getvalue() == "" and progress.done == 1
+
+
+def test_an_answers_error_is_shown_whole() -> None:
+    """An extension's failed answer reads in full in its row (it was cut at 32 characters)."""
+    from fgext.emulator._render import _invocation_row
+    from fgext.emulator._report import ExtensionAnswer, InvocationResult
+
+    error = "process was killed by SIGKILL while the invocation waited for its answer"
+    result = InvocationResult(index=0, request_id="r" * 36, status="success", duration_ms=1.0, billed_ms=1.0,
+                              memory_used_mb=30.0, cold=False, started_at=0.0,
+                              answers=[ExtensionAnswer("extensionA.sh", None, 0.0, error)])
+    assert error in _invocation_row(result, ["extensionA.sh"])

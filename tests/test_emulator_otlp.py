@@ -123,6 +123,49 @@ class TestWaterfall:
         ]
 
 
+class TestWaterfallReadability:
+    def test_invoke_shows_the_reported_duration(self) -> None:
+        """A span carrying the report's duration shows it, not its millisecond-stamped extent (0.0 ms)."""
+        request = agent_trace()
+        invoke = request.resource_spans[0].scope_spans[0].spans[1]
+        invoke.end_time_unix_nano = invoke.start_time_unix_nano  # stamped to the same millisecond
+        invoke.attributes.append(KeyValue(key="fgext.report.duration_ms", value=AnyValue(double_value=0.9)))
+        line = next(line for line in render_trace(decode_traces(request)).splitlines() if "invoke" in line)
+        assert line.endswith("|     0.9 ms"), line
+
+    def test_a_warm_trace_within_one_millisecond_shows_the_reported_duration(self) -> None:
+        """Root and invoke stamped to the same millisecond: both lines and the header show the 0.9 ms."""
+        request = ExportTraceServiceRequest()
+        spans = request.resource_spans.add().scope_spans.add().spans
+        spans.append(Span(trace_id=TRACE, span_id=ROOT, name="fgext-demo", kind=Span.SPAN_KIND_SERVER,
+                          start_time_unix_nano=T0, end_time_unix_nano=T0))
+        spans.append(Span(trace_id=TRACE, span_id=INVOKE, parent_span_id=ROOT, name="invoke",
+                          kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=T0, end_time_unix_nano=T0,
+                          attributes=[KeyValue(key="fgext.report.duration_ms", value=AnyValue(double_value=0.9))]))
+        lines = render_trace(decode_traces(request)).splitlines()
+        assert lines[0].endswith("  fgext-demo  0.9 ms")
+        assert lines[1].endswith("|     0.9 ms") and lines[2].endswith("|     0.9 ms"), lines
+
+    def test_a_level_in_the_line_is_not_repeated(self) -> None:
+        """A function logger's line that names its level is shown once; a bare line gets the severity."""
+        request = ExportLogsServiceRequest()
+        records = request.resource_logs.add().scope_logs.add().log_records
+        body = "2026-11-24T09:14:41Z r1 INFO [Function] remaining time 2999 ms"
+        records.append(LogRecord(time_unix_nano=T0 + 50 * MS, severity_text="INFO", trace_id=TRACE,
+                                 span_id=INVOKE, body=AnyValue(string_value=body)))
+        text = render_trace(decode_traces(agent_trace()), decode_logs(request))
+        assert f"        · {body}" in text.splitlines()
+
+    def test_memory_in_megabytes(self) -> None:
+        """A metric in bytes (faas.mem_usage) is shown in MB."""
+        request = ExportMetricsServiceRequest()
+        metrics = request.resource_metrics.add().scope_metrics.add().metrics
+        metrics.append(Metric(name="faas.mem_usage", unit="By", histogram=Histogram(data_points=[
+            HistogramDataPoint(count=2, sum=2 * 40.5 * 1024 * 1024)])))
+        assert render_metrics(decode_metrics(request)) == \
+            "  faas.mem_usage (histogram MB): count 2, sum 81.000, mean 40.500"
+
+
 def with_receiver(test: Any) -> None:
     async def main() -> None:
         receiver = OtlpReceiver()

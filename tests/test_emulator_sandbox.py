@@ -98,6 +98,17 @@ class TestPrepare:
             sandbox.cleanup()
         assert not sandbox.root.exists()
 
+    def test_errors_name_the_users_zip_not_the_temporary_tree(self, tmp_path: Path) -> None:
+        """A zip without a launcher, or with an unsafe entry, is refused naming the zip the user gave."""
+        archive = _zip(tmp_path / "mine.zip", {"extension/run.sh": SCRIPT})
+        with pytest.raises(ConfigError) as missing:
+            prepare_sandbox(archive)
+        assert str(missing.value).startswith(f"{archive}: extension/ holds no extension*.sh")
+        assert "fgext-emulate-" not in str(missing.value)
+        unsafe = _zip(tmp_path / "unsafe.zip", {"extension/extensionA.sh": SCRIPT, "../x": (b"", 0o100644)})
+        with pytest.raises(ConfigError, match=rf"^{unsafe}: zip entry '\.\./x'"):
+            prepare_sandbox(unsafe)
+
     def test_directory_is_used_in_place(self, tmp_path: Path) -> None:
         """A directory target is the code root itself and survives cleanup."""
         (tmp_path / "extension").mkdir()

@@ -6,6 +6,7 @@ cache lives under /tmp so reruns are fast; the first run downloads about 5 MB pe
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 from packaging.version import Version
@@ -26,6 +27,7 @@ from fgext.packager._runtimes import RUNTIMES, find_interpreter
 from tests.agentproc import AgentProcess
 from tests.conftest import LAUNCHER, ROOT
 from tests.platform import RecordingPlatform, free_port
+from tests.test_otlp_plugin import OtelTap
 
 pytestmark = [pytest.mark.slow]
 
@@ -180,16 +182,42 @@ class TestTargetResolution:
         """opentelemetry after 1.41.x needs Python >= 3.10: the 3.9 zip stays on 1.41.x, all parts alike."""
         v39 = zip39.versions()
         assert v39["opentelemetry-sdk"].startswith("1.41.")
-        for name in ("opentelemetry-api", "opentelemetry-exporter-otlp-proto-http", "opentelemetry-proto"):
+        for name in ("opentelemetry-api", "opentelemetry-proto"):
             assert v39[name] == v39["opentelemetry-sdk"], name
         assert Version(zip310.versions()["opentelemetry-sdk"]) >= Version(v39["opentelemetry-sdk"])
 
-    def test_grpc_exporter_only_on_request(self, zip39: Built) -> None:
-        """The default zip has the OTLP/HTTP exporter and structlog but no gRPC exporter or grpcio."""
+    def test_only_what_the_agent_imports(self, zip39: Built) -> None:
+        """The zip holds the agent's runtime set: no OTLP exporter (fgext encodes OTLP itself), no grpcio."""
         versions = zip39.versions()
-        assert {"aiohttp", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http",
-                "structlog", "fgext"} <= set(versions)
-        assert "opentelemetry-exporter-otlp-proto-grpc" not in versions and "grpcio" not in versions
+        assert {"aiohttp", "opentelemetry-sdk", "opentelemetry-proto", "structlog", "fgext"} <= set(versions)
+        for name in ("opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-grpc",
+                     "opentelemetry-exporter-otlp-proto-common", "requests", "urllib3", "grpcio"):
+            assert name not in versions, name
+
+    def test_no_developer_tools_in_the_zip(self, zip39: Built) -> None:
+        """The emulator, the packager, publish and the test helpers never run in the sandbox: the zip leaves them out."""
+        names = zip39.names()
+        assert "extension/fgext-lib/fgext/_bootstrap.py" in names
+        for left_out in ("fgext/emulator/", "fgext/packager/", "fgext/publish/", "fgext/testing.py", "fgext/_plugintest.py"):
+            assert not any(name.startswith(f"extension/fgext-lib/{left_out}") for name in names), left_out
+
+
+class TestReport:
+    def test_one_distribution_count_throughout(self, zip39: Built) -> None:
+        """The text report counts distributions once: the contributor header names the listed number."""
+        import dataclasses
+        import re
+
+        from fgext.packager._build import Contributor
+        from fgext.packager._report import render_build
+
+        fields = {f.name for f in dataclasses.fields(BuildResult)}
+        data = {key: value for key, value in zip39.report.items() if key in fields}
+        data["contributors"] = [Contributor(**item) for item in data["contributors"]]
+        text = render_build(BuildResult(**data))
+        listed = int(re.search(r"^Distributions \((\d+)\):", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        header = re.search(r"^Largest contributors \(top \d+ of (\d+) distributions", text, re.MULTILINE)
+        assert header is not None and int(header.group(1)) == listed == len(zip39.versions()), text
 
 
 class TestLayout:
@@ -283,7 +311,7 @@ class TestUnpackedTree:
         code = (
             "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
             "import fgext, aiohttp.web, opentelemetry.sdk.trace, structlog, async_timeout, marker_plugin\n"
-            "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n"
+            "from opentelemetry.proto.trace.v1.trace_pb2 import Span\n"
             "from opentelemetry.util._importlib_metadata import entry_points, version\n"
             "from fgext._discovery import _entry_points\n"
             "import json\n"
@@ -356,36 +384,40 @@ HAS_EMULATE_AND_OTLP = all(importlib.util.find_spec(m) is not None for m in ("fg
 @pytest.mark.agent
 @pytest.mark.skipif(not HAS_EMULATE_AND_OTLP, reason="needs fgext.emulator, fgext.otlp and oteltap in this tree")
 def test_zip_under_emulate_sends_spans_to_a_third_party_receiver(
-        zip39: Built, tmp_path: Path, port_range_lock: None) -> None:
-    """`fgext emulate` runs the 3.9 zip without site-packages; spans of the sample function reach oteltap."""
+        zip39: Built, tmp_path: Path, port_range_lock: None, tap_factory: Callable[[int], OtelTap]) -> None:
+    """`fgext emulate` runs the 3.9 zip without site-packages; spans of the sample function reach oteltap,
+    which stays up for the whole run (the emulator counts an export the agent could not make as a problem)."""
     wrapper = tmp_path / "python3.9-nosite"
     wrapper.write_text(f'#!/bin/sh\nexec {PY39} -S "$@"\n')
     wrapper.chmod(0o755)
-    port = free_port()
-    receiver = subprocess.Popen([sys.executable, "-m", "oteltap", "--port", str(port), "--await-span", "^invoke$"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        done = run_cli("emulate", str(zip39.path), "-n", "2", "--env", f"FGEXT_PYTHON={wrapper}",
-                       "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{port}",
-                       "--env", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "--env", "FGEXT_PLUGINS=otlp")
-        assert done.returncode == 0, done.stdout + done.stderr
-        output, _ = receiver.communicate(timeout=20)
-        assert receiver.returncode == 0, output
-        spans = []
-        for line in output.splitlines():
-            try:
-                spans.append(json.loads(line))
-            except ValueError:
-                continue  # oteltap's own status lines
-        assert any(isinstance(span, dict) and span.get("name") == "invoke" for span in spans), output
-    finally:
-        if receiver.poll() is None:
-            receiver.terminate()
-            try:
-                receiver.wait(10)
-            except subprocess.TimeoutExpired:
-                receiver.kill()
-                receiver.wait(5)
+    tap = tap_factory(free_port())
+    tap.start()
+    done = run_cli("emulate", str(zip39.path), "-n", "2", "--env", f"FGEXT_PYTHON={wrapper}",
+                   "--env", f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{tap.port}",
+                   "--env", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf", "--env", "FGEXT_PLUGINS=otlp")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def has_invoke(spans: List[Dict[str, Any]]) -> bool:
+        return any(span.get("name") == "invoke" for span in spans)
+
+    asyncio.run(tap.wait("spans", has_invoke, timeout=20))
+
+
+@needs_py39
+def test_with_grpc_adds_grpcio_that_the_agent_imports(pip_cache: None, tmp_path: Path) -> None:
+    """--with-grpc ships grpcio (what the gRPC transport calls), no exporter; it imports on 3.9 without site."""
+    out = tmp_path / "grpc.zip"
+    result = build(BuildOptions(output=out, runtime="Python3.9", with_grpc=True, strip=False))
+    built = Built(out, json.loads(json.dumps(result.to_dict(), default=lambda o: o.__dict__)), tmp_path)
+    versions = built.versions()
+    assert "grpcio" in versions and not any("exporter" in name for name in versions), versions
+    extension = unpack(built, tmp_path / "unpacked")
+    code = ("import sys; sys.path[:0] = [sys.argv[1]]\n"
+            "from fgext.otlp._export import _load_grpc\n"
+            "print(_load_grpc().__name__)")
+    done = subprocess.run([str(PY39), "-S", "-E", "-c", code, str(extension / "fgext-lib")], capture_output=True,
+                          text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stdout.strip() == "grpc", done.stderr
 
 
 class TestCommandLine:

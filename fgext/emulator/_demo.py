@@ -1,22 +1,27 @@
-"""``fgext emulate --demo``: the fgext agent from this source tree, a sample function, and its traces.
+"""``fgext emulate --demo``: the fgext agent of this installation, a sample function, and its traces.
 
-The agent runs as any extension would - through the real launcher, ``extension/extensionFgext.sh``
-beside the ``fgext`` package - against the emulated platform; it exports OTLP/HTTP protobuf to a
-receiver in this process, and the demo prints each trace as a waterfall, then the metrics. Nothing is
-needed but a checkout; nothing waits without a bound: when no traces arrive the demo says so.
+The agent runs as any extension would - through the real launcher, ``extension/extensionFgext.sh`` -
+against the emulated platform; it exports OTLP/HTTP protobuf to a receiver in this process, and the
+demo prints each trace as a waterfall, then the metrics. In a checkout the launcher beside the
+``fgext`` package runs it; an installed fgext (a wheel) lays the launcher it ships out in a temporary
+directory and the agent imports fgext from this interpreter's site-packages. Nothing waits without a
+bound: when no traces arrive the demo says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import fgext
-from fgext._errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
+from fgext._errors import EXIT_OK, EXIT_PROBLEMS
 from fgext.emulator._config import SAMPLE_FUNCTION, EmulatorConfig
 
 __all__ = ["DEMO_EVENTS", "demo_root", "run_demo"]
@@ -31,13 +36,22 @@ DEMO_EVENTS: List[Any] = [
 TRACE_WAIT_S = 2.0
 
 
-def demo_root() -> Path:
-    """The source tree holding ``extension/extensionFgext.sh`` next to the ``fgext`` package."""
+@contextlib.contextmanager
+def demo_root() -> Iterator[Path]:
+    """A tree holding ``extension/extensionFgext.sh``: the checkout's, else the installed launcher's copy."""
     root = Path(fgext.__file__).resolve().parent.parent
-    if not (root / "extension" / "extensionFgext.sh").is_file():
-        raise ConfigError(f"the demo runs from a source checkout: {root / 'extension' / 'extensionFgext.sh'} "
-                          "is missing")
-    return root
+    if (root / "extension" / "extensionFgext.sh").is_file() and (root / "pyproject.toml").is_file():
+        yield root
+        return
+    from fgext.packager._assets import launcher
+
+    with tempfile.TemporaryDirectory(prefix="fgext-demo-") as tmp:
+        extension = Path(tmp) / "extension"
+        extension.mkdir()
+        script = extension / "extensionFgext.sh"
+        shutil.copyfile(launcher(), script)
+        script.chmod(0o755)  # a wheel's data files need not keep their mode
+        yield Path(tmp)
 
 
 def otlp_plugin_available() -> bool:
@@ -61,15 +75,20 @@ def _say(text: str, as_json: bool) -> None:
 
 
 async def _demo(verbose: bool, as_json: bool, wait_s: float) -> int:
-    from fgext.emulator._cli import echo_output, stop_on_sigterm
+    from fgext.emulator._cli import stop_on_sigterm
+
+    stop_on_sigterm()
+    with demo_root() as root:
+        return await _demo_in(root, verbose, as_json, wait_s)
+
+
+async def _demo_in(root: Path, verbose: bool, as_json: bool, wait_s: float) -> int:
     from fgext.emulator._emulator import Emulator
     from fgext.emulator._extensions import ExtensionError
     from fgext.emulator._otlp import OtlpReceiver
     from fgext.emulator._render import render_summary
     from fgext.emulator._waterfall import render_metrics, render_traces
 
-    root = demo_root()
-    stop_on_sigterm()
     if importlib.util.find_spec("fgext._bootstrap") is None:
         _say("the fgext agent runtime (fgext/_bootstrap.py) is not in this source tree: nothing to demo yet",
              as_json)
@@ -85,6 +104,8 @@ async def _demo(verbose: bool, as_json: bool, wait_s: float) -> int:
              "and exports no traces", as_json)
     config = EmulatorConfig(target=root, function=SAMPLE_FUNCTION, function_name="fgext-demo",
                             register_timeout_s=20.0, env=env)
+    from fgext.emulator._cli import echo_output
+
     emulator = Emulator(config, on_output=echo_output if verbose else None)
     _say(f"fgext demo: agent {root / 'extension' / 'extensionFgext.sh'}, OTLP receiver {endpoint}", as_json)
     try:

@@ -28,7 +28,7 @@ import aiohttp
 
 from fgext._errors import ConfigError
 from fgext.emulator._config import EmulatorConfig
-from fgext.emulator._extensions import ExtensionSupervisor
+from fgext.emulator._extensions import ExtensionSupervisor, ended
 from fgext.emulator._function import FunctionInstance, InitOutcome
 from fgext.emulator._platform import PlatformApi
 from fgext.emulator._report import (
@@ -241,7 +241,7 @@ class Emulator:
             assert self.supervisor is not None and self._session is not None
             ext = self.supervisor.processes.get(name)
             if ext is not None and ext.exit_code is not None:
-                return ExtensionAnswer(name, None, 0.0, f"process exited with code {ext.exit_code}")
+                return ExtensionAnswer(name, None, 0.0, f"process {ended(ext.exit_code)}")
             started = time.monotonic()
             try:
                 async with self._session.post(f"http://{address}/extension/invoke", json=body,
@@ -369,8 +369,18 @@ class Emulator:
                 last_lines=tuple(ext.last_lines(self.config.keep_lines)),
             ))
             if ext.crashed:
-                problems.append(f"{ext.name} exited with code {ext.exit_code} while the function was "
+                problems.append(f"{ext.name} {ended(ext.exit_code)} while the function was "
                                 f"running; its last output:\n{ext.describe_output()}")
+            elif ext.exit_code is not None and ext.exit_code > 0:
+                # Stopped with SIGTERM, it should flush and exit 0: anything else (a strict-mode failure,
+                # a flush that failed) is what the platform would see at every shutdown.
+                problems.append(f"{ext.name} exited with code {ext.exit_code} when stopped with SIGTERM; "
+                                f"its last output:\n{ext.describe_output()}")
+            logged = ext.problem_lines()
+            if logged:
+                total = sum(count for _, count in logged)
+                problems.append(f"{ext.name} logged {total} error(s) or warning(s) of lost telemetry:\n" + "\n".join(
+                                    f"  | {line}" + (f"  (x{count})" if count > 1 else "") for line, count in logged))
         failed: Dict[str, List[ExtensionAnswer]] = {}
         for result in self.results:
             for answer in result.answers:

@@ -1,29 +1,115 @@
 """The extension processes: started as the platform starts them, watched, frozen, and stopped.
 
 Each ``extension/extension*.sh`` runs with the sandbox's working directory and environment. Its output
-is captured line by line: the last lines are kept for error messages, and lines that carry
-``[Extension]`` are handed on as extension log events.
+is captured line by line: the last lines are kept for error messages, lines that carry
+``[Extension]`` are handed on as extension log events, and structured log lines (JSON, as the fgext
+agent writes on stderr) that report lost telemetry are kept as the extension's problems: every error
+(a plugin that failed, a bad exporter setting, a strict-mode failure) and the agent's warnings listed
+in ``LOSING_WARNINGS`` (a plugin disabled, an export that failed, data dropped). In the cloud nobody
+watches the extension's own log; here they fail the run. A plugin's own warnings (an alert) are not
+problems.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Mapping, Optional
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from fgext._errors import FgextError
 from fgext.emulator._platform import PlatformApi
 from fgext.emulator._process import pump_lines, signal_group, stop_group
 
-__all__ = ["ExtensionError", "ExtensionProcess", "ExtensionSupervisor"]
+__all__ = [
+    "LOSING_WARNINGS",
+    "ExtensionError",
+    "ExtensionProcess",
+    "ExtensionSupervisor",
+    "describe_exit",
+    "ended",
+    "logged_problem",
+]
 
 EXTENSION_MARKER = "[Extension]"
+_ERROR_LEVELS = ("error", "critical", "fatal")
+#: The agent's warnings that mean telemetry was or may be lost (tests/test_emulator.py keeps this list
+#: in step with the agent's code: a new warning must be sorted in here or among the harmless ones).
+LOSING_WARNINGS = frozenset({
+    "plugin disabled",
+    "malformed telemetry events skipped",
+    "events received before plugins started were not processed",
+    "pipeline shutdown: queued telemetry not fully dispatched in time",
+    "plugins did not shut down within FGEXT_SHUTDOWN_TIMEOUT",
+    "otlp export failed; spooling and retrying with backoff",
+    "otlp collector rejected part of a request",
+    "otlp collector rejected a request for good; dropped",
+    "otlp spool full: dropped the oldest telemetry",
+    "otlp spool file unreadable; dropping it",
+    "otlp spooled data for a switched-off signal dropped",
+    "webhook queue full; alert dropped",
+    "webhook alert not delivered",
+    "webhook alerts still pending after flush",
+    "telemetry body rejected",
+})
+#: An info line that takes back an earlier warning: the collector answered again, what was spooled is sent.
+_RECOVERIES = {"otlp collector reachable again": "otlp export failed; spooling and retrying with backoff"}
+_MAX_PROBLEM_KINDS = 50  # distinct problem lines kept per extension; repeats are counted, not kept
+
+
+def describe_exit(code: Optional[int]) -> str:
+    """``exit 3``, or the signal's name (``SIGTERM``) for a process a signal ended (asyncio reports -15)."""
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+def ended(code: Optional[int]) -> str:
+    """How a process ended, to follow its name: ``exited with code 3``, ``was killed by SIGKILL``."""
+    if code is not None and code < 0:
+        return f"was killed by {describe_exit(code)}"
+    return f"exited with code {code}"
+
+
+def _record(line: str) -> Optional[Dict[str, Any]]:
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record: Any = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def recovered(line: str) -> Optional[str]:
+    """The warning event a structured line takes back (the collector is reachable again), if any."""
+    record = _record(line)
+    return _RECOVERIES.get(str(record.get("event"))) if record is not None else None
+
+
+def logged_problem(line: str) -> Optional[str]:
+    """A structured log line reporting lost telemetry, as one readable line; None for anything else."""
+    record = _record(line)
+    if record is None:
+        return None
+    level = str(record.get("level", "")).lower()
+    if level not in _ERROR_LEVELS and not (level == "warning" and record.get("event") in LOSING_WARNINGS):
+        return None
+    skip = {"level", "event", "timestamp", "logger"}
+    fields = " ".join(f"{key}={value}" for key, value in record.items() if key not in skip)
+    return f"{record.get('level')}: {record.get('event', '?')}" + (f" ({fields})" if fields else "")
 
 
 class ExtensionError(FgextError):
@@ -43,6 +129,8 @@ class ExtensionProcess:
     exited_at: Optional[float] = None
     crashed: bool = False
     tasks: List[asyncio.Task[None]] = field(default_factory=list)
+    # Problems it logged, in first-seen order, with how often each was logged.
+    problems: Dict[str, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -54,6 +142,9 @@ class ExtensionProcess:
 
     def last_lines(self, count: int = 10) -> List[str]:
         return list(self.output)[-count:]
+
+    def problem_lines(self) -> List[Tuple[str, int]]:
+        return list(self.problems.items())
 
     def describe_output(self, count: int = 10) -> str:
         lines = self.last_lines(count)
@@ -105,6 +196,13 @@ class ExtensionSupervisor:
             ext.output.append(line)
             if self.on_output is not None:
                 self.on_output(ext.name, line)
+            problem = logged_problem(line)
+            if problem is not None and (problem in ext.problems or len(ext.problems) < _MAX_PROBLEM_KINDS):
+                ext.problems[problem] = ext.problems.get(problem, 0) + 1
+            taken_back = recovered(line)
+            if taken_back is not None:
+                for key in [key for key in ext.problems if key.startswith(f"warning: {taken_back} (")]:
+                    del ext.problems[key]
             if EXTENSION_MARKER in line:
                 self.on_log(ext.name, line)
         return handle
@@ -127,7 +225,7 @@ class ExtensionSupervisor:
                 if ext.exit_code is not None:
                     await self._drain(ext)
                     raise ExtensionError(
-                        f"{ext.name} exited with code {ext.exit_code} before it registered; "
+                        f"{ext.name} {ended(ext.exit_code)} before it registered; "
                         f"its last output:\n{ext.describe_output()}{self._refusals(platform, ext.name)}"
                     )
             remaining = deadline - loop.time()

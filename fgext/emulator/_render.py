@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Callable, List, Optional, Sequence
 
+from fgext.emulator._extensions import describe_exit
 from fgext.emulator._report import EmulatorReport, InvocationResult
 from fgext.emulator._telemetry import TelemetryStats
 
@@ -35,7 +36,7 @@ def _invocation_row(result: InvocationResult, extensions: Sequence[str]) -> List
     telemetry = result.telemetry
     row = [str(result.index + 1), result.request_id[:8], result.status, _ms(result.duration_ms),
            f"{result.billed_ms:.0f} ms", f"{result.memory_used_mb:.1f} MB", start]
-    row += [answers.get(name, "-")[:32] for name in extensions]
+    row += [answers.get(name, "-") for name in extensions]
     row.append(f"{telemetry.batches_delivered}/{telemetry.batches_retried}/{telemetry.batches_dropped}")
     return row
 
@@ -47,9 +48,9 @@ def render_summary(report: EmulatorReport) -> str:
     ext_rows = []
     for ext in report.extensions:
         if ext.crashed:
-            state = f"crashed (exit {ext.exit_code})"
+            state = f"crashed ({describe_exit(ext.exit_code)})"
         elif ext.exit_code is not None:
-            state = f"stopped (exit {ext.exit_code})"
+            state = f"stopped ({describe_exit(ext.exit_code)})"
         else:
             state = "running"
         ext_rows.append([ext.name, ext.address or "not registered",

@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import List, Union
+from typing import List, Optional, Union
 
 from fgext._errors import ConfigError
 
@@ -64,19 +64,22 @@ def safe_unpack(zip_path: Path, dest: Path) -> None:
         raise ConfigError(f"target {str(zip_path)!r} is not a readable zip: {error}") from None
     with archive:
         infos = archive.infolist()
-        names = [_checked_name(info) for info in infos]
+        try:
+            names = [_checked_name(info) for info in infos]
+        except ConfigError as error:  # name the user's zip, not where it is being unpacked
+            raise ConfigError(f"{zip_path}: {error}") from None
         if len(infos) > MAX_FILES:
-            raise ConfigError(f"zip has {len(infos)} entries; the platform allows at most {MAX_FILES}")
+            raise ConfigError(f"{zip_path} has {len(infos)} entries; the platform allows at most {MAX_FILES}")
         total = sum(info.file_size for info in infos)
         if total > MAX_UNPACKED_BYTES:
             raise ConfigError(
-                f"zip unpacks to {total} bytes; the platform allows at most {MAX_UNPACKED_BYTES}"
+                f"{zip_path} unpacks to {total} bytes; the platform allows at most {MAX_UNPACKED_BYTES}"
             )
         root = dest.resolve()
         for info, name in zip(infos, names):
             target = (root / Path(*name.parts)).resolve()
             if root != target and root not in target.parents:
-                raise ConfigError(f"zip entry {info.filename!r} escapes the target directory")
+                raise ConfigError(f"{zip_path}: zip entry {info.filename!r} escapes the target directory")
             mode = (info.external_attr >> 16) & 0o7777
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
@@ -91,17 +94,21 @@ def safe_unpack(zip_path: Path, dest: Path) -> None:
                 target.chmod(0o644)
 
 
-def find_scripts(code_root: Path) -> List[Path]:
-    """Every ``extension/extension*.sh`` the platform would start, in name order."""
+def find_scripts(code_root: Path, shown: Optional[str] = None) -> List[Path]:
+    """Every ``extension/extension*.sh`` the platform would start, in name order.
+
+    ``shown`` is what errors call the target: the user's zip, not the temporary tree it was unpacked in.
+    """
+    name = shown or str(code_root)
     folder = code_root / "extension"
     if not folder.is_dir():
-        raise ConfigError(f"{code_root} has no extension/ folder: a dependency zip must contain one")
+        raise ConfigError(f"{name} has no extension/ folder: a dependency zip must contain one")
     scripts = sorted(
         path for path in folder.iterdir()
         if path.name.startswith("extension") and path.name.endswith(".sh") and path.is_file()
     )
     if not scripts:
-        raise ConfigError(f"{folder} holds no extension*.sh script for the platform to start")
+        raise ConfigError(f"{name}: extension/ holds no extension*.sh script for the platform to start")
     return scripts
 
 
@@ -122,7 +129,7 @@ def prepare_sandbox(target: Union[str, Path]) -> Sandbox:
             code_root.mkdir()
             safe_unpack(source, code_root)
         sandbox = Sandbox(root=root, cwd=cwd, code_root=code_root)
-        sandbox.scripts = find_scripts(code_root)
+        sandbox.scripts = find_scripts(code_root, shown=str(target))
         return sandbox
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)

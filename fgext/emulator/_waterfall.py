@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -77,9 +79,11 @@ def render_trace(spans: Sequence[SpanData], logs: Iterable[LogData] = (), width:
             unattached.append(log)
     rows = _tree(spans)
     roots = [span for span, prefix, _ in rows if not prefix]
+    shown = _shown_durations(spans)
     label = roots[0].name if roots else spans[0].name
     service = next((s.resource.get("service.name") for s in spans if s.resource.get("service.name")), None)
-    header = f"trace {spans[0].trace_id}  {label}  {total / 1e6:.1f} ms"
+    longest = max([total / 1e6, *(shown[root.span_id] for root in roots)])
+    header = f"trace {spans[0].trace_id}  {label}  {longest:.1f} ms"
     if service:
         header += f"  (service {service})"
     names = [f"{prefix}{span.name}" + ("" if span.kind in ("INTERNAL", "UNSPECIFIED") else f"  {span.kind}")
@@ -87,7 +91,7 @@ def render_trace(spans: Sequence[SpanData], logs: Iterable[LogData] = (), width:
     name_width = max(len(name) for name in names)
     lines = [header]
     for (span, _, below), name in zip(rows, names):
-        line = f"  {name.ljust(name_width)}  |{_bar(span, start, total, width)}| {span.duration_ms:7.1f} ms"
+        line = f"  {name.ljust(name_width)}  |{_bar(span, start, total, width)}| {shown[span.span_id]:7.1f} ms"
         if span.status == "ERROR":
             line += "  ERROR" + (f" {span.status_message}" if span.status_message else "")
         lines.append(line)
@@ -98,11 +102,36 @@ def render_trace(spans: Sequence[SpanData], logs: Iterable[LogData] = (), width:
     return "\n".join(lines)
 
 
+def _duration_ms(span: SpanData) -> float:
+    """The platform's measured duration when the span carries it, else the span's extent.
+
+    Platform events are stamped to the millisecond, so a sub-millisecond invoke spans 0 or 1 ms; the
+    report's ``durationMs`` (the ``fgext.report.duration_ms`` attribute) is the figure the table shows.
+    """
+    reported = span.attributes.get("fgext.report.duration_ms")
+    return float(reported) if isinstance(reported, (int, float)) else span.duration_ms
+
+
+def _shown_durations(spans: Sequence[SpanData]) -> Dict[str, float]:
+    """Each span's duration to show: its own (see _duration_ms), and never less than a child's."""
+    shown = {span.span_id: _duration_ms(span) for span in spans}
+    parents = {span.span_id: span.parent_span_id for span in spans}
+    for span in spans:  # a parent spans its children: lift it to the longest reported child
+        parent, value, hops = parents.get(span.span_id), shown[span.span_id], 0
+        while parent in shown and hops < len(spans):
+            shown[parent] = max(shown[parent], value)
+            value, parent, hops = shown[parent], parents.get(parent), hops + 1
+    return shown
+
+
 def _log_text(log: LogData) -> str:
-    text = log.body.replace("\n", " ")
+    text = log.body.replace("\n", " ").strip()
     if len(text) > 100:
         text = text[:97] + "..."
-    return f"{log.severity} {text}" if log.severity else text
+    # A function's logger writes its level into the line itself: show it once.
+    if not log.severity or re.search(rf"\b{re.escape(log.severity)}\b", text):
+        return text
+    return f"{log.severity} {text}"
 
 
 def render_traces(spans: Sequence[SpanData], logs: Sequence[LogData] = (),
@@ -132,6 +161,16 @@ def _value(point: MetricPoint) -> str:
     return f"{point.value:.3f}" if isinstance(point.value, float) else str(point.value)
 
 
+def _in_mb(point: MetricPoint) -> MetricPoint:
+    mb = 1024 * 1024
+    if isinstance(point.value, tuple):
+        count, total = point.value
+        value: object = (count, None if total is None else total / mb)
+    else:
+        value = point.value / mb
+    return dataclasses.replace(point, value=value, unit="MB")
+
+
 def render_metrics(points: Sequence[MetricPoint]) -> str:
     """The last value of each (metric, attributes) pair, one line each, sorted by name."""
     latest: Dict[Tuple[str, str], MetricPoint] = {}
@@ -140,6 +179,8 @@ def render_metrics(points: Sequence[MetricPoint]) -> str:
         latest[key] = point
     lines = []
     for (name, _), point in sorted(latest.items()):
+        if point.unit == "By":  # memory: bytes are unreadable at this size
+            point = _in_mb(point)
         unit = f" {point.unit}" if point.unit else ""
         attrs = ", ".join(f"{k}={v}" for k, v in sorted(point.attributes.items()))
         lines.append(f"  {name} ({point.kind}{unit}): {_value(point)}" + (f"  {{{attrs}}}" if attrs else ""))

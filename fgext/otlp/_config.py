@@ -199,15 +199,17 @@ def _protocol(environ: Mapping[str, str], name: str) -> str:
 def _http_endpoint(environ: Mapping[str, str], signal: str, name: str) -> str:
     specific = _get(environ, name)
     if specific is not None:
-        url = specific  # a per-signal endpoint is used exactly as given (OTLP exporter spec)
+        url = given = specific  # a per-signal endpoint is used exactly as given (OTLP exporter spec)
         source = name
     else:
-        base = _get(environ, env.OTEL_EXPORTER_OTLP_ENDPOINT) or _DEFAULT_HTTP_ENDPOINT
-        url = base.rstrip("/") + "/v1/" + signal
+        given = _get(environ, env.OTEL_EXPORTER_OTLP_ENDPOINT) or _DEFAULT_HTTP_ENDPOINT
+        url = given.rstrip("/") + "/v1/" + signal
         source = env.OTEL_EXPORTER_OTLP_ENDPOINT
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{source}={url!r} is not an http:// or https:// URL")
+        # The user's own value, not the URL derived from it: that is what they look for in their settings.
+        raise ConfigError(f"{source}={given!r} is not an http:// or https:// URL "
+                          "(give the scheme, e.g. http://collector:4318)")
     return url
 
 

@@ -36,9 +36,15 @@ from fgext.packager._zip import Entry, write_zip
 __all__ = ["BuildOptions", "BuildResult", "Contributor", "build"]
 
 LAUNCHER_NAME = re.compile(r"^extension[A-Za-z0-9_.\-]*\.sh$")
-GRPC_EXPORTER = "opentelemetry-exporter-otlp-proto-grpc"
-# The packager itself never runs in the sandbox; shipping it would only add files to every cold start.
-_BUILD_ONLY = ["fgext/packager"]
+# What the agent imports in the sandbox (fgext/_*.py, fgext/otlp, fgext/plugins): fgext encodes and sends
+# OTLP itself, so it needs opentelemetry-proto's messages and, of opentelemetry-sdk, only the names of the
+# OTEL_* variables - never the OTLP exporters fgext's own dependency list carries for its users (with
+# requests, urllib3 and googleapis-common-protos). gRPC export calls grpcio directly.
+AGENT_RUNTIME = ("aiohttp", "structlog", "opentelemetry-sdk", "opentelemetry-proto")
+AGENT_GRPC = ("grpcio",)
+# Parts of fgext the sandbox never imports (the developer tools and the test helpers); shipping them would
+# only add files to every zip.
+_BUILD_ONLY = ["fgext/packager", "fgext/emulator", "fgext/publish", "fgext/testing.py", "fgext/_plugintest.py"]
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*~", ".*")
 
 
@@ -197,24 +203,65 @@ def _fgext_wheel(scratch: Path, log: Optional[Callable[[str], None]]) -> Optiona
     return wheels[0]
 
 
-def _installed_fgext(runtime: Runtime, arch: str, with_grpc: bool) -> Tuple[Any, List[str]]:
-    """The installed fgext distribution and its requirements for the target (markers removed)."""
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _agent_roots(requires: Sequence[str], runtime: Runtime, arch: str, with_grpc: bool) -> List[str]:
+    """The agent's runtime requirements for the target: fgext's own specifiers for AGENT_RUNTIME's names."""
     from packaging.requirements import Requirement
 
+    wanted = [*AGENT_RUNTIME, *(AGENT_GRPC if with_grpc else ())]
+    environment = {**marker_environment(runtime, arch), "extra": ""}
+    roots: Dict[str, str] = {}
+    for text in requires:
+        requirement = Requirement(text)
+        name = _canonical(requirement.name)
+        if name in wanted and (requirement.marker is None or requirement.marker.evaluate(environment)):
+            requirement.marker = None
+            roots[name] = str(requirement)
+    # A name fgext does not list itself (grpcio comes with the gRPC exporter): the newest the target takes.
+    return [roots.get(name, name) for name in wanted]
+
+
+def _wheel_requires(wheel: Path) -> List[str]:
+    """The Requires-Dist lines of a wheel's METADATA."""
+    import email.parser
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if re.match(r"^[^/]+\.dist-info/METADATA$", n))
+        message = email.parser.Parser().parsestr(archive.read(metadata).decode("utf-8"))
+    return message.get_all("Requires-Dist") or []
+
+
+def _stand_in_wheel(version: str, folder: Path) -> Path:
+    """A wheel of fgext with metadata only and no dependencies, for pip's resolution alone.
+
+    A plugin distribution given with ``-r`` depends on fgext; pip must find that requirement satisfied
+    without pulling fgext's own dependency list (the OTLP exporters the sandbox never imports) into the
+    zip. fgext itself is installed from the real wheel or copied from the installation, never from this.
+    """
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"fgext-{version}-py3-none-any.whl"
+    info = f"fgext-{version}.dist-info"
+    files = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: fgext\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: fgext\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return path
+
+
+def _installed_fgext() -> Any:
+    """The installed fgext distribution."""
     try:
-        dist = importlib.metadata.distribution("fgext")
+        return importlib.metadata.distribution("fgext")
     except importlib.metadata.PackageNotFoundError as error:
         raise PackageError("fgext is neither a checkout nor an installed distribution here") from error
-    environment = marker_environment(runtime, arch)
-    extras = ["", "grpc"] if with_grpc else [""]
-    roots: List[str] = []
-    for text in dist.requires or []:
-        requirement = Requirement(text)
-        if requirement.marker is None or any(
-                requirement.marker.evaluate({**environment, "extra": extra}) for extra in extras):
-            requirement.marker = None
-            roots.append(str(requirement))
-    return dist, roots
 
 
 def _copy_installed(dist: Any, lib: Path) -> None:
@@ -280,8 +327,10 @@ def build(options: BuildOptions) -> BuildResult:
         raise ConfigError(f"--arch {options.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     _check_name(options.name)
     output = Path(options.output)
-    if not output.parent.is_dir():
-        raise ConfigError(f"-o {output}: the folder {output.parent} does not exist")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)  # `-o dist/x.zip` in a fresh checkout
+    except OSError as error:
+        raise ConfigError(f"-o {output}: cannot create the folder {output.parent}: {error.strerror}") from None
     plugin_names = [_plugin_name(Path(path)) for path in options.plugins]
     duplicates = sorted({name for name in plugin_names if plugin_names.count(name) > 1})
     if duplicates:
@@ -314,19 +363,30 @@ def build(options: BuildOptions) -> BuildResult:
         wheel = _fgext_wheel(scratch, log)
         installed_dist = None
         if wheel is not None:
-            roots = [f"fgext{'[grpc]' if options.with_grpc else ''} @ {wheel.as_uri()}"]
+            requires, version = _wheel_requires(wheel), wheel.name.split("-")[1]
         else:
-            installed_dist, roots = _installed_fgext(runtime, options.arch, options.with_grpc)
-        roots += extra_requirements
+            installed_dist = _installed_fgext()
+            requires, version = installed_dist.requires or [], str(installed_dist.version)
+        # fgext goes in without its dependencies (its own list is the developer's); the agent's come next.
+        stand_in = _stand_in_wheel(version, scratch / "stand-in")
+        roots = _agent_roots(requires, runtime, options.arch, options.with_grpc) + extra_requirements
+        roots.append(f"fgext @ {stand_in.as_uri()}")
 
         installer = Installer(runtime, options.arch, target_python=python,
                               use_target_pip=options.use_target_pip, constraints=constraints, log=log)
-        distributions: List[Resolved] = installer.resolve(roots)
+        distributions: List[Resolved] = [d for d in installer.resolve(roots) if d.name != "fgext"]
+        if wheel is not None:
+            fgext_dist = Resolved(name="fgext", version=version, wheel=wheel.name,
+                                  url=wheel.as_uri(), direct=True)
+            distributions = sorted([*distributions, fgext_dist], key=lambda d: d.name)
         installer.install(distributions, lib)
         if installed_dist is not None:
+            if log:
+                log(f"copying fgext {version} from this installation")
             _copy_installed(installed_dist, lib)
-        if options.with_grpc and not any(d.name == GRPC_EXPORTER for d in distributions):
-            raise PackageError(f"--with-grpc: {GRPC_EXPORTER} was not resolved for {runtime.name}")
+        for name in AGENT_GRPC if options.with_grpc else ():
+            if not any(d.name == name for d in distributions):
+                raise PackageError(f"--with-grpc: {name} was not resolved for {runtime.name}")
 
         installed = owners(lib)
         stats = PruneStats()

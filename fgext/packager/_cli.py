@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fgext._errors import EXIT_OK, EXIT_PROBLEMS
+from fgext._errors import EXIT_OK, EXIT_PROBLEMS, ConfigError
 
 __all__ = ["add_check_arguments", "add_package_arguments", "check_command", "package_command"]
 
@@ -38,7 +38,7 @@ def add_package_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--constraint", "-c", action="append", default=[], type=Path, metavar="FILE",
                         help="extra pip constraints file (repeatable)")
     parser.add_argument("--with-grpc", action="store_true",
-                        help="include the OTLP/gRPC exporter (about 7 MB more, compressed)")
+                        help="include grpcio, for OTLP/gRPC export (about 7 MB more, compressed)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="ship sources only, without byte code")
     parser.add_argument("--no-strip", dest="strip", action="store_false",
@@ -49,6 +49,7 @@ def add_package_arguments(parser: argparse.ArgumentParser) -> None:
 
 def package_command(args: argparse.Namespace) -> int:
     """Build the zip and print the report; 0 on success (warnings included)."""
+    require_package_extra()
     from fgext.packager._build import BuildOptions, build
     from fgext.packager._report import render_build
 
@@ -64,6 +65,15 @@ def package_command(args: argparse.Namespace) -> int:
     else:
         print(render_build(result))
     return EXIT_OK
+
+
+def require_package_extra() -> None:
+    """A missing ``fgext[package]`` extra is an installation the user fixes: exit 2, with the command."""
+    import importlib.util
+
+    if importlib.util.find_spec("packaging") is None:
+        raise ConfigError("fgext package needs the 'package' extra (the 'packaging' library), not installed "
+                          f"here; install it with: {sys.executable} -m pip install 'fgext[package]'")
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,5 +101,5 @@ def check_command(args: argparse.Namespace) -> int:
         print(json.dumps({"zip": str(args.zip), "ok": not failing,
                           "findings": [finding.to_dict() for finding in findings]}, indent=2))
     else:
-        print(render_check(str(args.zip), findings))
+        print(render_check(str(args.zip), findings, strict=args.strict))
     return EXIT_PROBLEMS if failing else EXIT_OK

@@ -41,7 +41,11 @@ def render_build(result: BuildResult) -> str:
         lines.append(f"  stripped    debug info from {stripped['files']} shared libraries "
                      f"({human_size(stripped['saved'])} less)")
     lines.append(f"  sha256      {result.sha256}")
-    lines += ["", f"Largest contributors (of {len(result.contributors)}):",
+    # One count everywhere: the distributions listed below; the launcher, config and plugins come on top.
+    others = len(result.contributors) - len(result.distributions)
+    parts = f"{len(result.distributions)} distributions" + (f" + {others} more (launcher, config, plugins)"
+                                                           if others > 0 else "")
+    lines += ["", f"Largest contributors (top {min(_TOP, len(result.contributors))} of {parts}):",
               f"  {'':40} {'unpacked':>10} {'compressed':>11} {'files':>6}"]
     for item in result.contributors[:_TOP]:
         lines.append(f"  {item.name[:40]:40} {human_size(item.unpacked):>10} "
@@ -74,13 +78,15 @@ def render_build(result: BuildResult) -> str:
     return "\n".join(lines)
 
 
-def render_check(path: str, findings: Sequence[Finding]) -> str:
-    """One line per finding, then a summary line."""
+def render_check(path: str, findings: Sequence[Finding], strict: bool = False) -> str:
+    """One line per finding, then a summary line (in strict mode, warnings are what fails)."""
     errors = sum(1 for finding in findings if finding.severity == "error")
     warnings = len(findings) - errors
     lines = [f"{path}: {finding}" for finding in findings]
     if errors:
         lines.append(f"{path}: {errors} problem(s), {warnings} warning(s)")
+    elif strict and warnings:
+        lines.append(f"{path}: {warnings} warning(s), which fail in --strict mode")
     else:
         lines.append(f"{path}: ok" + (f" ({warnings} warning(s))" if warnings else ""))
     return "\n".join(lines)
