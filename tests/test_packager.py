@@ -195,10 +195,12 @@ class TestTargetResolution:
             assert name not in versions, name
 
     def test_no_developer_tools_in_the_zip(self, zip39: Built) -> None:
-        """The emulator, the packager, publish and the test helpers never run in the sandbox: the zip leaves them out."""
+        """The developer tools (emulator, packager, publish) and the test helpers never run in the sandbox:
+        the zip leaves them out."""
         names = zip39.names()
         assert "extension/fgext-lib/fgext/_bootstrap.py" in names
-        for left_out in ("fgext/emulator/", "fgext/packager/", "fgext/publish/", "fgext/testing.py", "fgext/_plugintest.py"):
+        for left_out in ("fgext/emulator/", "fgext/packager/", "fgext/publish/", "fgext/testing.py",
+                         "fgext/_plugintest.py"):
             assert not any(name.startswith(f"extension/fgext-lib/{left_out}") for name in names), left_out
 
 
