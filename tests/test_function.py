@@ -1,0 +1,296 @@
+"""fgext.function: the handler's own spans, in the agent's trace, exported to a real loopback receiver.
+
+Each scenario runs tests/function_script.py as its own process (the SDK is set up once per process,
+as once per sandbox), with the real SDK and OTLP/HTTP exporter posting to fgext's receiver in a real
+aiohttp server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+import fgext.function
+from fgext._discovery_file import write_agent_file
+from fgext._ids import invoke_span_id_for, trace_id_for
+from fgext._sampling import HeadSampler
+from tests.receiver_server import ReceiverServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Function:
+    """The handler's process: invoke() sends one invocation and returns the script's outcome line."""
+
+    def __init__(self, env: Dict[str, str]) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.function_script"], cwd=str(ROOT), env=env,
+                                        text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        self.first = self._line()
+
+    def _line(self) -> Dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"function process ended: {self.stderr()}")
+        return dict(json.loads(line))
+
+    def invoke(self, request_id: str, event: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"request_id": request_id, "event": event or {}}) + "\n")
+        self.process.stdin.flush()
+        return self._line()
+
+    def stderr(self) -> str:
+        self.stop()
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[ReceiverServer]:
+    with ReceiverServer() as running:
+        yield running
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Any]:
+    started: List[Function] = []
+
+    def make(**extra: str) -> Function:
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("OTEL_", "FGEXT_"))}
+        env.update({"FGEXT_AGENT_FILE": str(tmp_path / "fgext-agent.json"), "PYTHONPATH": str(ROOT)}, **extra)
+        function = Function(env)
+        started.append(function)
+        return function
+
+    yield make
+    for function in started:
+        function.stop()
+
+
+def agent_file(tmp_path: Path, receiver: ReceiverServer) -> None:
+    write_agent_file(receiver.port, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
+
+
+def by_name(spans: List[Span]) -> Dict[str, Span]:
+    return {span.name: span for span in spans}
+
+
+class TestInvocationSpan:
+    def test_spans_are_children_of_the_invoke_span_in_the_request_trace(
+            self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+        """The handler's span has the request's trace ID and fgext's invoke span as parent; user spans nest in it."""
+        agent_file(tmp_path, receiver)
+        function = start()
+        request_id = str(uuid.uuid4())
+        outcome = function.invoke(request_id, {"spans": 3})
+        assert outcome["returned"] == {"ok": True, "request_id": request_id}
+        assert outcome["destination"] == f"{receiver.url}/v1/traces"
+        spans = by_name(receiver.wait_for_spans(4))
+        top = spans["handler"]
+        assert top.trace_id == trace_id_for(request_id) == uuid.UUID(request_id).bytes
+        assert top.parent_span_id == invoke_span_id_for(request_id)
+        for index in range(3):
+            assert spans[f"step-{index}"].parent_span_id == top.span_id
+            assert spans[f"step-{index}"].trace_id == top.trace_id
+        attributes = {kv.key: kv.value.string_value for kv in top.attributes}
+        assert attributes["faas.invocation_id"] == request_id
+        assert {"service.name": "orders", "faas.name": "orders"}.items() <= receiver.resources()[0].items()
+
+    def test_an_exception_is_recorded_and_reraised(self, tmp_path: Path, receiver: ReceiverServer,
+                                                   start: Any) -> None:
+        """A failing handler raises its own exception; its span has status ERROR and an exception event."""
+        agent_file(tmp_path, receiver)
+        outcome = start().invoke("req-fail", {"fail": True})
+        assert (outcome["raised"], outcome["message"]) == ("RuntimeError", "asked to fail")
+        [span] = receiver.wait_for_spans(1)
+        assert span.status.code == Status.STATUS_CODE_ERROR
+        assert "RuntimeError: asked to fail" in span.status.message
+        [event] = span.events
+        attributes = {kv.key: kv.value.string_value for kv in event.attributes}
+        assert (event.name, attributes["exception.type"]) == ("exception", "RuntimeError")
+
+    def test_spans_are_delivered_before_the_handler_returns_so_a_freeze_loses_none(
+            self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+        """Frozen (SIGSTOP) right after each invocation returns, the function has already delivered its spans."""
+        agent_file(tmp_path, receiver)
+        function = start()
+        for number in range(1, 4):
+            function.invoke(f"req-{number}", {"spans": 2})
+            os.kill(function.process.pid, signal.SIGSTOP)
+            try:
+                assert len(receiver.spans()) == 3 * number  # no waiting: they are there already
+            finally:
+                os.kill(function.process.pid, signal.SIGCONT)
+
+    def test_a_traceparent_header_becomes_a_link(self, tmp_path: Path, receiver: ReceiverServer,
+                                                 start: Any) -> None:
+        """An HTTP event's W3C traceparent is a link on the handler's span; the parent stays the invoke span."""
+        agent_file(tmp_path, receiver)
+        caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+        event = {"httpMethod": "GET", "headers": {"Traceparent": f"00-{caller_trace}-{caller_span}-01"}}
+        start().invoke("req-http", event)
+        [span] = receiver.wait_for_spans(1)
+        assert span.parent_span_id == invoke_span_id_for("req-http")
+        assert span.trace_id == trace_id_for("req-http")
+        [link] = span.links
+        assert (link.trace_id.hex(), link.span_id.hex()) == (caller_trace, caller_span)
+
+    def test_an_invalid_traceparent_is_ignored(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+        """A traceparent that does not parse gives no link and no failure."""
+        agent_file(tmp_path, receiver)
+        outcome = start().invoke("req-bad", {"headers": {"traceparent": "garbage"}})
+        assert outcome["returned"]["ok"]
+        [span] = receiver.wait_for_spans(1)
+        assert list(span.links) == []
+
+
+class TestSampling:
+    def test_the_function_keeps_exactly_the_traces_the_agent_samples(
+            self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+        """With traceidratio 0.5, the function exports spans for exactly the request IDs HeadSampler samples."""
+        agent_file(tmp_path, receiver)
+        env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
+        function = start(**env)
+        request_ids = [f"req-{n}" for n in range(24)]
+        expected = {rid for rid in request_ids if HeadSampler.from_environ(env).sampled(trace_id_for(rid))}
+        assert 0 < len(expected) < len(request_ids)
+        for request_id in request_ids:
+            function.invoke(request_id, {"spans": 1})
+        # Every flush completed before its invocation returned: what is here is all there will be.
+        got = {dict((kv.key, kv.value.string_value) for kv in span.attributes).get("faas.invocation_id")
+               for span in receiver.spans() if span.name == "handler"}
+        assert got == expected
+        assert len(receiver.spans()) == 2 * len(expected)
+
+    def test_an_unreadable_sampler_leaves_the_handler_running(self, tmp_path: Path, receiver: ReceiverServer,
+                                                              start: Any) -> None:
+        """OTEL_TRACES_SAMPLER=sometimes: the handler returns, no span is sent, one warning says why."""
+        agent_file(tmp_path, receiver)
+        function = start(OTEL_TRACES_SAMPLER="sometimes")
+        assert function.invoke("req-1")["returned"]["ok"]
+        assert function.invoke("req-2")["returned"]["ok"]
+        assert receiver.spans() == []
+        assert function.stderr().count("OTEL_TRACES_SAMPLER must be one of") == 1
+
+
+class TestWithoutAgent:
+    def test_nowhere_when_nothing_is_configured(self, start: Any) -> None:
+        """No agent file and no OTLP endpoint: the handler runs and the SDK is not even imported."""
+        function = start()
+        assert function.first["heavy_at_import"] == []
+        outcome = function.invoke("req-1")
+        assert outcome["returned"]["ok"]
+        assert (outcome["destination"], outcome["sdk_loaded"]) == (None, False)
+
+    def test_to_the_otlp_endpoint_when_set(self, receiver: ReceiverServer, start: Any) -> None:
+        """No agent, OTEL_EXPORTER_OTLP_ENDPOINT set: spans go straight there."""
+        function = start(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url)
+        outcome = function.invoke("req-1", {"spans": 1})
+        assert outcome["destination"] == f"{receiver.url}/v1/traces"
+        assert len(receiver.wait_for_spans(2)) == 2
+
+    def test_an_agent_starting_late_is_found(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+        """The agent file is looked for again at each invocation until found."""
+        function = start()
+        assert function.invoke("req-1")["destination"] is None
+        agent_file(tmp_path, receiver)
+        assert function.invoke("req-2")["destination"] == f"{receiver.url}/v1/traces"
+        [span] = receiver.wait_for_spans(1)
+        assert span.trace_id == trace_id_for("req-2")
+
+    def test_a_file_left_by_a_dead_agent_is_ignored(self, tmp_path: Path, start: Any) -> None:
+        """An agent file whose PID is gone counts as no agent."""
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait(10)
+        write_agent_file(9, pid=dead.pid, path=str(tmp_path / "fgext-agent.json"))
+        assert start().invoke("req-1")["destination"] is None
+
+    def test_an_agent_that_does_not_answer_costs_only_the_flush_budget(self, tmp_path: Path, start: Any) -> None:
+        """The agent file names a port nobody listens on: the handler still returns its result."""
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        write_agent_file(port, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
+        function = start(FGEXT_FUNCTION_FLUSH_MS="200")
+        assert function.invoke("req-1", {"spans": 2})["returned"]["ok"]
+        assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
+
+    def test_without_the_sdk_the_handler_runs(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+        """The SDK cannot be imported: the handler runs and returns, and one warning says why."""
+        agent_file(tmp_path, receiver)
+        function = start(FGEXT_TEST_BLOCK="opentelemetry.sdk")
+        assert function.invoke("req-1")["returned"]["ok"]
+        assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
+        assert function.stderr().count("the OpenTelemetry SDK cannot be imported") == 1
+        assert receiver.spans() == []
+
+    def test_the_endpoint_variable_overrides_the_agent_file(self, tmp_path: Path, receiver: ReceiverServer,
+                                                            start: Any) -> None:
+        """FGEXT_AGENT_ENDPOINT wins over the agent file."""
+        write_agent_file(9, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
+        outcome = start(FGEXT_AGENT_ENDPOINT=receiver.url + "/").invoke("req-1")
+        assert outcome["destination"] == f"{receiver.url}/v1/traces"
+        assert len(receiver.wait_for_spans(1)) == 1
+
+
+class TestTraceContext:
+    def test_the_context_holds_the_invoke_span(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """trace_context() gives a Context whose current span is the request's remote invoke span."""
+        monkeypatch.setattr(fgext.function, "_SAMPLER_FROM_ENV", [])
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+        request_id = str(uuid.uuid4())
+        span_context = trace.get_current_span(fgext.function.trace_context(request_id)).get_span_context()
+        assert span_context.trace_id.to_bytes(16, "big") == trace_id_for(request_id)
+        assert span_context.span_id.to_bytes(8, "big") == invoke_span_id_for(request_id)
+        assert span_context.is_remote and span_context.trace_flags.sampled
+
+    def test_the_sampled_flag_is_the_head_decision(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Under always_off the invoke span is not sampled, so a ParentBased sampler drops children too."""
+        monkeypatch.setattr(fgext.function, "_SAMPLER_FROM_ENV", [])
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+        span_context = trace.get_current_span(fgext.function.trace_context("req-1")).get_span_context()
+        assert not span_context.trace_flags.sampled
+
+    def test_an_unreadable_sampler_is_a_config_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Called by the user's own code, a bad sampler setting is a ConfigError, not a silent guess."""
+        from fgext._errors import ConfigError
+
+        monkeypatch.setattr(fgext.function, "_SAMPLER_FROM_ENV", [])
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+        with pytest.raises(ConfigError):
+            fgext.function.trace_context("req-1")
+
+
+def test_wrapping_keeps_the_handler_name() -> None:
+    """instrument() keeps the handler's name and docstring (FunctionGraph finds handlers by name)."""
+    def handler(event: Any, context: Any) -> None:
+        """Doc."""
+
+    wrapped = fgext.function.instrument(handler)
+    assert (wrapped.__name__, wrapped.__doc__) == ("handler", "Doc.")
