@@ -26,6 +26,12 @@ from fgext.emulator._worker import Context  # noqa: E402  (the emulator's contex
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
+if os.environ.get("FGEXT_TEST_OWN_PROVIDER"):  # the user's code sets its own provider before any invocation
+    from opentelemetry import trace as _trace
+    from opentelemetry.sdk.trace import TracerProvider as _TracerProvider
+
+    _trace.set_tracer_provider(_TracerProvider())
+
 
 def user_work(event: Dict[str, Any]) -> None:
     from opentelemetry import trace

@@ -168,6 +168,52 @@ class TestInvocationSpan:
         assert list(span.links) == []
 
 
+    def test_the_sdk_resource_settings_win(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+        """OTEL_SERVICE_NAME names the service; faas.name is still the function's name."""
+        agent_file(tmp_path, receiver)
+        start(OTEL_SERVICE_NAME="shop").invoke("req-1")
+        receiver.wait_for_spans(1)
+        assert {"service.name": "shop", "faas.name": "orders"}.items() <= receiver.resources()[0].items()
+
+    def test_a_provider_the_user_set_first_is_left_alone(self, tmp_path: Path, receiver: ReceiverServer,
+                                                         start: Any) -> None:
+        """The user's own global provider stays global: their spans go there, the handler's span to the agent."""
+        agent_file(tmp_path, receiver)
+        start(FGEXT_TEST_OWN_PROVIDER="1").invoke("req-1", {"spans": 2})
+        assert [span.name for span in receiver.wait_for_spans(1)] == ["handler"]
+
+
+class TestDocs:
+    def test_the_handler_in_docs_function_md_runs_and_nests_its_spans(
+            self, tmp_path: Path, receiver: ReceiverServer) -> None:
+        """The complete handler of docs/function.md returns its answer and its spans nest under invoke."""
+        text = (ROOT / "docs" / "function.md").read_text()
+        code = text.split("```python\n", 1)[1].split("```", 1)[0]
+        (tmp_path / "doc_handler.py").write_text(code)
+        driver = (
+            "import json, sys, time\n"
+            "import doc_handler\n"
+            "from fgext.emulator._worker import Context\n"
+            "ctx = Context({'request_id': sys.argv[1], 'timeout_s': 30, 'function_name': 'orders',"
+            " 'function_version': 'latest', 'package': 'default', 'project_id': 'p', 'memory_mb': 128,"
+            " 'cpu_millicores': 300}, time.monotonic())\n"
+            "event = {'httpMethod': 'POST', 'headers': {}, 'body': json.dumps({'order_id': 'A-17'})}\n"
+            "print(json.dumps(doc_handler.handler(event, ctx)))\n")
+        request_id = str(uuid.uuid4())
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "FGEXT_"))}
+        env.update(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", FGEXT_AGENT_ENDPOINT=receiver.url)
+        done = subprocess.run([sys.executable, "-c", driver, request_id], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert (answer["statusCode"], json.loads(answer["body"])) == (200, {"order": "A-17", "total": 30})
+        spans = by_name(receiver.wait_for_spans(3))
+        assert spans["handler"].parent_span_id == invoke_span_id_for(request_id)
+        assert spans["load-order"].parent_span_id == spans["handler"].span_id
+        assert spans["price-order"].parent_span_id == spans["handler"].span_id
+        assert {kv.key: kv.value.string_value for kv in spans["load-order"].attributes} == {"order.id": "A-17"}
+
+
 class TestSampling:
     def test_the_function_keeps_exactly_the_traces_the_agent_samples(
             self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
@@ -206,9 +252,11 @@ class TestWithoutAgent:
         assert outcome["returned"]["ok"]
         assert (outcome["destination"], outcome["sdk_loaded"]) == (None, False)
 
-    def test_to_the_otlp_endpoint_when_set(self, receiver: ReceiverServer, start: Any) -> None:
-        """No agent, OTEL_EXPORTER_OTLP_ENDPOINT set: spans go straight there."""
-        function = start(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url)
+    @pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+    def test_to_the_otlp_endpoint_when_set(self, receiver: ReceiverServer, start: Any, variable: str) -> None:
+        """No agent, an OTLP endpoint variable set: spans go straight there."""
+        url = receiver.url + ("/v1/traces" if "TRACES" in variable else "")
+        function = start(**{variable: url})
         outcome = function.invoke("req-1", {"spans": 1})
         assert outcome["destination"] == f"{receiver.url}/v1/traces"
         assert len(receiver.wait_for_spans(2)) == 2

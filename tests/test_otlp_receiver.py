@@ -269,6 +269,12 @@ class TestRefused:
         assert calls == ["traces", "traces"]
 
 
+def test_default_bounds() -> None:
+    """By default a body may have 4 MiB, and 16 MiB once decompressed (docs/function.md)."""
+    receiver = Receiver(lambda signal, request: None)
+    assert (receiver.max_body_bytes, receiver.max_decompressed_bytes) == (4 * 1024 * 1024, 16 * 1024 * 1024)
+
+
 def test_bounds_must_be_positive() -> None:
     """A receiver with a zero bound is a mistake caught at construction."""
     with pytest.raises(ValueError, match="positive"):
