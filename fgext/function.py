@@ -98,7 +98,7 @@ def _warn(reason: str) -> None:
     _STATE.warned.add(reason)
     import logging
 
-    logging.getLogger("fgext.function").warning("fgext.function: %s; the handler runs without its span", reason)
+    logging.getLogger("fgext.function").warning("fgext.function: %s", reason)
 
 
 def _traces_url(environ: Mapping[str, str]) -> Optional[str]:
@@ -131,7 +131,7 @@ def _setup_locked(context: Any, url: str) -> Optional[Tracer]:
         sampler = HeadSampler.from_environ()
     except Exception as exc:  # a ConfigError: tell once, run without telemetry
         _STATE.disabled = str(exc)
-        _warn(str(exc))
+        _warn(f"{exc}; handlers run without their span")
         return None
     try:
         from opentelemetry import trace
@@ -142,7 +142,7 @@ def _setup_locked(context: Any, url: str) -> Optional[Tracer]:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
         _STATE.disabled = f"the OpenTelemetry SDK cannot be imported ({exc})"
-        _warn(_STATE.disabled)
+        _warn(f"{_STATE.disabled}; handlers run without their span")
         return None
     resource = Resource.create()
     name = _call(context, "getFunctionName")
@@ -215,7 +215,7 @@ def _start(tracer: Tracer, name: str, event: Any, context: Any) -> Optional[Tupl
 
     request_id = _call(context, "getRequestID")
     if not request_id:
-        _warn("the context has no request ID")
+        _warn("the context has no request ID; the handler runs without its span")
         return None
     assert _STATE.sampler is not None
     parent = _parent(request_id, _STATE.sampler.sampled(trace_id_for(request_id)))
@@ -276,7 +276,7 @@ def instrument(handler: Handler) -> Handler:
             if tracer is not None:
                 started = _start(tracer, name, event, context)
         except Exception as exc:
-            _warn(f"starting the invocation's span failed ({type(exc).__name__}: {exc})")
+            _warn(f"starting the invocation's span failed ({type(exc).__name__}: {exc}); the handler runs without it")
         if started is None:
             return handler(event, context)
         span, token = started

@@ -92,6 +92,17 @@ class ReceiverServer:
         return [{kv.key: kv.value.string_value for kv in rs.resource.attributes}
                 for signal, request in exports if signal == "traces" for rs in request.resource_spans]
 
+    def wait_for_export(self, signal: str, timeout: float = 15.0) -> Any:
+        """Poll until a request of ``signal`` arrived and return the first; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = [request for name, request in self.exports if name == signal]
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise AssertionError(f"receiver got no {signal} request")
+
     def wait_for_spans(self, count: int, timeout: float = 15.0) -> List[Any]:
         """Poll until at least ``count`` spans arrived; fail after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout

@@ -301,3 +301,20 @@ def test_the_sdk_exporter_posts_to_it(plain: ReceiverServer, compression: str) -
     spans = plain.wait_for_spans(2)
     assert sorted(span.name for span in spans) == ["inner", "outer"]
     assert {"service.name": "sdk-test"}.items() <= plain.resources()[0].items()
+
+
+def test_the_sdk_metric_exporter_posts_to_it(plain: ReceiverServer) -> None:
+    """The SDK's OTLP/HTTP metric exporter delivers a counter to /v1/metrics."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{plain.url}/v1/metrics"),
+                                           export_interval_millis=600_000)
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("test").create_counter("orders.placed").add(3)
+    provider.force_flush()
+    provider.shutdown()
+    request = plain.wait_for_export("metrics")
+    [metric] = request.resource_metrics[0].scope_metrics[0].metrics
+    assert (metric.name, metric.sum.data_points[0].as_int) == ("orders.placed", 3)
