@@ -190,6 +190,8 @@ class TestRefused:
         (b"not json", JSON, "body is not JSON"),
         (b"[1, 2]", JSON, "not an object"),
         (b'{"hello": "world"}', JSON, "not an OTLP JSON ExportTraceServiceRequest"),
+        (b"[" * 100_000 + b"]" * 100_000, JSON, "body is not JSON"),
+        (b'{"resourceSpans": ' + b"[" * 500 + b"]" * 500 + b"}", JSON, "not an OTLP JSON"),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": {"a": 1}}]}]}]}', JSON, "name field"),
     ])
     def test_bodies_that_are_not_otlp_are_400(self, plain: ReceiverServer, body: bytes, headers: Dict[str, str],

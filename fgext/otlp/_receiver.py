@@ -293,7 +293,7 @@ class Receiver:
             return message
         try:
             document = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise _Rejected(400, _INVALID_ARGUMENT, f"body is not JSON: {exc}") from None
         if not isinstance(document, dict):
             raise _Rejected(400, _INVALID_ARGUMENT, f"body is not an OTLP JSON {name}: not an object")
@@ -304,7 +304,7 @@ class Receiver:
                             f"body is not an OTLP JSON {name}: none of {sorted(fields)} in it")
         try:
             json_format.ParseDict(_hex_ids_to_base64(document), message, ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError) as exc:
+        except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
             raise _Rejected(400, _INVALID_ARGUMENT, f"body is not an OTLP JSON {name}: {exc}") from None
         return message
 
