@@ -4,17 +4,27 @@
 specification defines them (``always_on``, ``always_off``, ``traceidratio``,
 ``parentbased_always_on`` — the default —, ``parentbased_always_off``,
 ``parentbased_traceidratio``; the argument is the ratio, 1.0 when unset). The decision is a pure
-function of the trace ID, computed exactly as the OpenTelemetry SDK's ``TraceIdRatioBased`` does:
-the trace is sampled when its lower 64 bits are below ``round(ratio * 2**64)``. Since the trace ID
-derives from the request ID (:mod:`fgext._ids`), the agent and ``fgext.function`` reach the same
-decision without talking.
+function of the 16-byte trace ID, and this is the rule, exactly, so that any process that knows the
+request ID can compute it::
 
-A caveat the SDK shares: a request ID that is an RFC 4122 UUID (FunctionGraph's are) is its trace
-ID, and the UUID's variant bits (``10``) are the top of its lower 64 bits, which therefore lie in
-``[2**63, 3 * 2**62)``. So for such request IDs a ratio up to 0.5 samples nothing, from 0.75 samples
-everything, and in between samples ``4 * (ratio - 0.5)`` of the traces. Exact agreement with the
-SDK (and with any other process that samples these trace IDs by the specification) is kept on
-purpose; the tail rule below is the tool for keeping the interesting traces.
+    h = int.from_bytes(hashlib.sha256(trace_id).digest()[:8], "big")   # unsigned, big-endian
+    sampled = h < round(ratio * 2**64)
+
+(``ratio`` 1.0 keeps every trace, 0.0 none.) Since the trace ID derives from the request ID
+(:mod:`fgext._ids`), the agent and ``fgext.function`` reach the same decision without talking.
+
+**Why not the SDK's TraceIdRatioBased rule.** The SDK compares the trace ID's *lower 64 bits*
+with ``round(ratio * 2**64)``, which is fair only for trace IDs whose lower bits are uniformly
+random. FunctionGraph's request IDs are UUIDs and become trace IDs as they are. In a UUIDv4 the
+variant bits (``10``) are the top of the lower 64 bits, which therefore lie in
+``[2**63, 3 * 2**62)``: a ratio up to 0.5 keeps nothing and from 0.75 keeps everything. In a
+UUIDv1 the lower 64 bits are the clock sequence and the node, constant for a host, so every
+request of a sandbox gets the same decision. Hashing the whole trace ID first makes the decision
+uniform for any trace ID. The price: a process that samples the same trace IDs with the SDK's
+``TraceIdRatioBased`` as its *root* sampler decides differently. ``fgext.function`` therefore
+installs its own SDK sampler (this rule at the root, the parent's decision otherwise), and
+``fgext.function.trace_context`` gives the ``invoke`` span the sampled flag of this rule, so an
+SDK set up by the user with a ``ParentBased`` sampler (the default) follows it.
 
 An invocation's root span never has a parent (an incoming ``traceparent`` becomes a link, see
 :mod:`fgext.function`), so a ``parentbased_*`` sampler decides the invocation by its root sampler:
@@ -45,6 +55,7 @@ Standard library only: ``fgext.function`` imports this module in the user's sand
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 
@@ -62,6 +73,7 @@ __all__ = [
     "TailRule",
     "is_timeout",
     "ratio_bound",
+    "sampling_value",
 ]
 
 SAMPLERS = (
@@ -77,16 +89,19 @@ _LOWER_64 = (1 << 64) - 1
 
 
 def ratio_bound(ratio: float) -> int:
-    """The SDK's bound for a ratio: a trace is sampled when its lower 64 bits are below it."""
+    """The bound for a ratio: a trace is sampled when its :func:`sampling_value` is below it."""
     return round(ratio * (_LOWER_64 + 1))
 
 
-def _trace_id_int(trace_id: Union[bytes, int]) -> int:
+def sampling_value(trace_id: Union[bytes, int]) -> int:
+    """The number the decision compares: the first 8 bytes of SHA-256 of the 16 trace-ID bytes, unsigned."""
     if isinstance(trace_id, int):
-        return trace_id
-    if len(trace_id) != 16:
+        if not 0 <= trace_id < 1 << 128:
+            raise ValueError(f"a trace ID is a 128-bit unsigned number, got {trace_id!r}")
+        trace_id = trace_id.to_bytes(16, "big")
+    elif len(trace_id) != 16:
         raise ValueError(f"a trace ID has 16 bytes, got {len(trace_id)}")
-    return int.from_bytes(trace_id, "big")
+    return int.from_bytes(hashlib.sha256(trace_id).digest()[:8], "big")
 
 
 class HeadSampler:
@@ -126,8 +141,8 @@ class HeadSampler:
         return cls(name, ratio)
 
     def sampled(self, trace_id: Union[bytes, int]) -> bool:
-        """Whether the trace is sampled at the head: the SDK's TraceIdRatioBased decision for its ID."""
-        return (_trace_id_int(trace_id) & _LOWER_64) < self.bound
+        """Whether the trace is sampled at the head: its :func:`sampling_value` is below :attr:`bound`."""
+        return sampling_value(trace_id) < self.bound
 
     def __repr__(self) -> str:
         return f"HeadSampler({self.name!r}, ratio={self.ratio!r})"

@@ -38,8 +38,11 @@ setting, or with an agent that does not answer, it runs and returns as it would 
 warning is logged on the ``fgext.function`` logger.
 
 **Sampling.** ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` give the head decision from the
-trace ID exactly as the agent makes it (:mod:`fgext._sampling`); the invocation's span follows it,
-and spans your code starts inside follow their parent.
+trace ID exactly as the agent makes it (:mod:`fgext._sampling`: SHA-256 of the trace ID, not the
+SDK's ``TraceIdRatioBased`` rule, which is unfair to UUID trace IDs). The helper's provider samples
+with fgext's own SDK sampler: that decision for a span without parent, the parent's otherwise. The
+``invoke`` span carries the decision as its sampled flag, so the invocation's span and every span
+your code starts inside follow it.
 
 **HTTP functions.** A W3C ``traceparent`` header of the incoming request (``event["headers"]``)
 becomes a *link* on the invocation's span, not its parent: the trace ID is fixed by the request ID,
@@ -62,11 +65,13 @@ from fgext._sampling import HeadSampler
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+    from opentelemetry.trace import Link, Span, SpanKind, Tracer, TraceState
+    from opentelemetry.util.types import Attributes
 
     Handler = TypeVar("Handler", bound=Callable[..., Any])
 
@@ -138,7 +143,6 @@ def _setup_locked(context: Any, url: str) -> Optional[Tracer]:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace import sampling as sdk_sampling
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
         _STATE.disabled = f"the OpenTelemetry SDK cannot be imported ({exc})"
@@ -150,16 +154,43 @@ def _setup_locked(context: Any, url: str) -> Optional[Tracer]:
         resource = resource.merge(Resource({"service.name": name}))
     if name and "faas.name" not in resource.attributes:
         resource = resource.merge(Resource({"faas.name": name}))
-    # Children follow their parent (the invoke span carries the head decision); a span started
-    # outside any invocation is a root and is decided by the same ratio.
-    provider = TracerProvider(resource=resource,
-                              sampler=sdk_sampling.ParentBased(sdk_sampling.TraceIdRatioBased(sampler.ratio)))
+    provider = TracerProvider(resource=resource, sampler=_sdk_sampler(sampler))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url, timeout=_EXPORT_TIMEOUT_S)))
     if type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider":  # nobody set one yet
         trace.set_tracer_provider(provider)
     _STATE.provider, _STATE.sampler, _STATE.endpoint = provider, sampler, url
     _STATE.tracer = provider.get_tracer("fgext.function")
     return _STATE.tracer
+
+
+def _sdk_sampler(head: HeadSampler) -> Sampler:
+    """The SDK sampler of fgext's head decision: the rule of :mod:`fgext._sampling` at a root, else the parent's.
+
+    Not the SDK's ``TraceIdRatioBased``: its rule keeps nothing or everything for UUID trace IDs
+    (see :mod:`fgext._sampling`). Defined here, at set-up, so that importing this module stays light.
+    """
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import get_current_span
+
+    class FgextSampler(Sampler):
+        """A span with a valid parent follows the parent's sampled flag; a root gets fgext's decision."""
+
+        def should_sample(self, parent_context: Optional[Context], trace_id: int, name: str,
+                          kind: Optional[SpanKind] = None, attributes: Attributes = None,
+                          links: Optional[Sequence[Link]] = None,
+                          trace_state: Optional[TraceState] = None) -> SamplingResult:
+            parent = get_current_span(parent_context).get_span_context()
+            if parent is not None and parent.is_valid:
+                sampled, state = bool(parent.trace_flags.sampled), parent.trace_state
+            else:
+                sampled, state = head.sampled(trace_id), None
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP,
+                                  attributes if sampled else None, state)
+
+        def get_description(self) -> str:
+            return f"FgextSampler{{{head.name},ratio={head.ratio}}}"
+
+    return FgextSampler()
 
 
 def _call(context: Any, getter: str) -> Optional[str]:

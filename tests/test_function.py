@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -217,13 +218,20 @@ class TestDocs:
 class TestSampling:
     def test_the_function_keeps_exactly_the_traces_the_agent_samples(
             self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
-        """With traceidratio 0.5, the function exports spans for exactly the request IDs HeadSampler samples."""
+        """With traceidratio 0.5 and UUIDv4/v1 request IDs, the function exports exactly those HeadSampler samples."""
         agent_file(tmp_path, receiver)
         env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
         function = start(**env)
-        request_ids = [f"req-{n}" for n in range(24)]
+        rng = random.Random(5)
+        request_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(12)]
+        node, clock_seq = rng.getrandbits(48), rng.getrandbits(14)  # one host's UUIDv1: only the time differs
+        for tick in range(0x1EF000000000000, 0x1EF000000000000 + 12 * 40_000, 40_000):
+            fields = (tick & 0xFFFFFFFF, (tick >> 32) & 0xFFFF, (tick >> 48) & 0x0FFF, clock_seq >> 8,
+                      clock_seq & 0xFF, node)
+            request_ids.append(str(uuid.UUID(fields=fields, version=1)))
         expected = {rid for rid in request_ids if HeadSampler.from_environ(env).sampled(trace_id_for(rid))}
-        assert 0 < len(expected) < len(request_ids)
+        assert 0 < len(expected & set(request_ids[:12])) < 12
+        assert 0 < len(expected & set(request_ids[12:])) < 12
         for request_id in request_ids:
             function.invoke(request_id, {"spans": 1})
         # Every flush completed before its invocation returned: what is here is all there will be.
@@ -231,6 +239,53 @@ class TestSampling:
                for span in receiver.spans() if span.name == "handler"}
         assert got == expected
         assert len(receiver.spans()) == 2 * len(expected)
+
+    def test_fgexts_sdk_sampler_decides_roots_by_fgexts_rule_and_children_by_their_parent(self) -> None:
+        """The helper's SDK sampler: a root gets HeadSampler's decision; a child its parent's flag."""
+        from opentelemetry.sdk.trace.sampling import Decision
+
+        head = HeadSampler("traceidratio", 0.3)
+        sampler = fgext.function._sdk_sampler(head)
+        rng = random.Random(9)
+        trace_ids = [trace_id_for(str(uuid.UUID(int=rng.getrandbits(128), version=4))) for _ in range(2000)]
+        decisions = []
+        for trace_id in trace_ids:
+            number = int.from_bytes(trace_id, "big")
+            root = sampler.should_sample(None, number, "root").decision
+            decisions.append(head.sampled(trace_id))
+            assert root.is_sampled() == decisions[-1]
+            for flag in (True, False):
+                parent = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                    number, 0x1234, is_remote=True, trace_flags=trace.TraceFlags(int(flag)))))
+                child = sampler.should_sample(parent, number, "child").decision
+                assert child == (Decision.RECORD_AND_SAMPLE if flag else Decision.DROP)
+        assert 0.25 < sum(decisions) / len(decisions) < 0.35
+
+    def test_a_users_own_provider_with_the_default_sampler_agrees_through_trace_context(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The user's TracerProvider (default sampler, from the same env) keeps exactly the traces HeadSampler keeps."""
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        monkeypatch.setattr(fgext.function, "_SAMPLER_FROM_ENV", [])
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()  # the SDK's default sampler, read from the environment
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("user")
+        rng = random.Random(3)
+        request_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(2000)]
+        for request_id in request_ids:
+            with tracer.start_as_current_span("work", context=fgext.function.trace_context(request_id)):
+                pass
+        head = HeadSampler.from_environ()
+        expected = {trace_id_for(rid) for rid in request_ids if head.sampled(trace_id_for(rid))}
+        got = {span.context.trace_id.to_bytes(16, "big") for span in exporter.get_finished_spans()}
+        assert got == expected
+        assert 0.2 < len(got) / len(request_ids) < 0.3
+        provider.shutdown()
 
     def test_an_unreadable_sampler_leaves_the_handler_running(self, tmp_path: Path, receiver: ReceiverServer,
                                                               start: Any) -> None:

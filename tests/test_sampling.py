@@ -1,9 +1,11 @@
-"""Head sampling from the trace ID (the SDK's decision exactly) and the tail rule (fgext._sampling)."""
+"""Head sampling from the trace ID (fgext's SHA-256 rule, fair for UUIDs) and the tail rule (fgext._sampling)."""
 
 from __future__ import annotations
 
+import hashlib
+import random
 import uuid
-from typing import Dict
+from typing import Callable, Dict, List
 
 import pytest
 from hypothesis import given
@@ -13,10 +15,11 @@ from opentelemetry.trace import SpanKind
 
 from fgext._errors import ConfigError
 from fgext._ids import trace_id_for
-from fgext._sampling import SAMPLERS, HeadSampler, TailRule, is_timeout
+from fgext._sampling import SAMPLERS, HeadSampler, TailRule, is_timeout, sampling_value
 
 trace_ids = st.integers(min_value=1, max_value=(1 << 128) - 1)
 ratios = st.one_of(st.floats(min_value=0.0, max_value=1.0), st.sampled_from([0.0, 1.0, 0.5, 1e-19, 1 - 1e-16]))
+ID_COUNT = 20_000
 
 
 def sdk_decision(sampler: sdk_sampling.Sampler, trace_id: int) -> bool:
@@ -32,47 +35,75 @@ def sdk_sampler_from(env: Dict[str, str], monkeypatch: pytest.MonkeyPatch) -> sd
     return sdk_sampling._get_from_env_or_default()
 
 
+def uuid4_request_ids(seed: int) -> List[str]:
+    """Fixed pseudo-random UUIDv4 request IDs: the same on every run."""
+    rng = random.Random(seed)
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(ID_COUNT)]
+
+
+def uuid1_request_ids(seed: int) -> List[str]:
+    """UUIDv1 request IDs as one host makes them: rising timestamps, one clock sequence, one node."""
+    rng = random.Random(seed)
+    node, clock_seq = rng.getrandbits(48), rng.getrandbits(14)
+    timestamp = 0x1EF0000000000000 + rng.getrandbits(40)
+    ids = []
+    for _ in range(ID_COUNT):
+        timestamp += rng.randint(1, 50_000)  # 100 ns ticks: requests a few ms apart
+        fields = (timestamp & 0xFFFFFFFF, (timestamp >> 32) & 0xFFFF, (timestamp >> 48) & 0x0FFF,
+                  clock_seq >> 8, clock_seq & 0xFF, node)
+        ids.append(str(uuid.UUID(fields=fields, version=1)))
+    return ids
+
+
 class TestHeadSampler:
     @given(trace_ids, ratios)
-    def test_ratio_decision_is_the_sdks(self, trace_id: int, ratio: float) -> None:
-        """traceidratio decides exactly as the SDK's TraceIdRatioBased, for any trace ID and ratio."""
+    def test_ratio_decision_is_the_documented_rule(self, trace_id: int, ratio: float) -> None:
+        """traceidratio samples when the first 8 bytes of SHA-256 of the trace ID are below round(ratio * 2**64)."""
+        trace_bytes = trace_id.to_bytes(16, "big")
+        value = int.from_bytes(hashlib.sha256(trace_bytes).digest()[:8], "big")
         ours = HeadSampler("traceidratio", ratio)
-        assert ours.sampled(trace_id) == sdk_decision(sdk_sampling.TraceIdRatioBased(ratio), trace_id)
-        assert ours.sampled(trace_id.to_bytes(16, "big")) == ours.sampled(trace_id)
+        assert ours.sampled(trace_bytes) == (value < round(ratio * 2**64))
+        assert ours.sampled(trace_id) == ours.sampled(trace_bytes)
+        assert sampling_value(trace_id) == value
 
-    @given(trace_ids, st.floats(min_value=0.0, max_value=1.0))
-    def test_parent_based_ratio_on_a_root_is_the_sdks(self, trace_id: int, ratio: float) -> None:
-        """parentbased_traceidratio decides an invocation (a root) as the SDK's sampler does."""
-        sdk = sdk_sampling.ParentBasedTraceIdRatio(ratio)
-        assert HeadSampler("parentbased_traceidratio", ratio).sampled(trace_id) == sdk_decision(sdk, trace_id)
+    @given(trace_ids)
+    def test_ratio_0_keeps_none_and_1_keeps_all(self, trace_id: int) -> None:
+        """The ends of the ratio are exact: 0.0 keeps no trace and 1.0 every trace."""
+        assert not HeadSampler("traceidratio", 0.0).sampled(trace_id)
+        assert HeadSampler("traceidratio", 1.0).sampled(trace_id)
+
+    @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.9])
+    @pytest.mark.parametrize("make_ids", [uuid4_request_ids, uuid1_request_ids])
+    def test_the_kept_share_of_uuid_request_ids_is_the_ratio(self, ratio: float,
+                                                             make_ids: Callable[[int], List[str]]) -> None:
+        """For 20,000 fixed UUIDv4 or one host's UUIDv1 request IDs, the share kept is the ratio within 0.015."""
+        sampler = HeadSampler("parentbased_traceidratio", ratio)
+        request_ids = make_ids(12)
+        kept = sum(sampler.sampled(trace_id_for(request_id)) for request_id in request_ids)
+        assert abs(kept / len(request_ids) - ratio) < 0.015
+
+    @pytest.mark.parametrize("make_ids", [uuid4_request_ids, uuid1_request_ids])
+    def test_the_sdks_ratio_rule_is_unfair_to_uuid_request_ids(self, make_ids: Callable[[int], List[str]]) -> None:
+        """Why fgext does not use the SDK's rule: at 0.5 it keeps no UUIDv4 and all-or-none of one host's UUIDv1."""
+        sdk = sdk_sampling.TraceIdRatioBased(0.5)
+        kept = {sdk_decision(sdk, int.from_bytes(trace_id_for(rid), "big")) for rid in make_ids(12)[:2000]}
+        assert len(kept) == 1  # every request ID the same decision
+        ours = HeadSampler("traceidratio", 0.5)
+        assert {ours.sampled(trace_id_for(rid)) for rid in make_ids(12)[:2000]} == {True, False}
 
     @pytest.mark.parametrize("name", SAMPLERS)
-    def test_every_sampler_from_the_environment_is_the_sdks(self, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        """For each known sampler, the environment gives the SDK's decision on many request IDs."""
+    def test_the_environment_is_read_as_the_sdk_reads_it(self, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each sampler name gives the SDK's ratio, and the always_* ones the SDK's decision on many IDs."""
         env = {"OTEL_TRACES_SAMPLER": name.upper(), "OTEL_TRACES_SAMPLER_ARG": "0.25"}
         ours = HeadSampler.from_environ(env)
         sdk = sdk_sampler_from(env, monkeypatch)
-        decisions = []
-        for n in range(400):
-            trace_id = trace_id_for(f"request-{n}")  # hashed: uniform lower 64 bits
-            decision = ours.sampled(trace_id)
-            assert decision == sdk_decision(sdk, int.from_bytes(trace_id, "big"))
-            decisions.append(decision)
+        root = getattr(sdk, "_root", sdk)
         if name.endswith("traceidratio"):
-            assert True in decisions and False in decisions
-
-    @given(st.uuids(version=4), st.floats(min_value=0.0, max_value=1.0))
-    def test_uuid_request_ids_skew_the_ratio_as_in_the_sdk(self, request_id: uuid.UUID, ratio: float) -> None:
-        """A UUID4's variant bits fix the top of its lower 64 bits: below 0.5 none is sampled, from 0.75 all.
-
-        This is the SDK's decision on such trace IDs, kept on purpose so that both sides agree; the
-        effective rate for UUID request IDs is ``clamp(4 * (ratio - 0.5), 0, 1)`` (docs/function.md).
-        """
-        sampled = HeadSampler("traceidratio", ratio).sampled(trace_id_for(str(request_id)))
-        if ratio <= 0.5:
-            assert not sampled
-        elif ratio >= 0.75:
-            assert sampled
+            assert ours.ratio == root.rate == 0.25
+            return
+        for n in range(400):
+            trace_id = trace_id_for(f"request-{n}")
+            assert ours.sampled(trace_id) == sdk_decision(sdk, int.from_bytes(trace_id, "big"))
 
     def test_defaults(self) -> None:
         """Unset variables give parentbased_always_on; an unset ratio is 1.0, as in the specification."""
@@ -103,6 +134,8 @@ class TestHeadSampler:
         """A trace ID of the wrong length is refused rather than silently decided."""
         with pytest.raises(ValueError, match="16 bytes"):
             HeadSampler().sampled(b"\x01" * 8)
+        with pytest.raises(ValueError, match="128-bit"):
+            HeadSampler().sampled(1 << 128)
 
 
 class TestTailRule:
