@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
     from opentelemetry.context import Context
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
     from opentelemetry.trace import Link, Span, SpanKind, Tracer, TraceState
     from opentelemetry.util.types import Attributes
@@ -90,6 +90,7 @@ class _Telemetry:
         self.tracer: Optional[Tracer] = None
         self.sampler: Optional[HeadSampler] = None
         self.endpoint: Optional[str] = None  # where spans go, for the docs' promises and their tests
+        self.exporter: Optional[str] = None  # "loopback" (fgext's path to the agent) or "otlp-http" (the SDK's)
         self.disabled: Optional[str] = None  # why telemetry is off for good in this sandbox
         self.warned: set[str] = set()
 
@@ -106,29 +107,30 @@ def _warn(reason: str) -> None:
     logging.getLogger("fgext.function").warning("fgext.function: %s", reason)
 
 
-def _traces_url(environ: Mapping[str, str]) -> Optional[str]:
+def _traces_url(environ: Mapping[str, str]) -> Optional[Tuple[str, bool]]:
+    """Where spans go, and whether that is the fgext agent (else a collector named by OTEL_*)."""
     base = _discovery_file.agent_endpoint(environ)
     if base is not None:
-        return f"{base}/v1/traces"
+        return f"{base}/v1/traces", True
     direct = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
     if direct:
-        return direct
+        return direct, False
     base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    return f"{base.rstrip('/')}/v1/traces" if base else None
+    return (f"{base.rstrip('/')}/v1/traces", False) if base else None
 
 
 def _setup(context: Any) -> Optional[Tracer]:
     """The tracer of this sandbox, set up at the first call that finds a destination; None when off."""
     if _STATE.tracer is not None or _STATE.disabled is not None:
         return _STATE.tracer
-    url = _traces_url(os.environ)
-    if url is None:
+    destination = _traces_url(os.environ)
+    if destination is None:
         return None
     with _STATE.lock:
-        return _setup_locked(context, url)
+        return _setup_locked(context, *destination)
 
 
-def _setup_locked(context: Any, url: str) -> Optional[Tracer]:
+def _setup_locked(context: Any, url: str, to_agent: bool) -> Optional[Tracer]:
     # Another thread may have set up while this one waited for the lock.
     if _STATE.tracer is not None or _STATE.disabled is not None:
         return _STATE.tracer
@@ -140,10 +142,10 @@ def _setup_locked(context: Any, url: str) -> Optional[Tracer]:
         return None
     try:
         from opentelemetry import trace
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        processor = _processor(url, to_agent)
     except ImportError as exc:
         _STATE.disabled = f"the OpenTelemetry SDK cannot be imported ({exc})"
         _warn(f"{_STATE.disabled}; handlers run without their span")
@@ -155,12 +157,27 @@ def _setup_locked(context: Any, url: str) -> Optional[Tracer]:
     if name and "faas.name" not in resource.attributes:
         resource = resource.merge(Resource({"faas.name": name}))
     provider = TracerProvider(resource=resource, sampler=_sdk_sampler(sampler))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url, timeout=_EXPORT_TIMEOUT_S)))
+    provider.add_span_processor(processor)
     if type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider":  # nobody set one yet
         trace.set_tracer_provider(provider)
     _STATE.provider, _STATE.sampler, _STATE.endpoint = provider, sampler, url
     _STATE.tracer = provider.get_tracer("fgext.function")
     return _STATE.tracer
+
+
+def _processor(url: str, to_agent: bool) -> SpanProcessor:
+    """The agent on loopback: fgext's one-POST-per-invocation path; anywhere else: the SDK's exporter."""
+    from fgext import _local_export
+
+    if to_agent and _local_export.is_loopback_http(url):
+        _STATE.exporter = "loopback"
+        return _local_export.InvocationSpanProcessor(_local_export.LoopbackSpanExporter(url, _DEFAULT_FLUSH_MS / 1000))
+    # A remote collector needs what the SDK's exporter does (TLS, OTEL_EXPORTER_OTLP_HEADERS, retries).
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    _STATE.exporter = "otlp-http"
+    return BatchSpanProcessor(OTLPSpanExporter(endpoint=url, timeout=_EXPORT_TIMEOUT_S))
 
 
 def _sdk_sampler(head: HeadSampler) -> Sampler:
@@ -325,4 +342,8 @@ def instrument(handler: Handler) -> Handler:
 # Kept for the tests of the promises above (where spans go): not public API.
 def _destination() -> Optional[str]:
     return _STATE.endpoint
+
+
+def _exporter() -> Optional[str]:
+    return _STATE.exporter
 

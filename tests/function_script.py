@@ -64,6 +64,7 @@ def main() -> None:
         except Exception as exc:
             outcome = {"raised": type(exc).__name__, "message": str(exc)}
         outcome["destination"] = fgext.function._destination()
+        outcome["exporter"] = fgext.function._exporter()
         outcome["sdk_loaded"] = "opentelemetry.sdk.trace" in sys.modules
         print(json.dumps(outcome), flush=True)
 

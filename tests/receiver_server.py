@@ -24,16 +24,17 @@ class ReceiverServer:
     """A real aiohttp server with the receiver's routes on 127.0.0.1 (an OS-chosen port)."""
 
     def __init__(self, *, auto_decompress: bool = True, on_export: Optional[Callable[[str, Any], Any]] = None,
-                 **bounds: int) -> None:
+                 port: int = 0, **bounds: int) -> None:
         self.exports: List[Tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._user_on_export = on_export
         self.receiver = Receiver(self._on_export, **bounds)
         self.auto_decompress = auto_decompress
-        self.port = 0
+        self.port = port
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._ready = threading.Event()
+        self.error: Optional[OSError] = None
 
     def _on_export(self, signal: str, request: Any) -> Any:
         with self._lock:
@@ -52,8 +53,15 @@ class ReceiverServer:
             app.router.add_routes(self.receiver.routes())
             runner = web.AppRunner(app, access_log=None, auto_decompress=self.auto_decompress)
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
+            site = web.TCPSite(runner, "127.0.0.1", self.port)
+            try:
+                loop.run_until_complete(site.start())
+            except OSError as exc:  # the port asked for is taken
+                self.error = exc
+                self._ready.set()
+                loop.run_until_complete(runner.cleanup())
+                loop.close()
+                return
             self.port = runner.addresses[0][1]
             self._ready.set()
             loop.run_forever()
@@ -64,6 +72,8 @@ class ReceiverServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("receiver did not start")
+        if self.error is not None:
+            raise self.error
         return self
 
     def stop(self) -> None:

@@ -109,7 +109,7 @@ class TestInvocationSpan:
         request_id = str(uuid.uuid4())
         outcome = function.invoke(request_id, {"spans": 3})
         assert outcome["returned"] == {"ok": True, "request_id": request_id}
-        assert outcome["destination"] == f"{receiver.url}/v1/traces"
+        assert (outcome["destination"], outcome["exporter"]) == (f"{receiver.url}/v1/traces", "loopback")
         spans = by_name(receiver.wait_for_spans(4))
         top = spans["handler"]
         assert top.trace_id == trace_id_for(request_id) == uuid.UUID(request_id).bytes
@@ -313,7 +313,7 @@ class TestWithoutAgent:
         url = receiver.url + ("/v1/traces" if "TRACES" in variable else "")
         function = start(**{variable: url})
         outcome = function.invoke("req-1", {"spans": 1})
-        assert outcome["destination"] == f"{receiver.url}/v1/traces"
+        assert (outcome["destination"], outcome["exporter"]) == (f"{receiver.url}/v1/traces", "otlp-http")
         assert len(receiver.wait_for_spans(2)) == 2
 
     def test_an_agent_starting_late_is_found(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
@@ -343,6 +343,31 @@ class TestWithoutAgent:
         function = start(FGEXT_FUNCTION_FLUSH_MS="200")
         assert function.invoke("req-1", {"spans": 2})["returned"]["ok"]
         assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
+
+    def test_an_agent_that_restarts_gets_the_spans_it_missed(self, tmp_path: Path, start: Any) -> None:
+        """The agent goes away and comes back on its port: the handler never fails, and no span is lost."""
+        first = ReceiverServer().start()
+        port = first.port
+        write_agent_file(port, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
+        function = start()
+        try:
+            assert function.invoke("req-1")["exporter"] == "loopback"
+            assert len(first.spans()) == 1
+        finally:
+            first.stop()
+        assert function.invoke("req-2", {"spans": 1})["returned"]["ok"]  # no agent now
+        assert function.invoke("req-3", {"fail": True})["raised"] == "RuntimeError"
+        try:
+            second = ReceiverServer(port=port).start()
+        except OSError as exc:
+            pytest.skip(f"port {port} could not be taken again: {exc}")
+        try:
+            assert function.invoke("req-4")["returned"]["ok"]
+            got = sorted(dict((kv.key, kv.value.string_value) for kv in span.attributes).get("faas.invocation_id")
+                         for span in second.spans() if span.name == "handler")
+            assert got == ["req-2", "req-3", "req-4"]
+        finally:
+            second.stop()
 
     def test_without_the_sdk_the_handler_runs(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
         """The SDK cannot be imported: the handler runs and returns, and one warning says why."""
