@@ -2,9 +2,10 @@
 
 Run from the repository root: ``python bench/function_helper.py [invocations]`` (default 2000). In
 this process, a handler that starts 10 spans is timed first plain (no SDK set up: the API's no-op
-tracer), then wrapped with ``@fgext.function.instrument`` (SDK, batch processor, OTLP/HTTP export
-and the force-flush before returning) exporting to fgext's own receiver (fgext.otlp._receiver) in a
-separate process on 127.0.0.1, as the agent would be in the sandbox. It prints the median and the
+tracer), then wrapped with ``@fgext.function.instrument`` (SDK, and the flush before returning: one
+OTLP/HTTP request per invocation on a kept-alive connection, fgext._local_export) exporting to
+fgext's own receiver (fgext.otlp._receiver) in a separate process on 127.0.0.1, as the agent would
+be in the sandbox. It prints the median and the
 95th percentile of each, the difference, and the first instrumented invocation (the SDK's import and
 set-up) on its own. Nothing is asserted.
 """

@@ -15,7 +15,9 @@
 
 :func:`instrument` wraps ``handler(event, context)``. At the first invocation it sets up the
 OpenTelemetry SDK once for the sandbox: a ``TracerProvider`` (made the global one unless your code
-set one first), a ``BatchSpanProcessor`` and the OTLP/HTTP span exporter. Each invocation then runs
+set one first) and how spans leave: to the agent on loopback, fgext's path (:mod:`fgext._local_export`:
+the spans of an invocation in one OTLP/HTTP request on a kept-alive connection); to anywhere else, the
+SDK's ``BatchSpanProcessor`` and OTLP/HTTP exporter (TLS, headers, retries). Each invocation then runs
 in one span named after the handler, whose trace ID and parent (fgext's ``invoke`` span) are
 derived from ``context.getRequestID()`` (:mod:`fgext._ids`), so the agent and the function agree
 without talking. An exception is recorded on the span and re-raised. Before the wrapper returns it

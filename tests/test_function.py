@@ -184,6 +184,31 @@ class TestInvocationSpan:
         assert [span.name for span in receiver.wait_for_spans(1)] == ["handler"]
 
 
+class TestExportPath:
+    @pytest.mark.parametrize(("url", "to_agent", "kind"), [
+        ("http://127.0.0.1:8085/v1/traces", True, "loopback"),
+        ("http://localhost:8085/v1/traces", True, "loopback"),
+        ("https://127.0.0.1:8085/v1/traces", True, "otlp-http"),
+        ("http://10.1.2.3:8085/v1/traces", True, "otlp-http"),
+        ("http://127.0.0.1:4318/v1/traces", False, "otlp-http"),  # OTEL_EXPORTER_OTLP_*: headers may matter
+    ])
+    def test_only_the_agent_on_plain_loopback_http_takes_fgexts_path(
+            self, monkeypatch: pytest.MonkeyPatch, url: str, to_agent: bool, kind: str) -> None:
+        """fgext's one-POST path for the agent on loopback; the SDK's batch exporter for anything else."""
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from fgext._local_export import InvocationSpanProcessor
+
+        monkeypatch.setattr(fgext.function._STATE, "exporter", None)
+        processor = fgext.function._processor(url, to_agent)
+        try:
+            assert fgext.function._exporter() == kind
+            expected = InvocationSpanProcessor if kind == "loopback" else BatchSpanProcessor
+            assert isinstance(processor, expected)
+        finally:
+            processor.shutdown()
+
+
 class TestDocs:
     def test_the_handler_in_docs_function_md_runs_and_nests_its_spans(
             self, tmp_path: Path, receiver: ReceiverServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from typing import Iterator, List, Tuple
@@ -245,11 +246,15 @@ class TestAgentGone:
         assert processor.force_flush(5000)
         provider.shutdown()
 
-    def test_the_buffer_is_bounded(self) -> None:
-        """With no agent, at most max_buffered spans wait; the others are dropped and counted."""
+    def test_the_buffer_is_bounded(self, caplog: pytest.LogCaptureFixture) -> None:
+        """With no agent, at most max_buffered spans wait; the others are dropped, counted, and warned of once."""
         provider, processor = pipeline(f"http://127.0.0.1:{free_port()}/v1/traces", max_buffered=5)
-        end_spans(provider, 8)
+        with caplog.at_level(logging.WARNING, logger="fgext.function"):
+            end_spans(provider, 8)
         assert (processor.buffered(), processor.dropped) == (5, 3)
+        assert [r.getMessage() for r in caplog.records].count(
+            "fgext.function: 5 spans wait for the agent already; further spans are dropped") == 1
+        assert InvocationSpanProcessor(LoopbackSpanExporter("http://127.0.0.1:1/")).max_buffered == 2048  # the docs
         provider.shutdown()
 
 
