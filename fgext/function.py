@@ -173,7 +173,9 @@ def _processor(url: str, to_agent: bool) -> SpanProcessor:
 
     if to_agent and _local_export.is_loopback_http(url):
         _STATE.exporter = "loopback"
-        return _local_export.InvocationSpanProcessor(_local_export.LoopbackSpanExporter(url, _DEFAULT_FLUSH_MS / 1000))
+        # The flush deadline bounds each export; this timeout is for the one at the sandbox's exit.
+        exporter = _local_export.LoopbackSpanExporter(url, timeout_s=_flush_budget_ms() / 1000)
+        return _local_export.InvocationSpanProcessor(exporter)
     # A remote collector needs what the SDK's exporter does (TLS, OTEL_EXPORTER_OTLP_HEADERS, retries).
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -300,6 +302,13 @@ def _flush(context: Any) -> None:
     provider = _STATE.provider
     if provider is None:
         return
+    budget_ms = _flush_budget_ms(context)
+    if not provider.force_flush(timeout_millis=budget_ms):
+        _warn(f"spans not flushed within {budget_ms} ms")
+
+
+def _flush_budget_ms(context: Any = None) -> int:
+    """``FGEXT_FUNCTION_FLUSH_MS`` (default 1000), and never beyond the invocation's remaining time."""
     budget_ms = _DEFAULT_FLUSH_MS
     raw = os.environ.get("FGEXT_FUNCTION_FLUSH_MS", "").strip()
     if raw:
@@ -307,11 +316,10 @@ def _flush(context: Any) -> None:
             budget_ms = max(1, int(raw))
         except ValueError:
             _warn(f"FGEXT_FUNCTION_FLUSH_MS must be a whole number of milliseconds, got {raw!r}")
-    remaining = _call(context, "getRemainingTimeInMilliSeconds")
+    remaining = None if context is None else _call(context, "getRemainingTimeInMilliSeconds")
     if remaining is not None and remaining.isdigit():
         budget_ms = max(1, min(budget_ms, int(remaining)))
-    if not provider.force_flush(timeout_millis=budget_ms):
-        _warn(f"spans not flushed within {budget_ms} ms")
+    return budget_ms
 
 
 def instrument(handler: Handler) -> Handler:

@@ -369,6 +369,19 @@ class TestWithoutAgent:
         assert function.invoke("req-1", {"spans": 2})["returned"]["ok"]
         assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
 
+    def test_an_agent_that_accepts_but_never_answers_leaves_the_handler_running(
+            self, tmp_path: Path, start: Any) -> None:
+        """The agent accepts connections and never answers: each flush gives up at its budget; the handler returns."""
+        import socket
+
+        with socket.create_server(("127.0.0.1", 0)) as silent:  # never accept()ed: the kernel still connects
+            write_agent_file(silent.getsockname()[1], pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
+            function = start(FGEXT_FUNCTION_FLUSH_MS="150")
+            outcome = function.invoke("req-1", {"spans": 2})
+            assert (outcome["returned"]["ok"], outcome["exporter"]) == (True, "loopback")
+            assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
+            assert "spans not flushed within 150 ms" in function.stderr()
+
     def test_an_agent_that_restarts_gets_the_spans_it_missed(self, tmp_path: Path, start: Any) -> None:
         """The agent goes away and comes back on its port: the handler never fails, and no span is lost."""
         first = ReceiverServer().start()
