@@ -312,6 +312,30 @@ class TestSampling:
         assert 0.2 < len(got) / len(request_ids) < 0.3
         provider.shutdown()
 
+    def test_a_users_provider_with_a_plain_traceidratio_sampler_disagrees(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Why the docs say keep ParentBased: the SDK's own traceidratio ignores the invoke span's flag."""
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        monkeypatch.setattr(fgext.function, "_SAMPLER_FROM_ENV", [])
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        rng = random.Random(4)
+        request_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(200)]
+        for request_id in request_ids:
+            with provider.get_tracer("user").start_as_current_span(
+                    "work", context=fgext.function.trace_context(request_id)):
+                pass
+        head = HeadSampler.from_environ()
+        assert any(head.sampled(trace_id_for(rid)) for rid in request_ids)
+        assert exporter.get_finished_spans() == ()  # the SDK's rule keeps no UUIDv4 at 0.5
+        provider.shutdown()
+
     def test_an_unreadable_sampler_leaves_the_handler_running(self, tmp_path: Path, receiver: ReceiverServer,
                                                               start: Any) -> None:
         """OTEL_TRACES_SAMPLER=sometimes: the handler returns, no span is sent, one warning says why."""
