@@ -161,14 +161,16 @@ class LoopbackSpanExporter(SpanExporter):
     @staticmethod
     def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
         # An idle kept-alive socket is readable only when the agent closed it (EOF) or reset it.
+        # poll, not select: select cannot watch a descriptor numbered 1024 or more.
         sock = connection.sock
         if sock is None:
             return True
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     @staticmethod
     def _set_timeout(connection: http.client.HTTPConnection, deadline: Deadline) -> None:
