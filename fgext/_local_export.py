@@ -122,7 +122,12 @@ class LoopbackSpanExporter(SpanExporter):
             try:
                 connection = self._connect(deadline)
                 if body is None:  # after connecting: an absent agent costs no encoding
-                    body = encode_spans(spans).SerializePartialToString()
+                    try:
+                        body = encode_spans(spans).SerializePartialToString()
+                    except Exception as exc:  # spans that cannot be encoded never will be: not worth keeping
+                        _log.warning("fgext.function: spans could not be encoded (%s: %s); they are dropped",
+                                     type(exc).__name__, exc)
+                        return SpanExportResult.FAILURE, False
                 self._set_timeout(connection, deadline)
                 connection.request("POST", self.path, body, _HEADERS)
                 self._set_timeout(connection, deadline)

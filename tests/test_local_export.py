@@ -10,6 +10,7 @@ from typing import Iterator, List, Tuple
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from fgext._local_export import InvocationSpanProcessor, LoopbackSpanExporter, is_loopback_http
@@ -245,6 +246,19 @@ class TestAgentGone:
         end_spans(provider, 1, prefix="next")
         assert processor.force_flush(5000)
         provider.shutdown()
+
+    def test_spans_that_cannot_be_encoded_are_dropped_not_kept(self) -> None:
+        """A batch the encoder fails on is dropped (it would fail forever), and the exporter stays usable."""
+        with ReceiverServer() as receiver:
+            exporter = LoopbackSpanExporter(f"{receiver.url}/v1/traces")
+            assert exporter.send([object()]) == (SpanExportResult.FAILURE, False)  # type: ignore[list-item]
+            provider = TracerProvider(shutdown_on_exit=False)
+            processor = InvocationSpanProcessor(exporter)
+            provider.add_span_processor(processor)
+            end_spans(provider, 1)
+            assert processor.force_flush(5000)
+            assert len(receiver.spans()) == 1
+            provider.shutdown()
 
     def test_the_buffer_is_bounded(self, caplog: pytest.LogCaptureFixture) -> None:
         """With no agent, at most max_buffered spans wait; the others are dropped, counted, and warned of once."""
