@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from fgext.otlp._ids import trace_id_for
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from fgext.otlp._ids import kv, put_attributes, span_id, trace_id_for
 from tests.otlp_helpers import (
     INVOKE_ID,
 )
@@ -25,3 +27,29 @@ class TestTraceId:
         nil = str(uuid.UUID(int=0))
         assert trace_id_for(nil) == hashlib.sha256(nil.encode()).digest()[:16]
 
+
+
+class TestAttributes:
+    def test_ints_beyond_int64_become_doubles(self) -> None:
+        """An int OTLP's int_value cannot hold (2**70, -2**64) is written as a double, not an exception."""
+        span = Span()
+        put_attributes(span.attributes, [("big", 2**70), ("low", -(2**64)), ("edge", 2**63 - 1), ("flag", True)])
+        values = {kv.key: kv.value for kv in span.attributes}
+        assert values["big"].double_value == float(2**70)
+        assert values["low"].double_value == float(-(2**64))
+        assert values["edge"].int_value == 2**63 - 1
+        assert values["flag"].bool_value is True
+
+    def test_text_utf8_cannot_encode_is_escaped(self) -> None:
+        """A lone surrogate in an attribute value is written as its escape."""
+        span = Span()
+        put_attributes(span.attributes, [("text", "a\ud800b")])
+        assert span.attributes[0].value.string_value == "a\\ud800b"
+        assert kv("k", "x\udcff").value.string_value == "x\\udcff"
+
+
+class TestSpanId:
+    def test_random_and_never_zero(self) -> None:
+        """Span IDs are 8 random bytes, never the invalid all-zero ID."""
+        ids = {span_id() for _ in range(100)}
+        assert len(ids) == 100 and all(len(i) == 8 and i != bytes(8) for i in ids)

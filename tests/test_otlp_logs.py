@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from fgext.otlp._logs import truncate_utf8
 from fgext.otlp._requests import encode_trace_requests
 from tests.otlp_helpers import (
     attrs,
@@ -88,3 +89,50 @@ class TestLogs:
         assert '"value": 7' in record.body.string_value
         assert record.time_unix_nano == ns(1)
 
+
+
+class TestSizeBound:
+    def test_short_text_is_untouched(self) -> None:
+        """Text within the bound comes back as it is, with no original size."""
+        assert truncate_utf8("hello", 1024) == ("hello", 0)
+        assert truncate_utf8("é" * 600, 1200) == ("é" * 600, 0)  # 1,200 bytes exactly
+
+    def test_cut_lands_on_a_character_boundary(self) -> None:
+        """A cut through a multi-byte character drops the whole character, never leaves half of it."""
+        text = "a" + "€" * 1000  # 1 + 3,000 bytes
+        cut, original = truncate_utf8(text, 1025)
+        assert original == 3001
+        assert cut == "a" + "€" * 341 and len(cut.encode("utf-8")) == 1024
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(st.characters(blacklist_categories=())), st.integers(1024, 4096))
+    def test_any_text_is_cut_to_valid_utf8_within_the_bound(self, text: str, bound: int) -> None:
+        """Whatever the text (surrogates included), the result encodes to at most the bound, is a prefix of
+        what is exported, and reports the original size exactly when it was cut."""
+        cut, original = truncate_utf8(text * 10, bound)
+        exported = (text * 10).encode("utf-8", "backslashreplace")
+        data = cut.encode("utf-8", "backslashreplace")
+        assert len(data) <= bound and exported.startswith(data)
+        assert original == (len(exported) if len(exported) > bound else 0)
+
+    def test_oversize_line_is_truncated_with_attributes_and_its_neighbours_kept(self) -> None:
+        """A 1 MB line is cut to the bound and says so (fgext.log.truncated, fgext.log.original_bytes);
+        the lines around it are exported whole."""
+        assembler = make_assembler(max_log_bytes=4096)
+        assembler.consume(events(log(1, "[Function]before"), log(2, "[Function]" + "x" * 1_000_000),
+                                 log(3, "[Function]after")))
+        assert assembler.pending_bytes < 3 * 4096  # memory holds the cut line, not the original
+        before, big, after = encoded_logs(assembler)
+        assert before.body.string_value == "before" and after.body.string_value == "after"
+        assert big.body.string_value == "x" * 4096
+        assert attrs(big)["fgext.log.truncated"] is True
+        assert attrs(big)["fgext.log.original_bytes"] == 1_000_000
+        assert "fgext.log.truncated" not in attrs(before)
+
+    def test_unknown_event_body_is_bounded_too(self) -> None:
+        """An unknown event is kept as a record whose JSON body is cut like a log line."""
+        assembler = make_assembler(max_log_bytes=2048)
+        assembler.consume(events({"name": "platform.huge", "startTime": ts(1), "blob": "y" * 10_000}))
+        (record,) = encoded_logs(assembler)
+        assert len(record.body.string_value) <= 2048 and attrs(record)["fgext.log.truncated"] is True
+        assert attrs(record)["fgext.event.name"] == "platform.huge"

@@ -371,6 +371,38 @@ def test_pending_bytes_budget_is_the_one_early_export(tap: OtelTap, tmp_path: Pa
     asyncio.run(scenario())
 
 
+def test_data_leaves_pending_only_once_encoded(tap: OtelTap, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encode that fails leaves every span and line pending (take-after-encode): the next flush
+    sends them all."""
+    from fgext.otlp import _plugin as plugin_module
+
+    real = plugin_module.encode_logs_requests
+    calls = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("encoder failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plugin_module, "encode_logs_requests", fails_once)
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=3)))
+        with pytest.raises(RuntimeError):
+            await plugin.flush(3)
+        assert plugin.stats["pending_logs"] == 3
+        await plugin.flush(3)
+        await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
+        await tap.wait("logs", lambda items: len(items) >= 3, timeout=5)
+        assert len(tap.items("spans")) == 2 and len(tap.items("logs")) == 3
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
 def test_unfinished_invocation_closes_after_the_bounded_wait(tap: OtelTap, tmp_path: Path) -> None:
     """A start whose end never comes is closed, marked incomplete, after RUNTIME_TIMEOUT plus the margin,
     and leaves with the next flush."""

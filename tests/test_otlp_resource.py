@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fgext._urn import parse_urn
-from fgext.otlp._resource import ResourceBuilder
+from fgext.otlp._resource import ResourceBuilder, any_value
 from tests.otlp_helpers import (
     POD,
 )
@@ -46,3 +48,27 @@ class TestResource:
         assert builder.message() is first
         builder.note_urn(parse_urn("urn:fss:ap-southeast-1:p:function:default:hello"))
         assert "cloud.region" in {kv.key for kv in builder.message().attributes}
+
+
+class TestResourceBounds:
+    def test_report_memory_beyond_int64_bytes_never_breaks_the_message(self) -> None:
+        """With RUNTIME_MEMORY unset, a memory size whose bytes overflow int64 is ignored: the resource (in
+        every later export) still encodes."""
+        builder = ResourceBuilder({}, function_name="hello")
+        builder.note_report(POD, 10**15)
+        builder.message().SerializeToString()
+        assert "faas.max_memory" not in builder.attributes()
+        builder.note_report(POD, 256)
+        assert builder.attributes()["faas.max_memory"] == 256 * 1024 * 1024
+
+    @pytest.mark.parametrize("memory", ["inf", "1e300", "-5", "nan", "lots"])
+    def test_bad_runtime_memory_costs_only_its_attribute(self, memory: str) -> None:
+        """A RUNTIME_MEMORY that is not a size OTLP can carry is left out; the builder still works."""
+        builder = ResourceBuilder({"RUNTIME_MEMORY": memory}, function_name="hello")
+        assert "faas.max_memory" not in builder.attributes()
+        builder.message().SerializeToString()
+
+    def test_any_value_of_a_huge_int_is_a_double(self) -> None:
+        """A resource attribute int beyond int64 is carried as a double."""
+        assert any_value(2**70).double_value == float(2**70)
+        assert any_value(-(2**63)).int_value == -(2**63)

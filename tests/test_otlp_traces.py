@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from fgext._events import parse_batch
 from fgext.otlp._ids import trace_id_for
 from fgext.otlp._metrics import Metrics
+from fgext.otlp._requests import encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder
 from fgext.otlp._traces import Assembler
 from tests.otlp_helpers import (
@@ -23,6 +28,7 @@ from tests.otlp_helpers import (
     done,
     events,
     invocation,
+    log,
     make_assembler,
     ns,
     report,
@@ -216,3 +222,105 @@ class TestOrdering:
         assert sorted(attrs(s)["faas.invocation_id"] for s in roots) == ["req-0", "req-1"]
         assert all(attrs(s)["fgext.close_reason"] == "capacity" for s in roots)
 
+
+
+# ------------------------------------------------------------------------------ values at the boundary
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(blacklist_categories=())),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+EDGE_TIMES = st.sampled_from([
+    "1969-12-31T23:59:59.999Z", "0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z", "2262-04-11T23:47:16.854Z",
+    "2262-04-12T00:00:00Z", "1970-01-01T00:00:00.000Z", "2023-02-01T00:03:50.000Z", "2023-02-01T00:03:50+25:00",
+])
+HOSTILE = st.fixed_dictionaries(
+    {"name": st.sampled_from(["platform.initStart", "platform.start", "platform.runtimeDone", "platform.report",
+                              "platform.initReport", "platform.restoreReport", "function", "extension",
+                              "platform.new"])},
+    optional={
+        "startTime": EDGE_TIMES | JSONISH, "endTime": EDGE_TIMES | JSONISH, "traceId": JSONISH,
+        "tracelId": st.text(), "status": JSONISH, "logs": JSONISH,
+        "reportMetrics": st.dictionaries(
+            st.sampled_from(["durationMs", "billingDurationMS", "memoryUsed", "memorySize", "podName", "extra",
+                             "huge"]),
+            JSONISH | st.sampled_from([2**70, -(2**64), 1e20, 1e15, float("nan"), float("inf")]), max_size=6),
+    },
+)
+
+
+class TestBoundary:
+    def _export(self, assembler: Assembler) -> Dict[str, Any]:
+        """Encode everything pending, as a flush does; return what came out."""
+        pending = assembler.pending()
+        message = assembler.resource.message()
+        traces = encode_trace_requests(message, pending.spans)
+        logs = encode_logs_requests(message, pending.lines, pending.links)
+        assembler.taken(pending)
+        metrics = encode_metrics_request(message, assembler.metrics.snapshot(ns(5000)))
+        spans = [span for data, _ in traces.requests
+                 for span in ExportTraceServiceRequest.FromString(data).resource_spans[0].scope_spans[0].spans]
+        bodies = [record.body.string_value for data, _ in logs.requests
+                  for record in ExportLogsServiceRequest.FromString(data).resource_logs[0].scope_logs[0].log_records]
+        return {"spans": spans, "bodies": bodies,
+                "unencodable": traces.unencodable + logs.unencodable + metrics.unencodable}
+
+    @settings(max_examples=300, deadline=None)
+    @given(hostile=st.lists(HOSTILE, min_size=1, max_size=3), position=st.integers(0, 9))
+    def test_any_values_in_any_field_cost_only_their_event(self, hostile: List[Dict[str, Any]],
+                                                            position: int) -> None:
+        """Whatever values a batch's other events carry (dates of year 1, 1969 or 9999, 2**70, 1e20, NaN,
+        nested JSON, wrong types), parsing, assembling and encoding never raise, and the valid request
+        of the same batch is exported whole: its three spans and every one of its lines."""
+        valid = [*cold(INIT_ID, 0), start(INIT_ID, 20), *(log(21 + i, f"[Function]valid {i}") for i in range(5)),
+                 done(INIT_ID, 30), report(INIT_ID, 20, 31)]
+        objects: List[Any] = list(valid)
+        for offset, item in enumerate(hostile):
+            objects.insert(min(position + offset, len(objects)), item)
+        batch = parse_batch(objects)
+        assembler = make_assembler()
+        assembler.consume(batch.events)
+        assembler.expire(everything=True)
+        out = self._export(assembler)
+        assert out["unencodable"] == 0 and assembler.rejected_events == 0
+        mine = [span for span in out["spans"] if span.trace_id == trace_id_for(INIT_ID)]
+        assert sorted(span.name for span in mine) == ["hello", "init", "invoke"]
+        assert [body for body in out["bodies"] if body.startswith("valid ")] == [f"valid {i}" for i in range(5)]
+        # ... and a later export still works
+        assembler.consume(events(*invocation(INVOKE_ID, 100, 110)))
+        assert sorted(span.name for span in self._export(assembler)["spans"]) == ["hello", "invoke"]
+
+    def test_extra_metric_of_2_pow_70_is_exported_as_a_double(self) -> None:
+        """An extra report metric beyond int64 stays on the span as a double, and the POST's other events
+        are exported."""
+        extra = report(INVOKE_ID, 0, 11, huge=2**70)
+        assembler = make_assembler()
+        assembler.consume(events(start(INVOKE_ID, 0), log(5, "[Function]kept"), done(INVOKE_ID, 10), extra))
+        out = self._export(assembler)
+        invoke = next(span for span in out["spans"] if span.name == "invoke")
+        assert attrs(invoke)["fgext.report.huge"] == float(2**70)
+        assert out["bodies"] == ["kept"] and out["unencodable"] == 0
+
+    @pytest.mark.parametrize("size", [1e20, 1e15])
+    def test_huge_memory_size_breaks_no_later_export(self, size: float) -> None:
+        """memorySize 1e15 or 1e20 (RUNTIME_MEMORY unset) costs that value only: this export and later
+        ones go out, the resource intact."""
+        assembler = make_assembler()
+        assembler.consume(events(*invocation(INVOKE_ID, 0, 10)[:2], report(INVOKE_ID, 0, 11, memorySize=size)))
+        first = self._export(assembler)
+        assert len(first["spans"]) == 2 and "fgext.report.memory_size_mb" not in attrs(first["spans"][0])
+        assembler.consume(events(*invocation("req-2", 100, 110)))
+        assert len(self._export(assembler)["spans"]) == 2
+        assert "faas.max_memory" in assembler.resource.attributes()  # from the later, valid report
+
+    def test_an_event_the_assembler_cannot_take_is_dropped_alone(self) -> None:
+        """An event that fails inside assembly (a value no check caught) is counted and skipped with any
+        span it began; the batch's other events are assembled."""
+        assembler = make_assembler()
+        bad = events(start("bad", 0))[0]
+        object.__setattr__(bad, "request_id", ["unhashable"])  # what no parser produces
+        assembler.consume([bad, *events(*invocation(INVOKE_ID, 100, 110), log(105, "[Function]kept"))])
+        assert assembler.rejected_events == 1
+        out = self._export(assembler)
+        assert sorted(span.name for span in out["spans"]) == ["hello", "invoke"] and out["bodies"] == ["kept"]
