@@ -232,7 +232,7 @@ class ReportMetrics:
     memory_used_mb: Optional[float] = None
     memory_size_mb: Optional[int] = None
     pod_name: Optional[str] = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)  # a dict: compared, never hashed
 
 
 @dataclass(frozen=True)
