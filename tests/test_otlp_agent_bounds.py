@@ -304,3 +304,47 @@ def test_2000_lines_of_24_kb_arrive_in_several_requests_under_the_limit(
         logs = [(size, status) for path, size, status in sizing.requests if path == "/v1/logs"]
     assert len(logs) >= 12 and all(size <= 4 * MIB and status == 200 for size, status in logs)
     assert agent.stop() == 0
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+def test_a_byte_bound_that_is_not_a_whole_number_is_one_line_and_exit_2(platform: RecordingPlatform,
+                                                                       agents: Start, tmp_path: Path) -> None:
+    """FGEXT_OTLP_MAX_REQUEST_BYTES=4MB: the agent says so in one line naming the variable and exits 2."""
+    agent = agents(otlp_env(platform, free_port(), tmp_path / "spool", FGEXT_OTLP_MAX_REQUEST_BYTES="4MB"))
+    assert agent.wait_exit(20) == 2
+    stderr = agent.stderr()
+    assert "FGEXT_OTLP_MAX_REQUEST_BYTES" in stderr and "Traceback" not in stderr
+
+
+def test_a_byte_bound_out_of_range_is_refused_naming_the_variable(platform: RecordingPlatform, agents: Start,
+                                                                  tmp_path: Path) -> None:
+    """FGEXT_OTLP_MAX_LOG_BYTES above half the request limit: the OTLP plugin refuses to start with a line
+    naming both variables (as for every OTLP setting), and the agent keeps serving."""
+    agent = agents(otlp_env(platform, free_port(), tmp_path / "spool", FGEXT_OTLP_MAX_LOG_BYTES="3000000"))
+    failure = agent.wait_log("plugin failed")
+    assert failure["plugin"] == "otlp"
+    assert "FGEXT_OTLP_MAX_LOG_BYTES" in failure["error"] and "FGEXT_OTLP_MAX_REQUEST_BYTES" in failure["error"]
+    assert "Traceback" not in agent.stderr()
+    port = ready(agent)
+    post(agent, port, invocation("00000000-0000-4000-8000-000000000001", 0))
+    assert agent.stop() == 0
+
+
+def test_byte_bounds_set_by_variable_take_effect(platform: RecordingPlatform, agents: Start,
+                                                 sizing: SizingCollector, tmp_path: Path) -> None:
+    """FGEXT_OTLP_MAX_REQUEST_BYTES and FGEXT_OTLP_MAX_LOG_BYTES reach the plugin through the agent: 40
+    lines of 20 KB leave cut to 4 KiB in requests of at most 64 KiB."""
+    agent = agents(otlp_env(platform, sizing.port, tmp_path / "spool", FGEXT_OTLP_MAX_REQUEST_BYTES="65536",
+                            FGEXT_OTLP_MAX_LOG_BYTES="4096"))
+    port = ready(agent)
+    events = invocation("00000000-0000-4000-8000-000000065536", 0, logs=0)
+    post(agent, port, [events[0], *lines(0, 40, 20_000), *events[1:]])
+    sizing.wait_distinct(40, lambda body: body[:6])
+    with sizing._lock:
+        records = list(sizing.records)
+        sizes = [size for path, size, _ in sizing.requests if path == "/v1/logs"]
+    assert all(len(body) == 4096 and a["fgext.log.original_bytes"] == 20_000 for body, a in records)
+    assert len(sizes) >= 3 and max(sizes) <= 65536
+    assert agent.stop() == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry import environment_variables as api_env
@@ -142,9 +142,10 @@ def _positive(environ: Mapping[str, str], name: str, default: float, *, unit: st
 
 
 def _bytes(environ: Mapping[str, str], name: str, default: int, *, minimum: int,
-           minimum_text: Optional[str] = None) -> int:
-    """A whole number of bytes of at least ``minimum`` (``minimum_text`` names where it comes from)."""
-    value = _get(environ, name)
+           minimum_text: Optional[str] = None, given: Any = None) -> int:
+    """A whole number of bytes of at least ``minimum`` (``minimum_text`` names where it comes from);
+    ``given`` is the value the agent already read for this setting, if any."""
+    value = _get(environ, name) if given is None else str(given).strip()
     if value is None:
         return default
     try:
@@ -261,12 +262,15 @@ def _signal(environ: Mapping[str, str], signal: str) -> SignalConfig:
     )
 
 
-def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] = None) -> OtlpConfig:
+def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] = None,
+                settings: Optional[Mapping[str, Any]] = None) -> OtlpConfig:
     """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value.
 
-    ``close_margin_ms`` is the plugin setting of that name when the agent already read it (from the
-    config file or ``FGEXT_OTLP_CLOSE_MARGIN_MS``); otherwise the variable is read here.
+    ``close_margin_ms`` and ``settings`` (``max_request_bytes``, ``max_pending_bytes``, ``max_log_bytes``)
+    are the plugin settings the agent already read (from the config file or ``FGEXT_OTLP_<KEY>``);
+    what is not given there is read from the variable here.
     """
+    given = dict(settings or {})
     disabled = _bool(environ, env.OTEL_SDK_DISABLED)
     signals = {signal: _signal(environ, signal) for signal in SIGNALS}
     temporality_var = env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
@@ -289,9 +293,9 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
             )
     function_timeout = _positive(environ, "RUNTIME_TIMEOUT", _DEFAULT_FUNCTION_TIMEOUT_S, unit="seconds")
     max_request_bytes = _bytes(environ, "FGEXT_OTLP_MAX_REQUEST_BYTES", _DEFAULT_MAX_REQUEST_BYTES,
-                               minimum=_MIN_REQUEST_BYTES)
+                               minimum=_MIN_REQUEST_BYTES, given=given.get("max_request_bytes"))
     max_log_bytes = _bytes(environ, "FGEXT_OTLP_MAX_LOG_BYTES", min(_DEFAULT_MAX_LOG_BYTES, max_request_bytes // 2),
-                           minimum=_MIN_LOG_BYTES)
+                           minimum=_MIN_LOG_BYTES, given=given.get("max_log_bytes"))
     if max_log_bytes > max_request_bytes // 2:
         raise ConfigError(
             f"FGEXT_OTLP_MAX_LOG_BYTES={max_log_bytes} must be at most half of FGEXT_OTLP_MAX_REQUEST_BYTES "
@@ -299,7 +303,7 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
         )
     max_pending_bytes = _bytes(environ, "FGEXT_OTLP_MAX_PENDING_BYTES",
                                max(_DEFAULT_MAX_PENDING_BYTES, max_request_bytes), minimum=max_request_bytes,
-                               minimum_text="FGEXT_OTLP_MAX_REQUEST_BYTES")
+                               minimum_text="FGEXT_OTLP_MAX_REQUEST_BYTES", given=given.get("max_pending_bytes"))
     return OtlpConfig(
         disabled=disabled,
         signals=signals,

@@ -42,9 +42,11 @@ class OtlpPlugin(Plugin):
 
     name: ClassVar[str] = "otlp"
     role: ClassVar[str] = "sink"
-    #: ``FGEXT_OTLP_CLOSE_MARGIN_MS`` (or ``plugins.otlp.close_margin_ms`` in the config file): how long
-    #: past the function timeout an unfinished request waits before it is closed as incomplete
-    config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float}
+    #: ``FGEXT_OTLP_<KEY>`` or ``plugins.otlp.<key>`` in the config file. ``close_margin_ms``: how long past
+    #: the function timeout an unfinished request waits before it is closed as incomplete; the byte bounds
+    #: of one request, of pending data and of one log line (``docs/otlp.md``)
+    config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float, "max_request_bytes": int,
+                                                "max_pending_bytes": int, "max_log_bytes": int}
 
     def __init__(self) -> None:
         self.config: Optional[OtlpConfig] = None
@@ -72,7 +74,8 @@ class OtlpPlugin(Plugin):
 
             self._log = structlog.get_logger("fgext.otlp")
         environ = context.environ if context.environ else os.environ
-        config = self.config = load_config(environ, close_margin_ms=context.config.get("close_margin_ms"))
+        config = self.config = load_config(environ, close_margin_ms=context.config.get("close_margin_ms"),
+                                           settings=context.config)
         if config.disabled or not any(s.enabled for s in config.signals.values()):
             self.disabled = True
             self._log.info("otlp export disabled by configuration")
