@@ -78,6 +78,18 @@ class TestByteLimit:
         assert sum(items for _, items in encoded.requests) == 300
 
 
+    def test_one_record_over_the_limit_is_sent_alone(self) -> None:
+        """A span bigger than the limit (a huge status text) cannot be split: it goes alone, its
+        neighbours in requests within the limit."""
+        spans = [Span(trace_id=bytes(15) + b"\x01", span_id=i.to_bytes(8, "big"), name="s",
+                      start_time_unix_nano=1, end_time_unix_nano=2) for i in range(1, 11)]
+        spans[4].status.message = "x" * 100_000
+        encoded = encode_trace_requests(Resource(), spans, 65536)
+        sizes = sorted((len(data), items) for data, items in encoded.requests)
+        assert sizes[-1][1] == 1 and sizes[-1][0] > 65536
+        assert all(size <= 65536 for size, _ in sizes[:-1]) and sum(items for _, items in sizes) == 10
+
+
 class TestIsolation:
     def test_one_unencodable_record_is_dropped_alone(self) -> None:
         """A record with a value OTLP cannot carry (a negative time) is found by halving and dropped alone,
