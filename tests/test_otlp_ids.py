@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fgext.otlp._ids import kv, put_attributes, span_id, trace_id_for
+from fgext.otlp._ids import kv, put_attributes, span_id, span_id_for, trace_id_for
 from tests.otlp_helpers import (
     INVOKE_ID,
 )
@@ -53,3 +54,27 @@ class TestSpanId:
         """Span IDs are 8 random bytes, never the invalid all-zero ID."""
         ids = {span_id() for _ in range(100)}
         assert len(ids) == 100 and all(len(i) == 8 and i != bytes(8) for i in ids)
+
+
+class TestDerivedSpanIds:
+    def test_root_and_invoke_ids_follow_the_documented_derivation(self) -> None:
+        """The first 8 bytes of SHA-256("fgext:<role>:<request ID>"): anyone with the request ID computes them."""
+        digest = hashlib.sha256(f"fgext:invoke:{INVOKE_ID}".encode()).digest()
+        assert span_id_for(INVOKE_ID, "invoke") == digest[:8]
+        assert span_id_for(INVOKE_ID, "root") == hashlib.sha256(f"fgext:root:{INVOKE_ID}".encode()).digest()[:8]
+        assert span_id_for(INVOKE_ID, "root") != span_id_for(INVOKE_ID, "invoke")
+        assert span_id_for("req-\ud800", "root") != bytes(8)  # any text, lone surrogates included
+
+    def test_an_all_zero_prefix_falls_back_to_the_next_8_bytes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """All-zero is not a valid span ID: should the first 8 bytes be zero, bytes 9-16 are used."""
+        from fgext.otlp import _ids
+
+        class Zeros:
+            def __init__(self, data: bytes) -> None:
+                self.data = data
+
+            def digest(self) -> bytes:
+                return bytes(8) + b"\x01" * 24
+
+        monkeypatch.setattr(_ids.hashlib, "sha256", Zeros)
+        assert span_id_for(INVOKE_ID, "invoke") == b"\x01" * 8

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from fgext._events import parse_batch
-from fgext.otlp._ids import trace_id_for
+from fgext.otlp._ids import span_id_for, trace_id_for
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder
@@ -123,6 +123,19 @@ class TestSpecExamples:
         spans = by_name(take_spans(assembler))
         assert set(spans) == {"hello", "restore", "invoke"}
         assert attrs(spans["hello"])["faas.coldstart"] is True
+
+
+class TestDerivedIds:
+    def test_root_and_invoke_span_ids_derive_from_the_request_id(self) -> None:
+        """The root and invoke spans' IDs are span_id_for(request ID, "root"/"invoke"), so a function that
+        knows its request ID can parent its own spans to ``invoke``; init keeps a random ID."""
+        assembler = make_assembler()
+        assembler.consume(events(*cold(INIT_ID, 0), *invocation(INIT_ID, 20, 30)))
+        spans = by_name(take_spans(assembler))
+        assert spans["hello"].span_id == span_id_for(INIT_ID, "root")
+        assert spans["invoke"].span_id == span_id_for(INIT_ID, "invoke")
+        assert spans["invoke"].parent_span_id == span_id_for(INIT_ID, "root")
+        assert spans["init"].span_id not in (span_id_for(INIT_ID, "root"), span_id_for(INIT_ID, "invoke"))
 
 
 class TestOrdering:

@@ -18,7 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from fgext.otlp._resource import INT64_MAX, INT64_MIN, any_value, safe_text
 
-__all__ = ["TRACE_FLAG_SAMPLED", "Attribute", "kv", "put_attributes", "span_id", "trace_id_for"]
+__all__ = ["TRACE_FLAG_SAMPLED", "Attribute", "kv", "put_attributes", "span_id", "span_id_for", "trace_id_for"]
 
 TRACE_FLAG_SAMPLED = 0x01  # and never 0x02 ("random"): derived IDs are not random
 SECOND_NS = 1_000_000_000
@@ -35,6 +35,14 @@ def trace_id_for(request_id: str) -> bytes:
     if len(value) != 16 or value == bytes(16):
         value = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).digest()[:16]
     return value
+
+
+def span_id_for(request_id: str, role: str) -> bytes:
+    """The span ID of a request's ``root`` or ``invoke`` span, derived like its trace ID so that any
+    process knowing the request ID can parent to it: the first 8 bytes of the SHA-256 of the UTF-8 text
+    ``fgext:<role>:<request ID>`` (the next 8 if those are all zero, which is not a valid span ID)."""
+    digest = hashlib.sha256(f"fgext:{role}:{request_id}".encode("utf-8", "surrogatepass")).digest()
+    return digest[:8] if digest[:8] != bytes(8) else digest[8:16]
 
 
 def span_id() -> bytes:

@@ -47,7 +47,15 @@ from fgext._events import (
     UnknownEvent,
 )
 from fgext.otlp._correlation import CorrelationIndex
-from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, Attribute, put_attributes, span_id, trace_id_for
+from fgext.otlp._ids import (
+    SECOND_NS,
+    TRACE_FLAG_SAMPLED,
+    Attribute,
+    put_attributes,
+    span_id,
+    span_id_for,
+    trace_id_for,
+)
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import SPAN_ESTIMATE
@@ -71,7 +79,9 @@ class _Phase:
     def __init__(self, kind: str, request: _Request) -> None:
         self.kind = kind
         self.request = request
-        self.span_id = span_id()
+        # the invoke span's ID is derived from the request ID (a function can parent to it); init and
+        # restore spans, which may be adopted by another request, keep random IDs
+        self.span_id = span_id_for(request.request_id, "invoke") if kind == "invoke" else span_id()
         self.start_ns: Optional[int] = None
         self.done_ns: Optional[int] = None
         self.done_status: Optional[str] = None
@@ -282,7 +292,7 @@ class Assembler:
             if closed is not None:
                 request = _Request(rid, closed.trace_id, closed.root_span_id, late=True)
             else:
-                request = _Request(rid, trace_id_for(rid), span_id())
+                request = _Request(rid, trace_id_for(rid), span_id_for(rid, "root"))
             self._open[rid] = request
         phase = request.phase(kind)
         if kind == "invoke":
