@@ -259,7 +259,16 @@ class Assembler:
                     self.rejected_events += 1
                 else:
                     added += (len(spans) - before) * SPAN_ESTIMATE
-            elif isinstance(event, (LogEvent, UnknownEvent)):
+            elif isinstance(event, LogEvent):
+                message = event.message.rstrip("\r\n")
+                if len(message) * 4 <= max_log_bytes:  # the hot path: surely within the bound
+                    lines.append((event.start_ns, observed, event.category, message, None, 0))
+                    added += len(message) + LINE_OVERHEAD
+                    continue
+                line = log_line(event, observed, max_log_bytes)
+                lines.append(line)
+                added += len(line[3]) + LINE_OVERHEAD
+            elif isinstance(event, UnknownEvent):
                 try:
                     line = log_line(event, observed, max_log_bytes)
                 except Exception:
