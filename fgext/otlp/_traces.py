@@ -7,8 +7,7 @@ complete, keeps log lines as plain records and feeds the FaaS metrics; :meth:`As
 what is finished to the encoder, each log line already correlated with its phase; :meth:`Assembler.taken`
 lets it go once its requests are encoded. No I/O, no asyncio, and nothing here decides when data leaves.
 
-One trace per request. Its ID is the request ID's 16 bytes when that is a UUID (so a user finds the
-trace from the request ID alone), else the first 16 bytes of its SHA-256. The waterfall is::
+One trace per request (IDs: ``_ids``)::
 
     <function name>   SERVER   initStart/restoreStart (when this request caused one) or start → report end
     ├── init | restore          its start → its report's endTime (else its done event)
@@ -37,25 +36,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
-from fgext._events import (
-    AnyEvent,
-    LogEvent,
-    PlatformEvent,
-    ReportEvent,
-    RuntimeDoneEvent,
-    StartEvent,
-    UnknownEvent,
-)
+from fgext._events import AnyEvent, LogEvent, PlatformEvent, ReportEvent, RuntimeDoneEvent, StartEvent, UnknownEvent
 from fgext.otlp._correlation import CorrelationIndex
-from fgext.otlp._ids import (
-    SECOND_NS,
-    TRACE_FLAG_SAMPLED,
-    Attribute,
-    put_attributes,
-    span_id,
-    span_id_for,
-    trace_id_for,
-)
+from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, Attribute, put_attributes, span_id, span_id_for, trace_id_for
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import SPAN_ESTIMATE
