@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any, Awaitable, Callable, ClassVar, Dict, Optional, Sequence
 
+from fgext._deadline import Deadline
 from fgext._events import AnyEvent, Invoke
 from fgext._plugin import Plugin, PluginContext
 from fgext.otlp._config import OtlpConfig, load_config
@@ -27,6 +28,8 @@ from fgext.otlp._traces import Assembler
 __all__ = ["OtlpPlugin"]
 
 _DEFAULT_FLUSH_TIMEOUT_S = 5.0
+# Kept of the shutdown deadline for spilling what was not sent to disk and closing connections.
+_SHUTDOWN_MARGIN_S = 0.1
 # Longest a telemetry batch waits for a backlogged (up but slow) collector before it is taken anyway.
 _BACKPRESSURE_WAIT_S = 30.0
 
@@ -136,7 +139,7 @@ class OtlpPlugin(Plugin):
         if self._shipper is None or self._stopped:
             return
         self._stopped = True
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = Deadline.after(timeout)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -145,15 +148,15 @@ class OtlpPlugin(Plugin):
         try:
             self._assembler.expire(everything=True)
             self._export_pending()
-            # Keep a sliver of the deadline for writing leftovers to disk and closing connections.
-            await self._shipper.flush(max(0.0, (deadline - time.monotonic()) * 0.9))
+            # Keep time for writing leftovers to disk and closing connections.
+            await self._shipper.flush(deadline.before(_SHUTDOWN_MARGIN_S).remaining())
         finally:
             # Synchronous, so it happens even if the agent's deadline cancels this coroutine.
             self._shipper.spill()
         await self._shipper.close()
         if self._close_transports is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._close_transports(), max(0.01, deadline - time.monotonic()))
+                await asyncio.wait_for(self._close_transports(), max(0.01, deadline.remaining()))
 
     # ------------------------------------------------------------------------------ internals
 
