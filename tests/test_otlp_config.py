@@ -140,9 +140,9 @@ class TestErrors:
 
 class TestByteBounds:
     def test_defaults(self) -> None:
-        """Requests of at most 4 MiB (well under the Collector's 20 MiB), 16 MiB pending, 256 KiB a log line."""
+        """Requests of at most 4 MiB (well under the Collector's 20 MiB), 4 MiB pending, 256 KiB a log line."""
         cfg = load_config({})
-        assert (cfg.max_request_bytes, cfg.max_pending_bytes, cfg.max_log_bytes) == (4 << 20, 16 << 20, 256 << 10)
+        assert (cfg.max_request_bytes, cfg.max_pending_bytes, cfg.max_log_bytes) == (4 << 20, 4 << 20, 256 << 10)
 
     def test_settings_are_read(self) -> None:
         """The three FGEXT_OTLP_MAX_*_BYTES variables set the bounds; a small request limit lowers the
@@ -151,7 +151,9 @@ class TestByteBounds:
                            "FGEXT_OTLP_MAX_LOG_BYTES": "4096"})
         assert (cfg.max_request_bytes, cfg.max_pending_bytes, cfg.max_log_bytes) == (1 << 20, 2 << 20, 4096)
         small = load_config({"FGEXT_OTLP_MAX_REQUEST_BYTES": "65536"})
-        assert small.max_log_bytes == 32768 and small.max_pending_bytes == 16 << 20
+        assert small.max_log_bytes == 32768 and small.max_pending_bytes == 4 << 20
+        big = load_config({"FGEXT_OTLP_MAX_REQUEST_BYTES": str(8 << 20)})
+        assert big.max_pending_bytes == 8 << 20  # never below one request
 
     def test_flush_policy_is_not_the_plugins(self) -> None:
         """FGEXT_FLUSH is the pipeline's setting now: the plugin's configuration neither reads nor rejects it."""

@@ -35,9 +35,11 @@ _DEFAULT_SPOOL_MAX_BYTES = 32 * 1024 * 1024
 _DEFAULT_FUNCTION_TIMEOUT_S = 900.0
 _DEFAULT_CLOSE_MARGIN_MS = 10_000.0
 # Byte bounds: a request well under the OpenTelemetry Collector's default 20 MiB body limit; pending data
-# a few requests' worth; one log line small enough that many fit in a request.
+# one request's worth, so that an early export fits beside what the shipper may hold (it starts holding
+# the platform back at 4 MiB and spills to disk past 8 MiB: bigger bursts went to disk, and a request
+# spilled while in flight was sent twice); one log line small enough that many fit in a request.
 _DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-_DEFAULT_MAX_PENDING_BYTES = 16 * 1024 * 1024
+_DEFAULT_MAX_PENDING_BYTES = 4 * 1024 * 1024
 _DEFAULT_MAX_LOG_BYTES = 256 * 1024
 _MIN_REQUEST_BYTES = 64 * 1024
 _MIN_LOG_BYTES = 1024
