@@ -153,6 +153,22 @@ class _Closed:
         self.emitted = set(emitted)
 
 
+def _write(span: Span, trace_id: bytes, span_id: bytes, name: str, kind: int, begin: int, end: int,
+           attributes: List[Attribute], error: Optional[str]) -> None:
+    """Fill a span added in place to the pending spans (the fastest way to make one)."""
+    span.trace_id = trace_id
+    span.span_id = span_id
+    span.name = name
+    span.kind = kind  # type: ignore[assignment]
+    span.start_time_unix_nano = begin
+    span.end_time_unix_nano = end
+    span.flags = TRACE_FLAG_SAMPLED
+    put_attributes(span.attributes, attributes)
+    if error:
+        span.status.code = Status.STATUS_CODE_ERROR
+        span.status.message = safe_text(error)
+
+
 # --------------------------------------------------------------------------------------- assembler
 
 
@@ -412,28 +428,14 @@ class Assembler:
             last_end = end if last_end is None else max(last_end, end)
             attributes = self._phase_attributes(phase)
             status = phase.status
-            code = Status.STATUS_CODE_UNSET
-            message = ""
-            if status and status.lower() != "success":
-                code = Status.STATUS_CODE_ERROR
-                message = status
-                if root_error is None or kind == "invoke":
-                    root_error = status if kind == "invoke" else f"{kind}: {status}"
+            error = status if status and status.lower() != "success" else None
+            if error is not None and (root_error is None or kind == "invoke"):
+                root_error = error if kind == "invoke" else f"{kind}: {error}"
             if kind in incomplete_phases:
                 attributes.append(("fgext.incomplete", True))
             span = add_span()
-            span.trace_id = tid
-            span.span_id = phase.span_id
             span.parent_span_id = request.root_span_id
-            span.name = kind
-            span.kind = Span.SPAN_KIND_INTERNAL
-            span.start_time_unix_nano = begin
-            span.end_time_unix_nano = end
-            span.flags = TRACE_FLAG_SAMPLED
-            put_attributes(span.attributes, attributes)
-            if code != Status.STATUS_CODE_UNSET:
-                span.status.code = code
-                span.status.message = safe_text(message)
+            _write(span, tid, phase.span_id, kind, Span.SPAN_KIND_INTERNAL, begin, end, attributes, error)
             self.metrics.record_phase(kind, status, phase.report.metrics if phase.report is not None else None,
                                       begin, end, kind in incomplete_phases)
             phase.settle(begin, end)
@@ -448,18 +450,8 @@ class Assembler:
                 root_attributes.append(("fgext.incomplete", True))
                 root_attributes.append(("fgext.close_reason", reason))
                 self.closed_incomplete += 1
-            span = add_span()
-            span.trace_id = tid
-            span.span_id = request.root_span_id
-            span.name = safe_text(self.resource.function_name)
-            span.kind = Span.SPAN_KIND_SERVER
-            span.start_time_unix_nano = first_begin
-            span.end_time_unix_nano = last_end
-            span.flags = TRACE_FLAG_SAMPLED
-            put_attributes(span.attributes, root_attributes)
-            if root_error:
-                span.status.code = Status.STATUS_CODE_ERROR
-                span.status.message = safe_text(root_error)
+            _write(add_span(), tid, request.root_span_id, safe_text(self.resource.function_name),
+                   Span.SPAN_KIND_SERVER, first_begin, last_end, root_attributes, root_error)
             if "invoke" in request.phases:
                 self.metrics.count("faas.invocations")
                 if coldstart:
