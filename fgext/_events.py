@@ -1,5 +1,10 @@
 """Typed, immutable events: what the platform sends, parsed once, contradictions absorbed.
 
+The parse step of every sink's path (listener handler -> **parse** -> pipeline -> a sink, for OTLP:
+``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> encode -> shipper -> transport), and the
+boundary where values are checked: a time OTLP cannot carry makes its event malformed here, a memory
+size it cannot carry is left out, so nothing further down has to guard against them.
+
 The Telemetry API POSTs JSON arrays of objects. Each object becomes one of:
 
     Event

@@ -3,7 +3,10 @@
 The function's name and version come with registration, the region and project only with the first
 invoke's URN, the pod name only with the first report. The resource is therefore rebuilt when a
 piece arrives (rarely: a handful of times per sandbox) and the encoded message is cached in between,
-so the export path never rebuilds it.
+so the export path never rebuilds it. In the OTLP sink's path (listener handler -> parse -> pipeline
+-> ``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> encode -> shipper -> transport) the
+assembler feeds it what reports reveal and the encode step copies its message into every request; an
+attribute value OTLP cannot carry is left out or made a double, never a reason for an encode to fail.
 """
 
 from __future__ import annotations
