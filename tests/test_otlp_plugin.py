@@ -404,6 +404,27 @@ def test_data_leaves_pending_only_once_encoded(tap: OtelTap, tmp_path: Path,
     asyncio.run(scenario())
 
 
+def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_path: Path) -> None:
+    """An event that cannot be assembled is dropped alone and reported in fgext.otlp.dropped
+    (fgext.signal=events, fgext.reason=malformed); the rest of the batch is exported."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        bad = parsed(invocation("bad", 0)[:1])[0]
+        object.__setattr__(bad, "request_id", ["unhashable"])  # what no parser produces
+        await plugin.on_telemetry([bad, *parsed(invocation(INVOKE_ID, 100))])
+        await plugin.flush(3)
+        await tap.wait("spans", lambda s: len(s) >= 2)
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
+            "fgext.signal": "events", "fgext.reason": "malformed"}
+        assert plugin.stats["rejected_events"] == 1
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
 def test_unfinished_invocation_closes_after_the_bounded_wait(tap: OtelTap, tmp_path: Path) -> None:
     """A start whose end never comes is closed, marked incomplete, after RUNTIME_TIMEOUT plus the margin,
     and leaves with the next flush."""
