@@ -425,6 +425,27 @@ def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_
     asyncio.run(scenario())
 
 
+def test_an_unencodable_record_is_counted_and_its_neighbours_sent(tap: OtelTap, tmp_path: Path) -> None:
+    """A pending record the encoder cannot carry (a negative time, which no parser lets through) is dropped
+    alone, reported as fgext.otlp.dropped{logs, unencodable}; the other lines arrive."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=3)))
+        assert plugin._assembler is not None
+        plugin._assembler.lines.insert(1, (-1, 0, "function", "impossible", None, 0))
+        await plugin.flush(3)
+        await tap.wait("logs", lambda items: len(items) >= 3)
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
+            "fgext.signal": "logs", "fgext.reason": "unencodable"}
+        assert "impossible" not in [item["body"]["stringValue"] for item in tap.items("logs")]
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
 def test_unfinished_invocation_closes_after_the_bounded_wait(tap: OtelTap, tmp_path: Path) -> None:
     """A start whose end never comes is closed, marked incomplete, after RUNTIME_TIMEOUT plus the margin,
     and leaves with the next flush."""
