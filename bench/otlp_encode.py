@@ -22,13 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._agents import wait_connect
 from fgext._events import parse_body
-from fgext.otlp._export import (
-    encode_logs_requests,
-    encode_metrics_request,
-    encode_trace_requests,
-)
-from fgext.otlp._mapping import Mapper, Metrics
+from fgext.otlp._metrics import Metrics
+from fgext.otlp._requests import encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder
+from fgext.otlp._traces import Assembler
 
 
 def stamp(ms: int) -> str:
@@ -70,16 +67,23 @@ def best(rounds: int, run: Callable[[], None]) -> float:
 def convert_and_encode(parsed: List[Any]) -> Callable[[], None]:
     def run() -> None:
         resource = ResourceBuilder({}, function_name="hello", function_version="latest")
-        mapper = Mapper(resource, Metrics("cumulative", 0), open_wait_s=60, function_timeout_s=30)
+        assembler = Assembler(resource, Metrics("cumulative", 0), open_wait_s=60, function_timeout_s=30)
         message = resource.message()
+
+        def export() -> None:
+            pending = assembler.pending()
+            encode_trace_requests(message, pending.spans)
+            encode_logs_requests(message, pending.lines, pending.links)
+            assembler.taken(pending)
+
         # one POST of 100 events at a time, as the platform would send them, exporting at each report
         for first in range(0, len(parsed), 100):
-            if mapper.consume(parsed[first:first + 100]):
-                encode_trace_requests(message, mapper.take_spans())
-                encode_logs_requests(message, mapper.take_logs(), mapper)
-                encode_metrics_request(message, mapper.metrics.snapshot(time.time_ns()))
-        encode_trace_requests(message, mapper.take_spans())
-        encode_logs_requests(message, mapper.take_logs(), mapper)
+            if assembler.consume(parsed[first:first + 100]):
+                export()
+                now = time.time_ns()
+                encode_metrics_request(message, assembler.metrics.snapshot(now))
+                assembler.metrics.taken(now)
+        export()
     return run
 
 

@@ -1,5 +1,10 @@
 """Typed, immutable events: what the platform sends, parsed once, contradictions absorbed.
 
+The parse step of every sink's path (listener handler -> **parse** -> pipeline -> a sink, for OTLP:
+``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> encode -> shipper -> transport), and the
+boundary where values are checked: a time OTLP cannot carry makes its event malformed here, a memory
+size it cannot carry is left out, so nothing further down has to guard against them.
+
 The Telemetry API POSTs JSON arrays of objects. Each object becomes one of:
 
     Event
@@ -87,6 +92,15 @@ _SECONDS: Dict[str, int] = {}
 _SECONDS_MAX = 4096
 
 
+# What OTLP can carry: fixed64 Unix nanoseconds, and int64 where other code paths convert them; so from
+# the epoch (nothing before 1970, no negative time) to 2262-04-11T23:47:16.854775807Z.
+MAX_TIME_NS = 2**63 - 1
+
+
+def _out_of_range(value: str) -> MalformedEvent:
+    return MalformedEvent(f"timestamp {value[:64]!r} is out of range: OTLP carries 1970-01-01 to 2262-04-11 UTC")
+
+
 def _minute_epoch(year: int, month: int, day: int, hour: int, minute: int) -> int:
     datetime(year, month, day, hour, minute)  # validates the fields: raises ValueError when out of range
     return calendar.timegm((year, month, day, hour, minute, 0))
@@ -95,7 +109,10 @@ def _minute_epoch(year: int, month: int, day: int, hour: int, minute: int) -> in
 def parse_time_ns(value: Any) -> int:
     """Parse an ISO 8601 timestamp into Unix nanoseconds; raise :class:`MalformedEvent` otherwise.
 
-    Python 3.9's ``fromisoformat`` accepts neither ``Z`` nor arbitrary fraction lengths, so the
+    The boundary check of every time: one before 1970 or after 2262-04-11 (what OTLP's fixed64
+    nanoseconds, read as int64 by some collectors, can carry) is refused here, so the event holding it
+    is dropped and counted as malformed instead of failing an export later. Python 3.9's
+    ``fromisoformat`` accepts neither ``Z`` nor arbitrary fraction lengths, so the
     documented shape is parsed here. A timestamp without an offset is taken as UTC. The platform's
     own form (``2023-02-01T00:03:50.000Z``) takes a fast path: it is on every event.
     """
@@ -113,10 +130,11 @@ def parse_time_ns(value: Any) -> int:
         rest = value[17:19] + value[20:23]
         if base is not None and rest.isdigit() and value[16] == ":" and rest[0] < "6":
             second = base * 10**9 + int(rest[:2]) * 10**9
-            if len(_SECONDS) >= _SECONDS_MAX:
-                _SECONDS.clear()
-            _SECONDS[value[:19]] = second  # the whole form was checked: only valid seconds get in
-            return second + int(rest[2:]) * 10**6
+            if second + 999_000_000 <= MAX_TIME_NS:  # a cached minute is >= 0; its last second may not fit
+                if len(_SECONDS) >= _SECONDS_MAX:
+                    _SECONDS.clear()
+                _SECONDS[value[:19]] = second  # the whole form was checked: only valid seconds get in
+                return second + int(rest[2:]) * 10**6
     match = _ISO.match(value)
     if match is None:
         raise MalformedEvent(f"timestamp {value[:64]!r} is not ISO 8601")
@@ -137,11 +155,14 @@ def parse_time_ns(value: Any) -> int:
         base = _minute_epoch(year, month, day, hour, minute)
     except (ValueError, OverflowError) as error:
         raise MalformedEvent(f"timestamp {value[:64]!r} is out of range: {error}") from None
-    if offset_seconds == 0 and value.strip()[10:11] == "T" and len(value.strip()) >= 16:
+    ns = (base + second - offset_seconds) * 10**9 + nanos
+    if ns < 0 or ns > MAX_TIME_NS:
+        raise _out_of_range(value)
+    if offset_seconds == 0 and value.strip()[10:11] == "T" and len(value.strip()) >= 16 and base >= 0:
         if len(_MINUTES) >= _MINUTES_MAX:
             _MINUTES.clear()
         _MINUTES[value.strip()[:16]] = base
-    return (base + second - offset_seconds) * 10**9 + nanos
+    return ns
 
 
 def ns_to_datetime(ns: int) -> datetime:
@@ -216,7 +237,7 @@ class ReportMetrics:
     memory_used_mb: Optional[float] = None
     memory_size_mb: Optional[int] = None
     pod_name: Optional[str] = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)  # a dict: compared, never hashed
 
 
 @dataclass(frozen=True)
@@ -332,6 +353,7 @@ _BY_NAME["extension"] = ExtensionLog
 _EXACT: Dict[str, Type[Event]] = {t.canonical_name: t for t in _PLATFORM_TYPES}
 _EXACT.update({"platform.RuntimeDone": RuntimeDone, "function": FunctionLog, "extension": ExtensionLog})
 
+_MAX_MEMORY_MB = (2**63 - 1) // (1024 * 1024)
 _REQUEST_ID_KEYS = ("traceId", "tracelId", "requestId", "request_id")
 _METRIC_KEYS = {
     "durationms": "duration_ms",
@@ -382,8 +404,9 @@ def _metrics(obj: JSONObject) -> ReportMetrics:
         elif target == "pod_name":
             values[target] = _text(value)
         elif target == "memory_size_mb":
+            # In bytes (faas.max_memory) it must fit OTLP's int64: a size beyond costs this value only.
             number = _number(value)
-            values[target] = int(number) if number is not None else None
+            values[target] = int(number) if number is not None and 0 <= number <= _MAX_MEMORY_MB else None
         else:
             values[target] = _number(value)
     return ReportMetrics(extra=extra, **values)
@@ -488,7 +511,12 @@ def parse_event(obj: Any) -> AnyEvent:
         return _build(cls, {"name": name, "start_ns": start_ns, "raw": obj, "request_id": request_id,
                             "status": status})
     assert issubclass(cls, ReportEvent)
-    end_ns = parse_time_ns(obj["endTime"]) if obj.get("endTime") is not None else None
+    end_ns: Optional[int] = None
+    if obj.get("endTime") is not None:
+        try:
+            end_ns = parse_time_ns(obj["endTime"])
+        except MalformedEvent:
+            end_ns = None  # a bad end costs only itself: the phase ends at its done event, as without one
     return _build(cls, {"name": name, "start_ns": start_ns, "raw": obj, "request_id": request_id,
                         "status": status, "end_ns": end_ns, "metrics": _metrics(obj)})
 

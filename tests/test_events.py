@@ -172,6 +172,56 @@ class TestTime:
             parse_time(value)
 
 
+class TestBoundary:
+    @pytest.mark.parametrize("text", [
+        "1969-12-31T23:59:59.999Z",       # a log line dated 1969: negative Unix time
+        "0001-01-01T00:00:00.000Z",       # year 0001
+        "9999-12-31T23:59:59.999Z",       # year 9999: past fixed64 nanoseconds
+        "2262-04-12T00:00:00.000Z",       # just past int64 nanoseconds
+        "1970-01-01T00:30:00+01:00",      # an offset that moves it before the epoch
+    ])
+    def test_times_otlp_cannot_carry_are_malformed(self, text: str) -> None:
+        """A time before 1970 or after 2262-04-11 is refused where it is parsed, on both paths."""
+        with pytest.raises(MalformedEvent, match="out of range"):
+            parse_time(text)
+        with pytest.raises(MalformedEvent, match="out of range"):
+            parse_time(text)  # a second time: no cache lets it through
+
+    def test_range_edges_are_accepted(self) -> None:
+        """The epoch and the last int64 nanosecond's second parse, on the full and the cached path."""
+        assert parse_time("1970-01-01T00:00:00.000Z")[1] == 0
+        last = "2262-04-11T23:47:16.854Z"
+        assert parse_time(last)[1] == parse_time(last)[1] == 9223372036854000000
+
+    def test_cached_minute_does_not_let_a_later_second_past_the_end(self) -> None:
+        """2262-04-11T23:47 is cached by a valid time; a second of that minute past int64 is still refused."""
+        parse_time("2262-04-11T23:47:00.000Z")
+        with pytest.raises(MalformedEvent, match="out of range"):
+            parse_time("2262-04-11T23:47:17.000Z")
+
+    def test_bad_event_costs_only_itself(self) -> None:
+        """Among 1,000 good lines, one dated 1969 is counted malformed and every other line is kept."""
+        items = [{**FUNCTION_LOG, "logs": f"[Function]line {i}"} for i in range(1000)]
+        items.insert(500, {**FUNCTION_LOG, "startTime": "1969-07-20T20:17:40.000Z"})
+        batch = parse_batch(items)
+        assert batch.malformed == 1 and "out of range" in batch.errors[0]
+        assert [e.message for e in batch.events] == [f"line {i}" for i in range(1000)]
+
+    @pytest.mark.parametrize("size", [1e20, 1e15, -1, "1e300", float("nan")])
+    def test_memory_size_beyond_int64_bytes_costs_only_that_value(self, size: object) -> None:
+        """A memorySize OTLP cannot carry in bytes is dropped; the report and its other metrics stay."""
+        event = parse_event({**REPORT, "reportMetrics": {**REPORT["reportMetrics"], "memorySize": size}})
+        assert isinstance(event, InitReport)
+        assert event.metrics.memory_size_mb is None
+        assert event.metrics.duration_ms == 10.6 and event.metrics.memory_used_mb == 23.4
+
+    def test_bad_end_time_costs_only_itself(self) -> None:
+        """A report whose endTime is out of range keeps its status and metrics, without an end."""
+        event = parse_event({**REPORT, "endTime": "9999-12-31T23:59:59.999Z"})
+        assert isinstance(event, InitReport)
+        assert event.end_ns is None and event.status == "success" and event.metrics.duration_ms == 10.6
+
+
 class TestTimeFastPath:
     @settings(max_examples=300, deadline=None)
     @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)))

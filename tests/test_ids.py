@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fgext import _ids
 from fgext._ids import invoke_span_id_for, root_span_id_for, trace_id_for
-from fgext.otlp import _mapping
+from fgext.otlp import _ids as otlp_ids
 
 REQUEST_ID = "3da1f2dc-3222-4fd9-9e8a-6d0c1d2e3f40"
 request_ids = st.one_of(st.uuids().map(str), st.text(), st.sampled_from(["", str(uuid.UUID(int=0)), "not-a-uuid"]))
@@ -22,7 +22,7 @@ class TestTraceId:
     @given(request_ids)
     def test_agrees_with_the_otlp_mapping(self, request_id: str) -> None:
         """The function side's trace ID is the one the agent's OTLP mapping has always used."""
-        assert trace_id_for(request_id) == _mapping.trace_id_for(request_id)
+        assert trace_id_for(request_id) == otlp_ids.trace_id_for(request_id)
 
     def test_a_uuid_request_id_is_its_own_trace_id(self) -> None:
         """A UUID request ID gives its 16 bytes, so the trace is found by the request ID's hex."""

@@ -81,10 +81,9 @@ def test_sigterm_flushes_what_is_pending(platform: RecordingPlatform, agents: St
                                          taps: Callable[[int], OtelTap], tmp_path: Path) -> None:
     """With nothing exported yet, SIGTERM exports every span and line within the shutdown deadline."""
     tap = taps(free_port())
-    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_FLUSH="periodically,600000",
-                            FGEXT_SHUTDOWN_TIMEOUT="3"))
+    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_SHUTDOWN_TIMEOUT="3"))
     port = ready(agent)
-    post_events(agent, port, invocation(INIT_ID, 0, logs=5))
+    post_events(agent, port, invocation(INIT_ID, 0, logs=5)[:-1])  # no report: nothing ends, nothing flushes
     post_events(agent, port, invocation("still-running", 500)[:2])  # started, never finished
     time.sleep(0.5)
     assert tap.items("spans") == []
@@ -93,6 +92,7 @@ def test_sigterm_flushes_what_is_pending(platform: RecordingPlatform, agents: St
     spans = wait(tap, "spans", lambda s: len(roots(s)) >= 2, timeout=5)
     by_id = {attr(s, "faas.invocation_id"): s for s in roots(spans)}
     assert attr(by_id["still-running"], "fgext.close_reason") == "shutdown"
+    assert attr(by_id[INIT_ID], "fgext.close_reason") == "shutdown"
     wait(tap, "logs", lambda items: len(items) >= 6, timeout=5)
 
 

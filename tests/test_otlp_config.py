@@ -1,4 +1,4 @@
-"""Tests for fgext.otlp._config and _flush: standard OTEL_* variables, FGEXT_* settings, clear errors."""
+"""Tests for fgext.otlp._config: standard OTEL_* variables, FGEXT_* settings, clear errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Dict, Iterator, List
 import pytest
 
 from fgext._errors import ConfigError
-from fgext.otlp._config import FlushPolicy, load_config, parse_flush
+from fgext.otlp._config import load_config
 from fgext.otlp._export import build_transports
-from fgext.otlp._flush import FlushScheduler
 
 
 def config(**environ: str):  # type: ignore[no-untyped-def]
@@ -29,7 +28,6 @@ class TestEndpoints:
         assert all(c.protocol == "http/protobuf" and c.enabled for c in cfg.signals.values())
         assert cfg.signals["traces"].timeout_s == 10.0
         assert cfg.signals["logs"].compression == "none"
-        assert str(cfg.flush) == "end"
         assert str(cfg.spool_dir) == "/tmp/fgext-spool"
         assert not cfg.disabled
 
@@ -94,7 +92,13 @@ class TestErrors:
         ({"OTEL_SDK_DISABLED": "maybe"}, ["OTEL_SDK_DISABLED"]),
         ({"OTEL_RESOURCE_ATTRIBUTES": "novalue"}, ["OTEL_RESOURCE_ATTRIBUTES", "novalue"]),
         ({"FGEXT_SPOOL_MAX_BYTES": "lots"}, ["FGEXT_SPOOL_MAX_BYTES"]),
-        ({"FGEXT_FLUSH": "sometimes"}, ["FGEXT_FLUSH", "periodically"]),
+        ({"FGEXT_OTLP_MAX_REQUEST_BYTES": "4MB"}, ["FGEXT_OTLP_MAX_REQUEST_BYTES", "whole number"]),
+        ({"FGEXT_OTLP_MAX_REQUEST_BYTES": "1000"}, ["FGEXT_OTLP_MAX_REQUEST_BYTES", "65536"]),
+        ({"FGEXT_OTLP_MAX_LOG_BYTES": "-5"}, ["FGEXT_OTLP_MAX_LOG_BYTES", "1024"]),
+        ({"FGEXT_OTLP_MAX_LOG_BYTES": "3000000"}, ["FGEXT_OTLP_MAX_LOG_BYTES", "half"]),
+        ({"FGEXT_OTLP_MAX_PENDING_BYTES": "1e9"}, ["FGEXT_OTLP_MAX_PENDING_BYTES"]),
+        ({"FGEXT_OTLP_MAX_PENDING_BYTES": "70000"}, ["FGEXT_OTLP_MAX_PENDING_BYTES",
+                                                    "FGEXT_OTLP_MAX_REQUEST_BYTES"]),
         ({"RUNTIME_TIMEOUT": "-1"}, ["RUNTIME_TIMEOUT"]),
     ])
     def test_bad_value_names_the_variable(self, environ: Dict[str, str], names: List[str]) -> None:
@@ -134,37 +138,24 @@ class TestErrors:
         assert set(transports) == {"logs", "metrics"}
 
 
-class TestFlush:
-    @pytest.mark.parametrize(("text", "expected"), [
-        (None, FlushPolicy("end", 0.0)), ("end", FlushPolicy("end", 0.0)),
-        ("periodically,250", FlushPolicy("periodically", 0.25)),
-        (" Continuously, 100 ", FlushPolicy("continuously", 0.1)),
-    ])
-    def test_parse(self, text: str, expected: FlushPolicy) -> None:
-        """FGEXT_FLUSH accepts end, periodically,<ms> and continuously,<ms>."""
-        assert parse_flush(text) == expected
+class TestByteBounds:
+    def test_defaults(self) -> None:
+        """Requests of at most 4 MiB (well under the Collector's 20 MiB), 4 MiB pending, 256 KiB a log line."""
+        cfg = load_config({})
+        assert (cfg.max_request_bytes, cfg.max_pending_bytes, cfg.max_log_bytes) == (4 << 20, 4 << 20, 256 << 10)
 
-    @pytest.mark.parametrize("text", ["periodically", "continuously,0", "periodically,-5", "end,10",
-                                      "always"])
-    def test_parse_rejects(self, text: str) -> None:
-        """A strategy without a positive interval, or an unknown one, is a ConfigError."""
-        with pytest.raises(ConfigError, match="FGEXT_FLUSH"):
-            parse_flush(text)
+    def test_settings_are_read(self) -> None:
+        """The three FGEXT_OTLP_MAX_*_BYTES variables set the bounds; a small request limit lowers the
+        default log-line bound to half of it."""
+        cfg = load_config({"FGEXT_OTLP_MAX_REQUEST_BYTES": "1048576", "FGEXT_OTLP_MAX_PENDING_BYTES": "2097152",
+                           "FGEXT_OTLP_MAX_LOG_BYTES": "4096"})
+        assert (cfg.max_request_bytes, cfg.max_pending_bytes, cfg.max_log_bytes) == (1 << 20, 2 << 20, 4096)
+        small = load_config({"FGEXT_OTLP_MAX_REQUEST_BYTES": "65536"})
+        assert small.max_log_bytes == 32768 and small.max_pending_bytes == 4 << 20
+        big = load_config({"FGEXT_OTLP_MAX_REQUEST_BYTES": str(8 << 20)})
+        assert big.max_pending_bytes == 8 << 20  # never below one request
 
-    def test_scheduler_decisions(self) -> None:
-        """end exports at each invocation end, periodically at most every interval, continuously both."""
-        now = [0.0]
-        end = FlushScheduler(FlushPolicy("end"), lambda: now[0])
-        periodic = FlushScheduler(FlushPolicy("periodically", 10.0), lambda: now[0])
-        continuous = FlushScheduler(FlushPolicy("continuously", 1.0), lambda: now[0])
-        assert end.at_invocation_end() and not end.timer_due()
-        assert not periodic.at_invocation_end()
-        now[0] = 10.0
-        assert periodic.at_invocation_end() and periodic.timer_due()
-        periodic.exported()
-        assert not periodic.at_invocation_end() and not periodic.timer_due()
-        assert continuous.timer_due() and continuous.at_invocation_end()
-        continuous.exported()
-        assert not continuous.timer_due()
-        assert continuous.timer_interval == 1.0 and end.timer_interval is None
-        assert periodic.timer_interval == 10.0
+    def test_flush_policy_is_not_the_plugins(self) -> None:
+        """FGEXT_FLUSH is the pipeline's setting now: the plugin's configuration neither reads nor rejects it."""
+        cfg = load_config({"FGEXT_FLUSH": "sometimes"})
+        assert not hasattr(cfg, "flush")

@@ -211,7 +211,7 @@ def test_spec_examples_reach_the_collector(tap: OtelTap, tmp_path: Path) -> None
         await plugin.on_telemetry(parsed(events[:4]))  # split across two POSTs
         outside = {"name": "extension", "startTime": ts(500), "logs": "[Extension]ERROR outside"}
         await plugin.on_telemetry(parsed([*events[4:], outside]))
-        # flush strategy "end": the report alone triggers the export, no flush call needed
+        await plugin.flush(3)  # what the pipeline does after a batch that ends an invocation
         spans = await tap.wait("spans", lambda s: len(s) >= 3)
         trace = INIT_ID.replace("-", "")
         by_name = {s["name"]: s for s in spans}
@@ -227,8 +227,9 @@ def test_spec_examples_reach_the_collector(tap: OtelTap, tmp_path: Path) -> None
         assert attr(inside, "faas.invocation_id") == INIT_ID
         assert outside["traceId"] == "" and outside["severityNumber"] == 17
         assert attr(outside, "fgext.log.source") == "extension"
-        metrics = await tap.wait("metrics", lambda m: metric_value(m, "faas.invocations") == 1)
-        assert metric_value(metrics, "faas.coldstarts") == 1
+        # oteltap prints one metric per line: wait for both rather than read the second mid-request
+        await tap.wait("metrics", lambda m: metric_value(m, "faas.invocations") == 1
+                       and metric_value(m, "faas.coldstarts") == 1)
         await plugin.shutdown(3)
 
     asyncio.run(scenario())
@@ -240,6 +241,7 @@ def test_error_status_reaches_the_collector(tap: OtelTap, tmp_path: Path) -> Non
     async def scenario() -> None:
         plugin = await started(environ(tap.port, tmp_path))
         await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, status="timeout")))
+        await plugin.flush(3)
         spans = await tap.wait("spans", lambda s: len(s) >= 2)
         root = roots(spans)[0]
         assert root["status"] == {"code": 2, "message": "timeout"}
@@ -335,70 +337,128 @@ def test_restarted_agent_sends_what_the_last_one_spooled(tap_factory: Callable[[
     assert [name for name in os.listdir(tmp_path) if name.endswith(".pb")] == []
 
 
-def test_periodically_waits_for_its_interval(tap: OtelTap, tmp_path: Path) -> None:
-    """periodically,<ms> does not export at an invocation's end before the interval; flush does."""
-
-    async def scenario() -> None:
-        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="periodically,60000"))
-        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
-        await asyncio.sleep(0.7)
-        assert tap.items("spans") == []
-        await plugin.flush(3)
-        await tap.wait("spans", lambda s: len(s) >= 2)
-        await plugin.shutdown(3)
-
-    asyncio.run(scenario())
-
-
-def test_periodically_exports_on_its_timer(tap: OtelTap, tmp_path: Path) -> None:
-    """periodically,<ms> sends what waited once its interval has passed, without a flush call."""
-
-    async def scenario() -> None:
-        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="periodically,300"))
-        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
-        await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
-        await plugin.shutdown(3)
-
-    asyncio.run(scenario())
-
-
-def test_continuously_exports_during_an_invocation(tap: OtelTap, tmp_path: Path) -> None:
-    """continuously,<ms> sends log lines on its timer while the invocation is still running."""
-
-    async def scenario() -> None:
-        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="continuously,100"))
-        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)[:3]))  # start and logs only
-        logs = await tap.wait("logs", lambda items: len(items) >= 2, timeout=5)
-        assert attr(logs[0], "faas.invocation_id") == INVOKE_ID
-        assert tap.items("spans") == []
-        await plugin.shutdown(3)
-
-    asyncio.run(scenario())
-
-
-def test_end_strategy_exports_at_the_report(tap: OtelTap, tmp_path: Path) -> None:
-    """end (the default) exports as soon as the report arrives, without any flush call."""
+def test_on_telemetry_only_consumes_and_flush_exports(tap: OtelTap, tmp_path: Path) -> None:
+    """The plugin never decides when to export: a complete invocation waits for ``flush``, which sends it."""
 
     async def scenario() -> None:
         plugin = await started(environ(tap.port, tmp_path))
-        events = invocation(INVOKE_ID, 0)
-        await plugin.on_telemetry(parsed(events[:-1]))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)))
         await asyncio.sleep(0.5)
-        assert tap.items("spans") == []
-        await plugin.on_telemetry(parsed(events[-1:]))
+        assert tap.items("spans") == [] and tap.items("logs") == []
+        await plugin.flush(3)
         await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
+        await tap.wait("logs", lambda items: len(items) >= 2, timeout=5)
+        assert plugin.stats["early_exports"] == 0
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_pending_bytes_budget_is_the_one_early_export(tap: OtelTap, tmp_path: Path) -> None:
+    """Pending data reaching FGEXT_OTLP_MAX_PENDING_BYTES is exported without a flush (and counted), so a
+    long invocation printing without end keeps memory bounded."""
+
+    async def scenario() -> None:
+        env = environ(tap.port, tmp_path, FGEXT_OTLP_MAX_REQUEST_BYTES="65536",
+                      FGEXT_OTLP_MAX_PENDING_BYTES="65536")
+        plugin = await started(env)
+        lines = [{"name": "function", "startTime": ts(i), "logs": "[Function]" + "x" * 1000} for i in range(100)]
+        await plugin.on_telemetry(parsed(lines))
+        assert plugin.stats["early_exports"] == 1
+        assert plugin.stats["pending_bytes"] == 0
+        await tap.wait("logs", lambda items: len(items) >= 100, timeout=10)
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_data_leaves_pending_only_once_encoded(tap: OtelTap, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encode that fails leaves every span and line pending (take-after-encode): the next flush
+    sends them all."""
+    from fgext.otlp import _plugin as plugin_module
+
+    real = plugin_module.encode_logs_requests
+    calls = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("encoder failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plugin_module, "encode_logs_requests", fails_once)
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=3)))
+        with pytest.raises(RuntimeError):
+            await plugin.flush(3)
+        assert plugin.stats["pending_logs"] == 3
+        await plugin.flush(3)
+        await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
+        await tap.wait("logs", lambda items: len(items) >= 3, timeout=5)
+        assert len(tap.items("spans")) == 2 and len(tap.items("logs")) == 3
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_path: Path) -> None:
+    """An event that cannot be assembled is dropped alone and reported in fgext.otlp.dropped
+    (fgext.signal=events, fgext.reason=malformed); the rest of the batch is exported."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        bad = parsed(invocation("bad", 0)[:1])[0]
+        object.__setattr__(bad, "request_id", ["unhashable"])  # what no parser produces
+        await plugin.on_telemetry([bad, *parsed(invocation(INVOKE_ID, 100))])
+        await plugin.flush(3)
+        await tap.wait("spans", lambda s: len(s) >= 2)
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
+            "fgext.signal": "events", "fgext.reason": "malformed"}
+        assert plugin.stats["rejected_events"] == 1
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
+def test_an_unencodable_record_is_counted_and_its_neighbours_sent(tap: OtelTap, tmp_path: Path) -> None:
+    """A pending record the encoder cannot carry (a negative time, which no parser lets through) is dropped
+    alone, reported as fgext.otlp.dropped{logs, unencodable}; the other lines arrive."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=3)))
+        assert plugin._assembler is not None
+        plugin._assembler.lines.insert(1, (-1, 0, "function", "impossible", None, 0))
+        await plugin.flush(3)
+        await tap.wait("logs", lambda items: len(items) >= 3)
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
+            "fgext.signal": "logs", "fgext.reason": "unencodable"}
+        assert "impossible" not in [item["body"]["stringValue"] for item in tap.items("logs")]
         await plugin.shutdown(3)
 
     asyncio.run(scenario())
 
 
 def test_unfinished_invocation_closes_after_the_bounded_wait(tap: OtelTap, tmp_path: Path) -> None:
-    """A start whose end never comes is exported, marked incomplete, after RUNTIME_TIMEOUT plus the margin."""
+    """A start whose end never comes is closed, marked incomplete, after RUNTIME_TIMEOUT plus the margin,
+    and leaves with the next flush."""
 
     async def scenario() -> None:
         env = environ(tap.port, tmp_path, RUNTIME_TIMEOUT="0.3", FGEXT_OTLP_CLOSE_MARGIN_MS="200")
         plugin = await started(env)
         await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)[:2]))
+        deadline = time.monotonic() + 5
+        while plugin.stats["closed_incomplete"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert tap.items("spans") == [], "closing is not exporting: the spans wait for the next flush"
+        await plugin.flush(3)
         spans = await tap.wait("spans", lambda s: len(roots(s)) >= 1, timeout=5)
         assert attr(roots(spans)[0], "fgext.close_reason") == "timeout"
         await plugin.shutdown(3)
@@ -410,7 +470,7 @@ def test_shutdown_exports_what_is_open(tap: OtelTap, tmp_path: Path) -> None:
     """Shutdown closes open invocations (marked incomplete) and exports everything within its deadline."""
 
     async def scenario() -> None:
-        plugin = await started(environ(tap.port, tmp_path, FGEXT_FLUSH="periodically,600000"))
+        plugin = await started(environ(tap.port, tmp_path))
         await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=2)[:3]))
         await plugin.shutdown(5)
         spans = await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
@@ -544,29 +604,6 @@ def trace_requests(server: Recorder) -> List[List[str]]:
     return out
 
 
-def test_invocations_ending_during_a_send_leave_together_in_the_next_request(tmp_path: Path) -> None:
-    """end flush under load: reports that arrive while an export is in flight are coalesced into one request
-    per signal right after it, not one each; every invocation arrives, nothing is spooled."""
-
-    async def scenario() -> None:
-        async with Recorder([], delay=0.3) as server:
-            plugin = await started(environ(server.port, tmp_path, OTEL_METRICS_EXPORTER="none"))
-            ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(5)]
-            await plugin.on_telemetry(parsed(invocation(ids[0], 0)))
-            deadline = time.monotonic() + 5
-            while not server.requests and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            for index, rid in enumerate(ids[1:], start=1):  # all while the first request is answered
-                await plugin.on_telemetry(parsed(invocation(rid, index * 20)))
-            assert await plugin._shipper.flush(10) if plugin._shipper else False
-            assert trace_requests(server) == [ids[:1], ids[1:]]
-            assert sorted(path for _, path, _, _ in server.requests) == ["/v1/logs"] * 2 + ["/v1/traces"] * 2
-            assert plugin.stats["spooled_total"] == 0 and plugin.stats["dropped_items"] == 0
-            await plugin.shutdown(2)
-
-    asyncio.run(scenario())
-
-
 def test_a_slow_collector_holds_the_caller_instead_of_spooling(tmp_path: Path) -> None:
     """While the collector is up but slower than the input, the in-memory queue stays under its bound:
     ``on_telemetry`` waits for the sender (backpressure) rather than spilling to the spool and dropping."""
@@ -574,8 +611,7 @@ def test_a_slow_collector_holds_the_caller_instead_of_spooling(tmp_path: Path) -
 
     async def scenario() -> None:
         async with Recorder([], delay=0.05) as server:
-            plugin = await started(environ(server.port, tmp_path, OTEL_METRICS_EXPORTER="none",
-                                           FGEXT_FLUSH="periodically,600000"))
+            plugin = await started(environ(server.port, tmp_path, OTEL_METRICS_EXPORTER="none"))
             assert plugin._shipper is not None
             bound = plugin._shipper._max_queue_bytes = 64 * 1024  # ~12 invocations of 30 lines each
             held = 0
@@ -584,7 +620,7 @@ def test_a_slow_collector_holds_the_caller_instead_of_spooling(tmp_path: Path) -
                 started_at = time.monotonic()
                 await plugin.on_telemetry(parsed(invocation(rid, index * 20, logs=30)))
                 held += time.monotonic() - started_at > 0.02
-                plugin._export_pending()  # as the MAX_PENDING_* bounds would, without 5,000 lines
+                plugin._export_pending()  # as a flush that does not wait would
                 assert plugin._shipper._queue_bytes <= bound
             assert held > 0, "the caller was never held back"
             assert await plugin._shipper.flush(20)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry import environment_variables as api_env
@@ -20,7 +20,7 @@ from opentelemetry.util.re import parse_env_headers
 
 from fgext._errors import ConfigError
 
-__all__ = ["SIGNALS", "FlushPolicy", "OtlpConfig", "SignalConfig", "load_config", "parse_flush"]
+__all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config"]
 
 SIGNALS: Tuple[str, ...] = ("traces", "logs", "metrics")
 
@@ -34,6 +34,15 @@ _DEFAULT_SPOOL_MAX_BYTES = 32 * 1024 * 1024
 # FunctionGraph's largest synchronous timeout; used when RUNTIME_TIMEOUT is absent.
 _DEFAULT_FUNCTION_TIMEOUT_S = 900.0
 _DEFAULT_CLOSE_MARGIN_MS = 10_000.0
+# Byte bounds: a request well under the OpenTelemetry Collector's default 20 MiB body limit; pending data
+# one request's worth, so that an early export fits beside what the shipper may hold (it starts holding
+# the platform back at 4 MiB and spills to disk past 8 MiB: bigger bursts went to disk, and a request
+# spilled while in flight was sent twice); one log line small enough that many fit in a request.
+_DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_DEFAULT_MAX_PENDING_BYTES = 4 * 1024 * 1024
+_DEFAULT_MAX_LOG_BYTES = 256 * 1024
+_MIN_REQUEST_BYTES = 64 * 1024
+_MIN_LOG_BYTES = 1024
 
 # Per-signal variable names, taken from the SDK: (endpoint, protocol, headers, compression, timeout,
 # insecure, exporter selector).
@@ -60,25 +69,6 @@ _PER_SIGNAL: Dict[str, Tuple[str, str, str, str, str, str, str]] = {
 
 
 @dataclass(frozen=True)
-class FlushPolicy:
-    """When pending telemetry leaves the agent (``FGEXT_FLUSH``).
-
-    ``end``: at the end of every invocation (its report). ``periodically``: at most every
-    ``interval_s``, at the end of an invocation or on a timer once the interval has passed since the
-    last export. ``continuously``: every ``interval_s`` on a timer, also during long invocations, and
-    at the end of each invocation.
-    """
-
-    mode: str = "end"
-    interval_s: float = 0.0
-
-    def __str__(self) -> str:
-        if self.mode == "end":
-            return "end"
-        return f"{self.mode},{round(self.interval_s * 1000)}"
-
-
-@dataclass(frozen=True)
 class SignalConfig:
     """Where and how one signal (traces, logs or metrics) is exported."""
 
@@ -100,13 +90,15 @@ class OtlpConfig:
     signals: Mapping[str, SignalConfig]
     service_name: Optional[str]
     resource_attributes: Mapping[str, str]
-    flush: FlushPolicy
     spool_dir: Path
     spool_max_bytes: int
     temporality: str  # "cumulative" or "delta"
     function_timeout_s: float
     init_timeout_s: float
     close_margin_s: float
+    max_request_bytes: int = _DEFAULT_MAX_REQUEST_BYTES
+    max_pending_bytes: int = _DEFAULT_MAX_PENDING_BYTES
+    max_log_bytes: int = _DEFAULT_MAX_LOG_BYTES
 
     @property
     def open_wait_s(self) -> float:
@@ -151,26 +143,21 @@ def _positive(environ: Mapping[str, str], name: str, default: float, *, unit: st
     return number
 
 
-def parse_flush(value: Optional[str]) -> FlushPolicy:
-    """Parse ``FGEXT_FLUSH``: ``end``, ``periodically,<ms>`` or ``continuously,<ms>``."""
-    if value is None or not value.strip():
-        return FlushPolicy()
-    text = value.strip().lower()
-    if text == "end":
-        return FlushPolicy()
-    mode, _, interval = text.partition(",")
-    mode = mode.strip()
-    if mode in ("periodically", "continuously"):
-        try:
-            ms = int(interval.strip())
-        except ValueError:
-            ms = 0
-        if ms > 0:
-            return FlushPolicy(mode=mode, interval_s=ms / 1000)
-    raise ConfigError(
-        f"FGEXT_FLUSH={value!r} is not a flush strategy: use end, periodically,<ms> or continuously,<ms>"
-        " (<ms> a positive integer)"
-    )
+def _bytes(environ: Mapping[str, str], name: str, default: int, *, minimum: int,
+           minimum_text: Optional[str] = None, given: Any = None) -> int:
+    """A whole number of bytes of at least ``minimum`` (``minimum_text`` names where it comes from);
+    ``given`` is the value the agent already read for this setting, if any."""
+    value = _get(environ, name) if given is None else str(given).strip()
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number of bytes") from None
+    if number < minimum:
+        floor = f"{minimum_text} ({minimum})" if minimum_text else str(minimum)
+        raise ConfigError(f"{name}={value!r} must be at least {floor} bytes")
+    return number
 
 
 def _exporter_enabled(environ: Mapping[str, str], name: str) -> bool:
@@ -279,12 +266,15 @@ def _signal(environ: Mapping[str, str], signal: str) -> SignalConfig:
     )
 
 
-def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] = None) -> OtlpConfig:
+def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] = None,
+                settings: Optional[Mapping[str, Any]] = None) -> OtlpConfig:
     """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value.
 
-    ``close_margin_ms`` is the plugin setting of that name when the agent already read it (from the
-    config file or ``FGEXT_OTLP_CLOSE_MARGIN_MS``); otherwise the variable is read here.
+    ``close_margin_ms`` and ``settings`` (``max_request_bytes``, ``max_pending_bytes``, ``max_log_bytes``)
+    are the plugin settings the agent already read (from the config file or ``FGEXT_OTLP_<KEY>``);
+    what is not given there is read from the variable here.
     """
+    given = dict(settings or {})
     disabled = _bool(environ, env.OTEL_SDK_DISABLED)
     signals = {signal: _signal(environ, signal) for signal in SIGNALS}
     temporality_var = env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
@@ -306,12 +296,23 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
                 f"FGEXT_SPOOL_MAX_BYTES={max_bytes_text!r} must be a whole number of bytes >= 0"
             )
     function_timeout = _positive(environ, "RUNTIME_TIMEOUT", _DEFAULT_FUNCTION_TIMEOUT_S, unit="seconds")
+    max_request_bytes = _bytes(environ, "FGEXT_OTLP_MAX_REQUEST_BYTES", _DEFAULT_MAX_REQUEST_BYTES,
+                               minimum=_MIN_REQUEST_BYTES, given=given.get("max_request_bytes"))
+    max_log_bytes = _bytes(environ, "FGEXT_OTLP_MAX_LOG_BYTES", min(_DEFAULT_MAX_LOG_BYTES, max_request_bytes // 2),
+                           minimum=_MIN_LOG_BYTES, given=given.get("max_log_bytes"))
+    if max_log_bytes > max_request_bytes // 2:
+        raise ConfigError(
+            f"FGEXT_OTLP_MAX_LOG_BYTES={max_log_bytes} must be at most half of FGEXT_OTLP_MAX_REQUEST_BYTES "
+            f"({max_request_bytes}), so that a log line always fits in a request"
+        )
+    max_pending_bytes = _bytes(environ, "FGEXT_OTLP_MAX_PENDING_BYTES",
+                               max(_DEFAULT_MAX_PENDING_BYTES, max_request_bytes), minimum=max_request_bytes,
+                               minimum_text="FGEXT_OTLP_MAX_REQUEST_BYTES", given=given.get("max_pending_bytes"))
     return OtlpConfig(
         disabled=disabled,
         signals=signals,
         service_name=_get(environ, env.OTEL_SERVICE_NAME),
         resource_attributes=_resource_attributes(environ),
-        flush=parse_flush(environ.get("FGEXT_FLUSH")),
         spool_dir=Path(_get(environ, "FGEXT_SPOOL_DIR") or _DEFAULT_SPOOL_DIR),
         spool_max_bytes=spool_max_bytes,
         # lowmemory means delta for counters and histograms, which is all fgext exports
@@ -322,4 +323,7 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
             close_margin_ms if close_margin_ms is not None and close_margin_ms > 0
             else _positive(environ, "FGEXT_OTLP_CLOSE_MARGIN_MS", _DEFAULT_CLOSE_MARGIN_MS, unit="milliseconds")
         ) / 1000,
+        max_request_bytes=max_request_bytes,
+        max_pending_bytes=max_pending_bytes,
+        max_log_bytes=max_log_bytes,
     )

@@ -14,28 +14,22 @@ import os
 import time
 from typing import Any, Awaitable, Callable, ClassVar, Dict, Optional, Sequence
 
+from fgext._deadline import Deadline
 from fgext._events import AnyEvent, Invoke
 from fgext._plugin import Plugin, PluginContext
 from fgext.otlp._config import OtlpConfig, load_config
-from fgext.otlp._export import (
-    Shipper,
-    build_transports,
-    encode_logs_requests,
-    encode_metrics_request,
-    encode_trace_requests,
-)
-from fgext.otlp._flush import FlushScheduler
-from fgext.otlp._mapping import Mapper, Metrics
+from fgext.otlp._export import Shipper, build_transports
+from fgext.otlp._metrics import Metrics
+from fgext.otlp._requests import Encoded, encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder
 from fgext.otlp._spool import Spool
+from fgext.otlp._traces import Assembler
 
 __all__ = ["OtlpPlugin"]
 
-# Pending log lines (or finished spans) that trigger an export whatever the flush strategy: memory
-# stays bounded even when one invocation prints without end or many finish between exports.
-MAX_PENDING_LOGS = 5000
-MAX_PENDING_SPANS = 5000
 _DEFAULT_FLUSH_TIMEOUT_S = 5.0
+# Kept of the shutdown deadline for spilling what was not sent to disk and closing connections.
+_SHUTDOWN_MARGIN_S = 0.1
 # Longest a telemetry batch waits for a backlogged (up but slow) collector before it is taken anyway.
 _BACKPRESSURE_WAIT_S = 30.0
 
@@ -45,16 +39,17 @@ class OtlpPlugin(Plugin):
 
     Configured by the standard ``OTEL_*`` variables (endpoint, protocol, headers, compression,
     timeout, ``OTEL_SDK_DISABLED``, ``OTEL_{TRACES,LOGS,METRICS}_EXPORTER=none``) and by
-    ``FGEXT_FLUSH``, ``FGEXT_SPOOL_DIR`` and ``FGEXT_SPOOL_MAX_BYTES``; see ``docs/otlp.md``.
+    ``FGEXT_SPOOL_DIR``, ``FGEXT_SPOOL_MAX_BYTES`` and the ``FGEXT_OTLP_MAX_*_BYTES`` bounds; see
+    ``docs/otlp.md``. When data leaves is the pipeline's decision (``FGEXT_FLUSH``).
     """
 
     name: ClassVar[str] = "otlp"
     role: ClassVar[str] = "sink"
-    #: ``FGEXT_OTLP_CLOSE_MARGIN_MS`` (or ``plugins.otlp.close_margin_ms`` in the config file): how long
-    #: past the function timeout an unfinished request waits before it is closed as incomplete
-    config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float}
-    #: the flush strategy (``FGEXT_FLUSH``) decides what leaves at the end of an invocation, not the pipeline
-    flush_at_invocation_end: ClassVar[bool] = False
+    #: ``FGEXT_OTLP_<KEY>`` or ``plugins.otlp.<key>`` in the config file. ``close_margin_ms``: how long past
+    #: the function timeout an unfinished request waits before it is closed as incomplete; the byte bounds
+    #: of one request, of pending data and of one log line (``docs/otlp.md``)
+    config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float, "max_request_bytes": int,
+                                                "max_pending_bytes": int, "max_log_bytes": int}
 
     def __init__(self) -> None:
         self.config: Optional[OtlpConfig] = None
@@ -63,14 +58,14 @@ class OtlpPlugin(Plugin):
         self._log: Any = None
         self._resource: Optional[ResourceBuilder] = None
         self._metrics: Optional[Metrics] = None
-        self._mapper: Optional[Mapper] = None
+        self._assembler: Optional[Assembler] = None
         self._shipper: Optional[Shipper] = None
-        self._scheduler: Optional[FlushScheduler] = None
         self._close_transports: Optional[Callable[[], Awaitable[None]]] = None
         self._ticker: Optional[asyncio.Task[None]] = None
         self._stopped = False
         self._drops: Dict[str, int] = {}
-        self._deferred = False  # an invocation ended during a send: export when the sender is free
+        self.early_exports = 0
+        self._counted_rejections = 0
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -82,7 +77,8 @@ class OtlpPlugin(Plugin):
 
             self._log = structlog.get_logger("fgext.otlp")
         environ = context.environ if context.environ else os.environ
-        config = self.config = load_config(environ, close_margin_ms=context.config.get("close_margin_ms"))
+        config = self.config = load_config(environ, close_margin_ms=context.config.get("close_margin_ms"),
+                                           settings=context.config)
         if config.disabled or not any(s.enabled for s in config.signals.values()):
             self.disabled = True
             self._log.info("otlp export disabled by configuration")
@@ -95,17 +91,16 @@ class OtlpPlugin(Plugin):
             service_name=config.service_name, user_attributes=config.resource_attributes,
         )
         self._metrics = Metrics(config.temporality, time.time_ns())
-        self._mapper = Mapper(self._resource, self._metrics, open_wait_s=config.open_wait_s,
-                              function_timeout_s=config.function_timeout_s)
+        self._assembler = Assembler(self._resource, self._metrics, open_wait_s=config.open_wait_s,
+                                    function_timeout_s=config.function_timeout_s,
+                                    max_log_bytes=config.max_log_bytes)
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
         self._shipper = Shipper(transports, spool, self._count_drop, self._log)
-        self._shipper.refill = self._refill
         self._shipper.start()
-        self._scheduler = FlushScheduler(config.flush)
-        self._ticker = asyncio.ensure_future(self._tick_loop())
+        self._ticker = asyncio.ensure_future(self._expire_loop())
         self._log.info(
-            "otlp export ready", flush=str(config.flush), spool=str(config.spool_dir),
+            "otlp export ready", spool=str(config.spool_dir), max_request_bytes=config.max_request_bytes,
             endpoints={s: c.endpoint for s, c in config.signals.items() if c.enabled},
             protocol=sorted({c.protocol for c in config.signals.values() if c.enabled}),
         )
@@ -117,29 +112,23 @@ class OtlpPlugin(Plugin):
             self._resource.note_urn(invoke.urn)
 
     async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
-        """Sort a batch into requests and pending logs; export if the flush strategy says so."""
-        mapper = self._mapper
-        if mapper is None or self._stopped:
+        """Consume a batch: sort it into requests, log lines and metrics. Exports nothing, except when
+        pending data reached ``FGEXT_OTLP_MAX_PENDING_BYTES`` (see :meth:`_export_early_for_memory`)."""
+        assembler = self._assembler
+        if assembler is None or self._stopped:
             return
         shipper = self._shipper
-        assert self._scheduler is not None and shipper is not None
+        assert shipper is not None and self.config is not None
         if shipper.backlogged:
             # The collector is up but slower than the platform: hold this batch (and so, through the
             # pipeline's bounded queue, the platform's POST) instead of spilling to a spool that fills.
             await shipper.drained(_BACKPRESSURE_WAIT_S)
-        completed = mapper.consume(events)
-        if len(mapper.logs) >= MAX_PENDING_LOGS or mapper.pending_spans >= MAX_PENDING_SPANS:
-            self._export_pending()
-        elif completed and self._scheduler.at_invocation_end():
-            if shipper.sending:
-                # Leaves with the next request, right after the one in flight: under load, many
-                # invocations share one request per signal instead of three requests each.
-                self._deferred = True
-            else:
-                self._export_pending()
+        assembler.consume(events)
+        if assembler.pending_bytes >= self.config.max_pending_bytes:
+            self._export_early_for_memory()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
-        """Export everything pending now and wait for it, at most ``timeout`` seconds."""
+        """Take everything finished, encode it, hand it to the shipper and wait, at most ``timeout`` s."""
         if self._shipper is None or self._stopped:
             return
         self._export_pending()
@@ -150,37 +139,40 @@ class OtlpPlugin(Plugin):
         if self._shipper is None or self._stopped:
             return
         self._stopped = True
-        deadline = time.monotonic() + max(0.0, timeout)
+        deadline = Deadline.after(timeout)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        assert self._mapper is not None
+        assert self._assembler is not None
         try:
-            self._mapper.expire(everything=True)
+            self._assembler.expire(everything=True)
             self._export_pending()
-            # Keep a sliver of the deadline for writing leftovers to disk and closing connections.
-            await self._shipper.flush(max(0.0, (deadline - time.monotonic()) * 0.9))
+            # Keep time for writing leftovers to disk and closing connections.
+            await self._shipper.flush(deadline.before(_SHUTDOWN_MARGIN_S).remaining())
         finally:
             # Synchronous, so it happens even if the agent's deadline cancels this coroutine.
             self._shipper.spill()
         await self._shipper.close()
         if self._close_transports is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._close_transports(), max(0.01, deadline - time.monotonic()))
+                await asyncio.wait_for(self._close_transports(), max(0.01, deadline.remaining()))
 
     # ------------------------------------------------------------------------------ internals
 
     @property
     def stats(self) -> Dict[str, int]:
         """Counters for tests and diagnostics."""
-        mapper, shipper = self._mapper, self._shipper
+        assembler, shipper = self._assembler, self._shipper
         return {
             "invokes": self.invokes,
-            "open_requests": mapper.open_requests if mapper else 0,
-            "pending_logs": len(mapper.logs) if mapper else 0,
-            "late_events": mapper.late_events if mapper else 0,
-            "closed_incomplete": mapper.closed_incomplete if mapper else 0,
+            "open_requests": assembler.open_requests if assembler else 0,
+            "pending_logs": len(assembler.lines) if assembler else 0,
+            "pending_bytes": assembler.pending_bytes if assembler else 0,
+            "late_events": assembler.late_events if assembler else 0,
+            "closed_incomplete": assembler.closed_incomplete if assembler else 0,
+            "rejected_events": assembler.rejected_events if assembler else 0,
+            "early_exports": self.early_exports,
             "sent_requests": shipper.sent_requests if shipper else 0,
             "failed_attempts": shipper.failed_attempts if shipper else 0,
             "spooled_requests": len(shipper.spool) if shipper else 0,
@@ -198,55 +190,57 @@ class OtlpPlugin(Plugin):
     def _spool_dropped(self, signal: str, items: int, size: int) -> None:
         self._count_drop(signal, "spool_full", items)
 
-    def _refill(self) -> bool:
-        """The sender is free: export what was deferred while it was busy; True if anything was."""
-        if not self._deferred:
-            return False
+    def _export_early_for_memory(self) -> None:
+        """The only export the plugin starts by itself: pending data reached ``max_pending_bytes``
+        (one invocation printing without end, or many finishing between flushes), so it goes to the
+        shipper now instead of growing; ``flush`` still decides everything else."""
+        self.early_exports += 1
         self._export_pending()
-        return True
 
     def _export_pending(self) -> None:
-        """Encode what is pending into requests (one serialization each) and hand them to the sender."""
-        self._deferred = False
-        mapper, shipper, resource, metrics = self._mapper, self._shipper, self._resource, self._metrics
-        assert mapper is not None and shipper is not None and resource is not None and metrics is not None
-        assert self.config is not None and self._scheduler is not None
+        """Take -> encode -> ship: what is finished is encoded into byte-bounded requests, let go once
+        encoded (a record that cannot be encoded is dropped alone and counted), and handed to the shipper."""
+        assembler, shipper, resource, metrics = self._assembler, self._shipper, self._resource, self._metrics
+        assert assembler is not None and shipper is not None and resource is not None and metrics is not None
+        assert self.config is not None
         signals = self.config.signals
+        max_bytes = self.config.max_request_bytes
+        if self._counted_rejections < assembler.rejected_events:
+            self._count_drop("events", "malformed", assembler.rejected_events - self._counted_rejections)
+            self._counted_rejections = assembler.rejected_events
         message = resource.message()
-        spans = mapper.take_spans()
-        if spans and signals["traces"].enabled:
-            for data, items in encode_trace_requests(message, spans):
-                shipper.submit("traces", data, items)
-        logs = mapper.take_logs()
-        if logs and signals["logs"].enabled:
-            for data, items in encode_logs_requests(message, logs, mapper):
-                shipper.submit("logs", data, items)
+        pending = assembler.pending()
+        traces = encode_trace_requests(message, pending.spans, max_bytes) if signals["traces"].enabled else None
+        logs = (encode_logs_requests(message, pending.lines, pending.links, max_bytes)
+                if signals["logs"].enabled else None)
+        assembler.taken(pending)
+        self._submit("traces", traces)
+        self._submit("logs", logs)
         if signals["metrics"].enabled and metrics.dirty:
-            points = metrics.snapshot(time.time_ns())
+            now = time.time_ns()
+            points = metrics.snapshot(now)
             if points:
-                data, items = encode_metrics_request(message, points)
-                shipper.submit("metrics", data, items)
-        self._scheduler.exported()
+                encoded = encode_metrics_request(message, points)
+                metrics.taken(now)
+                self._submit("metrics", encoded)
 
-    async def _tick_loop(self) -> None:
-        """Close requests that waited too long, and run the ``continuously`` timer."""
-        assert self.config is not None and self._scheduler is not None and self._mapper is not None
-        interval = self._scheduler.timer_interval
-        tick = min(1.0, self.config.open_wait_s / 4, interval if interval else 1.0)
-        tick = max(0.02, tick)
+    def _submit(self, signal: str, encoded: Optional[Encoded]) -> None:
+        if encoded is None:
+            return
+        assert self._shipper is not None
+        if encoded.unencodable:
+            self._count_drop(signal, "unencodable", encoded.unencodable)
+        for data, items in encoded.requests:
+            self._shipper.submit(signal, data, items)
+
+    async def _expire_loop(self) -> None:
+        """Close requests that waited too long (the assembler's completeness rule, not an export: their
+        spans leave with the next flush)."""
+        assert self.config is not None and self._assembler is not None
+        tick = max(0.02, min(1.0, self.config.open_wait_s / 4))
         while True:
             await asyncio.sleep(tick)
             try:
-                closed = self._mapper.expire()
-                mapper = self._mapper
-                pending = bool(mapper.pending_spans or mapper.logs or self._metrics_dirty())
-                due = self._scheduler.timer_due()
-                if (closed and self._scheduler.at_invocation_end()) or (due and pending):
-                    self._export_pending()
-                elif due:
-                    self._scheduler.exported()
+                self._assembler.expire()
             except Exception as error:  # housekeeping must outlive any one bad record
                 self._log.error("otlp housekeeping failed", error=repr(error))
-
-    def _metrics_dirty(self) -> bool:
-        return self._metrics is not None and self._metrics.dirty

@@ -3,7 +3,10 @@
 The function's name and version come with registration, the region and project only with the first
 invoke's URN, the pod name only with the first report. The resource is therefore rebuilt when a
 piece arrives (rarely: a handful of times per sandbox) and the encoded message is cached in between,
-so the export path never rebuilds it.
+so the export path never rebuilds it. In the OTLP sink's path (listener handler -> parse -> pipeline
+-> ``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> encode -> shipper -> transport) the
+assembler feeds it what reports reveal and the encode step copies its message into every request; an
+attribute value OTLP cannot carry is left out or made a double, never a reason for an encode to fail.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ PLATFORM = "huawei_cloud.functiongraph"
 PROJECT_ID = "huawei_cloud.project.id"
 PACKAGE = "huawei_cloud.functiongraph.package"
 _MB = 1024 * 1024
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 
 def _fgext_version() -> str:
@@ -34,11 +39,16 @@ def _fgext_version() -> str:
 
 
 def any_value(value: AttributeValue) -> AnyValue:
-    """One OTLP ``AnyValue`` for a scalar; bool is tested first because it is an int in Python."""
+    """One OTLP ``AnyValue`` for a scalar; bool is tested first because it is an int in Python.
+
+    An int beyond int64 becomes a double, as in :func:`fgext.otlp._ids.put_attributes`: no value may
+    make the resource (and with it every later export) unencodable."""
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):
-        return AnyValue(int_value=value)
+        if INT64_MIN <= value <= INT64_MAX:
+            return AnyValue(int_value=value)
+        return AnyValue(double_value=float(value))
     if isinstance(value, float):
         return AnyValue(double_value=value)
     return AnyValue(string_value=safe_text(str(value)))
@@ -91,8 +101,10 @@ class ResourceBuilder:
         memory = environ.get("RUNTIME_MEMORY", "").strip()
         if memory:
             # a malformed platform variable costs this attribute only
-            with contextlib.suppress(ValueError):
-                self._detected["faas.max_memory"] = int(float(memory) * _MB)
+            with contextlib.suppress(ValueError, OverflowError):
+                memory_bytes = int(float(memory) * _MB)
+                if 0 < memory_bytes <= INT64_MAX:
+                    self._detected["faas.max_memory"] = memory_bytes
         self._message: Optional[Resource] = None
 
     @property
@@ -122,7 +134,7 @@ class ResourceBuilder:
     def note_report(self, pod_name: Optional[str], memory_size_mb: Optional[int]) -> None:
         """Learn the pod name (``faas.instance``) and memory size from a report's metrics."""
         self._set("faas.instance", pod_name)
-        if memory_size_mb is not None and memory_size_mb > 0:
+        if memory_size_mb is not None and 0 < memory_size_mb * _MB <= INT64_MAX:
             self._set("faas.max_memory", memory_size_mb * _MB, overwrite=False)
 
     def attributes(self) -> Dict[str, Any]:

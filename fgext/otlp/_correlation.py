@@ -1,0 +1,135 @@
+"""Which phase was open at a log line's time: the correlation index of the OTLP sink.
+
+A step of the path (listener handler -> parse -> pipeline -> ``OtlpPlugin.on_telemetry`` -> assembler ->
+flush: take -> encode -> shipper -> transport): the assembler (``_traces``) indexes each phase when its
+start is known and asks this index, when it hands its log lines over at ``take``, which phase each line
+belongs to. The encoder never sees the index: it receives lines already correlated.
+
+Logs carry no request ID: a line is correlated with a phase when exactly one request had a phase open
+at the line's time; with overlapping invocations it stays uncorrelated rather than guessed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from typing import Dict, Generic, List, Optional, Protocol, TypeVar
+
+__all__ = ["CorrelationIndex"]
+
+
+class Interval(Protocol):
+    """What the index needs of a phase: its extent so far, its request and its kind."""
+
+    @property
+    def begin_ns(self) -> Optional[int]: ...
+
+    @property
+    def end_ns(self) -> Optional[int]: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def request(self) -> object: ...
+
+
+P = TypeVar("P", bound=Interval)
+
+
+class CorrelationIndex(Generic[P]):
+    """Phases with a known start, sorted by start, the most recent ``max_intervals`` of them."""
+
+    def __init__(self, max_intervals: int = 64) -> None:
+        # Bounded: every indexed phase keeps a few objects alive, and such long-lived survivors spread
+        # over pymalloc's arenas stop them being returned (256 cost ~2 MB more than 64, bench/RESULTS.md).
+        self._max = max_intervals
+        self._starts: List[int] = []
+        self._phases: List[P] = []
+        # Phases indexed but not ended yet, and the longest ended one: together they let a lookup stop
+        # scanning back as soon as no earlier phase can still contain the time asked about.
+        self._running: Dict[int, P] = {}
+        self._longest_ns = 0
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def add(self, phase: P, begin: int) -> None:
+        """Index a phase whose start just became known."""
+        self._running[id(phase)] = phase
+        if not self._starts or begin >= self._starts[-1]:
+            self._starts.append(begin)
+            self._phases.append(phase)
+        else:
+            position = bisect_right(self._starts, begin)
+            insort(self._starts, begin)
+            self._phases.insert(position, phase)
+        # Trimmed a quarter past the bound, not at twice it: a smaller saw-tooth leaves pymalloc's arenas
+        # less fragmented, so RSS follows the bound.
+        if len(self._starts) > self._max + self._max // 4:
+            drop = len(self._starts) - self._max
+            del self._starts[:drop]
+            del self._phases[:drop]
+
+    def move(self, phase: P, old_begin: int, begin: int) -> None:
+        """A phase's start changed (e.g. the start event came after the done event)."""
+        starts, phases = self._starts, self._phases
+        for position in range(bisect_left(starts, old_begin), bisect_right(starts, old_begin)):
+            if phases[position] is phase:
+                del starts[position]
+                del phases[position]
+                position = bisect_right(starts, begin)
+                starts.insert(position, begin)
+                phases.insert(position, phase)
+                return
+
+    def extent_known(self, phase: P) -> None:
+        """A phase's end became known (or was forced): it leaves the running set."""
+        end = phase.end_ns
+        begin = phase.begin_ns
+        if end is not None and begin is not None:
+            self._running.pop(id(phase), None)
+            if end - begin > self._longest_ns:
+                self._longest_ns = end - begin
+
+    def is_running(self, phase: P) -> bool:
+        return id(phase) in self._running
+
+    def correlate(self, at_ns: int) -> Optional[P]:
+        """The phase open at ``at_ns`` when exactly one request had one open then; else ``None``."""
+        starts = self._starts
+        phases = self._phases
+        index = bisect_right(starts, at_ns)
+        # No ended phase that began before the horizon can reach ``at_ns``; running ones are checked apart.
+        horizon = at_ns - self._longest_ns
+        lowest = index - 64 if index > 64 else 0
+        found: Optional[P] = None
+        scanned_running = 0
+        position = index - 1
+        while position >= lowest and starts[position] >= horizon:
+            phase = phases[position]
+            position -= 1
+            end = phase.end_ns
+            if end is None:
+                scanned_running += 1
+            elif end < at_ns:
+                continue
+            if found is None:
+                found = phase
+            elif phase.request is not found.request:
+                return None
+            elif phase.kind == "invoke":
+                found = phase
+        if scanned_running < len(self._running):
+            # A phase still running that began before the scanned window (rare: a long invocation).
+            low_start = starts[position + 1] if position + 1 < index else at_ns + 1
+            for phase in self._running.values():
+                begin = phase.begin_ns
+                if begin is None or begin > at_ns or begin >= low_start:
+                    continue
+                if found is None:
+                    found = phase
+                elif phase.request is not found.request:
+                    return None
+                elif phase.kind == "invoke":
+                    found = phase
+        return found

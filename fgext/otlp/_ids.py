@@ -1,0 +1,69 @@
+"""Trace and span IDs, and attributes written straight into protobuf messages.
+
+Used by every step of the OTLP sink's path (listener handler -> parse -> pipeline ->
+``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> encode -> shipper -> transport) that names a
+trace or writes an attribute; it calls nothing above it. ``put_attributes`` is where a value that OTLP
+cannot carry (an int beyond int64, text UTF-8 cannot encode) is made representable, so that no
+attribute can make an encode raise.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Tuple, Union
+
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+from fgext._ids import invoke_span_id_for, root_span_id_for, trace_id_for
+from fgext.otlp._resource import INT64_MAX, INT64_MIN, any_value, safe_text
+
+__all__ = ["TRACE_FLAG_SAMPLED", "Attribute", "kv", "put_attributes", "span_id", "span_id_for", "trace_id_for"]
+
+TRACE_FLAG_SAMPLED = 0x01  # and never 0x02 ("random"): derived IDs are not random
+SECOND_NS = 1_000_000_000
+
+Attribute = Tuple[str, Union[str, bool, int, float]]
+
+
+def span_id_for(request_id: str, role: str) -> bytes:
+    """The span ID of a request's ``root`` or ``invoke`` span: derived from the request ID by
+    ``fgext._ids``, the one owner of the rule that the function side (``fgext.function``) shares."""
+    return root_span_id_for(request_id) if role == "root" else invoke_span_id_for(request_id)
+
+
+def span_id() -> bytes:
+    """A random, non-zero span ID."""
+    while True:
+        value = os.urandom(8)
+        if value != bytes(8):
+            return value
+
+
+def kv(key: str, value: Union[str, bool, int, float]) -> KeyValue:
+    return KeyValue(key=key, value=any_value(value))
+
+
+def put_attributes(container: Any, attributes: Iterable[Attribute]) -> None:
+    """Write attributes straight into a repeated KeyValue field: no intermediate messages to copy.
+
+    An int outside int64 (an extra report metric of 2**70) is written as a double: OTLP's int_value
+    cannot hold it, and the value is worth more approximately than not at all.
+    """
+    add = container.add
+    for key, value in attributes:
+        entry = add()
+        entry.key = key
+        if isinstance(value, bool):
+            entry.value.bool_value = value
+        elif isinstance(value, int):
+            if INT64_MIN <= value <= INT64_MAX:
+                entry.value.int_value = value
+            else:
+                entry.value.double_value = float(value)
+        elif isinstance(value, float):
+            entry.value.double_value = value
+        else:
+            try:
+                entry.value.string_value = value
+            except (UnicodeEncodeError, TypeError):  # rare: only ever pay for the check when it fails
+                entry.value.string_value = safe_text(str(value))

@@ -1,0 +1,534 @@
+"""Trace assembly: typed events to finished spans, one record per request; the sink's pending state.
+
+The assembler step of the OTLP sink's path (listener handler -> parse -> pipeline ->
+``OtlpPlugin.on_telemetry`` -> **assembler** -> flush: take -> encode -> shipper -> transport).
+:meth:`Assembler.consume` sorts events into per-request records, writes a request's spans when it is
+complete, keeps log lines as plain records and feeds the FaaS metrics; :meth:`Assembler.pending` hands
+what is finished to the encoder, each log line already correlated with its phase; :meth:`Assembler.taken`
+lets it go once its requests are encoded. No I/O, no asyncio, and nothing here decides when data leaves.
+
+One trace per request (IDs: ``_ids``)::
+
+    <function name>   SERVER   initStart/restoreStart (when this request caused one) or start → report end
+    ├── init | restore          its start → its report's endTime (else its done event)
+    └── invoke                  platform.start → its report's endTime (else platform.runtimeDone)
+
+Events arrive in any order and split across POSTs, so each request is a small record that collects
+its phases and is turned into spans only when complete (the invoke report arrived), when it has
+waited longer than the function may run (closed as incomplete, marked so: the assembler's
+completeness rule, applied by :meth:`Assembler.expire`), or at shutdown.
+
+The init phase carries the request ID of the request that caused it. When an init's ID never shows
+up on a ``platform.start`` (the platform document's examples use unrelated IDs for init and invoke),
+the first invocation that starts after that init adopts it as its ``init`` child when it closes; an
+init no invocation adopts becomes a trace of its own.
+
+Log lines are correlated (``_correlation``) when they are handed over, not when they arrive, so
+platform events that arrive after the log line (in a later POST) still count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
+
+from fgext._events import AnyEvent, LogEvent, PlatformEvent, ReportEvent, RuntimeDoneEvent, StartEvent, UnknownEvent
+from fgext.otlp._correlation import CorrelationIndex
+from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, Attribute, put_attributes, span_id, span_id_for, trace_id_for
+from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
+from fgext.otlp._metrics import Metrics
+from fgext.otlp._requests import SPAN_ESTIMATE
+from fgext.otlp._resource import ResourceBuilder, safe_text
+
+__all__ = ["Assembler", "Pending"]
+
+#: The default bound of one log line's body (``FGEXT_OTLP_MAX_LOG_BYTES``).
+DEFAULT_MAX_LOG_BYTES = 256 * 1024
+
+
+# ----------------------------------------------------------------------------------------- records
+
+
+class _Phase:
+    """One phase (init, restore or invoke) of one request, as far as its events have arrived."""
+
+    __slots__ = ("_link", "done_ns", "done_status", "forced_end_ns", "kind", "report", "request", "span_id",
+                 "start_ns")
+
+    def __init__(self, kind: str, request: _Request) -> None:
+        self.kind = kind
+        self.request = request
+        # the invoke span's ID is derived from the request ID (a function can parent to it); init and
+        # restore spans, which may be adopted by another request, keep random IDs
+        self.span_id = span_id_for(request.request_id, "invoke") if kind == "invoke" else span_id()
+        self.start_ns: Optional[int] = None
+        self.done_ns: Optional[int] = None
+        self.done_status: Optional[str] = None
+        self.report: Optional[ReportEvent] = None
+        self.forced_end_ns: Optional[int] = None
+        self._link: Optional[Link] = None
+
+    @property
+    def link(self) -> Link:
+        """What a log line correlated with this phase carries; one object, so the encoder can cache."""
+        if self._link is None:
+            self._link = (self.request.trace_id, self.span_id, self.request.request_id)
+        return self._link
+
+    @property
+    def begin_ns(self) -> Optional[int]:
+        if self.start_ns is not None:
+            return self.start_ns
+        if self.report is not None:
+            return self.report.start_ns
+        return self.done_ns
+
+    @property
+    def end_ns(self) -> Optional[int]:
+        """The phase's end when known: its report's endTime, else its done event, else as forced."""
+        if self.report is not None and self.report.end_ns is not None:
+            return self.report.end_ns
+        if self.done_ns is not None:
+            return self.done_ns
+        return self.forced_end_ns
+
+    @property
+    def status(self) -> Optional[str]:
+        if self.report is not None and self.report.status:
+            return self.report.status
+        return self.done_status
+
+    def settle(self, begin: int, end: int) -> None:
+        """Its span is written: keep only the extent that log correlation needs.
+
+        The phase stays in the correlation index for a few hundred invocations; letting its report event
+        (raw JSON included) go now keeps those long-lived objects few, which is what lets pymalloc give
+        whole arenas back instead of holding them for one survivor each (bench/RESULTS.md, memory).
+        """
+        self.start_ns = begin
+        self.forced_end_ns = end
+        self.done_ns = None
+        self.report = None
+
+
+class _Request:
+    """The phases of one request ID, open until the trace can be written."""
+
+    __slots__ = ("adopted_init_id", "deadline", "first_invoke", "late", "phases", "request_id",
+                 "root_span_id", "trace_id")
+
+    def __init__(self, request_id: str, trace_id: bytes, root_span_id: bytes, *, late: bool = False) -> None:
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.root_span_id = root_span_id
+        self.phases: Dict[str, _Phase] = {}
+        self.deadline = 0.0
+        self.late = late  # the root span was already written; only the missing phases remain
+        self.adopted_init_id: Optional[str] = None
+        self.first_invoke: Optional[Tuple[int, str]] = None  # init-only: first invoke after it
+
+    def phase(self, kind: str) -> _Phase:
+        found = self.phases.get(kind)
+        if found is None:
+            found = self.phases[kind] = _Phase(kind, self)
+        return found
+
+    @property
+    def init_only(self) -> bool:
+        return not self.late and "invoke" not in self.phases
+
+
+class _Closed:
+    """What stays of a written trace, so late events join it instead of starting a new one."""
+
+    __slots__ = ("emitted", "root_span_id", "trace_id")
+
+    def __init__(self, trace_id: bytes, root_span_id: bytes, emitted: Iterable[str]) -> None:
+        self.trace_id = trace_id
+        self.root_span_id = root_span_id
+        self.emitted = set(emitted)
+
+
+def _write(span: Span, trace_id: bytes, span_id: bytes, name: str, kind: int, begin: int, end: int,
+           attributes: List[Attribute], error: Optional[str]) -> None:
+    """Fill a span added in place to the pending spans (the fastest way to make one)."""
+    span.trace_id = trace_id
+    span.span_id = span_id
+    span.name = name
+    span.kind = kind  # type: ignore[assignment]
+    span.start_time_unix_nano = begin
+    span.end_time_unix_nano = end
+    span.flags = TRACE_FLAG_SAMPLED
+    put_attributes(span.attributes, attributes)
+    if error:
+        span.status.code = Status.STATUS_CODE_ERROR
+        span.status.message = safe_text(error)
+
+
+# --------------------------------------------------------------------------------------- assembler
+
+
+@dataclass
+class Pending:
+    """What is finished and waits for the encoder: spans, log lines with their links, and how many."""
+
+    spans: Sequence[Span]
+    span_count: int
+    lines: List[LogLine]
+    links: List[Optional[Link]]
+
+
+class Assembler:
+    """Turns typed events into finished spans, pending log lines and metrics; no I/O, no asyncio."""
+
+    def __init__(
+        self,
+        resource: ResourceBuilder,
+        metrics: Metrics,
+        *,
+        open_wait_s: float,
+        function_timeout_s: float,
+        clock_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_open: int = 10_000,
+        # Bounds of what is remembered after a request is written. A sandbox runs one invocation at a
+        # time (or a few): late events and log lines refer to the last few requests, and every entry
+        # costs memory in the customer's function (measured in bench/RESULTS.md). Indexed phases are the
+        # costly ones: each keeps a few objects alive for as long as it is indexed, and such survivors
+        # spread over pymalloc's arenas stop them being returned (256 cost ~2 MB more than 64).
+        closed_memory: int = 1024,
+        max_intervals: int = 64,
+        max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
+    ) -> None:
+        self.resource = resource
+        self.metrics = metrics
+        self._open_wait = open_wait_s
+        self._timeout_ns = int(function_timeout_s * SECOND_NS)
+        self._clock_ns = clock_ns
+        self._monotonic = monotonic
+        self._max_open = max_open
+        self._closed_memory = closed_memory
+        self._max_log_bytes = max_log_bytes
+        self._open: Dict[str, _Request] = {}
+        # open requests holding only an init or restore phase: candidates for adoption (usually 0 or 1)
+        self._inits: Dict[str, _Request] = {}
+        self._closed: OrderedDict[str, _Closed] = OrderedDict()
+        self._index: CorrelationIndex[_Phase] = CorrelationIndex(max_intervals)
+        # Finished spans are built in place inside this message (the fastest way to make them).
+        self._pending_spans = ScopeSpans()
+        self.lines: List[LogLine] = []
+        #: an estimate of the bytes that pending spans and lines will take once encoded
+        self.pending_bytes = 0
+        self.late_events = 0
+        self.closed_incomplete = 0
+        #: events that could not be assembled (a value no check caught): each dropped alone, counted
+        self.rejected_events = 0
+
+    # ---------------------------------------------------------------------------- events in
+
+    @property
+    def open_requests(self) -> int:
+        return len(self._open)
+
+    def consume(self, events: Iterable[AnyEvent]) -> int:
+        """Take a batch in arrival order; return how many requests were completed by it.
+
+        Every value was checked when the event was parsed; an event that still cannot be assembled is
+        dropped alone and counted (``rejected_events``), with any span it had begun to write: the rest
+        of the batch goes on.
+        """
+        observed = self._clock_ns()
+        completed = 0
+        lines = self.lines
+        max_log_bytes = self._max_log_bytes
+        added = 0
+        for event in events:
+            if isinstance(event, PlatformEvent):
+                spans = self._pending_spans.spans
+                before = len(spans)
+                try:
+                    if self._platform(event):
+                        completed += 1
+                except Exception:
+                    del spans[before:]
+                    self.rejected_events += 1
+                else:
+                    added += (len(spans) - before) * SPAN_ESTIMATE
+            elif isinstance(event, LogEvent):
+                message = event.message.rstrip("\r\n")
+                if len(message) * 4 <= max_log_bytes:  # the hot path: surely within the bound
+                    lines.append((event.start_ns, observed, event.category, message, None, 0))
+                    added += len(message) + LINE_OVERHEAD
+                    continue
+                line = log_line(event, observed, max_log_bytes)
+                lines.append(line)
+                added += len(line[3]) + LINE_OVERHEAD
+            elif isinstance(event, UnknownEvent):
+                try:
+                    line = log_line(event, observed, max_log_bytes)
+                except Exception:
+                    self.rejected_events += 1
+                    continue
+                lines.append(line)
+                added += len(line[3]) + LINE_OVERHEAD
+        if len(self._open) > self._max_open:
+            # Memory stays bounded whatever the platform sends: the oldest open requests are written
+            # out as incomplete rather than kept forever.
+            spans = self._pending_spans.spans
+            before = len(spans)
+            for request in list(self._open.values())[: len(self._open) - self._max_open]:
+                self._close(request, "capacity")
+            added += (len(spans) - before) * SPAN_ESTIMATE
+        self.pending_bytes += added
+        return completed
+
+    def _platform(self, event: PlatformEvent) -> bool:
+        rid = event.request_id
+        request = self._open.get(rid)
+        kind = event.phase
+        if request is None or (request.late and kind not in request.phases):
+            closed = self._closed.get(rid)
+            if closed is not None and kind in closed.emitted:
+                self.late_events += 1  # its span is written already; nothing new to say
+                return False
+        if request is None:
+            closed = self._closed.get(rid)
+            if closed is not None:
+                request = _Request(rid, closed.trace_id, closed.root_span_id, late=True)
+            else:
+                request = _Request(rid, trace_id_for(rid), span_id_for(rid, "root"))
+            self._open[rid] = request
+        phase = request.phase(kind)
+        if kind == "invoke":
+            self._inits.pop(rid, None)
+        old_begin = phase.begin_ns
+        if isinstance(event, StartEvent):
+            phase.start_ns = event.start_ns
+        elif isinstance(event, RuntimeDoneEvent):
+            phase.done_ns = event.start_ns
+            phase.done_status = event.status
+        elif isinstance(event, ReportEvent):
+            phase.report = event
+            self.resource.note_report(event.metrics.pod_name, event.metrics.memory_size_mb)
+        begin = phase.begin_ns
+        if old_begin is not None and begin is not None and begin != old_begin:
+            self._index.move(phase, old_begin, begin)  # e.g. the start event came after the done event
+        elif old_begin is None and begin is not None:
+            self._index.add(phase, begin)
+            if kind == "invoke":
+                self._note_invoke_start(request, begin)
+            elif request.init_only:
+                self._inits[rid] = request
+                self._find_first_invoke(request, begin)
+        end = phase.end_ns
+        if begin is not None and end is not None:
+            # Known extent: out of the running set, and the look-back horizon covers it (a start or a
+            # report arriving late can stretch a phase that was already indexed).
+            self._index.extent_known(phase)
+        request.deadline = self._monotonic() + self._open_wait
+        if request.late:
+            if all(p.report is not None for p in request.phases.values()):
+                self._close(request, "complete")
+                return True
+            return False
+        invoke = request.phases.get("invoke")
+        if invoke is not None and invoke.report is not None:
+            self._close(request, "complete")
+            return True
+        return False
+
+    def _note_invoke_start(self, request: _Request, begin: int) -> None:
+        for other in self._inits.values():
+            if other is not request:
+                init_begin = min((p.begin_ns for p in other.phases.values() if p.begin_ns is not None),
+                                 default=None)
+                if init_begin is not None and init_begin <= begin and (
+                        other.first_invoke is None or begin < other.first_invoke[0]):
+                    other.first_invoke = (begin, request.request_id)
+
+    def _find_first_invoke(self, request: _Request, init_begin: int) -> None:
+        best: Optional[Tuple[int, str]] = None
+        for other in self._open.values():
+            invoke = other.phases.get("invoke")
+            if other is request or other.late or invoke is None or invoke.begin_ns is None:
+                continue
+            if invoke.begin_ns >= init_begin and (best is None or invoke.begin_ns < best[0]):
+                best = (invoke.begin_ns, other.request_id)
+        if best is not None:
+            request.first_invoke = best
+
+    # ---------------------------------------------------------------------------- closing
+
+    def expire(self, *, everything: bool = False) -> int:
+        """Close requests that waited too long (or all of them at shutdown); return how many."""
+        now = self._monotonic()
+        expired = [r for r in self._open.values() if everything or r.deadline <= now]
+        # Invocations first, so that one can still adopt an init that is closing at the same time.
+        expired.sort(key=lambda r: r.init_only)
+        count = 0
+        for request in expired:
+            if request.request_id in self._open:
+                self._close(request, "shutdown" if everything else "timeout")
+                count += 1
+        return count
+
+    def _adopt_init(self, request: _Request) -> None:
+        for other in list(self._inits.values()):
+            if other.first_invoke is not None and other.first_invoke[1] == request.request_id:
+                del self._open[other.request_id]
+                del self._inits[other.request_id]
+                for kind, phase in other.phases.items():
+                    phase.request = request
+                    request.phases[kind] = phase
+                request.adopted_init_id = other.request_id
+                self._remember(other.request_id, request.trace_id, request.root_span_id, other.phases)
+                return
+
+    def _remember(self, rid: str, trace_id: bytes, root: bytes, kinds: Iterable[str]) -> None:
+        self._closed[rid] = _Closed(trace_id, root, kinds)
+        while len(self._closed) > self._closed_memory:
+            self._closed.popitem(last=False)
+
+    def _close(self, request: _Request, reason: str) -> None:
+        self._open.pop(request.request_id, None)
+        self._inits.pop(request.request_id, None)
+        if not request.late and "invoke" in request.phases \
+                and "init" not in request.phases and "restore" not in request.phases:
+            self._adopt_init(request)
+        now_ns = self._clock_ns()
+        complete = reason == "complete"
+        add_span = self._pending_spans.spans.add
+        tid = request.trace_id
+        rid = request.request_id
+        first_begin: Optional[int] = None
+        last_end: Optional[int] = None
+        root_error: Optional[str] = None
+        incomplete_phases = []
+        for kind in ("init", "restore", "invoke"):
+            phase = request.phases.get(kind)
+            if phase is None:
+                continue
+            begin = phase.begin_ns
+            end = phase.end_ns
+            if end is None:
+                incomplete_phases.append(kind)
+                # Still running when given up on: it ran at most until now, and at most the timeout.
+                end = now_ns if begin is None else max(begin, min(now_ns, begin + self._timeout_ns))
+                phase.forced_end_ns = end
+            if self._index.is_running(phase):
+                self._index.extent_known(phase)
+            if begin is None:
+                begin = end
+            end = max(end, begin)
+            first_begin = begin if first_begin is None else min(first_begin, begin)
+            last_end = end if last_end is None else max(last_end, end)
+            attributes = self._phase_attributes(phase)
+            status = phase.status
+            error = status if status and status.lower() != "success" else None
+            if error is not None and (root_error is None or kind == "invoke"):
+                root_error = error if kind == "invoke" else f"{kind}: {error}"
+            if kind in incomplete_phases:
+                attributes.append(("fgext.incomplete", True))
+            span = add_span()
+            span.parent_span_id = request.root_span_id
+            _write(span, tid, phase.span_id, kind, Span.SPAN_KIND_INTERNAL, begin, end, attributes, error)
+            self.metrics.record_phase(kind, status, phase.report.metrics if phase.report is not None else None,
+                                      begin, end, kind in incomplete_phases)
+            phase.settle(begin, end)
+        coldstart = "init" in request.phases or "restore" in request.phases
+        if not request.late and first_begin is not None and last_end is not None:
+            root_attributes: List[Attribute] = [
+                ("faas.invocation_id", rid), ("faas.coldstart", coldstart), ("faas.trigger", "other"),
+            ]
+            if request.adopted_init_id is not None:
+                root_attributes.append(("fgext.init.request_id", request.adopted_init_id))
+            if not complete or incomplete_phases:
+                root_attributes.append(("fgext.incomplete", True))
+                root_attributes.append(("fgext.close_reason", reason))
+                self.closed_incomplete += 1
+            _write(add_span(), tid, request.root_span_id, safe_text(self.resource.function_name),
+                   Span.SPAN_KIND_SERVER, first_begin, last_end, root_attributes, root_error)
+            if "invoke" in request.phases:
+                self.metrics.count("faas.invocations")
+                if coldstart:
+                    self.metrics.count("faas.coldstarts")
+        if request.late:
+            closed = self._closed.get(rid)
+            if closed is not None:
+                closed.emitted.update(request.phases)
+        else:
+            self._remember(rid, tid, request.root_span_id, request.phases)
+
+    def _phase_attributes(self, phase: _Phase) -> List[Attribute]:
+        attributes: List[Attribute] = []
+        if phase.request.adopted_init_id is not None and phase.kind in ("init", "restore"):
+            attributes.append(("faas.invocation_id", phase.request.adopted_init_id))
+        status = phase.status
+        if status:
+            attributes.append(("fgext.status", status))
+        report = phase.report
+        if report is not None:
+            metrics = report.metrics
+            if metrics.duration_ms is not None:
+                attributes.append(("fgext.report.duration_ms", metrics.duration_ms))
+            if metrics.billing_duration_ms is not None:
+                attributes.append(("fgext.report.billed_duration_ms", metrics.billing_duration_ms))
+            if metrics.memory_used_mb is not None:
+                attributes.append(("fgext.report.memory_used_mb", metrics.memory_used_mb))
+            if metrics.memory_size_mb is not None:
+                attributes.append(("fgext.report.memory_size_mb", metrics.memory_size_mb))
+            if metrics.pod_name:
+                attributes.append(("fgext.report.pod_name", metrics.pod_name))
+            for key, value in metrics.extra.items():
+                if isinstance(value, (str, bool, int, float)):
+                    attributes.append((f"fgext.report.{key}", value))
+        return attributes
+
+    # ---------------------------------------------------------------------------- logs out
+
+    def correlate(self, at_ns: int) -> Optional[_Phase]:
+        """The phase open at ``at_ns`` when exactly one request had one open then; else ``None``."""
+        return self._index.correlate(at_ns)
+
+    @property
+    def pending_spans(self) -> int:
+        """How many finished spans wait to be taken."""
+        return len(self._pending_spans.spans)
+
+    def pending(self) -> Pending:
+        """Everything finished, for the encoder: spans, and log lines each with the phase open at its
+        time (correlated now, so platform events that came after the line count). Nothing is removed:
+        call :meth:`taken` once it is encoded, before anything else is consumed."""
+        correlate = self._index.correlate
+        links: List[Optional[Link]] = []
+        append = links.append
+        cached_at = -1
+        cached: Optional[Link] = None
+        for line in self.lines:
+            at = line[0]
+            if at != cached_at:  # lines of one moment share a look-up
+                phase = correlate(at)
+                cached = phase.link if phase is not None else None
+                cached_at = at
+            append(cached)
+        spans = self._pending_spans.spans
+        return Pending(spans=spans, span_count=len(spans), lines=self.lines, links=links)
+
+    def taken(self, pending: Pending) -> None:
+        """``pending`` was encoded: let it go (anything finished since stays)."""
+        spans = self._pending_spans.spans
+        if pending.span_count == len(spans):
+            self._pending_spans = ScopeSpans()  # references the encoder kept stay valid
+        else:
+            del spans[:pending.span_count]
+        count = len(pending.links)  # how many lines there were when they were handed over
+        if count == len(self.lines):
+            self.lines = []
+        else:
+            del self.lines[:count]
+        self.pending_bytes = (len(self._pending_spans.spans) * SPAN_ESTIMATE
+                              + sum(len(line[3]) + LINE_OVERHEAD for line in self.lines))

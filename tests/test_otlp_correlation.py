@@ -1,0 +1,102 @@
+"""Tests for fgext.otlp._correlation: a log line belongs to the one phase open at its time."""
+
+from __future__ import annotations
+
+from tests.otlp_helpers import (
+    INIT_ID,
+    INVOKE_ID,
+    attrs,
+    by_name,
+    cold,
+    done,
+    encoded_logs,
+    events,
+    invocation,
+    log,
+    make_assembler,
+    report,
+    start,
+    take_spans,
+)
+
+
+class TestCorrelation:
+    def test_log_inside_one_invocation_is_correlated(self) -> None:
+        """A line printed while exactly one invocation ran carries its trace ID, span ID and request ID."""
+        assembler = make_assembler()
+        assembler.consume(events(start(INVOKE_ID, 0), log(5, "[Function]hi"), done(INVOKE_ID, 10),
+                              report(INVOKE_ID, 0, 11), log(50, "[Function]after")))
+        spans = by_name(take_spans(assembler))
+        inside, after = encoded_logs(assembler)
+        assert inside.trace_id == spans["invoke"].trace_id
+        assert inside.span_id == spans["invoke"].span_id
+        assert attrs(inside)["faas.invocation_id"] == INVOKE_ID
+        assert after.trace_id == b"" and "faas.invocation_id" not in attrs(after)
+
+    def test_log_arriving_before_its_start_event_is_still_correlated(self) -> None:
+        """Correlation happens at export, so a start event in a later POST still counts."""
+        assembler = make_assembler()
+        assembler.consume(events(log(5, "[Function]early")))
+        assembler.consume(events(*invocation(INVOKE_ID, 0, 10)))
+        (record,) = encoded_logs(assembler)
+        assert attrs(record)["faas.invocation_id"] == INVOKE_ID
+
+    def test_start_arriving_after_done_still_covers_early_lines(self) -> None:
+        """A line early in a phase whose start event came after its done event is still correlated."""
+        assembler = make_assembler()
+        assembler.consume(events(done(INVOKE_ID, 10)))
+        assembler.consume(events(start(INVOKE_ID, 0), log(2, "[Function]early"), report(INVOKE_ID, 0, 11)))
+        (record,) = encoded_logs(assembler)
+        assert attrs(record)["faas.invocation_id"] == INVOKE_ID
+
+    def test_init_log_is_correlated_with_the_init_span(self) -> None:
+        """A line printed during init belongs to the init span of the request that caused it."""
+        assembler = make_assembler()
+        assembler.consume(events(*cold(INIT_ID, 0)[:1], log(3, "[Function]importing"), *cold(INIT_ID, 0)[1:],
+                              *invocation(INIT_ID, 20, 30)))
+        spans = by_name(take_spans(assembler))
+        (record,) = encoded_logs(assembler)
+        assert record.span_id == spans["init"].span_id
+
+    def test_overlapping_invocations_leave_lines_uncorrelated(self) -> None:
+        """With two invocations open at once, a line in the overlap is not guessed."""
+        other = "5d2b0a7e-1111-4222-8333-944455556666"
+        assembler = make_assembler()
+        assembler.consume(events(start(INVOKE_ID, 0), log(5, "[Function]only first"), start(other, 10),
+                              log(15, "[Function]both"), done(INVOKE_ID, 20), report(INVOKE_ID, 0, 21),
+                              log(25, "[Function]only second"), done(other, 30), report(other, 10, 31)))
+        first_only, both, second_only = encoded_logs(assembler)
+        assert attrs(first_only)["faas.invocation_id"] == INVOKE_ID
+        assert both.trace_id == b"" and "faas.invocation_id" not in attrs(both)
+        assert attrs(second_only)["faas.invocation_id"] == other
+
+    def test_written_phase_keeps_its_extent_not_its_report(self) -> None:
+        """After its span is written a phase lets its report event go (memory: it stays indexed for a while),
+        and a line that arrives later in the phase's interval is still correlated with it."""
+        import gc
+        import weakref
+
+        assembler = make_assembler()
+        batch = events(*invocation(INVOKE_ID, 0, 10))
+        watched = weakref.ref(batch[-1])
+        assembler.consume(batch)
+        spans = by_name(take_spans(assembler))
+        del batch
+        gc.collect()
+        assert watched() is None, "the written phase still holds its report event"
+        assembler.consume(events(log(5, "[Function]late line")))
+        (record,) = encoded_logs(assembler)
+        assert record.span_id == spans["invoke"].span_id
+        assert attrs(record)["faas.invocation_id"] == INVOKE_ID
+
+    def test_correlation_index_is_bounded(self) -> None:
+        """Only the last ~64 phases are indexed: a line for an invocation 200 invocations back is left
+        uncorrelated rather than kept searchable forever."""
+        assembler = make_assembler()
+        for index in range(200):
+            assembler.consume(events(*invocation(f"00000000-0000-4000-8000-{index:012d}", index * 20,
+                                              index * 20 + 10)))
+        assembler.consume(events(log(5, "[Function]very late"), log(199 * 20 + 5, "[Function]recent")))
+        old, recent = encoded_logs(assembler)
+        assert old.trace_id == b""
+        assert attrs(recent)["faas.invocation_id"] == f"00000000-0000-4000-8000-{199:012d}"
