@@ -217,7 +217,7 @@ class Agent:
 
 def serve(boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> int:
     """Run the agent's event loop until it is told to stop; return the exit code."""
-    configure_logging(boot.settings.log_level, boot.settings.environ)
+    configure_logging(boot.settings.log_level, boot.settings.environ, config=boot.settings.config)
     log = get_logger()
     for level, event, fields in boot.notes:
         getattr(log, level)(event, **fields)

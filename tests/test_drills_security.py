@@ -1,0 +1,177 @@
+"""Drill: the real agent process against peers that try to learn its secrets or starve it.
+
+Each test starts the agent as the platform would (the launcher, a subprocess) with a recording
+platform and loopback servers that answer as an attacker or a careless operator would: a collector
+that quotes the token back, credentials in the endpoint URL, a malformed headers variable, a 307 to
+a second server, connections that dribble headers or sit idle while file descriptors run out.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from tests.agentproc import AgentProcess, ready
+from tests.platform import RecordingPlatform
+from tests.test_otlp_agent import otlp_env
+from tests.test_otlp_plugin import invocation
+
+pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
+Start = Callable[..., AgentProcess]
+TOKEN = "tok-SECRET-1234"
+
+
+class Peer:
+    """A loopback HTTP server in a thread: answers every POST with ``status``/``body``/``headers``."""
+
+    def __init__(self, status: int = 200, body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> None:
+        self.requests: List[Tuple[str, Dict[str, str], bytes]] = []
+        peer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length)
+                peer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, data))
+                self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def peers() -> Iterator[Callable[..., Peer]]:
+    started: List[Peer] = []
+
+    def start(*args: object, **kwargs: object) -> Peer:
+        peer = Peer(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(peer)
+        return peer
+
+    try:
+        yield start
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+def assert_nowhere(secret: str, *texts: str) -> None:
+    """Neither ``secret`` nor any piece of it of 6 characters or more appears in ``texts``."""
+    for text in texts:
+        for size in range(6, len(secret) + 1):
+            for first in range(len(secret) - size + 1):
+                piece = secret[first:first + size]
+                assert piece not in text, f"{piece!r} of a secret leaked:\n{text[-3000:]}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def send_invocation(agent: AgentProcess, port: int, rid: str, status: str = "success") -> None:
+    answer = agent.post(port, "/", json.dumps(invocation(rid, 0, status=status)).encode())
+    assert answer[0] == 200, answer
+
+
+RID = "3da1f2dc-3222-475e-9205-e2e6c6318895"
+
+
+class TestSecretsNeverPrint:
+    def test_collector_quoting_the_token_back_is_masked(self, platform: RecordingPlatform, agents: Start,
+                                                        peers: Callable[..., Peer], tmp_path: Path) -> None:
+        """A 401 whose body quotes the token is logged with the token masked, whole and alone."""
+        collector = peers(401, f"invalid token {TOKEN}".encode())
+        agent = agents(otlp_env(platform, collector.port, tmp_path / "spool",
+                                OTEL_EXPORTER_OTLP_HEADERS=f"Authorization=Bearer {TOKEN}"))
+        port = ready(agent)
+        send_invocation(agent, port, RID)
+        agent.wait_log("otlp collector rejected a request for good; dropped")
+        assert collector.requests and collector.requests[0][1]["authorization"] == f"Bearer {TOKEN}"
+        agent.stop()
+        assert "invalid token ***" in agent.stderr()
+        assert_nowhere(TOKEN, agent.stderr(), agent.stdout())
+
+    def test_endpoint_credentials_are_masked(self, platform: RecordingPlatform, agents: Start,
+                                             peers: Callable[..., Peer], tmp_path: Path) -> None:
+        """User-info and query values of the endpoint never print; the endpoint is shown without them."""
+        collector = peers(401, b"invalid password PASSWORD-5678 or key KEY-abcdef99")
+        env = otlp_env(platform, collector.port, tmp_path / "spool")
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = (f"http://user:PASSWORD-5678@127.0.0.1:{collector.port}"
+                                              "?api_key=KEY-abcdef99")
+        agent = agents(env)
+        port = ready(agent)
+        ready_line = agent.wait_log("otlp export ready")
+        assert f"***@127.0.0.1:{collector.port}" in json.dumps(ready_line["endpoints"])
+        send_invocation(agent, port, RID)
+        assert wait_until(lambda: bool(collector.requests))
+        agent.wait_log("otlp collector rejected a request for good; dropped")
+        agent.stop()
+        for secret in ("PASSWORD-5678", "KEY-abcdef99"):
+            assert_nowhere(secret, agent.stderr(), agent.stdout())
+
+    def test_malformed_headers_variable_is_masked(self, platform: RecordingPlatform, agents: Start,
+                                                  peers: Callable[..., Peer], tmp_path: Path) -> None:
+        """A headers variable with ':' for '=' is never printed with its value, by any library."""
+        collector = peers(200)
+        agent = agents(otlp_env(platform, collector.port, tmp_path / "spool",
+                                OTEL_EXPORTER_OTLP_LOGS_HEADERS=f"Authorization:Bearer {TOKEN}"))
+        assert wait_until(lambda: "otlp export ready" in agent.stderr() or agent.proc.poll() is not None)
+        agent.stop()
+        assert_nowhere(TOKEN, agent.stderr(), agent.stdout())
+
+
+class TestNoRedirectFollowed:
+    def test_registration_redirect_is_refused(self, agents: Start, peers: Callable[..., Peer],
+                                              tmp_path: Path) -> None:
+        """A 307 from the Extension API fails registration (exit 3); the other host receives nothing."""
+        elsewhere = peers(200, b"{}")
+        api = peers(307, b"", {"Location": f"http://admin:PASSWORD-5678@127.0.0.1:{elsewhere.port}/steal"})
+        agent = agents({"EXTENSION_API_ADDR": f"127.0.0.1:{api.port}", "FGEXT_PLUGINS": "jsonl",
+                        "FGEXT_JSONL_PATH": str(tmp_path / "out.jsonl")})
+        assert agent.wait_exit() == 3
+        assert len(api.requests) == 1 and not elsewhere.requests
+        assert f"redirect to http://***@127.0.0.1:{elsewhere.port}/steal" in agent.stderr()
+        assert_nowhere("PASSWORD-5678", agent.stderr(), agent.stdout())
+
+    def test_webhook_redirect_is_not_followed(self, platform: RecordingPlatform, agents: Start,
+                                              peers: Callable[..., Peer], tmp_path: Path) -> None:
+        """A webhook URL answering 307 is a failed delivery, not retried; the other host receives nothing."""
+        elsewhere = peers(200)
+        hook = peers(307, b"", {"Location": f"http://127.0.0.1:{elsewhere.port}/?token=KEY-abcdef99"})
+        config = tmp_path / "fgext.json"
+        config.write_text(json.dumps({"plugins": {"webhook": {"headers": {"x-api-key": "KEY-hook-4321"}}}}))
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "webhook",
+                        "FGEXT_WEBHOOK_URL": f"http://127.0.0.1:{hook.port}/alert", "FGEXT_CONFIG": str(config)})
+        port = ready(agent)
+        send_invocation(agent, port, RID, status="error")
+        line = agent.wait_log("webhook alert not delivered")
+        assert "307" in line["error"] and f"127.0.0.1:{elsewhere.port}/?token=***" in line["error"]
+        assert len(hook.requests) == 1 and not elsewhere.requests
+        agent.stop()
+        assert_nowhere("KEY-abcdef99", agent.stderr(), agent.stdout())
+        assert_nowhere("KEY-hook-4321", agent.stderr(), agent.stdout())
