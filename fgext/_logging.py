@@ -225,8 +225,10 @@ class _StdlibBridge(logging.Handler):
                 fields["repeated"] = held
             if record.exc_info and record.exc_info[1] is not None:
                 fields["error"] = repr(record.exc_info[1])
-                # A burst's first record keeps its traceback; what repeats is the same story again.
-                fields["exc_info"] = record.exc_info
+                # An OSError (EMFILE on accept, a reset peer) is a condition, not a bug: its traceback
+                # through the event loop tells nothing more than the error itself.
+                if not isinstance(record.exc_info[1], OSError):
+                    fields["exc_info"] = record.exc_info
             level = record.levelname.lower()
             method = getattr(structlog.get_logger(), level if level in ("debug", "info", "warning", "error",
                                                                        "critical") else "warning")

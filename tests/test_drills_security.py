@@ -8,7 +8,11 @@ a second server, connections that dribble headers or sit idle while file descrip
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
+import select
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +22,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from tests.agentproc import AgentProcess, ready
+from tests.conftest import agent_python
 from tests.platform import RecordingPlatform
 from tests.test_otlp_agent import otlp_env
 from tests.test_otlp_plugin import invocation
@@ -175,3 +180,95 @@ class TestNoRedirectFollowed:
         agent.stop()
         assert_nowhere("KEY-abcdef99", agent.stderr(), agent.stdout())
         assert_nowhere("KEY-hook-4321", agent.stderr(), agent.stdout())
+
+
+INVOKE = json.dumps({"traceId": RID, "invokedFunctionUrn": "sn:cn:yrk:1111:function:0@test@hello:latest"}).encode()
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the agent closed ``sock`` (EOF or reset); never blocks."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(4096) == b""
+    except OSError:
+        return True
+
+
+def invoke_answered(port: int, timeout: float = 5.0) -> bool:
+    """One invoke on a fresh connection, as the platform sends it; True when answered 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/extension/invoke", body=INVOKE, headers={"Content-Type": "application/json"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+class TestListenerProtection:
+    def test_dribbled_headers_are_cut_off(self, platform: RecordingPlatform, agents: Start) -> None:
+        """200 connections sending their head a byte at a time are closed after FGEXT_HEADER_TIMEOUT."""
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": "-",
+                        "FGEXT_HEADER_TIMEOUT": "1"})
+        port = ready(agent)
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+        try:
+            for sock in socks:
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            open_ = list(socks)
+            deadline = time.monotonic() + 8
+            while open_ and time.monotonic() < deadline:
+                for sock in list(open_):
+                    try:
+                        sock.send(b"a")
+                    except OSError:
+                        open_.remove(sock)
+                        continue
+                    if closed_by_peer(sock):
+                        open_.remove(sock)
+                time.sleep(0.2)
+            assert not open_, f"{len(open_)} of 200 dribbling connections still open"
+            assert invoke_answered(port)
+        finally:
+            for sock in socks:
+                sock.close()
+        agent.wait_log("listener closed a connection that sent no complete request head in time")
+
+    def test_idle_keep_alive_connection_is_closed(self, platform: RecordingPlatform, agents: Start) -> None:
+        """A kept-alive connection with no next request is closed after FGEXT_IDLE_TIMEOUT."""
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": "-",
+                        "FGEXT_IDLE_TIMEOUT": "1"})
+        port = ready(agent)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST /extension/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(INVOKE)).encode() + b"\r\n\r\n" + INVOKE)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            assert wait_until(lambda: closed_by_peer(sock), timeout=8)
+
+    def test_idle_connections_at_the_fd_limit_do_not_starve_the_platform(
+            self, platform: RecordingPlatform, agents: Start, tmp_path: Path) -> None:
+        """With 256 file descriptors and 400 idle connections, invokes are answered and stderr stays small."""
+        wrapper = tmp_path / "python-256fds"
+        wrapper.write_text(f"#!/bin/sh\nulimit -n 256\nexec {agent_python()} \"$@\"\n")
+        wrapper.chmod(0o755)
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": "-",
+                        "FGEXT_PYTHON": str(wrapper)})
+        port = ready(agent)
+        assert re.search(r"Max open files\s+256\s", Path(f"/proc/{agent.pid}/limits").read_text())
+        socks: List[socket.socket] = []
+        try:
+            for _ in range(400):
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            answered = sum(invoke_answered(port) for _ in range(5))
+            assert answered == 5, agent.stderr()[-2000:]
+            time.sleep(1)  # what a flood would write, it writes in this second too
+        finally:
+            for sock in socks:
+                sock.close()
+        assert invoke_answered(port)
+        agent.stop()
+        assert len(agent.stderr()) < 20_000, agent.stderr()[-3000:]
+        assert "Traceback" not in agent.stderr()

@@ -109,4 +109,4 @@ class TestStandardLogging:
         bridge.emit(record)
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         assert len(lines) == 2 and lines[1]["repeated"] == 999
-        assert "Too many open files" in lines[0]["error"]
+        assert "Too many open files" in lines[0]["error"] and "exception" not in lines[0]
