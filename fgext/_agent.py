@@ -25,7 +25,7 @@ from fgext._bootstrap import _LISTEN_BACKLOG, Bootstrap
 from fgext._discovery import load_plugins, plugin_config
 from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
 from fgext._events import MalformedEvent, parse_batch, parse_invoke
-from fgext._listener import ConnectionGuard, GuardedSockSite, ListenerLimits
+from fgext._listener import ConnectionGuard, GuardedSockSite
 from fgext._logging import configure_logging, get_logger
 from fgext._pipeline import Pipeline
 from fgext._plugin import Plugin, PluginContext
@@ -57,7 +57,7 @@ class Agent:
         self._given_plugins = list(plugins or [])
         self.settings = boot.settings
         self.log = get_logger()
-        self.limits = ListenerLimits.from_environ(self.settings.environ)
+        self.limits = boot.limits
         self.guard: Optional[ConnectionGuard] = None
         self.pipeline: Optional[Pipeline] = None
         self.stats: Dict[str, int] = {
@@ -227,11 +227,5 @@ def serve(boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> int:
     log = get_logger()
     for level, event, fields in boot.notes:
         getattr(log, level)(event, **fields)
-    try:
-        agent = Agent(boot, plugins)
-    except FgextError as error:
-        log.error("configuration error", error=str(error))
-        boot.sock.close()
-        return error.exit_code
-    return asyncio.run(agent.run())
+    return asyncio.run(Agent(boot, plugins).run())
 

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 
-from fgext._config import PORT_RANGE, AgentSettings
+from fgext._config import PORT_RANGE, AgentSettings, ListenerLimits
 from fgext._errors import ConfigError, FgextError, RegistrationError
 from fgext._http import Redirected, post
 
@@ -54,6 +54,7 @@ class Bootstrap:
         self.registered_after = registered_after  # seconds from process start to the registration answer
         self.stop_requested = stop_requested  # signals received before the event loop ran
         self.notes: List[Tuple[str, str, Dict[str, Any]]] = []  # (level, event, fields) to log later
+        self.limits = ListenerLimits()  # the listener's, read with the settings before registering
 
     @property
     def address(self) -> str:
@@ -229,6 +230,7 @@ def _bootstrap(exec_monotonic: float) -> Bootstrap:
     signal.signal(signal.SIGINT, early_stop)
 
     settings = AgentSettings.from_environ()
+    limits = ListenerLimits.from_environ(settings.environ)
     sock = bind_listener(settings.port)
     port = sock.getsockname()[1]
     address = f"127.0.0.1:{port}"
@@ -244,6 +246,7 @@ def _bootstrap(exec_monotonic: float) -> Bootstrap:
         subscribed, refusal = subscribe(settings, port)
 
     boot = Bootstrap(settings, sock, answer, subscribed, exec_monotonic, registered_after, stop_requested)
+    boot.limits = limits
     boot.note("info", "registered", address=address, name=settings.name, attempts=attempts,
               function=str(answer.get("functionName") or ""), version=str(answer.get("functionVersion") or ""),
               registered_ms=round(registered_after * 1000, 1))

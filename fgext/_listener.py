@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import resource
-from typing import Any, Callable, Dict, Mapping, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set
 
 from aiohttp import web
 
-from fgext._config import _float, _int
-from fgext._errors import ConfigError
+from fgext._config import ListenerLimits
 
-__all__ = ["ConnectionGuard", "GuardedSockSite", "ListenerLimits"]
+__all__ = ["ConnectionGuard", "GuardedSockSite", "max_connections"]
 
 #: file descriptors kept free for the agent itself: interpreter, event loop, OTLP and webhook
 #: connections, spool files, the platform's next connection
@@ -34,33 +33,14 @@ _FD_RESERVE = 64
 _MAX_DEFAULT = 1000
 
 
-class ListenerLimits:
-    """The listener's limits, read from the environment and checked at start."""
-
-    def __init__(self, header_timeout: float = 10.0, idle_timeout: float = 30.0,
-                 max_connections: Optional[int] = None) -> None:
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections if max_connections is not None else self.default_max_connections()
-
-    @staticmethod
-    def default_max_connections() -> int:
-        """The soft file-descriptor limit less the agent's reserve (at least 16, at most 1000)."""
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY:
-            return _MAX_DEFAULT
-        return max(16, min(_MAX_DEFAULT, soft - _FD_RESERVE))
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> ListenerLimits:
-        header = _float(environ, "FGEXT_HEADER_TIMEOUT", 10.0)
-        idle = _float(environ, "FGEXT_IDLE_TIMEOUT", 30.0)
-        for name, value in (("FGEXT_HEADER_TIMEOUT", header), ("FGEXT_IDLE_TIMEOUT", idle)):
-            if value <= 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value:g}")
-        raw = environ.get("FGEXT_MAX_CONNECTIONS", "").strip()
-        cap = _int(environ, "FGEXT_MAX_CONNECTIONS", 0, minimum=2) if raw else None
-        return cls(header, idle, cap)
+def max_connections(limits: ListenerLimits) -> int:
+    """The configured cap, else the soft file-descriptor limit less the agent's reserve (16 to 1000)."""
+    if limits.max_connections is not None:
+        return limits.max_connections
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_DEFAULT
+    return max(16, min(_MAX_DEFAULT, soft - _FD_RESERVE))
 
 
 class _Guarded(asyncio.Protocol):
@@ -137,6 +117,7 @@ class ConnectionGuard:
     def __init__(self, factory: Callable[[], Any], limits: ListenerLimits, log: Any) -> None:
         self.factory = factory
         self.limits = limits
+        self.cap = max_connections(limits)
         self.log = log
         self.connections: Set[_Guarded] = set()
         self.stats: Dict[str, int] = {"header_timeouts": 0, "evicted": 0, "refused": 0}
@@ -154,7 +135,7 @@ class ConnectionGuard:
 
     def opened(self, conn: _Guarded) -> None:
         self.connections.add(conn)
-        if len(self.connections) <= self.limits.max_connections:
+        if len(self.connections) <= self.cap:
             return
         idle = [c for c in self.connections if c is not conn and not c.busy and
                 (c.transport is None or not c.transport.is_closing())]
@@ -167,7 +148,7 @@ class ConnectionGuard:
         if not self._warned:
             self._warned = True
             self.log.warning("listener at its connection cap; closing the longest-quiet connections to "
-                             "keep serving the platform", max_connections=self.limits.max_connections)
+                             "keep serving the platform", max_connections=self.cap)
 
     def closed(self, conn: _Guarded) -> None:
         self.connections.discard(conn)

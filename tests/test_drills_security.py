@@ -272,3 +272,32 @@ class TestListenerProtection:
         agent.stop()
         assert len(agent.stderr()) < 20_000, agent.stderr()[-3000:]
         assert "Traceback" not in agent.stderr()
+
+    def test_connection_cap_closes_the_longest_quiet(self, platform: RecordingPlatform, agents: Start) -> None:
+        """Above FGEXT_MAX_CONNECTIONS the oldest quiet connections are closed; the platform is served."""
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": "-",
+                        "FGEXT_MAX_CONNECTIONS": "20"})
+        port = ready(agent)
+        socks = []
+        try:
+            for _ in range(50):
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            assert invoke_answered(port)
+            assert wait_until(lambda: sum(closed_by_peer(s) for s in socks[:30]) == 30, timeout=10)
+            assert not any(closed_by_peer(s) for s in socks[31:])
+        finally:
+            for sock in socks:
+                sock.close()
+        line = agent.wait_log("listener at its connection cap; closing the longest-quiet connections to keep "
+                              "serving the platform")
+        assert line["max_connections"] == 20
+
+    @pytest.mark.parametrize("name, value", [("FGEXT_HEADER_TIMEOUT", "soon"), ("FGEXT_IDLE_TIMEOUT", "0"),
+                                             ("FGEXT_MAX_CONNECTIONS", "1")])
+    def test_bad_limit_is_a_configuration_error(self, platform: RecordingPlatform, agents: Start,
+                                                 name: str, value: str) -> None:
+        """A bad listener limit exits 2 with one line naming it, before registering."""
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, name: value})
+        assert agent.wait_exit() == 2
+        assert name in agent.stderr() and "Traceback" not in agent.stderr()
+        assert platform.requests == []
