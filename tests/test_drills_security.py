@@ -150,6 +150,16 @@ class TestSecretsNeverPrint:
         assert_nowhere(TOKEN, agent.stderr(), agent.stdout())
 
 
+    def test_refused_registration_quoting_the_token(self, platform: RecordingPlatform, agents: Start) -> None:
+        """The one-line error of a refused registration is scrubbed too, though logging is not set up yet."""
+        platform.register_statuses = [403]
+        platform.error_body = {"errorInfo": {"errorType": "Forbidden", "errorMessage": f"bad token {TOKEN}"}}
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_WEBHOOK_TOKEN": TOKEN})
+        assert agent.wait_exit() == 3
+        assert "bad token ***" in agent.stderr()
+        assert_nowhere(TOKEN, agent.stderr(), agent.stdout())
+
+
 class TestNoRedirectFollowed:
     def test_registration_redirect_is_refused(self, agents: Start, peers: Callable[..., Peer],
                                               tmp_path: Path) -> None:
