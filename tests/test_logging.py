@@ -5,10 +5,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Iterator
 
 import pytest
 
 from fgext._logging import _StdlibBridge, configure_logging, get_logger, neutralise_markers, redact_url, secret_values
+
+
+@pytest.fixture(autouse=True)
+def restore_stdlib_logging() -> Iterator[None]:
+    """configure_logging takes over the root logger, as the agent process wants; give it back after each test."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.lastResort)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    logging.lastResort = saved[2]
+    logging.captureWarnings(False)
 
 
 def capture(environ: dict) -> tuple:  # type: ignore[type-arg]
