@@ -271,17 +271,23 @@ class TestListenerProtection:
         socks: List[socket.socket] = []
         try:
             for _ in range(400):
-                socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                try:
+                    socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                except OSError:
+                    break  # the agent no longer accepts: its backlog is full
             answered = sum(invoke_answered(port) for _ in range(5))
-            assert answered == 5, agent.stderr()[-2000:]
             time.sleep(1)  # what a flood would write, it writes in this second too
         finally:
             for sock in socks:
                 sock.close()
-        assert invoke_answered(port)
+        after = invoke_answered(port)
         agent.stop()
-        assert len(agent.stderr()) < 20_000, agent.stderr()[-3000:]
-        assert "Traceback" not in agent.stderr()
+        stderr = agent.stderr()
+        print(f"drill figure: {len(socks)} idle connections at 256 file descriptors: {answered} of 5 invokes "
+              f"answered, stderr {len(stderr):,} bytes in {len(stderr.splitlines())} lines")
+        assert len(socks) == 400 and answered == 5 and after, stderr[-2000:]
+        assert len(stderr) < 20_000, stderr[-3000:]
+        assert "Traceback" not in stderr
 
     def test_connection_cap_closes_the_longest_quiet(self, platform: RecordingPlatform, agents: Start) -> None:
         """Above FGEXT_MAX_CONNECTIONS the oldest quiet connections are closed; the platform is served."""
