@@ -372,10 +372,11 @@ def build(options: BuildOptions) -> BuildResult:
                                     f"are: {'; '.join(failures[:3])}")
 
         plugins_dir = extension / "fgext-plugins"
+        # A package folder counts by its name, a module by its file's (``six.py``, ``_cffi.cpython-39-...so``).
+        bundled = bundled_names(f"{entry.name}/" if entry.is_dir() else entry.name for entry in lib.iterdir())
         for path, name in zip(options.plugins, plugin_names):
             plugins_dir.mkdir(exist_ok=True)
-            if name in bundled_names(str(entry.relative_to(lib).as_posix()) + ("/x" if entry.is_dir() else "")
-                                     for entry in lib.iterdir()):
+            if name in bundled:
                 raise PackageError(f"--plugin {path}: {name!r} is also the name of a module in fgext-lib, "
                                    "which comes first on the import path and would hide the plugin; rename it")
             source = Path(path)

@@ -229,8 +229,8 @@ def stdlib_names() -> FrozenSet[str]:
 
 def _top_name(relative: str) -> Optional[str]:
     """The importable top-level name of a path below an import root (None for data files)."""
-    first, _, rest = relative.partition("/")
-    if rest:
+    first, slash, _rest = relative.partition("/")
+    if slash:
         return None if first.endswith((".dist-info", ".egg-info", ".data")) or first in ("bin", "__pycache__") \
             else first
     if first.endswith(".py"):
