@@ -308,6 +308,30 @@ class TestListenerProtection:
                               "serving the platform")
         assert line["max_connections"] == 20
 
+    def test_connections_that_sent_a_request_are_kept_longest(self, platform: RecordingPlatform,
+                                                              agents: Start) -> None:
+        """At the cap, connections that never sent a request go first, though newer than kept-alive ones."""
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": "-",
+                        "FGEXT_MAX_CONNECTIONS": "20"})
+        port = ready(agent)
+        request = (b"POST /extension/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(INVOKE)).encode() + b"\r\n\r\n" + INVOKE)
+        used: List[socket.socket] = []
+        silent: List[socket.socket] = []
+        try:
+            for _ in range(10):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(request)
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                used.append(sock)
+            for _ in range(20):
+                silent.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            assert wait_until(lambda: sum(closed_by_peer(s) for s in silent[:10]) == 10, timeout=10)
+            assert not any(closed_by_peer(s) for s in used + silent[10:])
+        finally:
+            for sock in used + silent:
+                sock.close()
+
     @pytest.mark.parametrize("name, value", [("FGEXT_HEADER_TIMEOUT", "soon"), ("FGEXT_IDLE_TIMEOUT", "0"),
                                              ("FGEXT_MAX_CONNECTIONS", "1")])
     def test_bad_limit_is_a_configuration_error(self, platform: RecordingPlatform, agents: Start,
