@@ -22,11 +22,12 @@ from typing import Any, Dict, Optional, Sequence
 
 from aiohttp import web
 
-from fgext._bootstrap import Bootstrap
+from fgext._bootstrap import _LISTEN_BACKLOG, Bootstrap
 from fgext._deadline import Deadline
 from fgext._discovery import load_plugins, plugin_config
 from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
 from fgext._events import MalformedEvent, parse_batch, parse_invoke
+from fgext._listener import ConnectionGuard, GuardedSockSite
 from fgext._logging import configure_logging, get_logger
 from fgext._pipeline import Pipeline
 from fgext._plugin import Plugin, PluginContext
@@ -60,6 +61,8 @@ class Agent:
         self._given_plugins = list(plugins or [])
         self.settings = boot.settings
         self.log = get_logger()
+        self.limits = boot.limits
+        self.guard: Optional[ConnectionGuard] = None
         # Made in run(), before the listener starts: asyncio queues bind to the running loop on 3.9.
         self.pipeline: Optional[Pipeline] = None
         self.stats: Dict[str, int] = {
@@ -183,9 +186,12 @@ class Agent:
         app.router.add_post("/extension/invoke", self.handle_invoke)
         app.router.add_post("/", self.handle_telemetry)
         # In-flight requests get a short grace period at shutdown; the flush deadline matters more.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2,
+                               keepalive_timeout=self.limits.idle_timeout)
         await runner.setup()
-        site = web.SockSite(runner, self.boot.sock)
+        assert runner.server is not None
+        self.guard = ConnectionGuard(runner.server, self.limits, self.log)
+        site = GuardedSockSite(runner, self.boot.sock, self.guard, _LISTEN_BACKLOG)
         await site.start()
         self.log.info("listening", address=self.registration.address,
                       subscribed=self.registration.subscribed)
@@ -217,7 +223,7 @@ class Agent:
 
 def serve(boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> int:
     """Run the agent's event loop until it is told to stop; return the exit code."""
-    configure_logging(boot.settings.log_level, boot.settings.environ)
+    configure_logging(boot.settings.log_level, boot.settings.environ, config=boot.settings.config)
     log = get_logger()
     for level, event, fields in boot.notes:
         getattr(log, level)(event, **fields)

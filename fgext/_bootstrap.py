@@ -15,9 +15,9 @@ import socket
 import sys
 import time
 
-from fgext._config import PORT_RANGE, AgentSettings
+from fgext._config import PORT_RANGE, AgentSettings, ListenerLimits
 from fgext._errors import ConfigError, FgextError, RegistrationError
-from fgext._http import post
+from fgext._http import Redirected, post
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class Bootstrap:
         self.registered_after = registered_after  # seconds from process start to the registration answer
         self.stop_requested = stop_requested  # signals received before the event loop ran
         self.notes: List[Tuple[str, str, Dict[str, Any]]] = []  # (level, event, fields) to log later
+        self.limits = ListenerLimits()  # the listener's, read with the settings before registering
 
     @property
     def address(self) -> str:
@@ -127,6 +128,14 @@ def _error_text(status: int, body: bytes) -> str:
     return f"HTTP {status}: {text[:500]}" if text else f"HTTP {status}"
 
 
+def _redirect_text(redirect: Redirected) -> str:
+    """A refused redirect, its ``Location`` without credentials (only ever built on failure)."""
+    from fgext._logging import redact_url
+
+    where = redact_url(redirect.location) if redirect.location else "no Location"
+    return f"HTTP {redirect.status} redirect to {where}, which fgext does not follow"
+
+
 def register(settings: AgentSettings, address: str, clock: Callable[[], float] = time.monotonic,
              sleep: Callable[[float], None] = time.sleep) -> Tuple[Dict[str, Any], int]:
     """``POST /extension/register``, retrying transient failures until ``register_timeout``.
@@ -150,6 +159,9 @@ def register(settings: AgentSettings, address: str, clock: Callable[[], float] =
                                  timeout=max(0.05, min(_ATTEMPT_TIMEOUT_CAP, remaining)))
         except OSError as error:
             last = f"{type(error).__name__}: {error}"
+        except Redirected as redirect:
+            raise RegistrationError(f"the platform at {settings.api_addr} answered registration of "
+                                    f"{settings.name} with {_redirect_text(redirect)}") from None
         else:
             if status == 200:
                 # Imported once the platform has the registration: json brings re and its compiler, the
@@ -195,6 +207,8 @@ def subscribe(settings: AgentSettings, port: int) -> Tuple[bool, str]:
                                    timeout=_ATTEMPT_TIMEOUT_CAP)
         except OSError as error:
             last = f"{type(error).__name__}: {error}"
+        except Redirected as redirect:
+            return False, _redirect_text(redirect)
         else:
             if status == 200:
                 return True, ""
@@ -216,6 +230,7 @@ def _bootstrap(exec_monotonic: float) -> Bootstrap:
     signal.signal(signal.SIGINT, early_stop)
 
     settings = AgentSettings.from_environ()
+    limits = ListenerLimits.from_environ(settings.environ)
     sock = bind_listener(settings.port)
     port = sock.getsockname()[1]
     address = f"127.0.0.1:{port}"
@@ -231,6 +246,7 @@ def _bootstrap(exec_monotonic: float) -> Bootstrap:
         subscribed, refusal = subscribe(settings, port)
 
     boot = Bootstrap(settings, sock, answer, subscribed, exec_monotonic, registered_after, stop_requested)
+    boot.limits = limits
     boot.note("info", "registered", address=address, name=settings.name, attempts=attempts,
               function=str(answer.get("functionName") or ""), version=str(answer.get("functionVersion") or ""),
               registered_ms=round(registered_after * 1000, 1))
@@ -258,6 +274,15 @@ def _process_start() -> float:
         return time.monotonic()
 
 
+def _scrubbed(text: str) -> str:
+    """``text`` with the environment's secrets masked (the platform's refusal may quote a header)."""
+    import os
+
+    from fgext._logging import scrub_text, secret_values
+
+    return scrub_text(text, secret_values(os.environ))
+
+
 def main_run(plugins: Optional[Sequence[Plugin]] = None) -> int:
     """The agent process: cold start here, then the event loop in :mod:`fgext._agent`.
 
@@ -268,7 +293,7 @@ def main_run(plugins: Optional[Sequence[Plugin]] = None) -> int:
     try:
         boot = _bootstrap(exec_monotonic)
     except FgextError as error:
-        print(f"fgext run: error: {error}", file=sys.stderr, flush=True)
+        print(f"fgext run: error: {_scrubbed(str(error))}", file=sys.stderr, flush=True)
         return error.exit_code
     from fgext._agent import serve  # heavy: aiohttp, structlog, plugins
 

@@ -20,6 +20,7 @@ __all__ = [
     "PORT_RANGE",
     "TELEMETRY_TYPES",
     "AgentSettings",
+    "ListenerLimits",
     "load_config_file",
     "parse_api_addr",
 ]
@@ -218,3 +219,28 @@ class AgentSettings:
             config=config,
             environ=env,
         )
+
+
+class ListenerLimits:
+    """The listener's limits (``FGEXT_HEADER_TIMEOUT``, ``FGEXT_IDLE_TIMEOUT``, ``FGEXT_MAX_CONNECTIONS``).
+
+    ``max_connections`` None means the default the listener derives from the file-descriptor limit.
+    """
+
+    __slots__ = ("header_timeout", "idle_timeout", "max_connections")
+
+    def __init__(self, header_timeout: float = 10.0, idle_timeout: float = 30.0,
+                 max_connections: Optional[int] = None) -> None:
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> ListenerLimits:
+        header = _float(environ, "FGEXT_HEADER_TIMEOUT", 10.0)
+        idle = _float(environ, "FGEXT_IDLE_TIMEOUT", 30.0)
+        for name, value in (("FGEXT_HEADER_TIMEOUT", header), ("FGEXT_IDLE_TIMEOUT", idle)):
+            if not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value:g}")
+        raw = environ.get("FGEXT_MAX_CONNECTIONS", "").strip()
+        return cls(header, idle, _int(environ, "FGEXT_MAX_CONNECTIONS", 0, minimum=2) if raw else None)

@@ -6,6 +6,9 @@ exec to registration. The Extension API is plain HTTP on the sandbox's own netwo
 connection, so this module speaks exactly that: a request with ``Content-Length`` and
 ``Connection: close``, and a response read to its end (by ``Content-Length``, chunked, or to EOF).
 Everything after registration uses aiohttp.
+
+A redirect is never followed: the request carries the extension's name and address, and the only
+peer entitled to them is the Extension API the platform named. A 3xx raises :class:`Redirected`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,22 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, Optional, Tuple
 
-__all__ = ["ProtocolError", "post"]
+__all__ = ["ProtocolError", "Redirected", "post"]
 
 _MAX_RESPONSE = 1024 * 1024
 
 
 class ProtocolError(OSError):
     """The peer's answer was not HTTP/1.x this client can read; treated like a connection error."""
+
+
+class Redirected(Exception):
+    """The peer answered 3xx; the redirect was not followed. ``location`` may hold credentials."""
+
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(f"HTTP {status} redirect (not followed)")
+        self.status = status
+        self.location = location
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -49,7 +61,8 @@ def post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
          timeout: float) -> Tuple[int, bytes]:
     """POST ``body`` to ``http://host:port/path``; return the status and the body of the answer.
 
-    Raises ``OSError`` (``ProtocolError`` included) for anything short of a readable answer.
+    Raises ``OSError`` (``ProtocolError`` included) for anything short of a readable answer, and
+    ``Redirected`` for a 3xx answer.
     """
     host_header = f"[{host}]" if ":" in host else host
     lines = [f"POST {path} HTTP/1.1", f"Host: {host_header}:{port}", f"Content-Length: {len(body)}",
@@ -88,6 +101,8 @@ def post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
         name, sep, value = line.partition(":")
         if sep:
             fields[name.strip().lower()] = value.strip()
+    if 300 <= status < 400:
+        raise Redirected(status, fields.get("location", ""))
     if "chunked" in fields.get("transfer-encoding", "").lower():
         return status, _dechunk(rest)
     length = _content_length(data[:head_end])

@@ -12,6 +12,7 @@ from fgext._config import AgentSettings
 from fgext._errors import ConfigError, RegistrationError
 from tests.conftest import free_extension_ports
 from tests.platform import RecordingPlatform, free_port
+from tests.test_drills_security import Peer
 
 
 @pytest.fixture
@@ -81,3 +82,15 @@ class TestRegister:
             assert not ok and "FSS.0400" in reason and "types must not be empty" in reason
         finally:
             platform.stop()
+
+    def test_subscribe_redirect_is_a_refusal(self, settings_for) -> None:  # type: ignore[no-untyped-def]
+        """A 307 to /telemetry is a refusal naming the Location without credentials; its target gets nothing."""
+        elsewhere = Peer(200)
+        api = Peer(307, b"", {"Location": f"http://u:PASSWORD-5678@127.0.0.1:{elsewhere.port}/t?k=KEY-1234567"})
+        try:
+            ok, reason = subscribe(settings_for(f"127.0.0.1:{api.port}"), 8081)
+            assert not ok and f"redirect to http://***@127.0.0.1:{elsewhere.port}/t?k=***" in reason
+            assert len(api.requests) == 1 and not elsewhere.requests
+        finally:
+            api.stop()
+            elsewhere.stop()

@@ -14,6 +14,8 @@ import pytest
 
 from fgext._errors import ConfigError
 from fgext.packager import Finding, check_zip
+from fgext.packager._inspect import MAGIC_NUMBERS
+from fgext.packager._runtimes import RUNTIMES, find_interpreter
 from tests.conftest import ROOT
 
 SCRIPT = b"#!/bin/sh\nexec python3 -m myext\n"
@@ -253,3 +255,133 @@ class TestCommandLine:
     def test_missing_argument_is_a_usage_error(self) -> None:
         """Without a zip argument argparse's usage error exits 2."""
         assert run_check().returncode == 2
+
+
+def link(name: str, target: str) -> Member:
+    return (name, target.encode(), stat.S_IFLNK | 0o777)
+
+
+class TestSymlinkChains:
+    def test_chain_that_escapes_is_refused(self, tmp_path: Path) -> None:
+        """'self -> .' then 'esc -> self/../..' leaves the unpack folder: an error, though no target has '../..'."""
+        members = [*good_members(), link("extension/self", "."), link("extension/esc", "self/../..")]
+        findings = check_zip(make_zip(tmp_path / "demo.zip", members))
+        errors = [f for f in findings if f.severity == "error"]
+        assert [(f.code, f.path) for f in errors] == [("unsafe-symlink", "extension/esc")]
+        done = run_check(str(tmp_path / "demo.zip"))
+        assert done.returncode == 1 and "[unsafe-symlink] extension/esc:" in done.stdout
+
+    def test_links_that_stay_inside_pass(self, tmp_path: Path) -> None:
+        """Links resolving inside the zip, through other links too, are fine."""
+        members = [*good_members(), ("extension/lib/", None, 0o755), ("extension/lib/a.py", b"", 0o644),
+                   link("extension/self", "."), link("extension/l", "self/lib"), link("extension/a", "l/a.py")]
+        assert not codes(check_zip(make_zip(tmp_path / "demo.zip", members)), "error")
+
+    def test_member_written_through_an_escaping_link(self, tmp_path: Path) -> None:
+        """A file stored below a link that leads outside would be written outside: an error for both."""
+        members = [*good_members(), link("extension/out", "../.."), ("extension/out/evil.sh", b"x", 0o755)]
+        found = codes(check_zip(make_zip(tmp_path / "demo.zip", members)), "error")
+        assert found["unsafe-symlink"].path == "extension/out"
+        assert found["path-through-symlink"].path == "extension/out/evil.sh"
+
+    def test_link_loop(self, tmp_path: Path) -> None:
+        """Two links pointing at each other never resolve: an error, not a hang."""
+        members = [*good_members(), link("extension/a", "b"), link("extension/b", "a")]
+        assert "symlink-loop" in codes(check_zip(make_zip(tmp_path / "demo.zip", members)), "error")
+
+
+def pyc(version: Tuple[int, int]) -> bytes:
+    return MAGIC_NUMBERS[version].to_bytes(2, "little") + b"\r\n" + (1).to_bytes(4, "little") + bytes(8) + b"\xe3"
+
+
+def built_for_312() -> List[Member]:
+    """What a zip resolved and compiled for Python 3.12 holds: cp312 wheels, .so and byte code."""
+    return [*good_members(), ("extension/fgext-lib/fgext/__init__.py", b"", 0o644),
+            ("extension/fgext-lib/multidict/__init__.py", b"", 0o644),
+            ("extension/fgext-lib/multidict/__pycache__/__init__.cpython-312.pyc", pyc((3, 12)), 0o644),
+            ("extension/fgext-lib/multidict/_multidict.cpython-312-x86_64-linux-gnu.so", b"\x7fELF", 0o755),
+            ("extension/fgext-lib/multidict-6.0.5.dist-info/WHEEL",
+             b"Wheel-Version: 1.0\nTag: cp312-cp312-manylinux_2_17_x86_64\nTag: cp312-cp312-manylinux2014_x86_64\n",
+             0o644)]
+
+
+class TestRuntimeMismatch:
+    def test_zip_built_for_312_fails_for_39(self, tmp_path: Path) -> None:
+        """--runtime Python3.9 on a zip built for 3.12: exit 1 naming the .so, the wheel and the byte code."""
+        path = make_zip(tmp_path / "demo.zip", built_for_312())
+        done = run_check(str(path), "--runtime", "Python3.9")
+        assert done.returncode == 1, done.stdout
+        for code in ("foreign-extension-module", "foreign-wheel", "foreign-bytecode"):
+            assert f"error [{code}]" in done.stdout
+        assert "multidict-6.0.5" in done.stdout and "Python 3.12" in done.stdout
+        assert run_check(str(path), "--runtime", "Python3.12", "--arch", "x86_64").returncode == 0
+
+    def test_other_machine_or_os(self, tmp_path: Path) -> None:
+        """With --arch, aarch64 code fails an x86_64 check; macOS or Windows code fails any check."""
+        members = [*good_members(),
+                   ("extension/fgext-lib/a.cpython-39-aarch64-linux-gnu.so", b"", 0o755),
+                   ("extension/fgext-lib/b.cpython-39-darwin.so", b"", 0o755),
+                   ("extension/fgext-lib/c.pyd", b"", 0o644)]
+        findings = check_zip(make_zip(tmp_path / "demo.zip", members), runtime_tag="cpython-39", arch="x86_64")
+        flagged = sorted(f.path or "" for f in findings if f.code == "foreign-extension-module")
+        assert flagged == ["extension/fgext-lib/a.cpython-39-aarch64-linux-gnu.so",
+                           "extension/fgext-lib/b.cpython-39-darwin.so", "extension/fgext-lib/c.pyc"[:-1] + "d"]
+
+    @pytest.mark.parametrize("tag, ok", [
+        ("py3-none-any", True), ("cp39-cp39-manylinux_2_17_x86_64", True), ("cp38-abi3-manylinux2014_x86_64", True),
+        ("cp311-abi3-manylinux2014_x86_64", False), ("cp39-cp39-macosx_11_0_arm64", False),
+        ("cp39-cp39-musllinux_1_1_x86_64", False), ("cp310-cp310-manylinux2014_x86_64", False),
+    ])
+    def test_wheel_tags(self, tmp_path: Path, tag: str, ok: bool) -> None:
+        """A wheel's tags decide: pure, same CPython, or an older abi3 on glibc Linux pass; the rest fail."""
+        members = [*good_members(), ("extension/fgext-lib/x-1.dist-info/WHEEL", f"Tag: {tag}\n".encode(), 0o644)]
+        findings = check_zip(make_zip(tmp_path / "demo.zip", members), runtime_tag="cpython-39")
+        assert ("foreign-wheel" not in codes(findings, "error")) is ok
+
+    def test_pyc_magic_is_read(self, tmp_path: Path) -> None:
+        """A .pyc named for 3.9 but compiled by 3.12, or a sourceless one of 3.12, is a problem for 3.9."""
+        members = [*good_members(), ("extension/lib/__pycache__/a.cpython-39.pyc", pyc((3, 12)), 0o644),
+                   ("extension/lib/__pycache__/b.cpython-39.pyc", pyc((3, 9)), 0o644),
+                   ("extension/lib/c.pyc", pyc((3, 12)), 0o644)]
+        findings = check_zip(make_zip(tmp_path / "demo.zip", members), runtime_tag="cpython-39")
+        assert sorted(f.path or "" for f in findings if f.code == "foreign-bytecode") == [
+            "extension/lib/__pycache__/a.cpython-39.pyc", "extension/lib/c.pyc"]
+
+    @pytest.mark.parametrize("version", [(3, 9), (3, 10), (3, 12)])
+    def test_magic_table_matches_the_interpreters(self, version: Tuple[int, int]) -> None:
+        """The table of magic numbers is what each installed interpreter really writes."""
+        python = find_interpreter(RUNTIMES[f"Python{version[0]}.{version[1]}"])
+        if python is None:
+            pytest.skip(f"no Python {version[0]}.{version[1]} on this machine")
+        done = subprocess.run([python, "-I", "-c", "import importlib.util; print(importlib.util.MAGIC_NUMBER.hex())"],
+                              capture_output=True, text=True, check=True, timeout=30)
+        assert bytes.fromhex(done.stdout.strip())[:2] == MAGIC_NUMBERS[version].to_bytes(2, "little")
+
+
+class TestPlugins:
+    def test_plugin_named_like_a_stdlib_module(self, tmp_path: Path) -> None:
+        """A plugin called email.py would never load (the standard library comes first): an error."""
+        members = [*good_members(), ("extension/fgext-plugins/email.py", b"X = 1\n", 0o644)]
+        done = run_check(str(make_zip(tmp_path / "demo.zip", members)))
+        assert done.returncode == 1
+        assert "error [plugin-shadows-stdlib] extension/fgext-plugins/email:" in done.stdout
+
+    def test_plugin_named_like_a_bundled_module(self, tmp_path: Path) -> None:
+        """A plugin package with the name of a distribution in fgext-lib is hidden by it: an error."""
+        members = [*good_members(), ("extension/fgext-lib/fgext/__init__.py", b"", 0o644),
+                   ("extension/fgext-lib/yarl/__init__.py", b"", 0o644),
+                   ("extension/fgext-plugins/yarl/__init__.py", b"", 0o644),
+                   ("extension/fgext-plugins/mine.py", b"", 0o644)]
+        found = [f for f in check_zip(make_zip(tmp_path / "demo.zip", members)) if f.severity == "error"]
+        assert [(f.code, f.path) for f in found] == [("plugin-shadows-bundled", "extension/fgext-plugins/yarl")]
+
+    def test_plugin_that_does_not_compile(self, tmp_path: Path) -> None:
+        """A syntax error, or syntax newer than the runtime's Python, is an error naming the file and line."""
+        members = [*good_members(), ("extension/fgext-plugins/broken.py", b"def f(:\n", 0o644),
+                   ("extension/fgext-plugins/new.py", b"match x:\n    case 1:\n        pass\n", 0o644)]
+        path = make_zip(tmp_path / "demo.zip", members)
+        found = {f.path: f for f in check_zip(path, runtime_tag="cpython-39") if f.code == "plugin-does-not-compile"}
+        assert set(found) == {"extension/fgext-plugins/broken.py", "extension/fgext-plugins/new.py"}
+        assert "line 1" in found["extension/fgext-plugins/broken.py"].message
+        assert "extension/fgext-plugins/new.py" not in {
+            f.path for f in check_zip(path, runtime_tag="cpython-312") if f.code == "plugin-does-not-compile"}

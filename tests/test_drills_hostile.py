@@ -9,6 +9,7 @@ everything it accepts also goes through the mapping and the spool.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -130,7 +131,7 @@ def test_hostile_bodies_get_a_clear_4xx_and_memory_stays_bounded(platform: Recor
 def test_slow_loris_and_thousands_of_connections_do_not_stop_service(platform: RecordingPlatform,
                                                                    agents: Start, tmp_path: Path) -> None:
     """2,000 open connections, half of them dribbling a request header byte by byte, do not stop the agent
-    from answering honest requests; memory stays bounded and returns once they go."""
+    from answering honest requests (it closes what is above its cap); memory stays bounded."""
     agent, port = start_agent(platform, agents, tmp_path)
     baseline = rss_mb(agent.pid)
     idle: List[socket.socket] = []
@@ -144,7 +145,9 @@ def test_slow_loris_and_thousands_of_connections_do_not_stop_service(platform: R
         answered: List[float] = []
         for offset in range(0, 6):  # each slow client sends a few more bytes, never finishing its header
             for sock in loris:
-                sock.send(header[offset * 4:offset * 4 + 4] or b"a")
+                # A connection the agent closed (above its cap, or past the header timeout) refuses the send.
+                with contextlib.suppress(OSError):
+                    sock.send(header[offset * 4:offset * 4 + 4] or b"a")
             began = time.monotonic()
             status, _ = post(port, "/", json.dumps(invocation(f"honest-{offset}", 0)).encode(), timeout=10)
             assert status == 200

@@ -8,7 +8,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from fgext._http import ProtocolError, post
+from fgext._http import ProtocolError, Redirected, post
 
 
 class RawServer:
@@ -102,3 +102,12 @@ class TestPost:
             port = sock.getsockname()[1]
         with pytest.raises(ConnectionRefusedError):
             call(port)
+
+    def test_redirect_is_not_followed(self, server) -> None:  # type: ignore[no-untyped-def]
+        """A 3xx raises Redirected with its Location; no second request is made anywhere."""
+        srv = server(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://u:pw@127.0.0.1:1/x\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+        with pytest.raises(Redirected) as caught:
+            call(srv.port)
+        assert caught.value.status == 307 and caught.value.location == "http://u:pw@127.0.0.1:1/x"
+        assert len(srv.requests) == 1 and "pw" not in str(caught.value)

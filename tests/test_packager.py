@@ -463,6 +463,35 @@ class TestCommandLine:
         assert done.returncode == 2 and "needs Python 3.9" in done.stderr
 
 
+class TestPluginRefusals:
+    @pytest.mark.parametrize("file_name, source, words", [
+        ("email.py", "X = 1\n", "name of a standard-library module"),
+        ("broken.py", "def f(:\n    pass\n", "does not compile for Python 3.9"),
+        ("newsyntax.py", "match x:\n    case 1:\n        pass\n", "does not compile for Python 3.9"),
+    ])
+    def test_refused_before_anything_is_built(self, file_name: str, source: str, words: str,
+                                              tmp_path: Path) -> None:
+        """A plugin that shadows the standard library or does not compile for the target: exit 1, one line."""
+        plugin = tmp_path / file_name
+        plugin.write_text(source)
+        done = run_cli("package", "-o", str(tmp_path / "x.zip"), "--plugin", str(plugin), "--quiet")
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(plugin) in lines[0] and words in lines[0], done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "x.zip").exists()
+
+    def test_plugin_named_like_a_bundled_distribution(self, pip_cache: None, tmp_path: Path) -> None:
+        """A plugin called yarl.py would be hidden by the bundled yarl: exit 1, one line, no zip."""
+        plugin = tmp_path / "yarl.py"
+        plugin.write_text("X = 1\n")
+        done = run_cli("package", "-o", str(tmp_path / "x.zip"), "--plugin", str(plugin), "--quiet",
+                       "--no-compile", "--no-strip")
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "'yarl' is also the name of a module in fgext-lib" in lines[0], done.stderr
+        assert not (tmp_path / "x.zip").exists()
+
+
 def test_launcher_and_constraints_ship_as_package_data() -> None:
     """The launcher and packaging/ are reachable through fgext/packager/_data, as a wheel would carry them."""
     from fgext.packager import _assets

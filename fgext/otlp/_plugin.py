@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Dict, Optional, Sequence
 
 from fgext._deadline import Deadline
 from fgext._events import AnyEvent, Invoke
+from fgext._logging import redact_url
 from fgext._plugin import Plugin, PluginContext
 from fgext.otlp._config import OtlpConfig, load_config
 from fgext.otlp._export import Shipper, build_transports
@@ -101,7 +102,7 @@ class OtlpPlugin(Plugin):
         self._ticker = asyncio.ensure_future(self._expire_loop())
         self._log.info(
             "otlp export ready", spool=str(config.spool_dir), max_request_bytes=config.max_request_bytes,
-            endpoints={s: c.endpoint for s, c in config.signals.items() if c.enabled},
+            endpoints={s: redact_url(c.endpoint) for s, c in config.signals.items() if c.enabled},
             protocol=sorted({c.protocol for c in config.signals.values() if c.enabled}),
         )
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from fgext._errors import ConfigError, PackageError
 from fgext.packager import _assets
 from fgext.packager._compile import compile_tree
+from fgext.packager._inspect import bundled_names, compile_problems, plugin_findings
 from fgext.packager._limits import MAX_FILES, MAX_INLINE_BYTES, MAX_UNPACKED_BYTES, human_size
 from fgext.packager._resolve import Installer, Resolved, marker_environment, require_packaging
 from fgext.packager._runtimes import ARCHITECTURES, Runtime, find_interpreter, get_runtime
@@ -175,6 +176,30 @@ def _requirements(values: Sequence[str]) -> List[str]:
                 raise ConfigError(f"--requirement {line!r}: not a valid requirement ({error})") from error
             result.append(line)
     return result
+
+
+def _check_plugins(plugins: Sequence[Path], names: Sequence[str], runtime: Runtime, python: Optional[str],
+                   warnings: List[str]) -> None:
+    """Refuse plugins named like a standard-library module, or whose sources do not compile for the target.
+
+    Done before anything is downloaded. With no interpreter of the target's version, this one's
+    compile() checks the sources (the report says so).
+    """
+    problems: List[str] = []
+    for path, name in zip(plugins, names):
+        for _severity, _code, message, _where in plugin_findings([f"{name}.py"], frozenset()):
+            problems.append(f"--plugin {path}: {message}")
+    sources: List[Tuple[Path, str]] = []
+    for path in map(Path, plugins):
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        sources += [(file, str(file)) for file in files if "__pycache__" not in file.parts]
+    failed, how = compile_problems(sources, runtime.version, python)
+    problems += [f"--plugin {shown}: does not compile for Python {runtime.dotted}: {reason} ({how})"
+                 for shown, reason in failed]
+    if problems:
+        raise PackageError("\n".join(problems))
+    if sources and python is None:
+        warnings.append(f"plugins {how}: no Python {runtime.dotted} interpreter was found to compile them")
 
 
 # -- fgext itself -----------------------------------------------------------------------------------------
@@ -350,6 +375,7 @@ def build(options: BuildOptions) -> BuildResult:
             f"no Python {runtime.dotted} interpreter found (give one with --python PATH, or install "
             f"python{runtime.dotted}, e.g. `pyenv install {runtime.dotted}`): the zip holds sources only, "
             "and the read-only sandbox recompiles every module in memory at each cold start")
+    _check_plugins(options.plugins, plugin_names, runtime, python, warnings)
     constraints = [path for path in [_assets.constraints_file(runtime.name)] if path is not None]
     constraints += [Path(path) for path in options.constraints]
 
@@ -406,11 +432,13 @@ def build(options: BuildOptions) -> BuildResult:
                                     f"are: {'; '.join(failures[:3])}")
 
         plugins_dir = extension / "fgext-plugins"
+        # A package folder counts by its name, a module by its file's (``six.py``, ``_cffi.cpython-39-...so``).
+        bundled = bundled_names(f"{entry.name}/" if entry.is_dir() else entry.name for entry in lib.iterdir())
         for path, name in zip(options.plugins, plugin_names):
             plugins_dir.mkdir(exist_ok=True)
-            if (lib / name).exists() or (lib / f"{name}.py").exists():
-                raise ConfigError(f"--plugin {path}: {name!r} is also the name of a module in fgext-lib, "
-                                  "which comes first on the import path and would hide the plugin; rename it")
+            if name in bundled:
+                raise PackageError(f"--plugin {path}: {name!r} is also the name of a module in fgext-lib, "
+                                   "which comes first on the import path and would hide the plugin; rename it")
             source = Path(path)
             if source.is_dir():
                 shutil.copytree(source, plugins_dir / name, ignore=_IGNORED)

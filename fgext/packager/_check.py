@@ -7,16 +7,27 @@ unless ``strict``.
 
 from __future__ import annotations
 
-import posixpath
 import re
 import stat
+import sys
+import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fgext._errors import ConfigError
+from fgext.packager._inspect import (
+    LIB_DIR,
+    PLUGINS_DIR,
+    bundled_names,
+    compile_problems,
+    link_findings,
+    native_findings,
+    plugin_findings,
+    tag_version,
+)
 from fgext.packager._limits import (
     DEPENDENCY_NAME,
     MAX_FILES,
@@ -73,14 +84,50 @@ def _path_findings(info: zipfile.ZipInfo, out: List[Finding]) -> None:
                            "stored/deflate, which every unzip supports; re-zip with deflate", name))
 
 
-def _symlink_findings(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: List[Finding]) -> None:
-    if not stat.S_ISLNK(_mode(info)):
+def _symlink_findings(archive: zipfile.ZipFile, infos: List[zipfile.ZipInfo], out: List[Finding]) -> None:
+    links = {info.filename.rstrip("/"): archive.read(info).decode("utf-8", errors="replace")
+             for info in infos if stat.S_ISLNK(_mode(info))}
+    if links:
+        out.extend(Finding(*found) for found in link_findings(links, [info.filename for info in infos]))
+
+
+def _interpreter(version: Tuple[int, int]) -> Optional[str]:
+    """An interpreter of ``version`` on this machine, to compile plugins as the runtime would."""
+    from fgext.packager._runtimes import RUNTIMES, find_interpreter
+
+    runtime = RUNTIMES.get(f"Python{version[0]}.{version[1]}")
+    return find_interpreter(runtime) if runtime is not None else None
+
+
+def _runtime_findings(archive: zipfile.ZipFile, names: List[str], out: List[Finding], runtime_tag: Optional[str],
+                      arch: Optional[str]) -> None:
+    """Plugins that shadow or do not compile; with a runtime, byte code and native code built for another."""
+    lib = [name[len(LIB_DIR):] for name in names if name.startswith(LIB_DIR)]
+    plugins = [name[len(PLUGINS_DIR):] for name in names if name.startswith(PLUGINS_DIR)]
+    out.extend(Finding(*found) for found in plugin_findings(plugins, bundled_names(lib)))
+    version = tag_version(runtime_tag) if runtime_tag else (sys.version_info[0], sys.version_info[1])
+    with tempfile.TemporaryDirectory(prefix="fgext-check-") as scratch:
+        sources = []
+        for index, name in enumerate(n for n in names if n.startswith(PLUGINS_DIR) and n.endswith(".py")):
+            copy = Path(scratch) / f"{index}.py"
+            copy.write_bytes(archive.read(name))
+            sources.append((copy, name))
+        python = _interpreter(version) if sources else None
+        problems, how = compile_problems(sources, version, python)
+        # Only the target's own interpreter, or one at least as new, can tell for sure.
+        severity = "error" if python is not None or version <= sys.version_info[:2] else "warning"
+        for shown, reason in problems:
+            out.append(Finding(severity, "plugin-does-not-compile", f"{reason}; {how}", shown))
+    if runtime_tag is None:
         return
-    target = archive.read(info).decode("utf-8", errors="replace")
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(info.filename), target))
-    if target.startswith("/") or resolved.startswith("../") or resolved == "..":
-        out.append(Finding("error", "unsafe-symlink", f"symbolic link to {target!r} points outside the "
-                           "zip", info.filename))
+    members = {}
+    for name in names:
+        if name.endswith(".pyc"):
+            with archive.open(name) as handle:
+                members[name] = handle.read(4)
+        elif name.endswith(".dist-info/WHEEL"):
+            members[name] = archive.read(name)[:65536]
+    out.extend(Finding(*found) for found in native_findings(members, names, runtime_tag, arch))
 
 
 def _launcher_findings(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: List[Finding]) -> None:
@@ -113,7 +160,11 @@ def _bytecode_findings(names: List[str], out: List[Finding], runtime_tag: Option
     tags = Counter(match.group(1) for name in names for match in [_PYC.search("/" + name)] if match)
     if runtime_tag is not None:
         for tag, count in sorted(tags.items()):
-            if tag != runtime_tag:
+            if tag != runtime_tag and runtime_tag not in tags:
+                out.append(Finding("error", "foreign-bytecode", f"{count} .pyc file(s) for {tag} and none for "
+                                   f"{runtime_tag}: the zip was built for another Python (fgext package "
+                                   "--runtime chooses the target)"))
+            elif tag != runtime_tag:
                 out.append(Finding("warning", "foreign-bytecode", f"{count} .pyc file(s) for {tag}, which "
                                    f"a {runtime_tag} runtime never uses: they only add size"))
     elif len(tags) > 1:
@@ -137,8 +188,12 @@ def _timestamp_pycs(archive: zipfile.ZipFile, names: List[str], out: List[Findin
 
 
 def check_zip(path: Path, *, dependency_name: Optional[str] = None,
-              runtime_tag: Optional[str] = None) -> List[Finding]:
-    """Every problem and warning of the zip at ``path``; ConfigError when there is no such file."""
+              runtime_tag: Optional[str] = None, arch: Optional[str] = None) -> List[Finding]:
+    """Every problem and warning of the zip at ``path``; ConfigError when there is no such file.
+
+    With ``runtime_tag`` (``cpython-39``) byte code, native extensions and wheels built for another
+    Python (or, with ``arch``, another machine) are problems.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
@@ -156,7 +211,7 @@ def check_zip(path: Path, *, dependency_name: Optional[str] = None,
                                    "wins on unpack is undefined", name))
         for info in infos:
             _path_findings(info, out)
-            _symlink_findings(archive, info, out)
+        _symlink_findings(archive, infos, out)
         if not any(name.split("/", 1)[0] == "extension" for name in names):
             nested = sorted({name.split("/extension/", 1)[0] for name in names if "/extension/" in name})
             hint = (f": it is under {nested[0]!r}/ — zip the contents of that folder, not the folder itself"
@@ -186,6 +241,7 @@ def check_zip(path: Path, *, dependency_name: Optional[str] = None,
                                f"dependency may be at most {human_size(MAX_UNPACKED_BYTES)} unpacked"))
         _bytecode_findings(names, out, runtime_tag)
         _timestamp_pycs(archive, names, out)
+        _runtime_findings(archive, names, out, runtime_tag, arch)
     size = path.stat().st_size
     if size > MAX_INLINE_BYTES:
         out.append(Finding("warning", "needs-obs", f"{human_size(size)} is above the "

@@ -83,7 +83,10 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the dependency name you will give it (default: checked loosely from the file "
                              "name)")
     parser.add_argument("--runtime", metavar="RUNTIME",
-                        help="the function's runtime, to flag byte code for other Python versions")
+                        help="the function's runtime: byte code, native extensions and wheels built for "
+                             "another Python are problems")
+    parser.add_argument("--arch", choices=["x86_64", "aarch64"],
+                        help="the function's architecture, to flag native code built for another machine")
     parser.add_argument("--strict", action="store_true", help="fail on warnings too")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
 
@@ -95,7 +98,7 @@ def check_command(args: argparse.Namespace) -> int:
     from fgext.packager._runtimes import get_runtime
 
     tag = f"cpython-{get_runtime(args.runtime).nodot}" if args.runtime else None
-    findings = check_zip(args.zip, dependency_name=args.dependency_name, runtime_tag=tag)
+    findings = check_zip(args.zip, dependency_name=args.dependency_name, runtime_tag=tag, arch=args.arch)
     failing = [f for f in findings if f.severity == "error" or args.strict]
     if args.json:
         print(json.dumps({"zip": str(args.zip), "ok": not failing,

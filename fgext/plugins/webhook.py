@@ -8,7 +8,8 @@ backoff, and when the queue is full new alerts are dropped and counted rather th
 
 Settings (``plugins.webhook`` in the config file, or ``FGEXT_WEBHOOK_<KEY>``):
 
-- ``url`` (required): where to POST, ``http://`` or ``https://``;
+- ``url`` (required): where to POST, ``http://`` or ``https://``; a redirect (3xx) is not followed
+  but counted as a failed delivery, its ``Location`` logged without credentials;
 - ``slow_ms`` (default 3000): a report at least this long is "slow"; 0 turns slow alerts off;
 - ``failures`` (default true): alert on reports whose status is not ``success``;
 - ``phases`` (default ``invoke,init``): which reports count (``invoke``, ``init``, ``restore``);
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 
 from fgext._errors import PluginError
 from fgext._events import AnyEvent, FunctionLog, ReportEvent, Start
+from fgext._logging import redact_url
 from fgext._plugin import EventTypes, PluginContext, RegistrationInfo, Sink
 
 __all__ = ["WebhookPlugin", "summarise"]
@@ -105,7 +107,8 @@ class WebhookPlugin(Sink):
             raise PluginError("plugin 'webhook': setting 'url' is required (FGEXT_WEBHOOK_URL or plugins.webhook.url)")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise PluginError(f"plugin 'webhook': setting 'url' must be an http:// or https:// URL, got {url!r}")
+            raise PluginError(f"plugin 'webhook': setting 'url' must be an http:// or https:// URL, "
+                              f"got {redact_url(url)!r}")
         self.url = url
         self.slow_ms = float(config.get("slow_ms", self.slow_ms))
         self.failures = bool(config.get("failures", self.failures))
@@ -197,10 +200,16 @@ class WebhookPlugin(Sink):
         for attempt in range(self.retries + 1):
             self.stats["attempts"] += 1
             try:
-                async with self._session.post(self.url, data=body) as response:
+                # A redirect would carry the alert and the configured headers to a host nobody chose.
+                async with self._session.post(self.url, data=body, allow_redirects=False) as response:
                     if response.status < 300:
                         self.stats["sent"] += 1
                         return True
+                    if response.status < 400:
+                        location = response.headers.get("Location", "")
+                        last = (f"HTTP {response.status} redirect to "
+                                f"{redact_url(location) if location else 'no Location'}, not followed")
+                        break
                     last = f"HTTP {response.status}"
                     if response.status != 429 and response.status < 500:
                         break  # the URL refuses this alert; asking again will not change that
@@ -211,8 +220,8 @@ class WebhookPlugin(Sink):
                 delay = min(delay * 2, _BACKOFF_CAP)
         self.stats["failed"] += 1
         if self._log is not None:
-            self._log.warning("webhook alert not delivered", url=self.url, request_id=alert.get("request_id"),
-                              error=last, attempts=self.stats["attempts"])
+            self._log.warning("webhook alert not delivered", url=redact_url(self.url),
+                              request_id=alert.get("request_id"), error=last, attempts=self.stats["attempts"])
         return False
 
     # ---------------------------------------------------------------------------------- lifecycle
