@@ -10,8 +10,8 @@ import pytest
 
 from fgext._errors import ConfigError
 from fgext.otlp._config import FlushPolicy, load_config, parse_flush
-from fgext.otlp._export import build_transports
 from fgext.otlp._flush import FlushScheduler
+from fgext.otlp._transports import build_transports
 
 
 def config(**environ: str):  # type: ignore[no-untyped-def]

@@ -18,8 +18,6 @@ from fgext._events import AnyEvent, Invoke
 from fgext._plugin import Plugin, PluginContext
 from fgext.otlp._config import OtlpConfig, load_config
 from fgext.otlp._export import (
-    Shipper,
-    build_transports,
     encode_logs_requests,
     encode_metrics_request,
     encode_trace_requests,
@@ -27,7 +25,9 @@ from fgext.otlp._export import (
 from fgext.otlp._flush import FlushScheduler
 from fgext.otlp._mapping import Mapper, Metrics
 from fgext.otlp._resource import ResourceBuilder
+from fgext.otlp._shipper import Shipper
 from fgext.otlp._spool import Spool
+from fgext.otlp._transports import build_transports
 
 __all__ = ["OtlpPlugin"]
 
@@ -70,7 +70,6 @@ class OtlpPlugin(Plugin):
         self._ticker: Optional[asyncio.Task[None]] = None
         self._stopped = False
         self._drops: Dict[str, int] = {}
-        self._deferred = False  # an invocation ended during a send: export when the sender is free
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -99,8 +98,8 @@ class OtlpPlugin(Plugin):
                               function_timeout_s=config.function_timeout_s)
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
-        self._shipper = Shipper(transports, spool, self._count_drop, self._log)
-        self._shipper.refill = self._refill
+        self._shipper = Shipper(transports, spool, self._count_drop, self._log,
+                                max_queue_bytes=config.queue_max_bytes, spool_after_s=config.spool_after_s)
         self._shipper.start()
         self._scheduler = FlushScheduler(config.flush)
         self._ticker = asyncio.ensure_future(self._tick_loop())
@@ -128,15 +127,9 @@ class OtlpPlugin(Plugin):
             # pipeline's bounded queue, the platform's POST) instead of spilling to a spool that fills.
             await shipper.drained(_BACKPRESSURE_WAIT_S)
         completed = mapper.consume(events)
-        if len(mapper.logs) >= MAX_PENDING_LOGS or mapper.pending_spans >= MAX_PENDING_SPANS:
+        full = len(mapper.logs) >= MAX_PENDING_LOGS or mapper.pending_spans >= MAX_PENDING_SPANS
+        if full or (completed and self._scheduler.at_invocation_end()):
             self._export_pending()
-        elif completed and self._scheduler.at_invocation_end():
-            if shipper.sending:
-                # Leaves with the next request, right after the one in flight: under load, many
-                # invocations share one request per signal instead of three requests each.
-                self._deferred = True
-            else:
-                self._export_pending()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
         """Export everything pending now and wait for it, at most ``timeout`` seconds."""
@@ -198,16 +191,8 @@ class OtlpPlugin(Plugin):
     def _spool_dropped(self, signal: str, items: int, size: int) -> None:
         self._count_drop(signal, "spool_full", items)
 
-    def _refill(self) -> bool:
-        """The sender is free: export what was deferred while it was busy; True if anything was."""
-        if not self._deferred:
-            return False
-        self._export_pending()
-        return True
-
     def _export_pending(self) -> None:
         """Encode what is pending into requests (one serialization each) and hand them to the sender."""
-        self._deferred = False
         mapper, shipper, resource, metrics = self._mapper, self._shipper, self._resource, self._metrics
         assert mapper is not None and shipper is not None and resource is not None and metrics is not None
         assert self.config is not None and self._scheduler is not None
