@@ -414,3 +414,29 @@ def test_two_agents_on_one_spool_neither_lose_duplicate_nor_report_false_drops(
                if "unreadable" in line.get("event", "") or "dropped" in line.get("event", "")]
     assert falsely == []
     assert list(spool.glob("*.pb")) == []
+
+
+def test_each_emulator_run_spools_in_its_own_directory(tmp_path: Path) -> None:
+    """Without FGEXT_SPOOL_DIR, an emulated agent spools under its own run's TMPDIR (a fresh directory per
+    run), so two runs never replay each other's data."""
+    function = tmp_path / "func.py"
+    function.write_text(HANDLER)
+    env = emulated_env(free_port(), tmp_path / "unused")
+    del env["FGEXT_SPOOL_DIR"]
+    roots_seen: List[Path] = []
+
+    async def one_run() -> None:
+        async with emulate(ROOT, function=f"{function}:handler", env=env, register_timeout_s=20.0,
+                           timeout_s=10.0) as emu:
+            assert emu.sandbox is not None
+            spool = emu.sandbox.root / "tmp" / "fgext-spool"
+            await emu.invoke({"n": 0})
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not list(spool.glob("*.pb")):
+                await asyncio.sleep(0.05)
+            assert list(spool.glob("*.pb")), "the collector is down: the run's own spool should hold the export"
+            roots_seen.append(emu.sandbox.root)
+
+    asyncio.run(one_run())
+    asyncio.run(one_run())
+    assert roots_seen[0] != roots_seen[1]
