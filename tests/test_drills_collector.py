@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import signal
+import ssl
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ from tests.platform import RecordingPlatform
 from tests.test_drills_hostile import rss_mb
 from tests.test_otlp_agent import otlp_env, post_events, ready, taps  # noqa: F401 - taps is a fixture
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, metric_value, roots
+from tests.test_otlp_transports import pki, server_context  # noqa: F401 - pki is a fixture
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]
@@ -108,8 +110,9 @@ class ScriptedCollector:
     request whose body fully arrived (as a real collector, which may process a request whose answer the
     client gave up on), with the request IDs of the root spans it carried."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.port = free_port()
+        self.ssl_context = ssl_context
         self.mode = "ok"
         self.location = ""  # where the "307" mode redirects to
         self.requests: List[Tuple[float, str, str, int]] = []  # (time, path, mode answered, items)
@@ -146,7 +149,7 @@ class ScriptedCollector:
         app.router.add_post("/{tail:.*}", handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start())
         self._ready.set()
         loop.run_forever()
         pending = asyncio.all_tasks(loop)
@@ -440,3 +443,29 @@ def test_each_emulator_run_spools_in_its_own_directory(tmp_path: Path) -> None:
     asyncio.run(one_run())
     asyncio.run(one_run())
     assert roots_seen[0] != roots_seen[1]
+
+
+def test_tls_collector_with_a_ca_bundle_and_an_unreadable_file(platform: RecordingPlatform, agents: Start,
+                                                              pki: Path, tmp_path: Path) -> None:  # noqa: F811
+    """An HTTPS collector signed by a private CA receives the agent's export when OTEL_EXPORTER_OTLP_CERTIFICATE
+    names that CA; an unreadable certificate file is a configuration error naming the variable and the path
+    (exit 2 in strict mode), and nothing is sent."""
+    collector = ScriptedCollector(server_context(pki, require_client=False)).start()
+    try:
+        env = otlp_env(platform, collector.port, tmp_path / "spool", OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki / "ca.pem"))
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"https://127.0.0.1:{collector.port}"
+        agent = agents(env)
+        port = ready(agent)
+        rid = "00000000-0000-4000-8000-000000000001"
+        post_events(agent, port, invocation(rid, 0, logs=1))
+        wait_for(lambda: rid in collector.snapshot()[1], 15, "the export over TLS")
+        assert agent.stop() == 0
+        sent = len(collector.snapshot()[0])
+        missing = tmp_path / "no-such-ca.pem"
+        broken = agents({**env, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(missing), "FGEXT_STRICT": "1"})
+        assert broken.wait_exit(20) == 2
+        assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in broken.stderr() and str(missing) in broken.stderr()
+        assert "Traceback" not in broken.stderr()
+        assert len(collector.snapshot()[0]) == sent
+    finally:
+        collector.stop()
