@@ -104,6 +104,23 @@ def test_an_unacknowledged_request_is_written_ahead_and_removed_once_acknowledge
     asyncio.run(go())
 
 
+def test_spool_after_zero_writes_every_request_at_once(tmp_path: Path) -> None:
+    """With FGEXT_OTLP_SPOOL_AFTER_MS=0 a request is on disk the moment it is submitted."""
+
+    async def go() -> None:
+        async with Collector() as collector:
+            collector.hold.clear()
+            shipper, _, stop = await shipper_for(collector.port, tmp_path, spool_after_s=0.0)
+            shipper.submit("traces", b"now", 1)
+            assert [path.read_bytes() for path in files(tmp_path)] == [b"now"]
+            collector.hold.set()
+            assert await shipper.flush(10)
+            assert files(tmp_path) == []
+            await stop()
+
+    asyncio.run(go())
+
+
 def test_a_prompt_answer_writes_nothing(tmp_path: Path) -> None:
     """A request acknowledged before spool_after never touches the disk."""
 
