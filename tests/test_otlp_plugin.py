@@ -538,7 +538,8 @@ def trace_requests(server: Recorder) -> List[List[str]]:
     out = []
     for _, path, _, body in server.requests:
         if path == "/v1/traces":
-            spans = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+            spans = [span for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                     for ss in rs.scope_spans for span in ss.spans]  # coalesced requests hold several
             out.append([kv.value.string_value for span in spans for kv in span.attributes
                         if kv.key == "faas.invocation_id" and not span.parent_span_id])
     return out

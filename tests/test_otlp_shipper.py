@@ -151,14 +151,15 @@ def test_memory_is_bounded_in_bytes(tmp_path: Path) -> None:
             assert len(files(tmp_path)) >= 7
             collector.hold.set()
             assert await shipper.flush(10)
-            assert collector.bodies == bodies and drops == [] and files(tmp_path) == []
+            assert b"".join(collector.bodies) == b"".join(bodies) and drops == [] and files(tmp_path) == []
             await stop()
 
     asyncio.run(go())
 
 
 def test_a_retryable_failure_spools_backs_off_and_delivers_in_order(tmp_path: Path) -> None:
-    """A 503 puts everything on disk; after the backoff all requests arrive, oldest first, and the spool empties."""
+    """A 503 puts everything on disk; after the backoff all requests arrive (coalesced), oldest first, and the
+    spool empties."""
 
     async def go() -> None:
         async with Collector([503, 200]) as collector:
@@ -167,7 +168,7 @@ def test_a_retryable_failure_spools_backs_off_and_delivers_in_order(tmp_path: Pa
             for index in range(5):
                 shipper.submit("logs", f"r{index}".encode(), 1)
             await until(lambda: shipper.pending == 0)
-            assert collector.bodies == [b"r0", b"r0", b"r1", b"r2", b"r3", b"r4"]
+            assert collector.bodies == [b"r0r1r2r3r4", b"r0r1r2r3r4"]
             assert shipper.spool.added == 5 and files(tmp_path) == [] and drops == []
             await stop()
 
@@ -181,6 +182,7 @@ def test_a_final_rejection_is_dropped_counted_and_the_rest_goes_on(tmp_path: Pat
         async with Collector([400, 200]) as collector:
             shipper, drops, stop = await shipper_for(collector.port, tmp_path)
             shipper.submit("metrics", b"bad", 4)
+            assert await shipper.flush(10)
             shipper.submit("metrics", b"good", 2)
             assert await shipper.flush(10)
             assert collector.bodies == [b"bad", b"good"] and drops == [("metrics", "rejected", 4)]
@@ -221,4 +223,36 @@ def test_requests_of_an_agent_that_is_gone_are_replayed_first(tmp_path: Path) ->
             await stop()
             return collector.bodies
 
-    assert asyncio.run(go()) == [b"old-1", b"old-2", b"new"]
+    assert b"".join(asyncio.run(go())) == b"old-1old-2new"
+
+
+def test_requests_queued_behind_one_in_flight_leave_together_as_one_valid_request(tmp_path: Path) -> None:
+    """While a send is in flight, later requests of that signal queue; they then leave as one request that
+    the collector parses as all of them (protobuf concatenation), and other signals are not mixed in."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    def request(name: str) -> bytes:
+        message = ExportTraceServiceRequest()
+        message.resource_spans.add().scope_spans.add().spans.add(name=name)
+        return message.SerializeToString()
+
+    async def go() -> List[bytes]:
+        async with Collector() as collector:
+            collector.hold.clear()
+            shipper, drops, stop = await shipper_for(collector.port, tmp_path)
+            shipper.submit("traces", request("first"), 1)
+            await until(lambda: len(collector.bodies) == 1)
+            for name in ("second", "third", "fourth"):
+                shipper.submit("traces", request(name), 1)
+            shipper.submit("logs", b"log-request", 1)
+            collector.hold.set()
+            assert await shipper.flush(10)
+            assert drops == []
+            await stop()
+            return collector.bodies
+
+    bodies = asyncio.run(go())
+    assert len(bodies) == 3 and bodies[2] == b"log-request"
+    names = [[span.name for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+              for ss in rs.scope_spans for span in ss.spans] for body in bodies[:2]]
+    assert names == [["first"], ["second", "third", "fourth"]]

@@ -14,6 +14,8 @@ One ordered queue holds every request not yet acknowledged; each is in memory, o
   one OTLP's at-least-once delivery allows;
 - **bounded in bytes:** past ``max_queue_bytes`` in memory, the oldest requests are written to the
   spool and their bytes released; the spool itself is bounded by its own ``max_bytes``;
+- **coalescing:** requests of one signal that queued behind the one in flight leave together as one
+  request (serialized OTLP requests concatenate into a valid one), up to 4 MiB;
 - **backoff:** after a retryable failure (the :mod:`fgext._retry` policy decides which) everything
   goes to the spool and the queue is retried, oldest first, after the policy's delay (never before a
   ``Retry-After``). A final rejection drops that request, counted.
@@ -28,7 +30,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Mapping, Optional, Union
+from typing import Any, Callable, Deque, List, Mapping, Optional, Tuple, Union
 
 from fgext._deadline import Deadline
 from fgext._retry import Backoff
@@ -39,6 +41,9 @@ __all__ = ["DropCounter", "Shipper"]
 
 DropCounter = Callable[[str, str, int], None]  # signal, reason, items
 _CLAIM_EVERY_S = 10.0  # how often an idle shipper looks for requests of agents that died meanwhile
+# Queued requests of one signal sent together at most (well under a collector's usual 4-20 MiB body limit).
+_COALESCE_BYTES = 4 * 1024 * 1024
+_COALESCE_REQUESTS = 64
 
 
 class _Request:
@@ -178,8 +183,11 @@ class Shipper:
             if self._drained is None:
                 self._drained = asyncio.Event()
             self._drained.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), remaining)
+            waiter = asyncio.ensure_future(self._drained.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                waiter.cancel()
         return True
 
     def wake(self) -> None:
@@ -245,8 +253,12 @@ class Shipper:
                 timeout = max(0.0, self._next_attempt - self._monotonic())
             elif not self._queue:
                 timeout = _CLAIM_EVERY_S
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            # asyncio.wait, not wait_for: a cancel (close) that meets wait_for's own timeout can be lost
+            waiter = asyncio.ensure_future(self._wakeup.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
             self._wakeup.clear()
             try:
                 if not self._queue and self._monotonic() - self._last_claim >= _CLAIM_EVERY_S:
@@ -292,14 +304,13 @@ class Shipper:
                 self._on_drop(request.signal, "disabled", request.items)
                 self._forget(request)
                 continue
-            data = request.data
-            if data is None:
-                data = self.spool.read(request.entry) if request.entry is not None else None
-                if data is None:  # dropped for the spool's bound, or unreadable: counted there
-                    self._forget(request)
-                    continue
-            outcome = await transport.send(data)
-            if not self._handle(outcome, request):
+            data = self._bytes(request)
+            if data is None:  # dropped for the spool's bound, or unreadable: counted there
+                self._forget(request)
+                continue
+            batch, parts = self._coalesce(request, data)
+            outcome = await transport.send(b"".join(parts))
+            if not self._handle(outcome, batch):
                 return False
         if self._down:
             if self.sent_requests > sent_before:
@@ -308,12 +319,40 @@ class Shipper:
         self._backoff.reset()
         return True
 
-    def _handle(self, outcome: Outcome, request: _Request) -> bool:
+    def _bytes(self, request: _Request) -> Optional[bytes]:
+        if request.data is not None:
+            return request.data
+        return self.spool.read(request.entry) if request.entry is not None else None
+
+    def _coalesce(self, first: _Request, data: bytes) -> Tuple[List[_Request], List[bytes]]:
+        """``first`` and the queued requests of its signal behind it, up to ``_COALESCE_BYTES``: sent as one.
+
+        Serialized OTLP export requests concatenate into one valid request (protobuf appends repeated
+        fields), so requests that queued while one was in flight - invocations that ended meanwhile -
+        leave together, with no re-encoding and nothing asked of the plugin.
+        """
+        batch, parts, size = [first], [data], len(data)
+        for request in list(self._queue)[1:]:
+            if len(batch) >= _COALESCE_REQUESTS or size >= _COALESCE_BYTES:
+                break
+            if request.signal != first.signal or size + request.size > _COALESCE_BYTES:
+                continue
+            more = self._bytes(request)
+            if more is None:
+                continue  # dealt with when it reaches the head of the queue
+            batch.append(request)
+            parts.append(more)
+            size += len(more)
+        return batch, parts
+
+    def _handle(self, outcome: Outcome, batch: List[_Request]) -> bool:
         """Account for one send; return False when the collector is down (stop sending for now)."""
-        signal = request.signal
+        signal = batch[0].signal
+        items = sum(request.items for request in batch)
         if outcome.ok:
             self.sent_requests += 1
-            self._forget(request)
+            for request in batch:
+                self._forget(request)
             if outcome.rejected_items:
                 self._log.warning("otlp collector rejected part of a request", signal=signal,
                                   rejected=outcome.rejected_items, message=outcome.detail)
@@ -322,9 +361,10 @@ class Shipper:
         self.failed_attempts += 1
         if not outcome.retryable:
             self._log.warning("otlp collector rejected a request for good; dropped", signal=signal,
-                              items=request.items, detail=outcome.detail)
-            self._on_drop(signal, "rejected", request.items)
-            self._forget(request)
+                              items=items, detail=outcome.detail)
+            self._on_drop(signal, "rejected", items)
+            for request in batch:
+                self._forget(request)
             return True
         now = self._monotonic()
         first_failure = not self._down

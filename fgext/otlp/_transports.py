@@ -18,7 +18,6 @@ credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import time
 from dataclasses import dataclass
@@ -124,8 +123,7 @@ class Transport:
             raise
         if not finished:
             attempt.cancel()
-            with contextlib.suppress(BaseException):
-                await attempt
+            await asyncio.wait({attempt})  # let it unwind; a cancel of this send still propagates
             return Outcome(ok=False, retryable=True, detail=f"no answer within {self.timeout_s:g} s")
         try:
             return attempt.result()
