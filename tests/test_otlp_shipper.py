@@ -208,6 +208,26 @@ def test_flush_cut_short_leaves_everything_on_disk(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_a_flush_that_runs_out_of_time_does_not_cancel_the_send(tmp_path: Path) -> None:
+    """A flush's timeout leaves the request on disk but its send in flight: the late answer removes the file
+    and the request is not sent a second time."""
+
+    async def go() -> None:
+        async with Collector() as collector:
+            collector.hold.clear()
+            shipper, drops, stop = await shipper_for(collector.port, tmp_path, spool_after_s=60.0)
+            shipper.submit("traces", b"late", 1)
+            assert not await shipper.flush(0.3)
+            assert [path.read_bytes() for path in files(tmp_path)] == [b"late"]
+            collector.hold.set()
+            await until(lambda: shipper.pending == 0)
+            assert await shipper.flush(5)
+            assert collector.bodies == [b"late"] and files(tmp_path) == [] and drops == []
+            await stop()
+
+    asyncio.run(go())
+
+
 def test_requests_of_an_agent_that_is_gone_are_replayed_first(tmp_path: Path) -> None:
     """At start the shipper claims a gone agent's spooled requests and sends them before new ones."""
     gone = Spool(tmp_path, 10**6, lambda *a: None, RecordingLogger(), owner=GONE)

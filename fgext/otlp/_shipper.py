@@ -30,12 +30,12 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Deque, List, Mapping, Optional, Set, Tuple, Union
 
 from fgext._deadline import Deadline
 from fgext._retry import Backoff
 from fgext.otlp._spool import Spool, SpoolEntry
-from fgext.otlp._transports import Outcome, Transport
+from fgext.otlp._transports import Outcome, Transport, wait_awake
 
 __all__ = ["DropCounter", "Shipper"]
 
@@ -95,6 +95,7 @@ class Shipper:
         self._not_before = 0.0  # Retry-After: nothing is sent before this, not even on flush
         self._last_claim = monotonic()
         self._drained: Optional[asyncio.Event] = None
+        self._flushes: Set[asyncio.Task[bool]] = set()  # flushes' sends, which outlive a flush's timeout
         self.sent_requests = 0
         self.failed_attempts = 0
 
@@ -125,19 +126,35 @@ class Shipper:
 
     async def flush(self, timeout: Union[float, Deadline, None] = None) -> bool:
         """Try to send everything within ``timeout`` seconds (or the deadline); True when all was
-        acknowledged. What is left is on disk when this returns."""
+        acknowledged. What is left is on disk when this returns.
+
+        Running out of time does not cancel a send in flight: it goes on in the background, so an
+        answer that comes later (after a freeze, say) still removes its request instead of the request
+        being sent again. Time spent frozen does not count toward ``timeout``.
+        """
         if isinstance(timeout, Deadline):
             timeout = timeout.timeout()
+        pump = asyncio.ensure_future(self._pump(force=True))
+        self._flushes.add(pump)
+        pump.add_done_callback(self._flush_done)
         try:
-            done = await asyncio.wait_for(self._pump(force=True), timeout)
-        except asyncio.TimeoutError:
-            done = False
+            if timeout is None:
+                await asyncio.wait({pump})
+                finished = True
+            else:
+                finished = await wait_awake(pump, timeout)
         except asyncio.CancelledError:
             self.spill()  # the caller's own deadline hit: keep the data on disk, then let go
             raise
+        done = finished and not pump.cancelled() and pump.exception() is None and bool(pump.result())
         if not done:
             self.spill()
         return done
+
+    def _flush_done(self, pump: asyncio.Task[bool]) -> None:
+        self._flushes.discard(pump)
+        if not pump.cancelled() and pump.exception() is not None:
+            self._log.error("otlp flush failed", error=repr(pump.exception()))
 
     def spill(self) -> None:
         """Write everything not yet on disk to the spool (before a freeze, a deadline or exit)."""
@@ -150,11 +167,12 @@ class Shipper:
         if self._write_ahead is not None:
             self._write_ahead.cancel()
             self._write_ahead = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        tasks = list(self._flushes) + ([self._task] if self._task is not None else [])
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._task = None
 
     # --------------------------------------------------------------------------------- state
 
