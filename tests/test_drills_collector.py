@@ -313,35 +313,6 @@ def test_sigkill_while_the_collector_hangs_loses_nothing(
     assert list(spool.glob("*.pb")) == []
 
 
-def test_freeze_mid_export_longer_than_the_timeout_sends_no_duplicate(
-        platform: RecordingPlatform, agents: Start, scripted: ScriptedCollector, tmp_path: Path) -> None:
-    """The agent is SIGSTOPped for 12 s while an export (timeout 5 s) is in flight and the collector answers
-    during the freeze: after SIGCONT the answer is taken, nothing times out, every span arrives once."""
-    spool = tmp_path / "spool"
-    scripted.mode = "slow"  # answers 3 s after the request arrived: while the agent is frozen
-    agent = agents(otlp_env(platform, scripted.port, spool, OTEL_EXPORTER_OTLP_TIMEOUT="5000",
-                            OTEL_METRICS_EXPORTER="none"))
-    port = ready(agent)
-    rid = "00000000-0000-4000-8000-000000000001"
-    post_events(agent, port, invocation(rid, 0, logs=2))
-    wait_for(lambda: any(path == "/v1/traces" for _, path, _, _ in scripted.snapshot()[0]), 10,
-             "the trace export to arrive")
-    agent.proc.send_signal(signal.SIGSTOP)
-    try:
-        time.sleep(12)
-    finally:
-        agent.proc.send_signal(signal.SIGCONT)
-    scripted.mode = "ok"
-    rid2 = "00000000-0000-4000-8000-000000000002"
-    post_events(agent, port, invocation(rid2, 100, logs=1))
-    wait_for(lambda: rid2 in scripted.snapshot()[1], 20, "the next invocation to be exported")
-    assert agent.stop() == 0
-    requests, ids = scripted.snapshot()
-    assert Counter(ids) == Counter([rid, rid2]), Counter(ids)
-    assert [path for _, path, _, _ in requests].count("/v1/logs") == 2  # one per invocation, none again
-    assert list(spool.glob("*.pb")) == []
-
-
 def test_a_redirect_to_another_host_is_not_followed(platform: RecordingPlatform, agents: Start,
                                                     scripted: ScriptedCollector, tmp_path: Path) -> None:
     """A collector answering 307 to another loopback host: that host receives nothing (no telemetry, no
