@@ -155,15 +155,18 @@ class Quiet:
 drops = []
 spool = Spool(Path(sys.argv[1]), 10**9, lambda *a: drops.append(a), Quiet())
 spool.open()
-got = [spool.read(e) for e in spool.entries()]
+got = []
+for entry in spool.entries():  # as a shipper does: read, send, then remove once acknowledged
+    got.append(spool.read(entry))
+    spool.remove(entry)
 print(json.dumps({"got": [g.decode() for g in got if g is not None], "drops": len(drops),
                   "unread": sum(1 for g in got if g is None)}))
 """
 
 
 def test_two_agents_claiming_at_once_neither_lose_nor_duplicate(tmp_path: Path) -> None:
-    """Two processes opening one spool of 300 orphaned requests at once: each request is claimed by
-    exactly one, and neither reports a drop or an unreadable file."""
+    """Two processes opening one spool of 300 orphaned requests at once (each sending and removing what it
+    claimed): each request is claimed by exactly one, and neither reports a drop or an unreadable file."""
     gone, _, _ = make(tmp_path, owner=GONE)
     for index in range(300):
         gone.add("logs", str(index).encode(), 1)
