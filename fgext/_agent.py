@@ -29,7 +29,7 @@ from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
 from fgext._events import MalformedEvent, parse_batch, parse_invoke
 from fgext._listener import ConnectionGuard, GuardedSockSite
 from fgext._logging import configure_logging, get_logger
-from fgext._pipeline import Pipeline
+from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext
 
 __all__ = ["Agent", "serve"]
@@ -202,6 +202,12 @@ class Agent:
                 except FgextError as error:
                     self.log.error("cannot start plugins", error=str(error))
                     self.request_stop("plugins could not start", error.exit_code)
+                except PluginFailure as failure:  # strict mode: a plugin's start raised
+                    cause = failure.__cause__
+                    self.log.error("cannot start plugins", error=f"{failure}: {cause}")
+                    # a configuration error stays one (exit 2), whichever plugin found it
+                    self.request_stop("plugins could not start",
+                                      cause.exit_code if isinstance(cause, FgextError) else EXIT_PROBLEMS)
             await self._stop.wait()
         finally:
             await self._shutdown(runner)

@@ -18,6 +18,7 @@ import time
 from fgext._config import PORT_RANGE, AgentSettings, ListenerLimits
 from fgext._errors import ConfigError, FgextError, RegistrationError
 from fgext._http import Redirected, post
+from fgext._retry import Backoff, retryable_http
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 _LISTEN_BACKLOG = 1024
+# Registration is on the cold start's path: retry quickly, the platform's API may come up just after us.
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
 _ATTEMPT_TIMEOUT_CAP = 3.0
@@ -140,15 +142,16 @@ def register(settings: AgentSettings, address: str, clock: Callable[[], float] =
              sleep: Callable[[float], None] = time.sleep) -> Tuple[Dict[str, Any], int]:
     """``POST /extension/register``, retrying transient failures until ``register_timeout``.
 
-    Connection errors, time-outs, 429 and 5xx are transient: the platform's API may come up after the
-    extension. Any other refusal is final. Returns the decoded answer and the number of attempts.
+    What is transient (connection errors, time-outs, 429, 502-504) and how long to back off is
+    :mod:`fgext._retry`'s decision: the platform's API may come up after the extension. Any other
+    refusal is final. Returns the decoded answer and the number of attempts.
     """
     deadline = clock() + settings.register_timeout
     headers = {
         "FunctionGraph-Extension-Name": settings.name,
         "FunctionGraph-Extension-Address": address,
     }
-    delay = _BACKOFF_FIRST
+    backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_CAP)
     attempts = 0
     last = "no attempt made"
     while True:
@@ -174,7 +177,7 @@ def register(settings: AgentSettings, address: str, clock: Callable[[], float] =
                     answer = {}
                 return (answer if isinstance(answer, dict) else {}), attempts
             last = _error_text(status, body)
-            if status != 429 and status < 500:
+            if not retryable_http(status):
                 raise RegistrationError(
                     f"the platform refused registration of {settings.name} at {address}: {last}"
                 )
@@ -184,8 +187,7 @@ def register(settings: AgentSettings, address: str, clock: Callable[[], float] =
                 f"could not register with the platform at {settings.api_addr} within "
                 f"{settings.register_timeout:g} s ({attempts} attempts); last error: {last}"
             )
-        sleep(min(delay, remaining))
-        delay = min(delay * 2, _BACKOFF_CAP)
+        sleep(min(backoff.next_delay(), remaining))
 
 
 def subscribe(settings: AgentSettings, port: int) -> Tuple[bool, str]:
@@ -201,6 +203,7 @@ def subscribe(settings: AgentSettings, port: int) -> Tuple[bool, str]:
         "FunctionGraph-Extension-Address": f"127.0.0.1:{port}",
     }
     last = ""
+    backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_CAP)
     for attempt in range(3):
         try:
             status, answer = _post(settings.api_host, settings.api_port, "/telemetry", body, headers,
@@ -213,9 +216,10 @@ def subscribe(settings: AgentSettings, port: int) -> Tuple[bool, str]:
             if status == 200:
                 return True, ""
             last = _error_text(status, answer)
-            if status < 500:
+            if not retryable_http(status):
                 break
-        time.sleep(_BACKOFF_FIRST * (2 ** attempt))
+        if attempt < 2:
+            time.sleep(backoff.next_delay())
     return False, last
 
 

@@ -62,8 +62,29 @@ class TestRegister:
         with pytest.raises(RegistrationError, match="within 5 s"):
             register(settings_for(f"127.0.0.1:{free_port()}", "5"), "127.0.0.1:8081",
                      clock=lambda: clock[0], sleep=sleep)
-        assert sleeps[:5] == [0.05, 0.1, 0.2, 0.4, 0.8]
+        # fgext._retry's jittered backoff: each wait in [base / 2, base], the base doubling from 0.05 s
+        for sleep_s, base in zip(sleeps, [0.05, 0.1, 0.2, 0.4, 0.8]):
+            assert base / 2 <= sleep_s <= base
         assert max(sleeps) <= 1.0 and abs(sum(sleeps) - 5.0) < 1e-6
+
+    def test_transient_answers_are_retried_until_registered(self, settings_for) -> None:  # type: ignore[no-untyped-def]
+        """503, 429 and 502 (retryable for fgext._retry) are asked again; the 200 that follows registers."""
+        platform = RecordingPlatform(register_statuses=[503, 429, 502, 200]).start()
+        try:
+            answer, attempts = register(settings_for(platform.addr, "10"), "127.0.0.1:8081")
+            assert attempts == 4 and answer["functionName"] == "helloWorld"
+        finally:
+            platform.stop()
+
+    def test_a_final_answer_is_not_retried(self, settings_for) -> None:  # type: ignore[no-untyped-def]
+        """A 500 is not in the retry policy: registration fails at once with the platform's own words."""
+        platform = RecordingPlatform(register_statuses=[500, 200]).start()
+        try:
+            with pytest.raises(RegistrationError, match="refused registration"):
+                register(settings_for(platform.addr, "10"), "127.0.0.1:8081")
+            assert len([r for r in platform.requests if r.path == "/extension/register"]) == 1
+        finally:
+            platform.stop()
 
     def test_answer_returned(self, settings_for) -> None:  # type: ignore[no-untyped-def]
         """A 200 returns the platform's answer and the attempt count."""

@@ -7,6 +7,13 @@
   is honoured, everything is retried until delivered, and the agent's memory stays bounded.
 * SIGTERM while the collector hangs: the agent exits within FGEXT_SHUTDOWN_TIMEOUT, the data is
   spooled, and the next agent delivers it to oteltap.
+* SIGKILL 1 s after the last report while the collector hangs: every request was written ahead to the
+  spool, and the next agent on that directory delivers all of it, once.
+* a 307 to another loopback host: the exporter does not follow it; that host receives nothing.
+* credentials in the endpoint URL plus an Authorization header: the OTLP plugin is not started, with one
+  clear line; nothing is sent.
+* two agents on one spool directory while the collector is down, then one is killed: nothing lost,
+  duplicated, or falsely reported dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import signal
+import ssl
 import threading
 import time
 from collections import Counter
@@ -29,6 +37,7 @@ from tests.platform import RecordingPlatform
 from tests.test_drills_hostile import rss_mb
 from tests.test_otlp_agent import otlp_env, post_events, ready, taps  # noqa: F401 - taps is a fixture
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, metric_value, roots
+from tests.test_otlp_transports import pki, server_context  # noqa: F401 - pki is a fixture
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]
@@ -101,9 +110,11 @@ class ScriptedCollector:
     request whose body fully arrived (as a real collector, which may process a request whose answer the
     client gave up on), with the request IDs of the root spans it carried."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.port = free_port()
+        self.ssl_context = ssl_context
         self.mode = "ok"
+        self.location = ""  # where the "307" mode redirects to
         self.requests: List[Tuple[float, str, str, int]] = []  # (time, path, mode answered, items)
         self.root_ids: List[str] = []
         self._lock = threading.Lock()
@@ -122,6 +133,8 @@ class ScriptedCollector:
             items = self._record(request.path, body, mode)
             if mode in ("429", "503"):
                 return web.Response(status=int(mode), headers={"Retry-After": "1"})
+            if mode == "307":
+                return web.Response(status=307, headers={"Location": self.location})
             if mode == "slow":
                 await asyncio.sleep(3)
             if mode == "hang":
@@ -136,7 +149,7 @@ class ScriptedCollector:
         app.router.add_post("/{tail:.*}", handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start())
         self._ready.set()
         loop.run_forever()
         pending = asyncio.all_tasks(loop)
@@ -263,3 +276,167 @@ def test_sigterm_while_the_collector_hangs_spools_and_next_agent_delivers(
     asyncio.run(tap.wait("logs", lambda items: len(items) >= 10, timeout=10))
     print(f"drill figure: SIGTERM with hung collector exited in {took:.2f} s (deadline 2 s)")
     assert second.stop() == 0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sigkill_while_the_collector_hangs_loses_nothing(
+        platform: RecordingPlatform, agents: Start, scripted: ScriptedCollector,
+        taps: Callable[[int], OtelTap], tmp_path: Path) -> None:  # noqa: F811
+    """The collector accepts connections and never answers; the agent is SIGKILLed 1 s after the last of
+    50 reports: a second agent on the same spool directory delivers all 50 invocations and their logs, once."""
+    spool = tmp_path / "spool"
+    scripted.mode = "hang"
+    agent = agents(otlp_env(platform, scripted.port, spool))
+    port = ready(agent)
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(50)]
+    for rid in ids:
+        post_events(agent, port, invocation(rid, 0, logs=2))
+    wait_for(lambda: bool(scripted.snapshot()[0]), 10, "the first export to reach the hung collector")
+    time.sleep(1.0)  # the scenario: the kill comes 1 s after the last report
+    agent.proc.kill()
+    agent.wait_exit(10)
+    assert list(spool.glob("*.pb")), "nothing was written ahead to the spool"
+    tap = taps(free_port())
+    second = agents(otlp_env(platform, tap.port, spool))
+    ready(second)
+    asyncio.run(tap.wait("spans", lambda s: len(roots(s)) >= 50, timeout=30))
+    asyncio.run(tap.wait("logs", lambda items: len(items) >= 100, timeout=20))
+    assert second.stop() == 0
+    assert Counter(attr(s, "faas.invocation_id") for s in roots(tap.items("spans"))) == Counter(ids)
+    assert len(tap.items("logs")) == 100
+    assert list(spool.glob("*.pb")) == []
+
+
+def test_a_redirect_to_another_host_is_not_followed(platform: RecordingPlatform, agents: Start,
+                                                    scripted: ScriptedCollector, tmp_path: Path) -> None:
+    """A collector answering 307 to another loopback host: that host receives nothing (no telemetry, no
+    header); the redirect is a counted rejection, logged with its Location stripped of credentials and query."""
+    other = ScriptedCollector().start()
+    try:
+        scripted.mode = "307"
+        scripted.location = f"http://user:PASSWORD@127.0.0.1:{other.port}/v1/traces?api_key=KEY-123"
+        agent = agents(otlp_env(platform, scripted.port, tmp_path / "spool",
+                                OTEL_EXPORTER_OTLP_HEADERS="x-api-key=SECRET-HEADER"))
+        port = ready(agent)
+        post_events(agent, port, invocation("00000000-0000-4000-8000-000000000001", 0, logs=1))
+        wait_for(lambda: {p for _, p, _, _ in scripted.snapshot()[0]} >= {"/v1/traces", "/v1/logs"}, 10,
+                 "the exports to meet the redirect")
+        assert agent.stop() == 0
+        assert other.snapshot()[0] == []
+        refusals = [line for line in agent.logs() if line.get("event", "").startswith("otlp collector rejected")]
+        assert refusals and all(f"127.0.0.1:{other.port}/v1/traces" in line["detail"] for line in refusals)
+        assert "PASSWORD" not in agent.stderr() and "KEY-123" not in agent.stderr()
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize("strict", ["0", "1"])
+def test_credentials_in_the_url_and_an_authorization_header_are_a_configuration_error(
+        platform: RecordingPlatform, agents: Start, scripted: ScriptedCollector, tmp_path: Path,
+        strict: str) -> None:
+    """User-info in the endpoint plus an Authorization header: the OTLP plugin does not start, one line says
+    why (without the secrets), nothing reaches the collector; in strict mode the agent exits 2."""
+    env = otlp_env(platform, scripted.port, tmp_path / "spool", FGEXT_STRICT=strict,
+                   OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer%20TOKEN-XYZ")
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://user:PASSWORD@127.0.0.1:{scripted.port}"
+    agent = agents(env)
+    if strict == "1":
+        assert agent.wait_exit(20) == 2  # a configuration error
+    else:
+        agent.wait_log("pipeline started")
+    lines = [line for line in agent.logs() if "Authorization header" in str(line)]
+    assert len(lines) == 1, agent.stderr()
+    assert "credentials in the URL" in str(lines[0])
+    assert "PASSWORD" not in agent.stderr() and "TOKEN-XYZ" not in agent.stderr()
+    assert "Traceback" not in agent.stderr()
+    if strict == "0":
+        port = ready(agent)
+        post_events(agent, port, invocation("00000000-0000-4000-8000-000000000001", 0, logs=1))
+        assert agent.stop() == 0
+    assert scripted.snapshot()[0] == []
+
+
+def test_two_agents_on_one_spool_neither_lose_duplicate_nor_report_false_drops(
+        platform: RecordingPlatform, agents: Start, taps: Callable[[int], OtelTap],  # noqa: F811
+        tmp_path: Path) -> None:
+    """Two agents share a spool directory while the collector is down; one is killed, the other carries on:
+    once the collector is up every invocation of both arrives exactly once, and no drop is reported."""
+    spool = tmp_path / "spool"
+    collector_port = free_port()
+    first = agents(otlp_env(platform, collector_port, spool))
+    second = agents(otlp_env(platform, collector_port, spool))
+    ports = [ready(first), ready(second)]
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(40)]
+    for index, rid in enumerate(ids):
+        agent, port = (first, ports[0]) if index % 2 == 0 else (second, ports[1])
+        post_events(agent, port, invocation(rid, 0, logs=1))
+    wait_for(lambda: len(list(spool.glob("*.pb"))) >= 40, 20, "both agents to spool")
+    first.proc.kill()
+    first.wait_exit(10)
+    tap = taps(collector_port)
+    # The survivor delivers its own spool and claims the dead agent's files (checked every 10 s when idle).
+    asyncio.run(tap.wait("spans", lambda s: len(roots(s)) >= 40, timeout=60))
+    assert second.stop() == 0
+    assert Counter(attr(s, "faas.invocation_id") for s in roots(tap.items("spans"))) == Counter(ids)
+    falsely = [line for line in first.logs() + second.logs()
+               if "unreadable" in line.get("event", "") or "dropped" in line.get("event", "")]
+    assert falsely == []
+    assert list(spool.glob("*.pb")) == []
+
+
+def test_each_emulator_run_spools_in_its_own_directory(tmp_path: Path) -> None:
+    """Without FGEXT_SPOOL_DIR, an emulated agent spools under its own run's TMPDIR (a fresh directory per
+    run), so two runs never replay each other's data."""
+    function = tmp_path / "func.py"
+    function.write_text(HANDLER)
+    env = emulated_env(free_port(), tmp_path / "unused")
+    del env["FGEXT_SPOOL_DIR"]
+    roots_seen: List[Path] = []
+
+    async def one_run() -> None:
+        async with emulate(ROOT, function=f"{function}:handler", env=env, register_timeout_s=20.0,
+                           timeout_s=10.0) as emu:
+            assert emu.sandbox is not None
+            spool = emu.sandbox.root / "tmp" / "fgext-spool"
+            await emu.invoke({"n": 0})
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not list(spool.glob("*.pb")):
+                await asyncio.sleep(0.05)
+            assert list(spool.glob("*.pb")), "the collector is down: the run's own spool should hold the export"
+            roots_seen.append(emu.sandbox.root)
+
+    asyncio.run(one_run())
+    asyncio.run(one_run())
+    assert roots_seen[0] != roots_seen[1]
+
+
+def test_tls_collector_with_a_ca_bundle_and_an_unreadable_file(platform: RecordingPlatform, agents: Start,
+                                                              pki: Path, tmp_path: Path) -> None:  # noqa: F811
+    """An HTTPS collector signed by a private CA receives the agent's export when OTEL_EXPORTER_OTLP_CERTIFICATE
+    names that CA; an unreadable certificate file is a configuration error naming the variable and the path
+    (exit 2 in strict mode), and nothing is sent."""
+    collector = ScriptedCollector(server_context(pki, require_client=False)).start()
+    try:
+        env = otlp_env(platform, collector.port, tmp_path / "spool", OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki / "ca.pem"))
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"https://127.0.0.1:{collector.port}"
+        agent = agents(env)
+        port = ready(agent)
+        rid = "00000000-0000-4000-8000-000000000001"
+        post_events(agent, port, invocation(rid, 0, logs=1))
+        wait_for(lambda: rid in collector.snapshot()[1], 15, "the export over TLS")
+        assert agent.stop() == 0
+        sent = len(collector.snapshot()[0])
+        missing = tmp_path / "no-such-ca.pem"
+        broken = agents({**env, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(missing), "FGEXT_STRICT": "1"})
+        assert broken.wait_exit(20) == 2
+        assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in broken.stderr() and str(missing) in broken.stderr()
+        assert "Traceback" not in broken.stderr()
+        assert len(collector.snapshot()[0]) == sent
+    finally:
+        collector.stop()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
 
 from fgext._errors import ConfigError
 from fgext.otlp._config import load_config
-from fgext.otlp._export import build_transports
+from fgext.otlp._transports import build_transports
 
 
 def config(**environ: str):  # type: ignore[no-untyped-def]
@@ -136,6 +137,69 @@ class TestErrors:
         cfg = load_config({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc", "OTEL_TRACES_EXPORTER": "none"})
         transports, _close = build_transports(cfg)
         assert set(transports) == {"logs", "metrics"}
+
+
+class TestDeliverySettings:
+    def test_defaults(self) -> None:
+        """Write-ahead after 250 ms, 8 MiB of requests in memory, the spool under /tmp/fgext-spool."""
+        cfg = config()
+        assert cfg.spool_after_s == 0.25 and cfg.queue_max_bytes == 8 * 1024 * 1024
+        assert str(cfg.spool_dir) == "/tmp/fgext-spool"
+
+    def test_spool_dir_follows_tmpdir_unless_set(self, tmp_path: Path) -> None:
+        """$FGEXT_SPOOL_DIR is used as given; otherwise fgext-spool under $TMPDIR."""
+        assert config(TMPDIR=str(tmp_path)).spool_dir == tmp_path / "fgext-spool"
+        assert config(TMPDIR=str(tmp_path), FGEXT_SPOOL_DIR="/x/y").spool_dir == Path("/x/y")
+
+    @pytest.mark.parametrize("name,value", [
+        ("FGEXT_OTLP_SPOOL_AFTER_MS", "-1"), ("FGEXT_OTLP_SPOOL_AFTER_MS", "soon"),
+        ("FGEXT_OTLP_SPOOL_AFTER_MS", "nan"), ("FGEXT_OTLP_QUEUE_MAX_BYTES", "0"),
+        ("FGEXT_OTLP_QUEUE_MAX_BYTES", "8MB"), ("FGEXT_SPOOL_MAX_BYTES", "-3"),
+    ])
+    def test_bad_values_name_the_variable(self, name: str, value: str) -> None:
+        """A bad delivery setting is a ConfigError naming the variable."""
+        with pytest.raises(ConfigError, match=name):
+            config(**{name: value})
+
+    @pytest.mark.parametrize("value", ["Authorization:Bearer SECRET-1", "x-key=a,SECRET-2", "=v"])
+    def test_malformed_headers_are_an_error_that_does_not_show_the_value(self, value: str) -> None:
+        """A *_HEADERS value that is not name=value pairs is a ConfigError naming the variable, not the value."""
+        with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_LOGS_HEADERS") as raised:
+            config(OTEL_EXPORTER_OTLP_LOGS_HEADERS=value)
+        assert "SECRET" not in str(raised.value)
+
+    @pytest.mark.parametrize("headers_var", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"])
+    def test_credentials_in_the_url_and_an_authorization_header_conflict(self, headers_var: str) -> None:
+        """User-info in the endpoint plus an Authorization header is a ConfigError that shows neither."""
+        with pytest.raises(ConfigError, match="credentials in the URL") as raised:
+            config(OTEL_EXPORTER_OTLP_ENDPOINT="http://me:PASSWORD@collector:4318",
+                   **{headers_var: "authorization=Basic%20SECRET"})
+        assert "PASSWORD" not in str(raised.value) and "SECRET" not in str(raised.value)
+
+    def test_tls_files_per_signal_first(self, tmp_path: Path) -> None:
+        """The per-signal TLS variables win over the general ones; each file must be readable."""
+        general, traces = tmp_path / "ca.pem", tmp_path / "traces-ca.pem"
+        general.write_text("x")
+        traces.write_text("y")
+        cfg = config(OTEL_EXPORTER_OTLP_CERTIFICATE=str(general), OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE=str(traces))
+        assert cfg.signals["traces"].certificate == str(traces)
+        assert cfg.signals["logs"].certificate == str(general)
+
+    @pytest.mark.parametrize("name", ["OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                                      "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY"])
+    def test_unreadable_tls_file_names_the_variable_and_path(self, name: str, tmp_path: Path) -> None:
+        """A TLS file that cannot be read is a ConfigError naming the variable and the path."""
+        missing = tmp_path / "missing.pem"
+        with pytest.raises(ConfigError) as raised:
+            config(**{name: str(missing)})
+        assert name in str(raised.value) and str(missing) in str(raised.value)
+
+    def test_client_key_without_certificate(self, tmp_path: Path) -> None:
+        """A client key without a client certificate is a ConfigError."""
+        key = tmp_path / "client.key"
+        key.write_text("k")
+        with pytest.raises(ConfigError, match="without a client certificate"):
+            config(OTEL_EXPORTER_OTLP_CLIENT_KEY=str(key))
 
 
 class TestByteBounds:

@@ -598,7 +598,8 @@ def trace_requests(server: Recorder) -> List[List[str]]:
     out = []
     for _, path, _, body in server.requests:
         if path == "/v1/traces":
-            spans = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+            spans = [span for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                     for ss in rs.scope_spans for span in ss.spans]  # coalesced requests hold several
             out.append([kv.value.string_value for span in spans for kv in span.attributes
                         if kv.key == "faas.invocation_id" and not span.parent_span_id])
     return out
@@ -611,7 +612,9 @@ def test_a_slow_collector_holds_the_caller_instead_of_spooling(tmp_path: Path) -
 
     async def scenario() -> None:
         async with Recorder([], delay=0.05) as server:
-            plugin = await started(environ(server.port, tmp_path, OTEL_METRICS_EXPORTER="none"))
+            # (no write-ahead copies within this test: it is about memory and backpressure, not the spool)
+            plugin = await started(environ(server.port, tmp_path, OTEL_METRICS_EXPORTER="none",
+                                           FGEXT_OTLP_SPOOL_AFTER_MS="600000"))
             assert plugin._shipper is not None
             bound = plugin._shipper._max_queue_bytes = 64 * 1024  # ~12 invocations of 30 lines each
             held = 0
@@ -637,7 +640,7 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     from datetime import datetime, timedelta, timezone
     from email.utils import format_datetime
 
-    from fgext.otlp._export import _retry_after
+    from fgext._retry import retry_after as _retry_after
 
     assert _retry_after("3") == 3.0
     later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)

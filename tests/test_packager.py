@@ -415,7 +415,7 @@ def test_with_grpc_adds_grpcio_that_the_agent_imports(pip_cache: None, tmp_path:
     assert "grpcio" in versions and not any("exporter" in name for name in versions), versions
     extension = unpack(built, tmp_path / "unpacked")
     code = ("import sys; sys.path[:0] = [sys.argv[1]]\n"
-            "from fgext.otlp._export import _load_grpc\n"
+            "from fgext.otlp._transports import _load_grpc\n"
             "print(_load_grpc().__name__)")
     done = subprocess.run([str(PY39), "-S", "-E", "-c", code, str(extension / "fgext-lib")], capture_output=True,
                           text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, Awaitable, Callable, List, Optional
 
 import pytest
@@ -19,9 +20,12 @@ from fgext.plugins.webhook import WebhookPlugin
 class Receiver:
     """A real aiohttp server answering with ``statuses`` in turn (the last repeating)."""
 
-    def __init__(self, statuses: Optional[List[int]] = None, gate: Optional[asyncio.Event] = None) -> None:
+    def __init__(self, statuses: Optional[List[int]] = None, gate: Optional[asyncio.Event] = None,
+                 retry_after: Optional[str] = None) -> None:
         self.statuses = statuses or [200]
         self.gate = gate
+        self.retry_after = retry_after
+        self.arrivals: List[float] = []
         self.bodies: List[Any] = []
         self.headers: List[dict] = []  # type: ignore[type-arg]
         self.arrived = asyncio.Event()
@@ -30,11 +34,14 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         self.bodies.append(json.loads(await request.read()))
+        self.arrivals.append(time.monotonic())
         self.headers.append(dict(request.headers))
         self.arrived.set()
         if self.gate is not None:
             await self.gate.wait()
         status = self.statuses[min(len(self.bodies) - 1, len(self.statuses) - 1)]
+        if status >= 400 and self.retry_after is not None:
+            return web.Response(status=status, headers={"Retry-After": self.retry_after})
         return web.Response(status=status)
 
     async def __aenter__(self) -> Receiver:
@@ -136,6 +143,33 @@ class TestDelivery:
         assert len(receiver.bodies) == 1 and plugin.stats["failed"] == 1
         assert any(event == "webhook alert not delivered" and f["error"] == "HTTP 400"
                    for _lv, event, f in result.log)
+
+    def test_500_is_final_under_the_shared_retry_policy(self) -> None:
+        """HTTP 500 is not retryable in fgext._retry (only 429 and 502-504 are): one attempt, counted failed."""
+        plugin = WebhookPlugin()
+
+        async def go() -> Receiver:
+            async with Receiver(statuses=[500, 200]) as receiver:
+                await arun_plugin(plugin, [make_report("bad", status="error")],
+                                  config={"url": receiver.url, "retries": 3, "backoff": 0.01})
+                return receiver
+
+        receiver = run(go())
+        assert len(receiver.bodies) == 1 and plugin.stats["failed"] == 1
+
+    def test_retry_after_is_honoured(self) -> None:
+        """A 503 with Retry-After: 1 is asked again no sooner than a second later, whatever the backoff."""
+        plugin = WebhookPlugin()
+
+        async def go() -> Receiver:
+            async with Receiver(statuses=[503, 200], retry_after="1") as receiver:
+                await arun_plugin(plugin, [make_report("bad", status="error")],
+                                  config={"url": receiver.url, "retries": 3, "backoff": 0.01})
+                return receiver
+
+        receiver = run(go())
+        assert len(receiver.arrivals) == 2 and plugin.stats["sent"] == 1
+        assert receiver.arrivals[1] - receiver.arrivals[0] >= 0.99
 
     def test_unreachable_url_gives_up_after_retries(self) -> None:
         """Connection refused is retried ``retries`` times, then the alert is counted failed."""

@@ -9,6 +9,7 @@ clear message instead of exporting to the wrong place.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -16,11 +17,10 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry import environment_variables as api_env
 from opentelemetry.sdk import environment_variables as env
-from opentelemetry.util.re import parse_env_headers
 
 from fgext._errors import ConfigError
 
-__all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config"]
+__all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config", "parse_headers", "spool_directory"]
 
 SIGNALS: Tuple[str, ...] = ("traces", "logs", "metrics")
 
@@ -29,8 +29,12 @@ GRPC = "grpc"
 _DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
 _DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
 _DEFAULT_TIMEOUT_MS = 10_000.0
-_DEFAULT_SPOOL_DIR = "/tmp/fgext-spool"
+_SPOOL_SUBDIR = "fgext-spool"
 _DEFAULT_SPOOL_MAX_BYTES = 32 * 1024 * 1024
+# A request the collector has not acknowledged within this time is written to the spool (write-ahead):
+# well under a second, so a sandbox killed 1 s after an invocation's report loses nothing.
+_DEFAULT_SPOOL_AFTER_MS = 250.0
+_DEFAULT_QUEUE_MAX_BYTES = 8 * 1024 * 1024
 # FunctionGraph's largest synchronous timeout; used when RUNTIME_TIMEOUT is absent.
 _DEFAULT_FUNCTION_TIMEOUT_S = 900.0
 _DEFAULT_CLOSE_MARGIN_MS = 10_000.0
@@ -68,6 +72,21 @@ _PER_SIGNAL: Dict[str, Tuple[str, str, str, str, str, str, str]] = {
 }
 
 
+# TLS files, per signal then general: (CA bundle, client key, client certificate).
+_TLS: Dict[str, Tuple[str, str, str]] = {
+    "": (env.OTEL_EXPORTER_OTLP_CERTIFICATE, env.OTEL_EXPORTER_OTLP_CLIENT_KEY,
+         env.OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE),
+    "traces": (env.OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, env.OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY,
+               env.OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE),
+    "logs": (env.OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE, env.OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY,
+             env.OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE),
+    "metrics": (env.OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE, env.OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY,
+                env.OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE),
+}
+# An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
 @dataclass(frozen=True)
 class SignalConfig:
     """Where and how one signal (traces, logs or metrics) is exported."""
@@ -80,6 +99,9 @@ class SignalConfig:
     compression: str = "none"  # "gzip" or "none"
     timeout_s: float = _DEFAULT_TIMEOUT_MS / 1000
     insecure: bool = False  # grpc only: plaintext instead of TLS
+    certificate: Optional[str] = None  # CA bundle (PEM) to trust instead of the system's
+    client_key: Optional[str] = None  # PEM private key for a client certificate
+    client_certificate: Optional[str] = None  # PEM client certificate (may hold the key too)
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,8 @@ class OtlpConfig:
     resource_attributes: Mapping[str, str]
     spool_dir: Path
     spool_max_bytes: int
+    spool_after_s: float  # FGEXT_OTLP_SPOOL_AFTER_MS: unacknowledged this long -> written ahead to the spool
+    queue_max_bytes: int  # FGEXT_OTLP_QUEUE_MAX_BYTES: serialized requests held in memory at most
     temporality: str  # "cumulative" or "delta"
     function_timeout_s: float
     init_timeout_s: float
@@ -160,6 +184,14 @@ def _bytes(environ: Mapping[str, str], name: str, default: int, *, minimum: int,
     return number
 
 
+def spool_directory(environ: Mapping[str, str]) -> Path:
+    """``$FGEXT_SPOOL_DIR`` as given, else ``fgext-spool`` under ``$TMPDIR``, else under ``/tmp``."""
+    explicit = _get(environ, "FGEXT_SPOOL_DIR")
+    if explicit is not None:
+        return Path(explicit)
+    return Path(_get(environ, "TMPDIR") or "/tmp") / _SPOOL_SUBDIR
+
+
 def _exporter_enabled(environ: Mapping[str, str], name: str) -> bool:
     value = _get(environ, name)
     if value is None:
@@ -213,14 +245,59 @@ def _compression(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
+def parse_headers(name: str, value: str) -> Dict[str, str]:
+    """Parse a ``*_HEADERS`` value (``key=value`` pairs, comma separated, values percent-decoded).
+
+    A malformed pair is a :class:`ConfigError` naming the variable and the pair's position, never its
+    text: header values are credentials. (The SDK's parser logs the bad pair and skips it, which both
+    prints the secret and exports without it.)
+    """
+    headers: Dict[str, str] = {}
+    for position, item in enumerate(value.split(","), 1):
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        key = unquote(key.strip())
+        if not sep or not _HEADER_NAME.match(key):
+            raise ConfigError(
+                f"{name}: entry {position} is not a header: use name=value pairs separated by commas "
+                "(value not shown: it may be a secret)"
+            )
+        headers[key.lower()] = unquote(raw.strip())
+    return headers
+
+
 def _headers(environ: Mapping[str, str], name: str) -> Dict[str, str]:
     headers: Dict[str, str] = {}
     for source in (env.OTEL_EXPORTER_OTLP_HEADERS, name):
         value = _get(environ, source)
         if value is not None:
-            # liberal: accept the unencoded values other languages' SDKs accept
-            headers.update(parse_env_headers(value, liberal=True))
+            headers.update(parse_headers(source, value))
     return headers
+
+
+def _tls_file(environ: Mapping[str, str], signal: str, index: int) -> Optional[str]:
+    """One TLS file setting (per-signal variable first), checked readable; ``None`` when unset."""
+    name = _TLS[signal][index] if _get(environ, _TLS[signal][index]) else _TLS[""][index]
+    path = _get(environ, name)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as error:
+        raise ConfigError(f"{name}={path!r} cannot be read: {error.strerror or error}") from None
+    return path
+
+
+def _check_credentials(signal: str, endpoint: str, endpoint_source: str, headers: Mapping[str, str]) -> None:
+    """Credentials given two ways are a configuration error, not something to retry forever."""
+    parts = urlsplit(endpoint) if "://" in endpoint else None
+    if parts is not None and (parts.username or parts.password) and "authorization" in headers:
+        raise ConfigError(
+            f"{endpoint_source} has credentials in the URL and an Authorization header is set for {signal}: "
+            "use one or the other"
+        )
 
 
 def _resource_attributes(environ: Mapping[str, str]) -> Dict[str, str]:
@@ -257,12 +334,22 @@ def _signal(environ: Mapping[str, str], signal: str) -> SignalConfig:
     else:
         endpoint = _http_endpoint(environ, signal, endpoint_var)
         insecure = False
+    headers = _headers(environ, headers_var)
+    endpoint_source = endpoint_var if _get(environ, endpoint_var) else env.OTEL_EXPORTER_OTLP_ENDPOINT
+    _check_credentials(signal, endpoint, endpoint_source, headers)
+    certificate, client_key, client_certificate = (_tls_file(environ, signal, index) for index in range(3))
+    if client_key is not None and client_certificate is None:
+        raise ConfigError(
+            f"{_TLS[signal][1]} or {_TLS[''][1]} is set without a client certificate "
+            f"({_TLS[''][2]} or its per-signal form)"
+        )
     timeout_source = timeout_var if _get(environ, timeout_var) else env.OTEL_EXPORTER_OTLP_TIMEOUT
     timeout_ms = _positive(environ, timeout_source, _DEFAULT_TIMEOUT_MS, unit="milliseconds")
     return SignalConfig(
         signal=signal, enabled=enabled, protocol=protocol, endpoint=endpoint,
-        headers=_headers(environ, headers_var), compression=_compression(environ, compression_var),
-        timeout_s=timeout_ms / 1000, insecure=insecure,
+        headers=headers, compression=_compression(environ, compression_var),
+        timeout_s=timeout_ms / 1000, insecure=insecure, certificate=certificate, client_key=client_key,
+        client_certificate=client_certificate,
     )
 
 
@@ -284,16 +371,18 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
             f"{env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE}={temporality!r}: "
             "use cumulative, delta or lowmemory"
         )
-    max_bytes_text = _get(environ, "FGEXT_SPOOL_MAX_BYTES")
-    spool_max_bytes = _DEFAULT_SPOOL_MAX_BYTES
-    if max_bytes_text is not None:
+    spool_max_bytes = _bytes(environ, "FGEXT_SPOOL_MAX_BYTES", _DEFAULT_SPOOL_MAX_BYTES, minimum=0)
+    queue_max_bytes = _bytes(environ, "FGEXT_OTLP_QUEUE_MAX_BYTES", _DEFAULT_QUEUE_MAX_BYTES, minimum=1)
+    spool_after_ms = _DEFAULT_SPOOL_AFTER_MS
+    spool_after_text = _get(environ, "FGEXT_OTLP_SPOOL_AFTER_MS")
+    if spool_after_text is not None:
         try:
-            spool_max_bytes = int(max_bytes_text)
+            spool_after_ms = float(spool_after_text)
         except ValueError:
-            spool_max_bytes = -1
-        if spool_max_bytes < 0:
+            spool_after_ms = -1.0
+        if not math.isfinite(spool_after_ms) or spool_after_ms < 0:
             raise ConfigError(
-                f"FGEXT_SPOOL_MAX_BYTES={max_bytes_text!r} must be a whole number of bytes >= 0"
+                f"FGEXT_OTLP_SPOOL_AFTER_MS={spool_after_text!r} must be a number of milliseconds >= 0"
             )
     function_timeout = _positive(environ, "RUNTIME_TIMEOUT", _DEFAULT_FUNCTION_TIMEOUT_S, unit="seconds")
     max_request_bytes = _bytes(environ, "FGEXT_OTLP_MAX_REQUEST_BYTES", _DEFAULT_MAX_REQUEST_BYTES,
@@ -313,8 +402,10 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
         signals=signals,
         service_name=_get(environ, env.OTEL_SERVICE_NAME),
         resource_attributes=_resource_attributes(environ),
-        spool_dir=Path(_get(environ, "FGEXT_SPOOL_DIR") or _DEFAULT_SPOOL_DIR),
+        spool_dir=spool_directory(environ),
         spool_max_bytes=spool_max_bytes,
+        spool_after_s=spool_after_ms / 1000,
+        queue_max_bytes=queue_max_bytes,
         # lowmemory means delta for counters and histograms, which is all fgext exports
         temporality="cumulative" if temporality == "cumulative" else "delta",
         function_timeout_s=function_timeout,

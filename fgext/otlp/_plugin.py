@@ -19,12 +19,13 @@ from fgext._events import AnyEvent, Invoke
 from fgext._logging import redact_url
 from fgext._plugin import Plugin, PluginContext
 from fgext.otlp._config import OtlpConfig, load_config
-from fgext.otlp._export import Shipper, build_transports
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import Encoded, encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder
+from fgext.otlp._shipper import Shipper
 from fgext.otlp._spool import Spool
 from fgext.otlp._traces import Assembler
+from fgext.otlp._transports import build_transports
 
 __all__ = ["OtlpPlugin"]
 
@@ -97,7 +98,8 @@ class OtlpPlugin(Plugin):
                                     max_log_bytes=config.max_log_bytes)
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
-        self._shipper = Shipper(transports, spool, self._count_drop, self._log)
+        self._shipper = Shipper(transports, spool, self._count_drop, self._log,
+                                max_queue_bytes=config.queue_max_bytes, spool_after_s=config.spool_after_s)
         self._shipper.start()
         self._ticker = asyncio.ensure_future(self._expire_loop())
         self._log.info(

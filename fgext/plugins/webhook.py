@@ -3,8 +3,9 @@
 A sink: it reads report events (and the function's log lines just before them, to say what went
 wrong) and queues a summary for each invocation that failed or took at least ``slow_ms``. A
 background task sends the queue, so the pipeline never waits on the network: each POST has a
-timeout, transient failures (connection errors, timeouts, 429, 5xx) are retried with exponential
-backoff, and when the queue is full new alerts are dropped and counted rather than held.
+timeout, transient failures are retried with backoff (what is transient and how long to wait -
+connection errors, timeouts, 429, 502-504, ``Retry-After`` - is :mod:`fgext._retry`'s policy), and
+when the queue is full new alerts are dropped and counted rather than held.
 
 Settings (``plugins.webhook`` in the config file, or ``FGEXT_WEBHOOK_<KEY>``):
 
@@ -14,7 +15,7 @@ Settings (``plugins.webhook`` in the config file, or ``FGEXT_WEBHOOK_<KEY>``):
 - ``failures`` (default true): alert on reports whose status is not ``success``;
 - ``phases`` (default ``invoke,init``): which reports count (``invoke``, ``init``, ``restore``);
 - ``timeout`` (seconds per attempt, default 2), ``retries`` (default 3), ``backoff`` (first delay in
-  seconds, default 0.2, doubling);
+  seconds, default 0.2, doubling up to 5 s, with jitter);
 - ``logs`` (default 5): how many of the function's last log lines to include;
 - ``headers``: an object of extra HTTP headers (config file only; for a token, say);
 - ``max_queue`` (default 100): alerts held at most while the URL is slow.
@@ -41,6 +42,7 @@ from fgext._errors import PluginError
 from fgext._events import AnyEvent, FunctionLog, ReportEvent, Start
 from fgext._logging import redact_url
 from fgext._plugin import EventTypes, PluginContext, RegistrationInfo, Sink
+from fgext._retry import Backoff, retry_after, retryable_http
 
 __all__ = ["WebhookPlugin", "summarise"]
 
@@ -195,10 +197,11 @@ class WebhookPlugin(Sink):
 
         # backslashreplace: a lone surrogate in a log line must not cost the alert
         body = json.dumps(alert, ensure_ascii=False).encode("utf-8", "backslashreplace")
-        delay = self.backoff
+        backoff = Backoff(self.backoff, max(self.backoff, _BACKOFF_CAP))
         last = ""
         for attempt in range(self.retries + 1):
             self.stats["attempts"] += 1
+            wait: Optional[float] = None
             try:
                 # A redirect would carry the alert and the configured headers to a host nobody chose.
                 async with self._session.post(self.url, data=body, allow_redirects=False) as response:
@@ -211,13 +214,13 @@ class WebhookPlugin(Sink):
                                 f"{redact_url(location) if location else 'no Location'}, not followed")
                         break
                     last = f"HTTP {response.status}"
-                    if response.status != 429 and response.status < 500:
+                    if not retryable_http(response.status):
                         break  # the URL refuses this alert; asking again will not change that
+                    wait = retry_after(response.headers.get("Retry-After"))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 last = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             if attempt < self.retries:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_CAP)
+                await asyncio.sleep(backoff.next_delay(wait))
         self.stats["failed"] += 1
         if self._log is not None:
             self._log.warning("webhook alert not delivered", url=redact_url(self.url),

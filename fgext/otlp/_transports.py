@@ -1,0 +1,315 @@
+"""Transports: one serialized OTLP request out to the collector, over HTTP/protobuf or gRPC.
+
+One family behind one base: :class:`Transport` owns the timeout, the two implementations own one
+attempt each and say how it went as an :class:`Outcome`; whether that outcome is worth retrying is
+:mod:`fgext._retry`'s decision, and what to do about it is the shipper's.
+
+The timeout counts only time the process was awake. A FunctionGraph sandbox is frozen between
+invocations (and ``SIGSTOP`` does the same): the monotonic clock keeps running while the process
+cannot, so a timeout measured on it expires during the freeze, and the request - which the collector
+may well have answered meanwhile - is given up and sent again after the thaw: a duplicate. The wait is
+therefore cut into short slices; a slice that took far longer than asked means the process did not run
+(frozen, or starved), and that gap is not counted.
+
+Redirects are never followed: a 3xx is a rejection, reported with its ``Location`` stripped of
+credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``/``CLIENT_KEY`` files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from fgext._errors import ConfigError
+from fgext._retry import retry_after, retryable_grpc, retryable_http
+from fgext.otlp._config import GRPC, OtlpConfig, SignalConfig
+
+__all__ = ["GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports", "safe_location",
+           "wait_awake"]
+
+_USER_AGENT = "fgext-otlp/0.1.0"
+_GRPC_METHODS = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+}
+_RESPONSES: Dict[str, Any] = {
+    "traces": ExportTraceServiceResponse, "logs": ExportLogsServiceResponse,
+    "metrics": ExportMetricsServiceResponse,
+}
+# The wait for an answer is measured in slices this long; a slice that overran by more than the gap
+# was spent frozen (a freeze shorter than the gap counts, which costs at most that much of the timeout).
+_SLICE_S = 0.25
+_FROZEN_GAP_S = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one send went: accepted, worth retrying (maybe not before ``retry_after`` s), or rejected."""
+
+    ok: bool
+    retryable: bool = False
+    retry_after: Optional[float] = None
+    detail: str = ""
+    rejected_items: int = 0  # partial success: items the collector refused although it answered OK
+
+
+async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[], float] = time.monotonic,
+                     slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> bool:
+    """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended."""
+    future = asyncio.ensure_future(task)
+    left = timeout
+    while left > 0:
+        step = min(left, slice_s)
+        before = clock()
+        done, _ = await asyncio.wait({future}, timeout=step)
+        if done:
+            return True
+        took = clock() - before
+        left -= step if took - step > gap_s else took
+    return future.done()
+
+
+def safe_location(location: str) -> str:
+    """A redirect target fit for a log line: no user-info, no query, no fragment."""
+    try:
+        parts = urlsplit(location)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable>"
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+def _rejected(signal: str, body: bytes) -> Tuple[int, str]:
+    """Items refused in an OTLP partial-success answer, and the collector's message."""
+    if not body:
+        return 0, ""
+    try:
+        response = _RESPONSES[signal].FromString(body)
+    except Exception:  # an answer we cannot read is not a refusal we can count
+        return 0, ""
+    if not response.HasField("partial_success"):
+        return 0, ""
+    partial = response.partial_success
+    count = {"traces": "rejected_spans", "logs": "rejected_log_records",
+             "metrics": "rejected_data_points"}[signal]
+    return int(getattr(partial, count)), partial.error_message
+
+
+class Transport:
+    """Sends one signal's serialized requests to its endpoint, within an awake-time timeout."""
+
+    signal = ""
+    timeout_s = 10.0
+
+    async def send(self, data: bytes) -> Outcome:
+        """One attempt, given up (retryably) after ``timeout_s`` seconds awake without an answer."""
+        attempt = asyncio.ensure_future(self._attempt(data))
+        try:
+            finished = await wait_awake(attempt, self.timeout_s)
+        except asyncio.CancelledError:
+            attempt.cancel()
+            raise
+        if not finished:
+            attempt.cancel()
+            await asyncio.wait({attempt})  # let it unwind; a cancel of this send still propagates
+            return Outcome(ok=False, retryable=True, detail=f"no answer within {self.timeout_s:g} s")
+        try:
+            return attempt.result()
+        except Exception as error:  # an unforeseen failure: keep the data, back off, try again
+            return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
+
+    async def _attempt(self, data: bytes) -> Outcome:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class HttpTransport(Transport):
+    """OTLP/HTTP with binary protobuf bodies, over one shared aiohttp session; redirects refused."""
+
+    def __init__(self, config: SignalConfig, session: Callable[[], Any], ssl_context: Any = None) -> None:
+        self.signal = config.signal
+        self.timeout_s = config.timeout_s
+        self._config = config
+        self._session = session
+        self._ssl = ssl_context
+        headers = {"User-Agent": _USER_AGENT}
+        headers.update(config.headers)
+        headers["Content-Type"] = "application/x-protobuf"
+        if config.compression == "gzip":
+            headers["Content-Encoding"] = "gzip"
+        self._headers = headers
+
+    async def _attempt(self, data: bytes) -> Outcome:
+        import aiohttp
+
+        body = data
+        if self._config.compression == "gzip":
+            import gzip
+
+            body = gzip.compress(data, compresslevel=6)
+        extra: Dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
+        for attempt in (1, 2):
+            try:
+                async with self._session().post(self._config.endpoint, data=body, headers=self._headers,
+                                                allow_redirects=False, **extra) as response:
+                    payload = await response.read()
+                    status = response.status
+                    if 200 <= status < 300:
+                        rejected, message = _rejected(self.signal, payload)
+                        return Outcome(ok=True, rejected_items=rejected, detail=message)
+                    if 300 <= status < 400:
+                        where = safe_location(response.headers.get("Location", ""))
+                        return Outcome(ok=False, retryable=False,
+                                       detail=f"HTTP {status}: redirect to {where} refused (not followed)")
+                    detail = f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
+                    return Outcome(ok=False, retryable=retryable_http(status),
+                                   retry_after=retry_after(response.headers.get("Retry-After")), detail=detail)
+            except aiohttp.ServerDisconnectedError as error:
+                # A keep-alive connection that died while the sandbox was frozen: one fresh attempt.
+                if attempt == 2:
+                    return Outcome(ok=False, retryable=True, detail=f"disconnected: {error}")
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
+        return Outcome(ok=False, retryable=True, detail="unreachable")
+
+
+def _load_grpc() -> Any:
+    try:
+        grpc = importlib.import_module("grpc")
+        importlib.import_module("grpc.aio")
+    except ImportError:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC extra, which is not installed: "
+            "install fgext[grpc] (pip install 'fgext[grpc]'), or use http/protobuf"
+        ) from None
+    return grpc
+
+
+def _read_tls(config: SignalConfig) -> Tuple[Optional[bytes], Optional[bytes], Optional[bytes]]:
+    out: List[Optional[bytes]] = []
+    for path in (config.certificate, config.client_key, config.client_certificate):
+        if path is None:
+            out.append(None)
+            continue
+        try:
+            with open(path, "rb") as handle:
+                out.append(handle.read())
+        except OSError as error:
+            raise ConfigError(f"OTLP {config.signal}: TLS file {path!r} cannot be read: "
+                              f"{error.strerror or error}") from None
+    return out[0], out[1], out[2]
+
+
+class GrpcTransport(Transport):
+    """OTLP/gRPC: the collector services' Export methods, called with the already serialized bytes."""
+
+    def __init__(self, config: SignalConfig, grpc: Any) -> None:
+        self.signal = config.signal
+        self.timeout_s = config.timeout_s
+        self._config = config
+        self._grpc = grpc
+        target = config.endpoint.split("://", 1)[-1].rstrip("/")
+        if config.insecure:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            root, key, chain = _read_tls(config)
+            credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key,
+                                                       certificate_chain=chain)
+            self._channel = grpc.aio.secure_channel(target, credentials)
+        # No request serializer: gRPC sends the bytes given, so encoding happens once, here too.
+        self._call = self._channel.unary_unary(_GRPC_METHODS[config.signal], request_serializer=None,
+                                               response_deserializer=None)
+        self._metadata = tuple((key.lower(), value) for key, value in config.headers.items())
+        self._compression = grpc.Compression.Gzip if config.compression == "gzip" else None
+
+    async def _attempt(self, data: bytes) -> Outcome:
+        grpc = self._grpc
+        try:
+            # No gRPC deadline: its clock runs through a freeze; the base class times out awake time only.
+            answer = await self._call(data, metadata=self._metadata, compression=self._compression)
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            name = getattr(code, "name", str(code))
+            return Outcome(ok=False, retryable=retryable_grpc(name), detail=f"gRPC {name}: {error.details()}")
+        except (asyncio.TimeoutError, OSError) as error:
+            return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
+        rejected, message = _rejected(self.signal, answer or b"")
+        return Outcome(ok=True, rejected_items=rejected, detail=message)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class _SessionHolder:
+    """One aiohttp session for all HTTP signals, created inside the running loop on first use."""
+
+    def __init__(self) -> None:
+        self.session: Any = None
+
+    def __call__(self) -> Any:
+        if self.session is None or self.session.closed:
+            import aiohttp
+
+            # No aiohttp timeouts: they count frozen time; Transport.send times out awake time instead.
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4),
+                                                 timeout=aiohttp.ClientTimeout())
+        return self.session
+
+    async def close(self) -> None:
+        if self.session is not None and not self.session.closed:
+            await self.session.close()
+
+
+def _ssl_context(config: SignalConfig) -> Any:
+    """An SSL context for a custom CA bundle or client certificate; ``None`` for the system defaults."""
+    if config.certificate is None and config.client_certificate is None:
+        return None
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=config.certificate)
+        if config.client_certificate is not None:
+            context.load_cert_chain(config.client_certificate, config.client_key)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        files = ", ".join(p for p in (config.certificate, config.client_certificate, config.client_key) if p)
+        raise ConfigError(f"OTLP {config.signal}: TLS files {files} cannot be used: {error}") from None
+    return context
+
+
+def build_transports(config: OtlpConfig) -> Tuple[Dict[str, Transport], Callable[[], Awaitable[None]]]:
+    """A transport per enabled signal, and a coroutine function that releases them all.
+
+    Raises :class:`ConfigError` when gRPC is asked for but its extra is not installed, or a TLS file
+    cannot be used.
+    """
+    holder = _SessionHolder()
+    grpc: Any = _load_grpc() if config.uses_grpc else None
+    transports: Dict[str, Transport] = {}
+    for signal, signal_config in config.signals.items():
+        if not signal_config.enabled:
+            continue
+        if signal_config.protocol == GRPC:
+            transports[signal] = GrpcTransport(signal_config, grpc)
+        else:
+            transports[signal] = HttpTransport(signal_config, holder, _ssl_context(signal_config))
+
+    async def close() -> None:
+        for transport in transports.values():
+            await transport.close()
+        await holder.close()
+
+    return transports, close

@@ -1,0 +1,298 @@
+"""Tests for fgext.otlp._transports: one attempt over HTTP or gRPC, awake-time timeouts, no redirects, TLS.
+
+Real sockets on 127.0.0.1 throughout: an aiohttp server (HTTPS with a throwaway CA made by the
+``openssl`` command for the TLS cases) that records what it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytest
+from aiohttp import web
+
+from fgext._errors import ConfigError
+from fgext.otlp._config import load_config
+from fgext.otlp._transports import Outcome, Transport, build_transports, safe_location, wait_awake
+
+
+class Server:
+    """An OTLP/HTTP endpoint on a real loopback socket: answers ``status`` (with ``headers``), records."""
+
+    def __init__(self, status: int = 200, headers: Optional[Dict[str, str]] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None, delay: float = 0.0) -> None:
+        self.status = status
+        self.headers = headers or {}
+        self.ssl_context = ssl_context
+        self.delay = delay
+        self.received: List[Tuple[str, Dict[str, str], bytes]] = []
+        self._runner: Optional[web.AppRunner] = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((request.path, dict(request.headers), await request.read()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.Response(status=self.status, headers=self.headers)
+
+    async def __aenter__(self) -> Server:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def one_send(environ: Dict[str, str], data: bytes = b"\x0a\x00") -> Outcome:
+    transports, close = build_transports(load_config(environ))
+    try:
+        return await transports["traces"].send(data)
+    finally:
+        await close()
+
+
+def only_traces(endpoint: str, **extra: str) -> Dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint, "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none", **extra}
+
+
+class TestHttp:
+    def test_accepted(self) -> None:
+        """A 200 is an accepted request; the body arrives as given, with the configured headers."""
+
+        async def go() -> Tuple[Outcome, Server]:
+            async with Server() as server:
+                url = f"http://127.0.0.1:{server.port}/v1/traces"
+                return await one_send(only_traces(url, OTEL_EXPORTER_OTLP_HEADERS="x-team=a%20b")), server
+
+        outcome, server = asyncio.run(go())
+        assert outcome.ok
+        assert server.received[0][0] == "/v1/traces" and server.received[0][2] == b"\x0a\x00"
+        assert server.received[0][1]["x-team"] == "a b"
+
+    @pytest.mark.parametrize("status,retryable", [(429, True), (503, True), (500, False), (400, False)])
+    def test_failure_answers_follow_the_retry_policy(self, status: int, retryable: bool) -> None:
+        """A failure's retryability is fgext._retry's (429 and 503 yes; 500 and 400 no), with Retry-After."""
+
+        async def go() -> Outcome:
+            async with Server(status, {"Retry-After": "7"}) as server:
+                return await one_send(only_traces(f"http://127.0.0.1:{server.port}/v1/traces"))
+
+        outcome = asyncio.run(go())
+        assert not outcome.ok and outcome.retryable is retryable and outcome.retry_after == 7.0
+
+    def test_a_redirect_is_refused_and_not_followed(self) -> None:
+        """A 307 to another loopback server is a final rejection; the other server receives nothing, and the
+        outcome names the target without its user-info or query."""
+
+        async def go() -> Tuple[Outcome, Server]:
+            async with Server() as other:
+                target = f"http://u:PASSWORD@127.0.0.1:{other.port}/v1/traces?api_key=K"
+                async with Server(307, {"Location": target}) as server:
+                    return await one_send(only_traces(f"http://127.0.0.1:{server.port}/v1/traces")), other
+
+        outcome, other = asyncio.run(go())
+        assert not outcome.ok and not outcome.retryable
+        assert other.received == []
+        assert f"127.0.0.1:{other.port}/v1/traces" in outcome.detail
+        assert "PASSWORD" not in outcome.detail and "api_key" not in outcome.detail
+
+    def test_timeout_is_retryable(self) -> None:
+        """No answer within OTEL_EXPORTER_OTLP_TIMEOUT is a retryable failure."""
+
+        async def go() -> Outcome:
+            async with Server(delay=5) as server:
+                return await one_send(only_traces(f"http://127.0.0.1:{server.port}/v1/traces",
+                                                  OTEL_EXPORTER_OTLP_TIMEOUT="300"))
+
+        outcome = asyncio.run(go())
+        assert not outcome.ok and outcome.retryable and "no answer within 0.3 s" in outcome.detail
+
+
+def test_safe_location_strips_credentials_and_query() -> None:
+    """User-info, query and fragment are removed; scheme, host, port and path are kept."""
+    assert safe_location("https://u:p@collector.example:4318/v1/logs?token=x#f") == \
+        "https://collector.example:4318/v1/logs"
+    assert safe_location("/elsewhere?k=v") == "/elsewhere"
+
+
+class TestWaitAwake:
+    def test_frozen_time_does_not_count(self) -> None:
+        """A slice that overran by more than the gap (the process did not run) is not counted: the wait
+        goes on past a clock jump much larger than the timeout, and ends when the task does."""
+
+        async def go() -> bool:
+            clock = [0.0]
+            jumps = [100.0]  # the first slice "took" 100 s: a freeze
+
+            def now() -> float:
+                return clock[0]
+
+            async def work() -> None:
+                await asyncio.sleep(0.2)
+
+            async def ticking() -> None:
+                while True:
+                    await asyncio.sleep(0.01)
+                    clock[0] += jumps.pop() if jumps else 0.01
+
+            ticker = asyncio.ensure_future(ticking())
+            try:
+                return await wait_awake(work(), 0.5, clock=now, slice_s=0.05, gap_s=1.0)
+            finally:
+                ticker.cancel()
+
+        assert asyncio.run(go()) is True
+
+    def test_awake_time_runs_out(self) -> None:
+        """Without a freeze, the wait ends after ``timeout`` and reports the task unfinished."""
+
+        async def go() -> bool:
+            return await wait_awake(asyncio.sleep(5), 0.1, slice_s=0.03)
+
+        assert asyncio.run(go()) is False
+
+    def test_send_gives_up_after_the_timeout(self) -> None:
+        """Transport.send cancels an attempt that outlives its timeout and says so, retryably."""
+        cancelled: List[bool] = []
+
+        class Hung(Transport):
+            timeout_s = 0.1
+
+            async def _attempt(self, data: bytes) -> Outcome:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    cancelled.append(True)
+                    raise
+                return Outcome(ok=True)
+
+        outcome = asyncio.run(Hung().send(b""))
+        assert not outcome.ok and outcome.retryable and cancelled == [True]
+
+
+# ------------------------------------------------------------------------------------------------ TLS
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=fgext test CA", cwd=folder)
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}", cwd=folder)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", "san.cnf", cwd=folder)
+    return folder
+
+
+def server_context(pki: Path, require_client: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    if require_client:
+        context.load_verify_locations(str(pki / "ca.pem"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def https(pki: Path, environ: Callable[[str], Dict[str, str]], *, require_client: bool = False) -> Tuple[Outcome, int]:
+    async def go() -> Tuple[Outcome, int]:
+        async with Server(ssl_context=server_context(pki, require_client)) as server:
+            outcome = await one_send(environ(f"https://127.0.0.1:{server.port}/v1/traces"))
+            return outcome, len(server.received)
+
+    return asyncio.run(go())
+
+
+class TestTls:
+    def test_a_ca_bundle_is_trusted(self, pki: Path) -> None:
+        """OTEL_EXPORTER_OTLP_CERTIFICATE makes a collector signed by that CA reachable over HTTPS."""
+        outcome, received = https(pki, lambda url: only_traces(
+            url, OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki / "ca.pem")))
+        assert outcome.ok and received == 1
+
+    def test_without_the_ca_the_collector_is_not_trusted(self, pki: Path) -> None:
+        """Without the CA bundle the same collector fails certificate verification and receives nothing."""
+        outcome, received = https(pki, lambda url: only_traces(url))
+        assert not outcome.ok and "certificate" in outcome.detail.lower() and received == 0
+
+    def test_per_signal_client_certificate(self, pki: Path) -> None:
+        """The per-signal CA, client certificate and key variables authenticate to a collector that
+        requires a client certificate."""
+        outcome, received = https(pki, lambda url: only_traces(
+            url, OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE=str(pki / "ca.pem"),
+            OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE=str(pki / "client.pem"),
+            OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY=str(pki / "client.key")), require_client=True)
+        assert outcome.ok and received == 1
+
+    def test_no_client_certificate_is_refused_by_such_a_collector(self, pki: Path) -> None:
+        """Without a client certificate, a collector that requires one receives nothing."""
+        outcome, received = https(pki, lambda url: only_traces(
+            url, OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki / "ca.pem")), require_client=True)
+        assert not outcome.ok and received == 0
+
+    def test_a_file_that_is_not_a_certificate_is_a_configuration_error(self, tmp_path: Path) -> None:
+        """A readable CA file that holds no certificate is a ConfigError naming the file."""
+        bogus = tmp_path / "ca.pem"
+        bogus.write_text("not a certificate\n")
+        with pytest.raises(ConfigError, match=r"ca\.pem"):
+            build_transports(load_config(only_traces("https://127.0.0.1:1/v1/traces",
+                                                     OTEL_EXPORTER_OTLP_CERTIFICATE=str(bogus))))
+
+
+@pytest.fixture
+def grpc_module() -> Any:
+    return pytest.importorskip("grpc")
+
+
+def test_grpc_tls_with_a_ca_bundle(pki: Path, grpc_module: Any) -> None:
+    """gRPC honours OTEL_EXPORTER_OTLP_CERTIFICATE: a TLS gRPC server signed by the CA takes the export."""
+    from grpc import aio
+
+    received: List[bytes] = []
+
+    async def go() -> Outcome:
+        def export(request: bytes, context: Any) -> bytes:
+            received.append(request)
+            return b""
+
+        handler = grpc_module.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc_module.unary_unary_rpc_method_handler(export)})
+        server = aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        credentials = grpc_module.ssl_server_credentials(
+            [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        await server.start()
+        try:
+            return await one_send({**only_traces(f"https://127.0.0.1:{port}"), "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                                   "OTEL_EXPORTER_OTLP_CERTIFICATE": str(pki / "ca.pem")}, b"\x0a\x00")
+        finally:
+            await server.stop(0)
+
+    outcome = asyncio.run(go())
+    assert outcome.ok, outcome.detail
+    assert received == [b"\x0a\x00"]
+
