@@ -204,7 +204,8 @@ class Agent:
                     self.request_stop("plugins could not start", error.exit_code)
                 except PluginFailure as failure:  # strict mode: a plugin's start raised
                     cause = failure.__cause__
-                    self.log.error("cannot start plugins", error=f"{failure}: {cause}")
+                    # The hook already logged the cause (once, with strict=true): this line says what follows.
+                    self.log.error("cannot start plugins", plugin=failure.plugin, hook=failure.hook)
                     # a configuration error stays one (exit 2), whichever plugin found it
                     self.request_stop("plugins could not start",
                                       cause.exit_code if isinstance(cause, FgextError) else EXIT_PROBLEMS)

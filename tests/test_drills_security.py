@@ -145,10 +145,11 @@ class TestSecretsNeverPrint:
         collector = peers(200)
         agent = agents(otlp_env(platform, collector.port, tmp_path / "spool",
                                 OTEL_EXPORTER_OTLP_LOGS_HEADERS=f"Authorization:Bearer {TOKEN}"))
-        assert wait_until(lambda: "otlp export ready" in agent.stderr() or agent.proc.poll() is not None)
+        # A malformed headers variable is a configuration error: the plugin does not start (one line says why).
+        assert wait_until(lambda: "pipeline started" in agent.stderr() or agent.proc.poll() is not None)
         agent.stop()
+        assert "OTEL_EXPORTER_OTLP_LOGS_HEADERS" in agent.stderr()
         assert_nowhere(TOKEN, agent.stderr(), agent.stdout())
-
 
     def test_refused_registration_quoting_the_token(self, platform: RecordingPlatform, agents: Start) -> None:
         """The one-line error of a refused registration is scrubbed too, though logging is not set up yet."""

@@ -404,10 +404,14 @@ class TestExtensionOutput:
         from fgext.emulator._extensions import LOSING_WARNINGS
 
         harmless = {"listener did not close in time", "otlp spool cannot write; spooling in memory from now on",
-                    "otlp spool directory unusable; spooling in memory", "slow invocation"}
+                    "otlp spool directory unusable; spooling in memory", "slow invocation",
+                    # the listener protecting itself from clients that are not the platform
+                    "listener at its connection cap; closing the longest-quiet connections to ",
+                    "listener closed a connection that sent no complete request head in time"}
+        function_side = ("function.py", "_local_export.py")  # run in the function's process, not the agent's
         logged = set()
         for path in (ROOT / "fgext").rglob("*.py"):
-            if path.parent.name not in ("emulator", "packager"):
+            if path.parent.name not in ("emulator", "packager") and path.name not in function_side:
                 text = path.read_text()
                 logged |= set(re.findall(r"log\.warning\(\s*\"([^\"]+)\"", text))
                 logged |= {"telemetry body rejected" for _ in re.findall(r"log\.warning\(f\"\{what\} body", text)}

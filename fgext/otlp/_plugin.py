@@ -30,6 +30,8 @@ from fgext.otlp._transports import build_transports
 __all__ = ["OtlpPlugin"]
 
 _DEFAULT_FLUSH_TIMEOUT_S = 5.0
+# A flush waits at least this long for an answer, even with FGEXT_OTLP_SPOOL_AFTER_MS=0 (all on disk at once).
+_MIN_FLUSH_WAIT_S = 0.05
 # Kept of the shutdown deadline for spilling what was not sent to disk and closing connections.
 _SHUTDOWN_MARGIN_S = 0.1
 # Longest a telemetry batch waits for a backlogged (up but slow) collector before it is taken anyway.
@@ -99,7 +101,8 @@ class OtlpPlugin(Plugin):
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
         self._shipper = Shipper(transports, spool, self._count_drop, self._log,
-                                max_queue_bytes=config.queue_max_bytes, spool_after_s=config.spool_after_s)
+                                max_queue_bytes=config.queue_max_bytes, max_request_bytes=config.max_request_bytes,
+                                spool_after_s=config.spool_after_s)
         self._shipper.start()
         self._ticker = asyncio.ensure_future(self._expire_loop())
         self._log.info(
@@ -131,11 +134,19 @@ class OtlpPlugin(Plugin):
             self._export_early_for_memory()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
-        """Take everything finished, encode it, hand it to the shipper and wait, at most ``timeout`` s."""
+        """Take everything finished, encode it, hand it to the shipper and wait until it is acknowledged or
+        on disk: at most ``timeout`` s, and no longer than the write-ahead delay.
+
+        A flush makes data safe against a freeze or a kill, and what the collector has not acknowledged
+        within ``FGEXT_OTLP_SPOOL_AFTER_MS`` is on disk (the send goes on in the background): waiting
+        longer would only hold the next invocations' data back in memory behind a slow collector.
+        """
         if self._shipper is None or self._stopped:
             return
+        assert self.config is not None
         self._export_pending()
-        await self._shipper.flush(_DEFAULT_FLUSH_TIMEOUT_S if timeout is None else max(0.0, timeout))
+        limit = _DEFAULT_FLUSH_TIMEOUT_S if timeout is None else max(0.0, timeout)
+        await self._shipper.flush(min(limit, max(self.config.spool_after_s, _MIN_FLUSH_WAIT_S)))
 
     async def shutdown(self, timeout: float) -> None:
         """Close every open request (marked incomplete), export within the deadline, spool the rest."""

@@ -42,7 +42,6 @@ __all__ = ["DropCounter", "Shipper"]
 DropCounter = Callable[[str, str, int], None]  # signal, reason, items
 _CLAIM_EVERY_S = 10.0  # how often an idle shipper looks for requests of agents that died meanwhile
 # Queued requests of one signal sent together at most (well under a collector's usual 4-20 MiB body limit).
-_COALESCE_BYTES = 4 * 1024 * 1024
 _COALESCE_REQUESTS = 64
 
 
@@ -72,6 +71,7 @@ class Shipper:
         logger: Any,
         *,
         max_queue_bytes: int = 8 * 1024 * 1024,
+        max_request_bytes: int = 4 * 1024 * 1024,
         spool_after_s: float = 0.25,
         backoff: Optional[Backoff] = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -82,6 +82,9 @@ class Shipper:
         self._log = logger
         self._backoff = backoff if backoff is not None else Backoff(0.5, 30.0)
         self._max_queue_bytes = max_queue_bytes
+        # Coalesced requests stay within the encoder's request bound (FGEXT_OTLP_MAX_REQUEST_BYTES): the
+        # collector's body limit is the one size decision, whether a request was encoded or concatenated.
+        self._max_request_bytes = max_request_bytes
         self._spool_after = spool_after_s
         self._monotonic = monotonic
         self._queue: Deque[_Request] = deque()
@@ -343,7 +346,7 @@ class Shipper:
         return self.spool.read(request.entry) if request.entry is not None else None
 
     def _coalesce(self, first: _Request, data: bytes) -> Tuple[List[_Request], List[bytes]]:
-        """``first`` and the queued requests of its signal behind it, up to ``_COALESCE_BYTES``: sent as one.
+        """``first`` and the queued requests of its signal behind it, up to the request bound: sent as one.
 
         Serialized OTLP export requests concatenate into one valid request (protobuf appends repeated
         fields), so requests that queued while one was in flight - invocations that ended meanwhile -
@@ -351,9 +354,9 @@ class Shipper:
         """
         batch, parts, size = [first], [data], len(data)
         for request in list(self._queue)[1:]:
-            if len(batch) >= _COALESCE_REQUESTS or size >= _COALESCE_BYTES:
+            if len(batch) >= _COALESCE_REQUESTS or size >= self._max_request_bytes:
                 break
-            if request.signal != first.signal or size + request.size > _COALESCE_BYTES:
+            if request.signal != first.signal or size + request.size > self._max_request_bytes:
                 continue
             more = self._bytes(request)
             if more is None:
