@@ -778,3 +778,25 @@ def test_public_surface_and_discovery() -> None:
     assert fgext.otlp.__all__ == ["OtlpPlugin"]
     plugin = load_plugin("otlp")
     assert isinstance(plugin, OtlpPlugin) and plugin.role == "sink" and plugin.name == "otlp"
+
+
+def test_a_flush_waits_for_the_collector_only_until_the_request_is_on_disk(tmp_path: Path) -> None:
+    """With a collector slower than FGEXT_OTLP_SPOOL_AFTER_MS, a flush returns once the unanswered requests are
+    written ahead (long before its own timeout and the answer), and the answer, when it comes, clears them."""
+
+    async def scenario() -> None:
+        async with Recorder([], delay=3.0) as server:
+            spool = tmp_path / "spool"
+            plugin = await started(environ(server.port, spool, OTEL_EXPORTER_OTLP_TIMEOUT="10000",
+                                           FGEXT_OTLP_SPOOL_AFTER_MS="100"))
+            await plugin.on_telemetry(parsed(invocation("00000000-0000-4000-8000-000000000001", 0)))
+            await plugin.flush(60)
+            # returned while the collector still holds every answer: what it was sent is on disk
+            assert server.requests and len(server.requests) <= 3
+            assert list(spool.rglob("*.pb")), "the flush returned before the data was safe"
+            assert plugin._shipper is not None
+            assert await plugin._shipper.flush(20)  # the answers come: the written-ahead files go
+            assert not list(spool.rglob("*.pb"))
+            await plugin.shutdown(2)
+
+    asyncio.run(scenario())
