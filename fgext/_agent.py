@@ -141,6 +141,11 @@ class Agent:
             self.log.info("stopping", reason=reason)
             self._exit_code = exit_code
             self._stop.set()
+        elif exit_code != EXIT_OK and self._exit_code == EXIT_OK:
+            # A failure found while stopping (a strict plugin failing on the last batch, which is dispatched
+            # after SIGTERM) still decides the exit status.
+            self.log.info("stopping", reason=reason)
+            self._exit_code = exit_code
 
     def _context(self, plugin: Plugin) -> PluginContext:
         name = plugin.name or type(plugin).__name__
@@ -212,6 +217,12 @@ class Agent:
             await self._stop.wait()
         finally:
             await self._shutdown(runner)
+            # Stopping is done: a SIGTERM from here on (a supervisor stopping a process that is already
+            # exiting on its own) must not turn the exit status into "killed by SIGTERM". Removing the
+            # loop's handler restores the default action, so ignore the signals right after.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN)
         return self._exit_code
 
     async def _shutdown(self, runner: web.AppRunner) -> None:
