@@ -301,7 +301,7 @@ def test_spool_bound_drops_oldest_counted_and_reported(tap_factory: Callable[[in
         await plugin.flush(5)
         total = plugin.stats["dropped_items"]
         assert total >= dropped
-        await collector.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == total)
+        await collector.wait("metrics", lambda m: metric_value(m, "fgext.agent.dropped") == total)
         await plugin.shutdown(3)
 
     asyncio.run(scenario())
@@ -405,7 +405,7 @@ def test_data_leaves_pending_only_once_encoded(tap: OtelTap, tmp_path: Path,
 
 
 def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_path: Path) -> None:
-    """An event that cannot be assembled is dropped alone and reported in fgext.otlp.dropped
+    """An event that cannot be assembled is dropped alone and reported in fgext.agent.dropped
     (fgext.signal=events, fgext.reason=malformed); the rest of the batch is exported."""
 
     async def scenario() -> None:
@@ -415,8 +415,8 @@ def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_
         await plugin.on_telemetry([bad, *parsed(invocation(INVOKE_ID, 100))])
         await plugin.flush(3)
         await tap.wait("spans", lambda s: len(s) >= 2)
-        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
-        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.agent.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.agent.dropped")["sum"]["dataPoints"][0]
         assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
             "fgext.signal": "events", "fgext.reason": "malformed"}
         assert plugin.stats["rejected_events"] == 1
@@ -427,7 +427,7 @@ def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_
 
 def test_an_unencodable_record_is_counted_and_its_neighbours_sent(tap: OtelTap, tmp_path: Path) -> None:
     """A pending record the encoder cannot carry (a negative time, which no parser lets through) is dropped
-    alone, reported as fgext.otlp.dropped{logs, unencodable}; the other lines arrive."""
+    alone, reported as fgext.agent.dropped{logs, unencodable}; the other lines arrive."""
 
     async def scenario() -> None:
         plugin = await started(environ(tap.port, tmp_path))
@@ -436,8 +436,8 @@ def test_an_unencodable_record_is_counted_and_its_neighbours_sent(tap: OtelTap, 
         plugin._assembler.lines.insert(1, (-1, 0, "function", "impossible", None, 0))
         await plugin.flush(3)
         await tap.wait("logs", lambda items: len(items) >= 3)
-        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
-        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.agent.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.agent.dropped")["sum"]["dataPoints"][0]
         assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
             "fgext.signal": "logs", "fgext.reason": "unencodable"}
         assert "impossible" not in [item["body"]["stringValue"] for item in tap.items("logs")]
