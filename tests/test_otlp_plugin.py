@@ -269,9 +269,9 @@ def test_collector_down_then_up_loses_nothing(tap_factory: Callable[[int], OtelT
         # No flush call: the sender's own backoff (capped at 30 s) finds the collector again.
         spans = await collector.wait("spans", lambda s: len(roots(s)) >= 3, timeout=45)
         assert sorted(attr(s, "faas.invocation_id") for s in roots(spans)) == sorted(ids)
-        logs = await collector.wait("logs", lambda items: len(items) >= 9)
+        logs = await collector.wait("logs", lambda items: len(items) >= 12)
         await plugin.flush(5)  # whatever is still in flight finishes before the spool is checked
-        assert len(collector.items("logs")) == len(logs) == 9
+        assert len(collector.items("logs")) == len(logs) == 12  # 3 lines and 1 report record each
         assert plugin.stats["spooled_requests"] == 0 and plugin.stats["dropped_items"] == 0
         assert os.listdir(tmp_path) == []
         await plugin.shutdown(3)
@@ -397,8 +397,8 @@ def test_data_leaves_pending_only_once_encoded(tap: OtelTap, tmp_path: Path,
         assert plugin.stats["pending_logs"] == 3
         await plugin.flush(3)
         await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
-        await tap.wait("logs", lambda items: len(items) >= 3, timeout=5)
-        assert len(tap.items("spans")) == 2 and len(tap.items("logs")) == 3
+        await tap.wait("logs", lambda items: len(items) >= 4, timeout=5)
+        assert len(tap.items("spans")) == 2 and len(tap.items("logs")) == 4  # 3 lines and the report record
         await plugin.shutdown(3)
 
     asyncio.run(scenario())
@@ -761,7 +761,7 @@ def test_grpc_export_with_gzip_headers_and_resource(tmp_path: Path) -> None:
             assert {s.name for s in spans} == {"hello", "invoke"}
             assert all(s.trace_id.hex() == INVOKE_ID.replace("-", "") for s in spans)
             log_request, _ = collector.requests["logs"][0]
-            assert len(log_request.resource_logs[0].scope_logs[0].log_records) == 2
+            assert len(log_request.resource_logs[0].scope_logs[0].log_records) == 3  # 2 lines and the report
             await plugin.shutdown(3)
 
     asyncio.run(scenario())

@@ -102,7 +102,7 @@ class OtlpPlugin(Plugin):
         self._metrics.agent = SelfMetrics(self._self_readings, delta=self._metrics.delta, start_ns=time.time_ns())
         self._assembler = Assembler(self._resource, self._metrics, open_wait_s=config.open_wait_s,
                                     function_timeout_s=config.function_timeout_s,
-                                    max_log_bytes=config.max_log_bytes)
+                                    max_log_bytes=config.max_log_bytes, report_log=config.report_log)
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
         self._shipper = Shipper(transports, spool, self._count_drop, self._log,
@@ -296,7 +296,7 @@ class OtlpPlugin(Plugin):
         message = resource.message()
         pending = assembler.pending()
         traces = encode_trace_requests(message, pending.spans, max_bytes) if signals["traces"].enabled else None
-        logs = (encode_logs_requests(message, pending.lines, pending.links, max_bytes)
+        logs = (encode_logs_requests(message, pending.lines, pending.links, max_bytes, pending.records)
                 if signals["logs"].enabled else None)
         assembler.taken(pending)
         self._submit("traces", traces)
