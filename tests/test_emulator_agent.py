@@ -166,4 +166,5 @@ def test_summary_shows_what_the_agent_said_of_itself(tmp_path: Path) -> None:
     assert f"agent extensionFgext.sh at exit: {stopped['events_received']} events received (0 malformed)" in text
     assert f"{stopped['plugin_failures']} hook failures" in text
     assert "otlp spooled: " in text and "traces " in text.split("otlp spooled: ", 1)[1]
-    assert "otlp data spooled at the shutdown deadline" in "\n".join(report.problems)
+    spooled = next(p for p in report.problems if "otlp data spooled at the shutdown deadline" in p)
+    assert "'traces': {'requests': " in spooled and "'items': " in spooled and "'bytes': " in spooled

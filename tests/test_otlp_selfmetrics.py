@@ -201,6 +201,7 @@ def test_self_metrics_after_malformed_events_a_rejection_and_a_spool(
     assert agent.stop() == 0
     stopped = next(line for line in agent.logs() if line.get("event") == "stopped")
     assert stopped["events_malformed"] == 3
+    assert stopped["events_by_kind"]["function"] == 3 and stopped["events_by_kind"]["platform.report"] == 2
     otlp: Optional[Dict[str, Any]] = stopped.get("otlp")
     assert otlp is not None, stopped
     assert otlp["dropped"]["traces"]["rejected"] >= 3
