@@ -57,13 +57,17 @@ def _view(pipeline: Optional[Pipeline], agent: Optional[Dict[str, int]] = None) 
 def test_the_view_reads_the_owners_live_and_cannot_write() -> None:
     """Counters are read from the listener's and pipeline's own dicts at each access; the view has no setter."""
     counters = {"events_received": 1}
-    pipeline = Pipeline(logger=Log())
-    view = _view(pipeline, counters)
-    counters["events_received"] = 5
-    pipeline.stats["plugin_failures"] = 2
-    assert view["events_received"] == 5 and view["plugin_failures"] == 2
-    assert set(view) >= {"events_received", "plugin_failures", "lane_events_dropped"}
-    assert not hasattr(view, "__setitem__")
+
+    async def scenario() -> None:  # on Python 3.9 the pipeline's queue binds to the running loop
+        pipeline = Pipeline(logger=Log())
+        view = _view(pipeline, counters)
+        counters["events_received"] = 5
+        pipeline.stats["plugin_failures"] = 2
+        assert view["events_received"] == 5 and view["plugin_failures"] == 2
+        assert set(view) >= {"events_received", "plugin_failures", "lane_events_dropped"}
+        assert not hasattr(view, "__setitem__")
+
+    asyncio.run(scenario())
     assert _view(None)["events_received"] == 0 and "plugin_failures" not in _view(None)
 
 
