@@ -54,6 +54,25 @@ def test_counters_are_cumulative_by_default_and_differences_with_delta() -> None
     assert _value(by_name["fgext.agent.spool.size"]) == 40
 
 
+def test_self_metrics_ride_in_the_faas_snapshot_with_its_temporality() -> None:
+    """Attached to Metrics, the self-metrics are part of each snapshot, make it due when an event was
+    counted, and follow OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE through Metrics.taken."""
+    from fgext.otlp._metrics import Metrics
+
+    readings: Dict[str, Dict[Any, Any]] = {"fgext.agent.events.malformed": {(): 2}}
+    metrics = Metrics("delta", 1)
+    metrics.agent = SelfMetrics(lambda: readings, delta=metrics.delta, start_ns=1)
+    assert metrics.dirty  # nothing recorded by the FaaS side, but two malformed events were counted
+    first = {m.name: m for m in metrics.snapshot(10)}
+    assert _value(first["fgext.agent.events.malformed"]) == 2 and "faas.invocations" in first
+    metrics.taken(10)
+    assert not metrics.dirty
+    readings["fgext.agent.events.malformed"] = {(): 3}
+    assert metrics.dirty
+    second = {m.name: m for m in metrics.snapshot(20)}
+    assert _value(second["fgext.agent.events.malformed"]) == 1
+
+
 def test_only_events_and_losses_make_a_snapshot_due() -> None:
     """A new event or drop makes the self-metrics changed; the export's own counters and CPU do not
     (each export would otherwise call for another)."""
