@@ -43,8 +43,10 @@ class OtlpPlugin(Plugin):
 
     Configured by the standard ``OTEL_*`` variables (endpoint, protocol, headers, compression,
     timeout, ``OTEL_SDK_DISABLED``, ``OTEL_{TRACES,LOGS,METRICS}_EXPORTER=none``) and by
-    ``FGEXT_SPOOL_DIR``, ``FGEXT_SPOOL_MAX_BYTES`` and the ``FGEXT_OTLP_MAX_*_BYTES`` bounds; see
-    ``docs/otlp.md``. When data leaves is the pipeline's decision (``FGEXT_FLUSH``).
+    ``FGEXT_SPOOL_DIR``, ``FGEXT_SPOOL_MAX_BYTES``, the ``FGEXT_OTLP_MAX_*_BYTES`` bounds and
+    ``FGEXT_OTLP_REPORT_LOG`` (one report log record per invocation); see ``docs/otlp.md``. Besides the
+    FaaS metrics it exports the agent's own (``fgext.agent.*``, read through ``PluginContext.stats``).
+    When data leaves is the pipeline's decision (``FGEXT_FLUSH``).
     """
 
     name: ClassVar[str] = "otlp"
