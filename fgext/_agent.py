@@ -31,6 +31,7 @@ from fgext._listener import ConnectionGuard, GuardedSockSite
 from fgext._logging import configure_logging, get_logger
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext
+from fgext._selfstats import AgentStats, event_kind
 
 __all__ = ["Agent", "serve"]
 
@@ -69,6 +70,9 @@ class Agent:
             "invokes_received": 0, "telemetry_posts": 0, "events_received": 0, "events_malformed": 0,
             "bodies_rejected": 0,
         }
+        self.events_by_kind: Dict[str, int] = {}
+        #: what every plugin's context holds as ``stats``: these counters and the pipeline's, read live
+        self.stats_view = AgentStats(self.stats, self.events_by_kind, lambda: self.pipeline)
         # Created in run(): on Python 3.9 an Event binds to the loop current at its creation.
         self._stop: Optional[asyncio.Event] = None
         self._exit_code = EXIT_OK
@@ -112,6 +116,10 @@ class Agent:
             return self._rejected("telemetry", reject)
         self.stats["telemetry_posts"] += 1
         self.stats["events_received"] += len(batch.events)
+        by_kind = self.events_by_kind
+        for event in batch.events:
+            kind = event_kind(event)
+            by_kind[kind] = by_kind.get(kind, 0) + 1
         if batch.errors:
             self.stats["events_malformed"] += batch.malformed
             self.log.warning("malformed telemetry events skipped", count=batch.malformed,
@@ -154,7 +162,7 @@ class Agent:
             registration=self.registration,
             config=plugin_config(plugin, self.settings.config, self.settings.environ),
             logger=get_logger(plugin=name),
-            stats=self.stats,
+            stats=self.stats_view,
             environ=self.settings.environ,
         )
 
@@ -236,7 +244,13 @@ class Agent:
             # The pipeline holds every lane and hook to the deadline itself; a hook stuck in a thread
             # does not hold the process either (fgext._hooks.HookThread).
             await self.pipeline.shutdown(deadline)
-        self.log.info("stopped", **self.stats, **(self.pipeline.stats if self.pipeline else {}))
+        # One line that says what this agent received, sent, spooled and dropped (plugins' summaries, such
+        # as the OTLP sink's by signal, under their names).
+        fields: Dict[str, Any] = dict(self.stats_view)
+        fields["events_by_kind"] = self.stats_view.events_by_kind()
+        for name, summary in self.stats_view.summaries().items():
+            fields.setdefault(name, summary)
+        self.log.info("stopped", **fields)
 
 
 def serve(boot: Bootstrap, plugins: Optional[Sequence[Plugin]] = None) -> int:

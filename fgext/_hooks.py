@@ -134,6 +134,8 @@ class Hooks:
         self._strict = strict
         self.hook_timeout = hook_timeout
         self._stats = stats
+        #: failures since start by (plugin, hook); ``stats["plugin_failures"]`` is their total
+        self.failures: Dict[Tuple[str, str], int] = {}
 
     async def call(self, state: PluginState, hook: str, *args: Any, deadline: Optional[Deadline] = None) -> bool:
         """Call one hook of one plugin, isolated and bounded in time; return whether it succeeded."""
@@ -166,6 +168,8 @@ class Hooks:
 
     def failed(self, state: PluginState, hook: str, error: BaseException) -> None:
         self._stats["plugin_failures"] += 1
+        key = (state.name, hook)
+        self.failures[key] = self.failures.get(key, 0) + 1
         if self._strict:
             # The original exception is logged here: PluginFailure only names the plugin and the hook.
             self._log.error("plugin failed", plugin=state.name, hook=hook, error=f"{type(error).__name__}: {error}",

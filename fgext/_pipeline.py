@@ -191,6 +191,24 @@ class Pipeline:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    # Read by fgext._selfstats.AgentStats (the agent's self-metrics); the counts stay owned here.
+
+    def queue_depths(self) -> Dict[str, int]:
+        """Batches waiting in each sink's lane, by plugin name."""
+        return {lane.state.name: lane.queue.qsize() for lane in self._sinks if lane.queue is not None}
+
+    def lane_drops(self) -> Dict[str, int]:
+        """Events dropped for a full lane, by plugin name (only lanes that dropped any)."""
+        return {lane.state.name: lane.dropped_events for lane in self._sinks if lane.dropped_events}
+
+    def hook_failures(self) -> Dict[Tuple[str, str], int]:
+        """Hook failures since start, by (plugin name, hook)."""
+        return dict(self._hooks.failures)
+
+    def disabled_plugins(self) -> Dict[str, bool]:
+        """Every plugin by name, and whether it is disabled."""
+        return {lane.state.name: lane.state.disabled for lane in self._lanes}
+
     async def flush(self, timeout: Union[Deadline, float, None] = None) -> None:
         """Have every plugin send what it holds now, within ``timeout`` (a Deadline or seconds).
 

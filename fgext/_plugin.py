@@ -87,7 +87,9 @@ class PluginContext:
 
     ``config`` holds the plugin's settings, merged from the config file's ``plugins.<name>`` object
     and the ``FGEXT_<NAME>_<KEY>`` environment variables (environment wins); ``logger`` is a
-    structlog logger bound to the plugin's name; ``stats`` are the agent's own counters.
+    structlog logger bound to the plugin's name; ``stats`` are the agent's own counters, read live: a
+    :class:`fgext._selfstats.AgentStats` in the agent (a mapping of counters, plus their breakdowns
+    and :meth:`~fgext._selfstats.AgentStats.publish` for a summary in the agent's ``stopped`` line).
     """
 
     name: str

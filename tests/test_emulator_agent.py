@@ -144,3 +144,27 @@ class TestProblemsThatLoseTelemetry:
         assert result.returncode == 1, result.stdout + result.stderr
         assert "problems:" in result.stdout and "no problems" not in result.stdout
         assert "OTEL_EXPORTER_OTLP_ENDPOINT='localhost:4318'" in result.stdout
+
+
+def test_summary_shows_what_the_agent_said_of_itself(tmp_path: Path) -> None:
+    """The summary shows the agent's own counters at exit (its `stopped` line): events received, plugin
+    failures, and what the OTLP sink spooled by signal when its collector was down, with no collector."""
+    from fgext.emulator._render import render_summary
+    from tests.test_otlp_plugin import free_port
+
+    env = failing_plugin_env(tmp_path, FGEXT_PLUGINS="otlp,boom_plugin:ext",
+                             FGEXT_SPOOL_DIR=str(tmp_path / "spool"),
+                             OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    report = run_emulator(ROOT, invocations=2, env=env, register_timeout_s=20.0)
+    agent = report.extensions[0]
+    stopped = agent.self_report
+    assert stopped is not None, agent.last_lines
+    assert stopped["events_received"] == report.telemetry.events_delivered > 0
+    assert stopped["plugin_failures"] >= 1
+    assert stopped["otlp"]["spooled"]["traces"]["items"] >= 4  # root and invoke spans of each invocation
+    text = render_summary(report)
+    assert f"agent extensionFgext.sh at exit: {stopped['events_received']} events received (0 malformed)" in text
+    assert f"{stopped['plugin_failures']} hook failures" in text
+    assert "otlp spooled: " in text and "traces " in text.split("otlp spooled: ", 1)[1]
+    spooled = next(p for p in report.problems if "otlp data spooled at the shutdown deadline" in p)
+    assert "'traces': {'requests': " in spooled and "'items': " in spooled and "'bytes': " in spooled

@@ -55,7 +55,9 @@ def wait(tap: OtelTap, kind: str, predicate: Callable[[List[Dict[str, Any]]], bo
 
 
 def bodies(tap: OtelTap) -> List[str]:
-    return [item["body"].get("stringValue", "") for item in tap.items("logs")]
+    """The log lines' bodies (not the report records')."""
+    return [item["body"].get("stringValue", "") for item in tap.items("logs")
+            if attr(item, "fgext.event.name") != "platform.report"]
 
 
 # ----------------------------------------------------------------------------- one bad value
@@ -181,6 +183,8 @@ class SizingCollector:
                     for scope in resource_logs.scope_logs:
                         records += [(r.body.string_value, {kv.key: getattr(kv.value, kv.value.WhichOneof("value"))
                                                            for kv in r.attributes}) for r in scope.log_records]
+                # the log lines only: report records (one per invocation) are counted in the sizes alone
+                records = [r for r in records if r[1].get("fgext.event.name") != "platform.report"]
             elif status == 200 and request.path == "/v1/traces":
                 for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans:
                     for scope_spans in resource_spans.scope_spans:

@@ -270,9 +270,9 @@ def test_collector_down_then_up_loses_nothing(tap_factory: Callable[[int], OtelT
         # No flush call: the sender's own backoff (capped at 30 s) finds the collector again.
         spans = await collector.wait("spans", lambda s: len(roots(s)) >= 3, timeout=45)
         assert sorted(attr(s, "faas.invocation_id") for s in roots(spans)) == sorted(ids)
-        logs = await collector.wait("logs", lambda items: len(items) >= 9)
+        logs = await collector.wait("logs", lambda items: len(items) >= 12)
         await plugin.flush(5)  # whatever is still in flight finishes before the spool is checked
-        assert len(collector.items("logs")) == len(logs) == 9
+        assert len(collector.items("logs")) == len(logs) == 12  # 3 lines and 1 report record each
         assert plugin.stats["spooled_requests"] == 0 and plugin.stats["dropped_items"] == 0
         assert os.listdir(tmp_path) == []
         await plugin.shutdown(3)
@@ -302,7 +302,7 @@ def test_spool_bound_drops_oldest_counted_and_reported(tap_factory: Callable[[in
         await plugin.flush(5)
         total = plugin.stats["dropped_items"]
         assert total >= dropped
-        await collector.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == total)
+        await collector.wait("metrics", lambda m: metric_value(m, "fgext.agent.dropped") == total)
         await plugin.shutdown(3)
 
     asyncio.run(scenario())
@@ -398,15 +398,15 @@ def test_data_leaves_pending_only_once_encoded(tap: OtelTap, tmp_path: Path,
         assert plugin.stats["pending_logs"] == 3
         await plugin.flush(3)
         await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
-        await tap.wait("logs", lambda items: len(items) >= 3, timeout=5)
-        assert len(tap.items("spans")) == 2 and len(tap.items("logs")) == 3
+        await tap.wait("logs", lambda items: len(items) >= 4, timeout=5)
+        assert len(tap.items("spans")) == 2 and len(tap.items("logs")) == 4  # 3 lines and the report record
         await plugin.shutdown(3)
 
     asyncio.run(scenario())
 
 
 def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_path: Path) -> None:
-    """An event that cannot be assembled is dropped alone and reported in fgext.otlp.dropped
+    """An event that cannot be assembled is dropped alone and reported in fgext.agent.dropped
     (fgext.signal=events, fgext.reason=malformed); the rest of the batch is exported."""
 
     async def scenario() -> None:
@@ -416,8 +416,8 @@ def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_
         await plugin.on_telemetry([bad, *parsed(invocation(INVOKE_ID, 100))])
         await plugin.flush(3)
         await tap.wait("spans", lambda s: len(s) >= 2)
-        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
-        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.agent.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.agent.dropped")["sum"]["dataPoints"][0]
         assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
             "fgext.signal": "events", "fgext.reason": "malformed"}
         assert plugin.stats["rejected_events"] == 1
@@ -428,7 +428,7 @@ def test_an_event_the_assembler_rejects_is_counted_as_dropped(tap: OtelTap, tmp_
 
 def test_an_unencodable_record_is_counted_and_its_neighbours_sent(tap: OtelTap, tmp_path: Path) -> None:
     """A pending record the encoder cannot carry (a negative time, which no parser lets through) is dropped
-    alone, reported as fgext.otlp.dropped{logs, unencodable}; the other lines arrive."""
+    alone, reported as fgext.agent.dropped{logs, unencodable}; the other lines arrive."""
 
     async def scenario() -> None:
         plugin = await started(environ(tap.port, tmp_path))
@@ -437,8 +437,8 @@ def test_an_unencodable_record_is_counted_and_its_neighbours_sent(tap: OtelTap, 
         plugin._assembler.lines.insert(1, (-1, 0, "function", "impossible", None, 0))
         await plugin.flush(3)
         await tap.wait("logs", lambda items: len(items) >= 3)
-        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.otlp.dropped") == 1)
-        point = next(m for m in metrics if m["name"] == "fgext.otlp.dropped")["sum"]["dataPoints"][0]
+        metrics = await tap.wait("metrics", lambda m: metric_value(m, "fgext.agent.dropped") == 1)
+        point = next(m for m in metrics if m["name"] == "fgext.agent.dropped")["sum"]["dataPoints"][0]
         assert {kv["key"]: kv["value"]["stringValue"] for kv in point["attributes"]} == {
             "fgext.signal": "logs", "fgext.reason": "unencodable"}
         assert "impossible" not in [item["body"]["stringValue"] for item in tap.items("logs")]
@@ -762,7 +762,7 @@ def test_grpc_export_with_gzip_headers_and_resource(tmp_path: Path) -> None:
             assert {s.name for s in spans} == {"hello", "invoke"}
             assert all(s.trace_id.hex() == INVOKE_ID.replace("-", "") for s in spans)
             log_request, _ = collector.requests["logs"][0]
-            assert len(log_request.resource_logs[0].scope_logs[0].log_records) == 2
+            assert len(log_request.resource_logs[0].scope_logs[0].log_records) == 3  # 2 lines and the report
             await plugin.shutdown(3)
 
     asyncio.run(scenario())

@@ -366,7 +366,7 @@ class Emulator:
                 name=ext.name, pid=ext.pid, address=registration.address if registration else None,
                 subscribed=subscription.types if subscription and subscription.extension == ext.name else (),
                 exit_code=ext.exit_code, crashed=ext.crashed, run_via_sh=ext.run_via_sh,
-                last_lines=tuple(ext.last_lines(self.config.keep_lines)),
+                last_lines=tuple(ext.last_lines(self.config.keep_lines)), self_report=ext.self_report,
             ))
             if ext.crashed:
                 problems.append(f"{ext.name} {ended(ext.exit_code)} while the function was "

@@ -32,6 +32,7 @@ __all__ = [
     "ExtensionError",
     "ExtensionProcess",
     "ExtensionSupervisor",
+    "agent_stopped",
     "describe_exit",
     "ended",
     "logged_problem",
@@ -60,6 +61,7 @@ LOSING_WARNINGS = frozenset({
     "webhook alert not delivered",
     "webhook alerts still pending after flush",
     "telemetry body rejected",
+    "otlp data spooled at the shutdown deadline, left for the next agent",
 })
 #: An info line that takes back an earlier warning: the collector answered again, what was spooled is sent.
 _RECOVERIES = {"otlp collector reachable again": "otlp export failed; spooling and retrying with backoff"}
@@ -102,6 +104,12 @@ def recovered(line: str) -> Optional[str]:
     return _RECOVERIES.get(str(record.get("event"))) if record is not None else None
 
 
+def agent_stopped(line: str) -> Optional[Dict[str, Any]]:
+    """The fgext agent's final ``stopped`` line (its counters: what it received, sent, spooled, dropped)."""
+    record = _record(line)
+    return record if record is not None and record.get("event") == "stopped" else None
+
+
 def logged_problem(line: str) -> Optional[str]:
     """A structured log line reporting lost telemetry, as one readable line; None for anything else."""
     record = _record(line)
@@ -134,6 +142,8 @@ class ExtensionProcess:
     tasks: List[asyncio.Task[None]] = field(default_factory=list)
     # Problems it logged, in first-seen order, with how often each was logged.
     problems: Dict[str, int] = field(default_factory=dict)
+    # The fgext agent's own report at exit (its ``stopped`` line), when it is one.
+    self_report: Optional[Dict[str, Any]] = None
 
     @property
     def name(self) -> str:
@@ -202,6 +212,9 @@ class ExtensionSupervisor:
             problem = logged_problem(line)
             if problem is not None and (problem in ext.problems or len(ext.problems) < _MAX_PROBLEM_KINDS):
                 ext.problems[problem] = ext.problems.get(problem, 0) + 1
+            stopped = agent_stopped(line)
+            if stopped is not None:
+                ext.self_report = stopped
             taken_back = recovered(line)
             if taken_back is not None:
                 for key in [key for key in ext.problems if key.startswith(f"warning: {taken_back} (")]:

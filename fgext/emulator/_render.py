@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import IO, Callable, List, Optional, Sequence
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence
 
 from fgext.emulator._extensions import describe_exit
 from fgext.emulator._report import EmulatorReport, InvocationResult
@@ -78,11 +78,46 @@ def render_summary(report: EmulatorReport) -> str:
     for rejection in report.rejections:
         lines.append(f"refused: {rejection['path']} from {rejection['extension'] or '?'}: "
                      f"{rejection['errorType']}: {rejection['errorMessage']}")
+    for ext in report.extensions:
+        if ext.self_report is not None:
+            lines += ["", *render_self_report(ext.name, ext.self_report)]
     if report.problems:
         lines += ["", "problems:"] + [f"  - {problem}" for problem in report.problems]
     else:
         lines += ["", "no problems"]
     return "\n".join(lines)
+
+
+def _by_signal(counts: Any) -> str:
+    """``traces 2 requests/6 items/1.2 kB, logs ...`` from {signal: {what: n}}; ``none`` when empty."""
+    if not isinstance(counts, dict) or not counts:
+        return "none"
+    parts = []
+    for signal, values in sorted(counts.items()):
+        if isinstance(values, dict):
+            parts.append(f"{signal} " + ", ".join(f"{n} {what}" for what, n in values.items()))
+        else:
+            parts.append(f"{signal} {values}")
+    return "; ".join(parts)
+
+
+def render_self_report(name: str, stopped: Dict[str, Any]) -> List[str]:
+    """What an fgext agent said of itself at exit (its ``stopped`` line), for a plugin author without a
+    collector: what it received, what its sinks sent, spooled and dropped, and plugin failures."""
+    def n(key: str) -> int:
+        value = stopped.get(key, 0)
+        return value if isinstance(value, int) else 0
+
+    lines = [f"agent {name} at exit: {n('events_received')} events received ({n('events_malformed')} malformed), "
+             f"{n('invokes_received')} invokes, {n('bodies_rejected')} bodies rejected",
+             f"  plugins: {n('plugin_failures')} hook failures, {n('plugins_disabled')} disabled; dropped: "
+             f"{n('lane_events_dropped')} events for a full lane, {n('dropped_by_processors')} by processors"]
+    otlp = stopped.get("otlp")
+    if isinstance(otlp, dict):
+        lines.append(f"  otlp sent: {_by_signal(otlp.get('sent'))}")
+        lines.append(f"  otlp spooled: {_by_signal(otlp.get('spooled'))}")
+        lines.append(f"  otlp dropped: {_by_signal(otlp.get('dropped'))}")
+    return lines
 
 
 class Progress:

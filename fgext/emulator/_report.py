@@ -82,6 +82,8 @@ class ExtensionStatus:
     crashed: bool
     run_via_sh: bool
     last_lines: Tuple[str, ...]
+    #: an fgext agent's counters at exit (its ``stopped`` log line), else None
+    self_report: Optional[Dict[str, Any]] = None
 
 
 @dataclass

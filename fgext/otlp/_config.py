@@ -123,6 +123,7 @@ class OtlpConfig:
     max_request_bytes: int = _DEFAULT_MAX_REQUEST_BYTES
     max_pending_bytes: int = _DEFAULT_MAX_PENDING_BYTES
     max_log_bytes: int = _DEFAULT_MAX_LOG_BYTES
+    report_log: bool = True  # FGEXT_OTLP_REPORT_LOG: one log record per invocation report
 
     @property
     def open_wait_s(self) -> float:
@@ -417,4 +418,5 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
         max_request_bytes=max_request_bytes,
         max_pending_bytes=max_pending_bytes,
         max_log_bytes=max_log_bytes,
+        report_log=_bool(environ, "FGEXT_OTLP_REPORT_LOG", True),
     )

@@ -15,8 +15,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 
 from fgext._events import ReportMetrics
 from fgext.otlp._ids import SECOND_NS, put_attributes
+from fgext.otlp._selfmetrics import SelfMetrics
 
-__all__ = ["DROPPED", "DURATION_BOUNDS", "MEMORY_BOUNDS", "Metrics"]
+__all__ = ["DURATION_BOUNDS", "MEMORY_BOUNDS", "Metrics"]
 
 _MB = 1024 * 1024
 
@@ -65,7 +66,6 @@ _HISTOGRAMS: Dict[str, Tuple[str, str, Tuple[float, ...]]] = {
     "faas.mem_usage": ("By", "Distribution of max memory usage per invocation", MEMORY_BOUNDS),
     "fgext.faas.billed_duration": ("s", "Billed duration of each invocation", DURATION_BOUNDS),
 }
-DROPPED = "fgext.otlp.dropped"
 
 
 class Metrics:
@@ -80,9 +80,10 @@ class Metrics:
         self._start_ns = start_ns
         self._counters: Dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._histograms = {name: _Histogram(spec[2]) for name, spec in _HISTOGRAMS.items()}
-        self._dropped: Dict[Tuple[str, str], int] = {}
         self._dirty = False
         self._scope: Optional[ScopeMetrics] = None
+        #: the agent's own metrics (``fgext.agent.*``), part of every snapshot once attached
+        self.agent: Optional[SelfMetrics] = None
 
     def count(self, name: str, value: int = 1) -> None:
         self._counters[name] += value
@@ -94,15 +95,9 @@ class Metrics:
         self._histograms[name].record(value)
         self._dirty = True
 
-    def dropped(self, signal: str, reason: str, items: int) -> None:
-        """Count telemetry items that could not be delivered (self-metric ``fgext.otlp.dropped``)."""
-        key = (signal, reason)
-        self._dropped[key] = self._dropped.get(key, 0) + items
-        self._dirty = True
-
     @property
     def dirty(self) -> bool:
-        return self._dirty
+        return self._dirty or (self.agent is not None and self.agent.changed())
 
     def _build(self) -> ScopeMetrics:
         """The metric messages, built once; each snapshot only overwrites their values."""
@@ -128,7 +123,7 @@ class Metrics:
         The returned messages are reused by the next snapshot: encode them before taking another.
         Nothing is reset here: call :meth:`taken` once the snapshot is encoded.
         """
-        if not self._dirty:
+        if not self.dirty:
             return []
         if self._scope is None:
             self._scope = self._build()
@@ -158,17 +153,8 @@ class Metrics:
                 point_h.ClearField("max")
             index += 1
         out = list(metrics)
-        if self._dropped:
-            temporality = metrics[0].sum.aggregation_temporality
-            dropped = Metric(name=DROPPED, unit="{item}",
-                             description="Telemetry items fgext could not deliver and dropped")
-            dropped.sum.aggregation_temporality = temporality
-            dropped.sum.is_monotonic = True
-            for (signal, reason), items in sorted(self._dropped.items()):
-                point = dropped.sum.data_points.add(start_time_unix_nano=start, time_unix_nano=now_ns,
-                                                    as_int=items)
-                put_attributes(point.attributes, [("fgext.signal", signal), ("fgext.reason", reason)])
-            out.append(dropped)
+        if self.agent is not None:
+            out.extend(self.agent.metrics(now_ns))
         return out
 
     def taken(self, now_ns: int) -> None:
@@ -177,12 +163,13 @@ class Metrics:
         Separate from :meth:`snapshot`, so that a delta is reset only once its request exists.
         """
         self._dirty = False
+        if self.agent is not None:
+            self.agent.taken(now_ns)
         if self.delta:
             self._start_ns = now_ns
             self._counters = dict.fromkeys(_COUNTERS, 0)
             for hist in self._histograms.values():
                 hist.reset()
-            self._dropped = {}
 
     def record_phase(self, kind: str, status: Optional[str], report: Optional[ReportMetrics], begin: int,
                      end: int, incomplete: bool) -> None:

@@ -12,16 +12,18 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import Any, Awaitable, Callable, ClassVar, Dict, Optional, Sequence
+from typing import Any, Awaitable, Callable, ClassVar, Dict, Optional, Sequence, Tuple
 
 from fgext._deadline import Deadline
 from fgext._events import AnyEvent, Invoke
 from fgext._logging import redact_url
 from fgext._plugin import Plugin, PluginContext
+from fgext._selfstats import AgentStats
 from fgext.otlp._config import OtlpConfig, load_config
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import Encoded, encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder
+from fgext.otlp._selfmetrics import Attrs, Number, Readings, SelfMetrics, process_readings
 from fgext.otlp._shipper import Shipper
 from fgext.otlp._spool import Spool
 from fgext.otlp._traces import Assembler
@@ -43,8 +45,10 @@ class OtlpPlugin(Plugin):
 
     Configured by the standard ``OTEL_*`` variables (endpoint, protocol, headers, compression,
     timeout, ``OTEL_SDK_DISABLED``, ``OTEL_{TRACES,LOGS,METRICS}_EXPORTER=none``) and by
-    ``FGEXT_SPOOL_DIR``, ``FGEXT_SPOOL_MAX_BYTES`` and the ``FGEXT_OTLP_MAX_*_BYTES`` bounds; see
-    ``docs/otlp.md``. When data leaves is the pipeline's decision (``FGEXT_FLUSH``).
+    ``FGEXT_SPOOL_DIR``, ``FGEXT_SPOOL_MAX_BYTES``, the ``FGEXT_OTLP_MAX_*_BYTES`` bounds and
+    ``FGEXT_OTLP_REPORT_LOG`` (one report log record per invocation); see ``docs/otlp.md``. Besides the
+    FaaS metrics it exports the agent's own (``fgext.agent.*``, read through ``PluginContext.stats``).
+    When data leaves is the pipeline's decision (``FGEXT_FLUSH``).
     """
 
     name: ClassVar[str] = "otlp"
@@ -67,7 +71,8 @@ class OtlpPlugin(Plugin):
         self._close_transports: Optional[Callable[[], Awaitable[None]]] = None
         self._ticker: Optional[asyncio.Task[None]] = None
         self._stopped = False
-        self._drops: Dict[str, int] = {}
+        self._drops: Dict[Tuple[str, str], int] = {}  # items dropped, by (signal, reason)
+        self._agent: Optional[AgentStats] = None
         self.early_exports = 0
         self._counted_rejections = 0
 
@@ -95,9 +100,13 @@ class OtlpPlugin(Plugin):
             service_name=config.service_name, user_attributes=config.resource_attributes,
         )
         self._metrics = Metrics(config.temporality, time.time_ns())
+        if isinstance(context.stats, AgentStats):
+            self._agent = context.stats
+            context.stats.publish(self.name, self.summary)
+        self._metrics.agent = SelfMetrics(self._self_readings, delta=self._metrics.delta, start_ns=time.time_ns())
         self._assembler = Assembler(self._resource, self._metrics, open_wait_s=config.open_wait_s,
                                     function_timeout_s=config.function_timeout_s,
-                                    max_log_bytes=config.max_log_bytes)
+                                    max_log_bytes=config.max_log_bytes, report_log=config.report_log)
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
         self._shipper = Shipper(transports, spool, self._count_drop, self._log,
@@ -167,6 +176,11 @@ class OtlpPlugin(Plugin):
         finally:
             # Synchronous, so it happens even if the agent's deadline cancels this coroutine.
             self._shipper.spill()
+            spooled = self._spooled_by_signal()
+            if spooled:
+                # Not lost (the next agent sends it), but late: whoever reads the logs should know.
+                self._log.warning("otlp data spooled at the shutdown deadline, left for the next agent",
+                                  spooled=spooled)
         await self._shipper.close()
         if self._close_transports is not None:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -195,11 +209,81 @@ class OtlpPlugin(Plugin):
             "dropped_items": sum(self._drops.values()),
         }
 
+    def _self_readings(self) -> Readings:
+        """The ``fgext.agent.*`` self-metrics, read from their owners (fgext.otlp._selfmetrics)."""
+        readings = process_readings()
+        dropped: Dict[Attrs, Number] = {
+            (("fgext.reason", reason), ("fgext.signal", signal)): items
+            for (signal, reason), items in self._drops.items()
+        }
+        agent = self._agent
+        if agent is not None:
+            readings["fgext.agent.events.received"] = {
+                (("fgext.event.kind", kind),): n for kind, n in agent.events_by_kind().items()}
+            readings["fgext.agent.events.malformed"] = {(): agent.get("events_malformed", 0)}
+            readings["fgext.agent.bodies.rejected"] = {(): agent.get("bodies_rejected", 0)}
+            readings["fgext.agent.invokes.received"] = {(): agent.get("invokes_received", 0)}
+            for plugin, events in agent.lane_drops().items():
+                dropped[(("fgext.plugin", plugin), ("fgext.reason", "lane_full"), ("fgext.signal", "events"))] = events
+            by_processors = agent.get("dropped_by_processors", 0)
+            if by_processors:
+                dropped[(("fgext.reason", "processor"), ("fgext.signal", "events"))] = by_processors
+            readings["fgext.agent.queue.depth"] = {
+                (("fgext.plugin", plugin),): depth for plugin, depth in agent.queue_depths().items()}
+            readings["fgext.agent.plugin.failures"] = {
+                (("fgext.hook", hook), ("fgext.plugin", plugin)): n
+                for (plugin, hook), n in agent.plugin_failures().items()}
+            readings["fgext.agent.plugin.disabled"] = {
+                (("fgext.plugin", plugin),): int(disabled) for plugin, disabled in agent.plugins().items()}
+        readings["fgext.agent.dropped"] = dropped
+        assembler, shipper = self._assembler, self._shipper
+        if assembler is not None:
+            readings["fgext.agent.events.late"] = {(): assembler.late_events}
+            readings["fgext.agent.invocations.incomplete"] = {(): assembler.closed_incomplete}
+        if shipper is not None:
+            readings["fgext.agent.export.requests"] = {
+                (("fgext.outcome", outcome), ("fgext.signal", signal)): n
+                for (signal, outcome), n in shipper.requests.items()}
+            readings["fgext.agent.export.sent"] = {
+                (("fgext.signal", signal),): n for signal, n in shipper.sent_bytes.items()}
+            readings["fgext.agent.spool.added"] = {(): shipper.spool.added}
+            readings["fgext.agent.spool.size"] = {(): shipper.spool.size}
+            readings["fgext.agent.spool.files"] = {(): len(shipper.spool)}
+        return readings
+
+    def summary(self) -> Dict[str, Any]:
+        """What this sink sent, spooled and dropped, by signal (the agent's ``stopped`` line carries it)."""
+        shipper = self._shipper
+        out: Dict[str, Any] = {}
+        if shipper is not None:
+            out["sent"] = {signal: {"requests": shipper.requests.get((signal, "success"), 0),
+                                    "items": shipper.sent_items.get(signal, 0), "bytes": n}
+                           for signal, n in sorted(shipper.sent_bytes.items())}
+            out["spooled"] = self._spooled_by_signal()
+            out["failed_attempts"] = shipper.failed_attempts
+        dropped: Dict[str, Dict[str, int]] = {}
+        for (signal, reason), items in sorted(self._drops.items()):
+            dropped.setdefault(signal, {})[reason] = items
+        out["dropped"] = dropped
+        if self._assembler is not None:
+            out["late_events"] = self._assembler.late_events
+            out["closed_incomplete"] = self._assembler.closed_incomplete
+        return out
+
+    def _spooled_by_signal(self) -> Dict[str, Dict[str, int]]:
+        """What the spool holds now, by signal: requests, items, bytes."""
+        assert self._shipper is not None
+        out: Dict[str, Dict[str, int]] = {}
+        for entry in self._shipper.requests_on_disk():
+            counts = out.setdefault(entry.signal, {"requests": 0, "items": 0, "bytes": 0})
+            counts["requests"] += 1
+            counts["items"] += entry.items
+            counts["bytes"] += entry.size
+        return out
+
     def _count_drop(self, signal: str, reason: str, items: int) -> None:
-        key = f"{signal}:{reason}"
+        key = (signal, reason)
         self._drops[key] = self._drops.get(key, 0) + items
-        if self._metrics is not None:
-            self._metrics.dropped(signal, reason, items)
 
     def _spool_dropped(self, signal: str, items: int, size: int) -> None:
         self._count_drop(signal, "spool_full", items)
@@ -225,7 +309,7 @@ class OtlpPlugin(Plugin):
         message = resource.message()
         pending = assembler.pending()
         traces = encode_trace_requests(message, pending.spans, max_bytes) if signals["traces"].enabled else None
-        logs = (encode_logs_requests(message, pending.lines, pending.links, max_bytes)
+        logs = (encode_logs_requests(message, pending.lines, pending.links, max_bytes, pending.records)
                 if signals["logs"].enabled else None)
         assembler.taken(pending)
         self._submit("traces", traces)

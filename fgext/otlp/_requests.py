@@ -20,11 +20,13 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, encode_logs
+from fgext.otlp._report import REPORT_ESTIMATE
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES", "Encoded", "encode_logs_requests", "encode_metrics_request",
@@ -117,9 +119,10 @@ def encode_trace_requests(resource: Resource, spans: Sequence[Span],
 
 
 def encode_logs_requests(resource: Resource, lines: Sequence[LogLine], links: Sequence[Optional[Link]],
-                         max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Encoded:
+                         max_bytes: int = DEFAULT_MAX_REQUEST_BYTES, records: Sequence[LogRecord] = ()) -> Encoded:
     """Serialized ``ExportLogsServiceRequest``s of at most ``max_bytes`` each; ``links[i]`` is the phase
-    ``lines[i]`` was correlated with (or ``None``). Records are built straight into the request."""
+    ``lines[i]`` was correlated with (or ``None``). Records are built straight into the request.
+    ``records`` (report records, a few hundred bytes each) are built already and go in the last request."""
     scope = _scope()
 
     def build(first: int, last: int) -> bytes:
@@ -129,6 +132,8 @@ def encode_logs_requests(resource: Resource, lines: Sequence[LogLine], links: Se
         scope_logs = resource_logs.scope_logs.add()
         scope_logs.scope.CopyFrom(scope)
         encode_logs(scope_logs.log_records, lines[first:last], links[first:last])
+        if last == count:
+            scope_logs.log_records.extend(records)
         data: bytes = request.SerializeToString()
         return data
 
@@ -138,12 +143,16 @@ def encode_logs_requests(resource: Resource, lines: Sequence[LogLine], links: Se
     # len() of the body is its size in bytes for ASCII text; other text comes out larger than estimated
     # and its request is halved after encoding. The usual flush fits one request: sum in C, group only
     # when it does not.
+    budget -= len(records) * REPORT_ESTIMATE
     if sum(map(len, map(_BODY, lines))) + count * LINE_OVERHEAD <= budget:
-        groups = [(0, count)] if count else []
+        groups = [(0, count)] if count or records else []
     else:
         groups = _groups(count, lambda i: len(lines[i][3]) + LINE_OVERHEAD, budget)
     for first, last in groups:
         _encode_split(first, last, build, max_bytes, out)
+    if records and out.requests:
+        data, items = out.requests[-1]
+        out.requests[-1] = (data, items + len(records))  # the report records went in the last request
     return out
 
 

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from fgext._deadline import Deadline
 from fgext._retry import Backoff
@@ -99,8 +99,23 @@ class Shipper:
         self._last_claim = monotonic()
         self._drained: Optional[asyncio.Event] = None
         self._flushes: Set[asyncio.Task[bool]] = set()  # flushes' sends, which outlive a flush's timeout
-        self.sent_requests = 0
-        self.failed_attempts = 0
+        #: export requests sent, by (signal, outcome): ``success``, ``retry`` (failed, kept to retry),
+        #: ``rejected`` (refused for good); coalesced requests count as the one request sent
+        self.requests: Dict[Tuple[str, str], int] = {}
+        self.sent_bytes: Dict[str, int] = {}  # bytes of acknowledged requests, by signal
+        self.sent_items: Dict[str, int] = {}  # items in acknowledged requests, by signal
+
+    @property
+    def sent_requests(self) -> int:
+        return sum(n for (_, outcome), n in self.requests.items() if outcome == "success")
+
+    @property
+    def failed_attempts(self) -> int:
+        return sum(n for (_, outcome), n in self.requests.items() if outcome != "success")
+
+    def _count(self, signal: str, outcome: str) -> None:
+        key = (signal, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
 
     # ------------------------------------------------------------------------------ the interface
 
@@ -330,7 +345,12 @@ class Shipper:
                 self._forget(request)
                 continue
             batch, parts = self._coalesce(request, data)
-            outcome = await transport.send(b"".join(parts))
+            body = b"".join(parts)
+            outcome = await transport.send(body)
+            if outcome.ok:
+                signal = request.signal
+                self.sent_bytes[signal] = self.sent_bytes.get(signal, 0) + len(body)
+                self.sent_items[signal] = self.sent_items.get(signal, 0) + sum(r.items for r in batch)
             if not self._handle(outcome, batch):
                 return False
         if self._down:
@@ -371,7 +391,7 @@ class Shipper:
         signal = batch[0].signal
         items = sum(request.items for request in batch)
         if outcome.ok:
-            self.sent_requests += 1
+            self._count(signal, "success")
             for request in batch:
                 self._forget(request)
             if outcome.rejected_items:
@@ -379,7 +399,7 @@ class Shipper:
                                   rejected=outcome.rejected_items, message=outcome.detail)
                 self._on_drop(signal, "rejected", outcome.rejected_items)
             return True
-        self.failed_attempts += 1
+        self._count(signal, "retry" if outcome.retryable else "rejected")
         if not outcome.retryable:
             self._log.warning("otlp collector rejected a request for good; dropped", signal=signal,
                               items=items, detail=outcome.detail)

@@ -11,7 +11,7 @@ claiming agent's owner id - before they are read: when two agents race for one o
 succeeds and the other finds the file gone and leaves it, so nothing is sent twice or reported lost.
 
 Past ``max_bytes`` the oldest requests are dropped to make room: each drop is reported through
-``on_drop`` (a warning and the ``fgext.otlp.dropped`` self-metric), never silent. If the directory
+``on_drop`` (a warning and the ``fgext.agent.dropped`` self-metric), never silent. If the directory
 cannot be used (read-only, disk full), the spool keeps requests in memory under the same bound.
 """
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from fgext._events import AnyEvent, LogEvent, PlatformEvent, ReportEvent, RuntimeDoneEvent, StartEvent, UnknownEvent
@@ -41,6 +42,7 @@ from fgext.otlp._correlation import CorrelationIndex
 from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, Attribute, put_attributes, span_id, span_id_for, trace_id_for
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
 from fgext.otlp._metrics import Metrics
+from fgext.otlp._report import REPORT_ESTIMATE, report_record
 from fgext.otlp._requests import SPAN_ESTIMATE
 from fgext.otlp._resource import ResourceBuilder, safe_text
 
@@ -180,6 +182,8 @@ class Pending:
     span_count: int
     lines: List[LogLine]
     links: List[Optional[Link]]
+    #: one report record per invocation closed with its report (``_report``), when enabled
+    records: List[LogRecord] = field(default_factory=list)
 
 
 class Assembler:
@@ -203,6 +207,7 @@ class Assembler:
         closed_memory: int = 1024,
         max_intervals: int = 64,
         max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
+        report_log: bool = True,
     ) -> None:
         self.resource = resource
         self.metrics = metrics
@@ -221,6 +226,8 @@ class Assembler:
         # Finished spans are built in place inside this message (the fastest way to make them).
         self._pending_spans = ScopeSpans()
         self.lines: List[LogLine] = []
+        self._report_log = report_log
+        self.reports: List[LogRecord] = []  # report records of closed invocations, waiting like lines
         #: an estimate of the bytes that pending spans and lines will take once encoded
         self.pending_bytes = 0
         self.late_events = 0
@@ -408,6 +415,7 @@ class Assembler:
         last_end: Optional[int] = None
         root_error: Optional[str] = None
         incomplete_phases = []
+        invoke_report: Optional[ReportEvent] = None
         for kind in ("init", "restore", "invoke"):
             phase = request.phases.get(kind)
             if phase is None:
@@ -438,6 +446,8 @@ class Assembler:
             _write(span, tid, phase.span_id, kind, Span.SPAN_KIND_INTERNAL, begin, end, attributes, error)
             self.metrics.record_phase(kind, status, phase.report.metrics if phase.report is not None else None,
                                       begin, end, kind in incomplete_phases)
+            if kind == "invoke":
+                invoke_report = phase.report  # settle() lets it go; the report record needs it
             phase.settle(begin, end)
         coldstart = "init" in request.phases or "restore" in request.phases
         if not request.late and first_begin is not None and last_end is not None:
@@ -456,6 +466,10 @@ class Assembler:
                 self.metrics.count("faas.invocations")
                 if coldstart:
                     self.metrics.count("faas.coldstarts")
+                if self._report_log and invoke_report is not None:
+                    self.reports.append(report_record(rid, tid, request.phases["invoke"].span_id, invoke_report,
+                                                      coldstart=coldstart, observed_ns=now_ns))
+                    self.pending_bytes += REPORT_ESTIMATE
         if request.late:
             closed = self._closed.get(rid)
             if closed is not None:
@@ -516,7 +530,7 @@ class Assembler:
                 cached_at = at
             append(cached)
         spans = self._pending_spans.spans
-        return Pending(spans=spans, span_count=len(spans), lines=self.lines, links=links)
+        return Pending(spans=spans, span_count=len(spans), lines=self.lines, links=links, records=self.reports)
 
     def taken(self, pending: Pending) -> None:
         """``pending`` was encoded: let it go (anything finished since stays)."""
@@ -530,5 +544,10 @@ class Assembler:
             self.lines = []
         else:
             del self.lines[:count]
-        self.pending_bytes = (len(self._pending_spans.spans) * SPAN_ESTIMATE
+        reports = len(pending.records)
+        if reports == len(self.reports):
+            self.reports = []
+        else:
+            del self.reports[:reports]
+        self.pending_bytes = (len(self._pending_spans.spans) * SPAN_ESTIMATE + len(self.reports) * REPORT_ESTIMATE
                               + sum(len(line[3]) + LINE_OVERHEAD for line in self.lines))
