@@ -44,6 +44,7 @@ _ERROR_LEVELS = ("error", "critical", "fatal")
 LOSING_WARNINGS = frozenset({
     "plugin disabled",
     "malformed telemetry events skipped",
+    "cannot write the agent file: the function will not find the receiver",
     "events received before plugins started were not processed",
     "pipeline shutdown: queued telemetry not fully dispatched in time",
     "plugins did not shut down within FGEXT_SHUTDOWN_TIMEOUT",
