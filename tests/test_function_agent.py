@@ -176,3 +176,13 @@ def test_the_agent_and_the_helper_keep_exactly_the_same_traces(
     flags = {item["traceId"]: item.get("flags", 0) for item in logs}
     assert set(flags) == {trace_id_for(rid).hex() for rid in rids}
     assert {tid for tid, flag in flags.items() if flag & 1} == expected
+
+
+def test_an_unreadable_sampler_stops_the_agent_with_exit_2_and_one_line(
+        platform: Any, agents: Start, tap: OtelTap, tmp_path: Path) -> None:
+    """OTEL_TRACES_SAMPLER the agent cannot read is a configuration error naming the variable."""
+    agent = agents(agent_env(platform, tap, tmp_path, OTEL_TRACES_SAMPLER="sometimes"))
+    assert agent.proc.wait(20) == 2
+    errors = [line for line in agent.stderr_path.read_text().splitlines() + agent.stdout_path.read_text().splitlines()
+              if "OTEL_TRACES_SAMPLER must be one of" in line]
+    assert len(errors) == 1, errors

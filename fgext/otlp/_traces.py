@@ -542,18 +542,25 @@ class Assembler:
         """Everything finished, for the encoder: spans, and log lines each with the phase open at its
         time (correlated now, so platform events that came after the line count). Nothing is removed:
         call :meth:`taken` once it is encoded, before anything else is consumed."""
-        correlate = self._index.correlate
+        index = self._index
+        correlate = index.correlate
         links: List[Optional[Link]] = []
         append = links.append
         cached_at = -1
         cached: Optional[Link] = None
+        ambiguous = False
         for line in self.lines:
             at = line[0]
             if at != cached_at:  # lines of one moment share a look-up
                 phase = correlate(at)
                 cached = phase.link if phase is not None else None
+                ambiguous = index.ambiguous
                 cached_at = at
-            append(cached)
+            if ambiguous:  # overlapping invocations: the line's own text may name its request
+                named = index.by_text(at, line[3])
+                append(named.link if named is not None else None)
+            else:
+                append(cached)
         spans = self._pending_spans.spans
         return Pending(spans=spans, span_count=len(spans), lines=self.lines, links=links)
 
