@@ -186,3 +186,24 @@ def test_an_unreadable_sampler_stops_the_agent_with_exit_2_and_one_line(
     errors = [line for line in agent.stderr_path.read_text().splitlines() + agent.stdout_path.read_text().splitlines()
               if "OTEL_TRACES_SAMPLER must be one of" in line]
     assert len(errors) == 1, errors
+
+
+def test_under_the_emulator_the_sample_functions_spans_hang_under_invoke_through_freezes(
+        tap: OtelTap, tmp_path: Path) -> None:
+    """The emulator runs the agent and the instrumented sample function; its freezes lose none of their spans."""
+    from fgext.testing import run_emulator
+    from tests.conftest import agent_python
+
+    env = {"FGEXT_PYTHON": agent_python(), "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{tap.port}",
+           "FGEXT_SPOOL_DIR": str(tmp_path / "spool")}
+    report = run_emulator(ROOT, invocations=3, freeze_s=0.3, env=env, register_timeout_s=20.0)
+    assert report.ok, report.problems
+    assert report.freezes == 2
+    rids = [result.request_id for result in report.invocations]
+    spans = wait(tap, "spans", lambda s: sum(x["name"] in ("handler", "digest", "respond") for x in s) >= 3 * 3
+                 and sum(x["name"] == "invoke" for x in s) >= 3)
+    for rid in rids:
+        trace = {s["name"]: s for s in spans if s["traceId"] == trace_id_for(rid).hex()}
+        assert {"invoke", "handler", "digest", "respond"} <= set(trace), sorted(trace)
+        assert trace["handler"]["parentSpanId"] == trace["invoke"]["spanId"] == invoke_span_id_for(rid).hex()
+        assert trace["digest"]["parentSpanId"] == trace["respond"]["parentSpanId"] == trace["handler"]["spanId"]
