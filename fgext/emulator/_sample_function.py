@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from typing import Any, Callable, ContextManager, Dict
+from typing import Any, Callable, ContextManager, Dict, TypeVar
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 try:  # in the cloud, fgext.function comes with the function's code (docs/function.md)
     from fgext.function import instrument
 except ImportError:  # pragma: no cover - the sample still runs unwrapped
-    def instrument(handler: Callable[..., Any]) -> Callable[..., Any]:
+    def instrument(handler: Handler) -> Handler:  # type: ignore[misc]
         return handler
 
 _WARM = {"invocations": 0}
