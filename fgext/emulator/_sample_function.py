@@ -22,7 +22,7 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 try:  # in the cloud, fgext.function comes with the function's code (docs/function.md)
     from fgext.function import instrument
 except ImportError:  # pragma: no cover - the sample still runs unwrapped
-    def instrument(handler: Handler) -> Handler:  # type: ignore[misc]
+    def instrument(handler: Handler) -> Handler:
         return handler
 
 _WARM = {"invocations": 0}
