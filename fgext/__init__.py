@@ -23,7 +23,7 @@ _MODULES: Dict[str, tuple[str, ...]] = {
         "AnyEvent", "Event", "PlatformEvent", "StartEvent", "RuntimeDoneEvent", "ReportEvent", "ReportMetrics",
         "InitStart", "Start", "RestoreStart", "InitRuntimeDone", "RuntimeDone", "RestoreRuntimeDone",
         "InitReport", "Report", "RestoreReport", "LogEvent", "FunctionLog", "ExtensionLog", "UnknownEvent",
-        "Invoke", "MalformedEvent", "parse_event", "parse_batch",
+        "Invoke", "MalformedEvent", "OtlpPayload", "parse_event", "parse_batch",
     ),
     "fgext._urn": ("FunctionUrn", "parse_urn"),
     "fgext._errors": (

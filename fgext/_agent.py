@@ -18,6 +18,7 @@ import gc
 import json
 import signal
 import time
+import zlib
 from typing import Any, Dict, Optional, Sequence
 
 from aiohttp import web
@@ -25,8 +26,9 @@ from aiohttp import web
 from fgext._bootstrap import _LISTEN_BACKLOG, Bootstrap
 from fgext._deadline import Deadline
 from fgext._discovery import load_plugins, plugin_config
+from fgext._discovery_file import agent_file_path, remove_agent_file, write_agent_file
 from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
-from fgext._events import MalformedEvent, parse_batch, parse_invoke
+from fgext._events import MalformedEvent, OtlpPayload, parse_batch, parse_invoke
 from fgext._listener import ConnectionGuard, GuardedSockSite
 from fgext._logging import configure_logging, get_logger
 from fgext._pipeline import Pipeline, PluginFailure
@@ -53,6 +55,17 @@ class _Reject(Exception):
         self.message = message
 
 
+def _gunzip(body: bytes, limit: int) -> bytes:
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise _Reject(400, f"body is not valid gzip: {error}") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise _Reject(413, f"decompressed body exceeds the limit of {limit} bytes (FGEXT_MAX_BODY_BYTES)")
+    return out
+
+
 class Agent:
     """One agent process: HTTP listener, pipeline and lifecycle around a bootstrapped socket."""
 
@@ -68,7 +81,7 @@ class Agent:
         self.pipeline: Optional[Pipeline] = None
         self.stats: Dict[str, int] = {
             "invokes_received": 0, "telemetry_posts": 0, "events_received": 0, "events_malformed": 0,
-            "bodies_rejected": 0,
+            "bodies_rejected": 0, "otlp_requests": 0, "otlp_refused": 0,
         }
         self.events_by_kind: Dict[str, int] = {}
         #: what every plugin's context holds as ``stats``: these counters and the pipeline's, read live
@@ -90,6 +103,10 @@ class Agent:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise _Reject(413, f"body exceeds the limit of {limit} bytes (FGEXT_MAX_BODY_BYTES)") from None
+        if request.headers.get("Content-Encoding", "").strip().lower() == "gzip":
+            # The server runs with auto_decompress=False (the OTLP receiver bounds its own gzip): a gzip
+            # body here is decompressed by the same limit, so a bomb stops at it.
+            body = _gunzip(body, limit)
         try:
             return json.loads(body)
         except (ValueError, RecursionError) as error:
@@ -132,6 +149,16 @@ class Agent:
         self.stats["bodies_rejected"] += 1
         self.log.warning(f"{what} body rejected", status=reject.status, reason=reject.message[:300])
         return _error(reject.status, reject.message)
+
+    def _on_export(self, signal_name: str, request: Any) -> None:
+        """The OTLP receiver's callback: the function's export enters the pipeline, or is refused (503)."""
+        from fgext.otlp._receiver import Refused
+
+        assert self.pipeline is not None  # made before the listener starts
+        if not self.pipeline.offer_telemetry([OtlpPayload(signal_name, request, time.time_ns())]):
+            self.stats["otlp_refused"] += 1
+            raise Refused("the agent's queue is full", retry_after_s=1)
+        self.stats["otlp_requests"] += 1
 
     async def _submit(self, kind: str, payload: Any) -> None:
         assert self.pipeline is not None  # made before the listener starts
@@ -198,9 +225,15 @@ class Agent:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_post("/extension/invoke", self.handle_invoke)
         app.router.add_post("/", self.handle_telemetry)
+        # The function's own OTLP/HTTP exports (fgext.function, or any exporter) on the same listener.
+        from fgext.otlp._receiver import Receiver
+
+        app.router.add_routes(Receiver(self._on_export).routes())
         # In-flight requests get a short grace period at shutdown; the flush deadline matters more.
+        # auto_decompress=False: the receiver and _read_json bound gzip themselves (aiohttp's own turns
+        # a body that is not gzip into an empty one).
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2,
-                               keepalive_timeout=self.limits.idle_timeout)
+                               keepalive_timeout=self.limits.idle_timeout, auto_decompress=False)
         await runner.setup()
         assert runner.server is not None
         self.guard = ConnectionGuard(runner.server, self.limits, self.log)
@@ -208,6 +241,7 @@ class Agent:
         await site.start()
         self.log.info("listening", address=self.registration.address,
                       subscribed=self.registration.subscribed)
+        agent_file = self._write_agent_file()
         try:
             if not self._stop.is_set():
                 try:
@@ -225,6 +259,8 @@ class Agent:
             await self._stop.wait()
         finally:
             await self._shutdown(runner)
+            if agent_file is not None:
+                remove_agent_file(agent_file)
             # Stopping is done: a SIGTERM from here on (a supervisor stopping a process that is already
             # exiting on its own) must not turn the exit status into "killed by SIGTERM". Removing the
             # loop's handler restores the default action, so ignore the signals right after.
@@ -232,6 +268,16 @@ class Agent:
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, signal.SIG_IGN)
         return self._exit_code
+
+    def _write_agent_file(self) -> Optional[str]:
+        """Tell the function where the receiver is (fgext._discovery_file); None if it cannot be written."""
+        port = self.boot.sock.getsockname()[1]
+        try:
+            return write_agent_file(port)
+        except OSError as error:
+            self.log.warning("cannot write the agent file: the function will not find the receiver",
+                             path=agent_file_path(), error=error.strerror or str(error))
+            return None
 
     async def _shutdown(self, runner: web.AppRunner) -> None:
         deadline = self._deadline or Deadline.after(self.settings.shutdown_timeout)

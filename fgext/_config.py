@@ -202,6 +202,12 @@ class AgentSettings:
         level = env.get("FGEXT_LOG_LEVEL", "info").strip().lower() or "info"
         if level not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"FGEXT_LOG_LEVEL must be debug, info, warning, error or critical, got {level!r}")
+        # Sampling is the OTLP sink's to apply, but a value it cannot read stops the agent here (exit 2),
+        # not later as a disabled plugin. Imported here: fgext._sampling imports this module.
+        from fgext._sampling import HeadSampler, TailRule
+
+        HeadSampler.from_environ(env)
+        TailRule.from_environ(env)
 
         return cls(
             api_host=host,

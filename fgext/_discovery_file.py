@@ -23,7 +23,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping, Optional
 
-__all__ = ["DEFAULT_PATH", "agent_endpoint", "agent_file_path", "read_agent_file", "write_agent_file"]
+__all__ = [
+    "DEFAULT_PATH", "agent_endpoint", "agent_file_path", "read_agent_file", "remove_agent_file", "write_agent_file",
+]
 
 DEFAULT_PATH = "/tmp/fgext-agent.json"
 VERSION = 1
@@ -45,6 +47,22 @@ def write_agent_file(port: int, pid: Optional[int] = None, path: Optional[str] =
         json.dump({"version": VERSION, "port": port, "pid": os.getpid() if pid is None else pid}, handle)
     os.replace(temporary, target)
     return target
+
+
+def remove_agent_file(path: str, pid: Optional[int] = None) -> bool:
+    """Remove the file at exit if it is still this process's (another agent may have written it since)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("pid") != (os.getpid() if pid is None else pid):
+        return False
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:

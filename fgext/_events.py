@@ -46,6 +46,7 @@ __all__ = [
     "Invoke",
     "LogEvent",
     "MalformedEvent",
+    "OtlpPayload",
     "ParsedBatch",
     "PlatformEvent",
     "Report",
@@ -338,7 +339,33 @@ class UnknownEvent:
         return None if self.start_ns is None else ns_to_datetime(self.start_ns)
 
 
-AnyEvent = Union[Event, UnknownEvent]
+@dataclass(frozen=True)
+class OtlpPayload:
+    """What the function itself exported to the agent's OTLP receiver: one decoded request.
+
+    ``signal`` is ``"traces"``, ``"logs"`` or ``"metrics"``; ``request`` the ``Export*ServiceRequest``
+    message, items with invalid IDs already removed. It travels the pipeline like any event (the same
+    flush policy and lanes), but it is not platform telemetry: processors that look at log lines or
+    platform events pass it unchanged, and the OTLP sink ships it with the function's own resource.
+    """
+
+    signal: str
+    request: Any = field(repr=False, compare=False)
+    start_ns: int = 0  # when the agent received it
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    category: ClassVar[str] = "otlp"
+
+    @property
+    def name(self) -> str:
+        return f"otlp.{self.signal}"
+
+    @property
+    def start_time(self) -> datetime:
+        return ns_to_datetime(self.start_ns)
+
+
+AnyEvent = Union[Event, UnknownEvent, OtlpPayload]
 
 _PLATFORM_TYPES: Tuple[Type[PlatformEvent], ...] = (
     InitStart, Start, RestoreStart, InitRuntimeDone, RuntimeDone, RestoreRuntimeDone,
@@ -626,6 +653,9 @@ def event_to_dict(event: Union[AnyEvent, Invoke]) -> Dict[str, Any]:
             out[key] = moment.isoformat()
     for key, value in event.__dict__.items():
         if key in ("raw", "urn") or value is None:
+            continue
+        if key == "request" and isinstance(event, OtlpPayload):
+            out["bytes"] = value.ByteSize()  # the protobuf message itself is not JSON
             continue
         out[key] = _plain(value)
     out["raw"] = dict(event.raw)

@@ -187,6 +187,16 @@ class Pipeline:
         if events:
             await self._queue.put(("telemetry", events))
 
+    def offer_telemetry(self, events: Sequence[AnyEvent]) -> bool:
+        """Queue a batch without waiting; False when the queue is full (the caller answers "retry later":
+        the OTLP receiver's 503, where the platform's POST is held instead by :meth:`submit_telemetry`)."""
+        if events:
+            try:
+                self._queue.put_nowait(("telemetry", events))
+            except asyncio.QueueFull:
+                return False
+        return True
+
     @property
     def pending(self) -> int:
         return self._queue.qsize()

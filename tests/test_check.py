@@ -118,6 +118,21 @@ class TestLayoutRules:
         assert "fgext-missing" in codes(check_zip(make_zip(tmp_path / "demo.zip", members)), "error")
 
 
+class TestFunctionHelper:
+    def test_the_helper_without_the_sdk_is_named(self, tmp_path: Path) -> None:
+        """A top-level fgext/function.py without the SDK and the OTLP encoder is an error naming both."""
+        members = [*good_members(), ("fgext/__init__.py", b"", 0o644), ("fgext/function.py", b"", 0o644)]
+        finding = codes(check_zip(make_zip(tmp_path / "demo.zip", members)), "error")["function-helper-incomplete"]
+        assert "opentelemetry-sdk" in finding.message and "opentelemetry-exporter-otlp-proto-common" in finding.message
+
+    def test_the_helper_with_what_it_imports_is_fine(self, tmp_path: Path) -> None:
+        """With opentelemetry/sdk and the OTLP encoder beside it, nothing is found."""
+        members = [*good_members(), ("fgext/__init__.py", b"", 0o644), ("fgext/function.py", b"", 0o644),
+                   ("opentelemetry/sdk/trace/__init__.py", b"", 0o644),
+                   ("opentelemetry/exporter/otlp/proto/common/__init__.py", b"", 0o644)]
+        assert check_zip(make_zip(tmp_path / "demo.zip", members)) == []
+
+
 class TestPathRules:
     @pytest.mark.parametrize("name, code", [
         ("extension/../../etc/passwd", "path-traversal"),

@@ -60,3 +60,15 @@ def test_path_and_endpoint_from_the_environment(tmp_path: Path) -> None:
     write_agent_file(8086, path=path)
     assert agent_endpoint(env) == "http://127.0.0.1:8086"
     assert agent_endpoint({**env, "FGEXT_AGENT_ENDPOINT": "http://127.0.0.1:9999/"}) == "http://127.0.0.1:9999"
+
+
+def test_the_agent_removes_only_its_own_file(tmp_path: Path) -> None:
+    """remove_agent_file deletes the file when its pid is ours, and leaves another agent's file alone."""
+    from fgext._discovery_file import remove_agent_file
+
+    path = str(tmp_path / "agent.json")
+    write_agent_file(8085, pid=os.getpid() + 1, path=path)
+    assert not remove_agent_file(path) and os.path.exists(path)
+    write_agent_file(8085, path=path)
+    assert remove_agent_file(path) and not os.path.exists(path)
+    assert not remove_agent_file(path)  # already gone: nothing to do

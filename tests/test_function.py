@@ -484,3 +484,56 @@ def test_wrapping_keeps_the_handler_name() -> None:
 
     wrapped = fgext.function.instrument(handler)
     assert (wrapped.__name__, wrapped.__doc__) == ("handler", "Doc.")
+
+
+PACKAGED_HANDLER = '''
+import fgext.function
+from opentelemetry import trace
+
+@fgext.function.instrument
+def handler(event, context):
+    with trace.get_tracer("orders").start_as_current_span("load-order"):
+        pass
+    return {"fgext": fgext.function.__file__, "sdk": trace.__file__}
+'''
+
+PACKAGED_RUN = '''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import index
+
+class Context:
+    def getRequestID(self): return sys.argv[2]
+    def getRemainingTimeInMilliSeconds(self): return 3000
+    def getFunctionName(self): return "orders"
+    def getVersion(self): return "latest"
+
+print(json.dumps(index.handler({}, Context())))
+'''
+
+
+@pytest.mark.slow
+class TestPackaging:
+    def test_the_documented_pip_target_install_makes_the_helper_importable_from_the_code_dir(
+            self, tmp_path: Path, receiver: ReceiverServer) -> None:
+        """``pip install --target <code dir> 'fgext[function]'`` (docs/function.md): a handler in that dir,
+        run by an interpreter without site-packages, imports everything from it and its spans arrive."""
+        code = tmp_path / "code"
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               "--target", str(code), f"{ROOT}[function]"], capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        (code / "index.py").write_text(PACKAGED_HANDLER)
+        agent_file(tmp_path, receiver)
+        env = {"PATH": os.environ.get("PATH", ""), "FGEXT_AGENT_FILE": str(tmp_path / "fgext-agent.json")}
+        rid = str(uuid.uuid4())
+        # -S: no site-packages at all, as in a sandbox whose runtime has only the standard library.
+        ran = subprocess.run([sys.executable, "-S", "-c", PACKAGED_RUN, str(code), rid], capture_output=True,
+                             text=True, env=env, cwd=str(tmp_path), timeout=120)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        where = json.loads(ran.stdout.strip().splitlines()[-1])
+        assert where["fgext"].startswith(str(code)) and where["sdk"].startswith(str(code))
+        spans = by_name(receiver.spans())
+        assert set(spans) == {"handler", "load-order"}
+        assert spans["handler"].parent_span_id == invoke_span_id_for(rid)
+        assert spans["handler"].trace_id == trace_id_for(rid)

@@ -70,6 +70,37 @@ class TestCorrelation:
         assert both.trace_id == b"" and "faas.invocation_id" not in attrs(both)
         assert attrs(second_only)["faas.invocation_id"] == other
 
+    def test_a_line_naming_an_open_request_is_correlated_to_it_while_invocations_overlap(self) -> None:
+        """In the overlap, a line whose text contains one open request's ID goes to that request's invoke span."""
+        other = "5d2b0a7e-1111-4222-8333-944455556666"
+        assembler = make_assembler()
+        assembler.consume(events(start(INVOKE_ID, 0), start(other, 10),
+                                 log(15, f"[Function]{other} INFO charging"),
+                                 log(15, f"[Function]RequestId: {INVOKE_ID} done"), log(15, "[Function]both"),
+                                 log(16, f"[Function]{INVOKE_ID} and {other}"),
+                                 done(INVOKE_ID, 20), report(INVOKE_ID, 0, 21), done(other, 30), report(other, 10, 31)))
+        spans = take_spans(assembler)
+        names_other, names_first, unnamed, names_both = encoded_logs(assembler)
+        assert attrs(names_other)["faas.invocation_id"] == other
+        assert attrs(names_first)["faas.invocation_id"] == INVOKE_ID
+        invokes = {s.trace_id: s.span_id for s in spans if s.name == "invoke"}
+        assert names_other.span_id == invokes[names_other.trace_id]
+        assert names_first.span_id == invokes[names_first.trace_id] and names_first.trace_id != names_other.trace_id
+        assert unnamed.trace_id == b"" and "faas.invocation_id" not in attrs(unnamed)
+        assert names_both.trace_id == b""  # two IDs in one line: not guessed either
+
+    def test_a_line_naming_a_request_that_is_not_open_then_is_not_correlated_to_it(self) -> None:
+        """The text only chooses among requests open at the line's time: naming a finished one does not count."""
+        other = "5d2b0a7e-1111-4222-8333-944455556666"
+        third = "6e3c1b8f-2222-4333-8444-a55566667777"
+        assembler = make_assembler()
+        assembler.consume(events(*invocation(third, 0, 5), start(INVOKE_ID, 10), start(other, 12),
+                                 log(15, f"[Function]retrying {third}"),
+                                 done(INVOKE_ID, 20), report(INVOKE_ID, 10, 21),
+                                 done(other, 30), report(other, 12, 31)))
+        (line,) = encoded_logs(assembler)
+        assert line.trace_id == b""
+
     def test_written_phase_keeps_its_extent_not_its_report(self) -> None:
         """After its span is written a phase lets its report event go (memory: it stays indexed for a while),
         and a line that arrives later in the phase's interval is still correlated with it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from fgext._events import parse_batch
+from fgext._sampling import HeadSampler, TailRule
 from fgext.otlp._ids import span_id_for, trace_id_for
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import encode_logs_requests, encode_metrics_request, encode_trace_requests
@@ -26,6 +27,7 @@ from tests.otlp_helpers import (
     by_name,
     cold,
     done,
+    encoded_logs,
     events,
     invocation,
     log,
@@ -339,3 +341,66 @@ class TestBoundary:
         assert assembler.rejected_events == 1
         out = self._export(assembler)
         assert sorted(span.name for span in out["spans"]) == ["hello", "invoke"] and out["bodies"] == ["kept"]
+
+
+class TestSampling:
+    """The head decision (``OTEL_TRACES_SAMPLER``) and the tail rule applied to fgext's own traces."""
+
+    @staticmethod
+    def sampled_assembler(name: str, ratio: Optional[float] = None, **tail: Any) -> Assembler:
+        assembler = make_assembler()
+        return Assembler(assembler.resource, assembler.metrics, open_wait_s=60.0, function_timeout_s=30.0,
+                         monotonic=Clock(), head=HeadSampler(name, ratio), tail=TailRule(**tail))
+
+    def test_an_unsampled_trace_exports_no_spans_and_is_counted(self) -> None:
+        """always_off: the invocation's spans are let go and counted; its log line still leaves, flags 0."""
+        assembler = self.sampled_assembler("always_off")
+        assembler.consume(events(start(INVOKE_ID, 0), log(5, "[Function]hi"), done(INVOKE_ID, 10),
+                                 report(INVOKE_ID, 0, 11)))
+        assert take_spans(assembler) == []
+        assert (assembler.unsampled_traces, assembler.unsampled_spans) == (1, 2)
+        (line,) = encoded_logs(assembler)
+        assert attrs(line)["faas.invocation_id"] == INVOKE_ID and line.flags == 0
+        assert assembler.metrics.dirty  # the invocation is still counted in the metrics
+
+    def test_a_sampled_trace_is_exported_and_its_lines_say_sampled(self) -> None:
+        """always_on: spans leave, log lines carry the sampled flag."""
+        assembler = self.sampled_assembler("always_on")
+        assembler.consume(events(start(INVOKE_ID, 0), log(5, "[Function]hi"), done(INVOKE_ID, 10),
+                                 report(INVOKE_ID, 0, 11)))
+        assert len(take_spans(assembler)) == 2 and assembler.unsampled_traces == 0
+        (line,) = encoded_logs(assembler)
+        assert line.flags == 1
+
+    @pytest.mark.parametrize("status", ["error", "timeout"])
+    def test_the_tail_rule_keeps_errors_and_timeouts(self, status: str) -> None:
+        """A failed or timed-out invocation is exported although the head decision dropped it."""
+        assembler = self.sampled_assembler("always_off")
+        assembler.consume(events(*invocation(INVOKE_ID, 0, 10, status)))
+        assert len(take_spans(assembler)) == 2
+
+    def test_the_tail_rule_keeps_cold_starts_unless_told_not_to(self) -> None:
+        """An invocation after an init is kept by default, and not with keep_cold_starts off."""
+        for keep, expected in ((True, 3), (False, 0)):
+            assembler = self.sampled_assembler("always_off", keep_cold_starts=keep)
+            assembler.consume(events(*cold(INIT_ID, 0), *invocation(INIT_ID, 20, 30)))
+            assert len(take_spans(assembler)) == expected
+
+    def test_the_tail_rule_keeps_slow_invocations(self) -> None:
+        """slower_than_ms: an invocation reported at least that long is kept, a quicker one is not."""
+        assembler = self.sampled_assembler("always_off", slower_than_ms=100)
+        quick, slow = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+        assembler.consume(events(*invocation(quick, 0, 50), *invocation(slow, 100, 300)))
+        assert {span.trace_id for span in take_spans(assembler)} == {trace_id_for(slow)}
+
+    def test_a_ratio_keeps_exactly_the_traces_the_head_sampler_samples(self) -> None:
+        """traceidratio 0.5 over 40 request IDs: the exported traces are those HeadSampler.sampled says."""
+        head = HeadSampler("traceidratio", 0.5)
+        assembler = self.sampled_assembler("traceidratio", 0.5)
+        rids = [f"00000000-0000-4000-8000-{index:012d}" for index in range(40)]
+        for index, rid in enumerate(rids):
+            assembler.consume(events(*invocation(rid, index * 20, index * 20 + 10)))
+        expected = {trace_id_for(rid) for rid in rids if head.sampled(trace_id_for(rid))}
+        assert 0 < len(expected) < len(rids)
+        assert {span.trace_id for span in take_spans(assembler)} == expected
+        assert assembler.unsampled_traces == len(rids) - len(expected)

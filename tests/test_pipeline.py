@@ -1037,3 +1037,20 @@ class TestBeforeStart:
 
         run(go())
         assert first.calls == ["start", "shutdown"]
+
+
+class TestOffer:
+    def test_offer_queues_without_waiting_and_says_when_the_queue_is_full(self) -> None:
+        """offer_telemetry puts a batch in the bounded queue, or returns False at once when it is full."""
+        async def scenario() -> Tuple[bool, bool, bool, List[List[str]]]:
+            sink = Collect()
+            pipeline = Pipeline([sink], logger=Log(), max_pending=1)
+            first = pipeline.offer_telemetry([log_event("one")])
+            second = pipeline.offer_telemetry([log_event("two")])  # the queue holds one batch: refused
+            empty = pipeline.offer_telemetry([])  # nothing to queue is no refusal
+            await pipeline.start(context)
+            await pipeline.flush(5)
+            await pipeline.shutdown(5)
+            return first, second, empty, sink.batches
+
+        assert run(scenario()) == (True, False, True, [["one"]])

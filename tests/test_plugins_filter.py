@@ -112,3 +112,15 @@ class TestSampling:
         """Bad settings are refused with the plugin's name and the key."""
         with pytest.raises(PluginError, match=f"plugin 'filter'.*{message}"):
             FilterPlugin().configure(config)
+
+
+def test_the_functions_own_otlp_data_passes_the_filter() -> None:
+    """An OtlpPayload (the function's export to the agent's receiver) is not a log line: never dropped here."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from fgext._events import OtlpPayload
+
+    payload = OtlpPayload("traces", ExportTraceServiceRequest(), 1)
+    result = run_plugin(FilterPlugin(), events=[payload, make_log("DEBUG x")],
+                        config={"min_level": "error", "sample": 0.0})
+    assert result.events == [payload]

@@ -55,3 +55,18 @@ def test_lone_surrogates_are_escaped_and_the_batch_is_kept(tmp_path: Path) -> No
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [line["message"] for line in lines] == ["bad \ud800 char", "fine"]
     assert "\\ud800" in out.read_text(encoding="utf-8")
+
+
+def test_the_functions_own_otlp_data_is_written_as_its_size(tmp_path: Path) -> None:
+    """An OtlpPayload becomes one line with its type, signal and size in bytes (the message is not JSON)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from fgext._events import OtlpPayload
+
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.add(name="work")
+    out = tmp_path / "e.jsonl"
+    run_plugin(JsonlPlugin(), [OtlpPayload("traces", request, 1)], config={"path": str(out)})
+    (line,) = [json.loads(text) for text in out.read_text().splitlines()]
+    assert (line["type"], line["category"], line["signal"], line["bytes"]) == (
+        "OtlpPayload", "otlp", "traces", request.ByteSize())

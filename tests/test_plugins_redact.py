@@ -160,3 +160,14 @@ class TestProperties:
         plugin.configure({})
         once = plugin.redact(text)
         assert plugin.redact(once) == once
+
+
+def test_the_functions_own_otlp_data_passes_unchanged() -> None:
+    """An OtlpPayload has no log text or raw object to mask: redact hands the same event on."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from fgext._events import OtlpPayload
+
+    payload = OtlpPayload("traces", ExportTraceServiceRequest(), 1)
+    result = run_plugin(RedactPlugin(), events=[payload], config={"raw": True})
+    assert result.events[0] is payload

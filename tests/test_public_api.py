@@ -11,7 +11,8 @@ from tests.conftest import ROOT
 PUBLIC = {
     "__version__", "AnyEvent", "ConfigError", "DropEvent", "Event", "EventTypes", "Extension", "ExtensionLog",
     "FgextError", "FunctionLog", "FunctionUrn", "InitReport", "InitRuntimeDone", "InitStart", "Invoke", "LogEvent",
-    "MalformedEvent", "PackageError", "PlatformError", "PlatformEvent", "Plugin", "PluginContext", "PluginError",
+    "MalformedEvent", "OtlpPayload", "PackageError", "PlatformError", "PlatformEvent", "Plugin", "PluginContext",
+    "PluginError",
     "Processor", "RegistrationError", "RegistrationInfo", "Report", "ReportEvent", "ReportMetrics", "RestoreReport",
     "RestoreRuntimeDone", "RestoreStart", "RuntimeDone", "RuntimeDoneEvent", "Sink", "Start", "StartEvent",
     "UnknownEvent", "UrnError", "parse_batch", "parse_event", "parse_urn",

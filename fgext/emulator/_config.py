@@ -170,6 +170,9 @@ class EmulatorConfig:
             "RUNTIME_ROOT": str(sandbox / "runtime"),
             "RUNTIME_CODE_ROOT": str(code_root),
             "RUNTIME_LOG_DIR": str(sandbox / "log"),
+            # One sandbox's agent and function meet through this file (fgext._discovery_file), not through
+            # the machine-wide default that another emulator run (or a test) may be writing.
+            "FGEXT_AGENT_FILE": str(sandbox / "tmp" / "fgext-agent.json"),
         })
         env.update(self.env)
         return env

@@ -66,6 +66,14 @@ def otlp_plugin_available() -> bool:
         return False
 
 
+def _sdk_available() -> bool:
+    """Whether the sample function (run by this interpreter) can export its own spans."""
+    try:
+        return importlib.util.find_spec("opentelemetry.sdk.trace") is not None
+    except ImportError:  # opentelemetry itself is missing
+        return False
+
+
 def run_demo(verbose: bool = False, as_json: bool = False, wait_s: float = TRACE_WAIT_S) -> int:
     return asyncio.run(_demo(verbose, as_json, wait_s))
 
@@ -102,6 +110,9 @@ async def _demo_in(root: Path, verbose: bool, as_json: bool, wait_s: float) -> i
         env["FGEXT_PLUGINS"] = "jsonl"
         _say("note: this tree has no OTLP plugin (fgext.otlp) yet; the agent runs with the jsonl plugin "
              "and exports no traces", as_json)
+    if not _sdk_available():
+        _say("note: the OpenTelemetry SDK is not installed: the sample function runs unwrapped and its own "
+             "spans (handler, digest, respond) are not exported; pip install 'fgext[function]' to see them", as_json)
     config = EmulatorConfig(target=root, function=SAMPLE_FUNCTION, function_name="fgext-demo",
                             register_timeout_s=20.0, env=env)
     from fgext.emulator._cli import echo_output

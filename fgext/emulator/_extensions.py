@@ -50,6 +50,7 @@ LOSING_WARNINGS = frozenset({
     "sink did not take its queued telemetry before the shutdown deadline",
     "plugin flush still running at shutdown: cancelled",
     "no time left for the plugin's shutdown",
+    "cannot write the agent file: the function will not find the receiver",
     "pipeline shutdown: queued telemetry not fully dispatched in time",
     "otlp export failed; spooling and retrying with backoff",
     "otlp collector rejected part of a request",

@@ -19,6 +19,7 @@ from opentelemetry import environment_variables as api_env
 from opentelemetry.sdk import environment_variables as env
 
 from fgext._errors import ConfigError
+from fgext._sampling import HeadSampler, TailRule
 
 __all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config", "parse_headers", "spool_directory"]
 
@@ -124,6 +125,9 @@ class OtlpConfig:
     max_pending_bytes: int = _DEFAULT_MAX_PENDING_BYTES
     max_log_bytes: int = _DEFAULT_MAX_LOG_BYTES
     report_log: bool = True  # FGEXT_OTLP_REPORT_LOG: one log record per invocation report
+    #: OTEL_TRACES_SAMPLER/_ARG and the FGEXT_SAMPLE_KEEP_* tail rule (fgext._sampling), for fgext's own traces
+    head: HeadSampler = field(default_factory=HeadSampler)
+    tail: TailRule = field(default_factory=TailRule)
 
     @property
     def open_wait_s(self) -> float:
@@ -419,4 +423,6 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
         max_pending_bytes=max_pending_bytes,
         max_log_bytes=max_log_bytes,
         report_log=_bool(environ, "FGEXT_OTLP_REPORT_LOG", True),
+        head=HeadSampler.from_environ(environ),
+        tail=TailRule.from_environ(environ),
     )

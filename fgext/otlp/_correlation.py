@@ -5,8 +5,11 @@ flush: take -> encode -> shipper -> transport): the assembler (``_traces``) inde
 start is known and asks this index, when it hands its log lines over at ``take``, which phase each line
 belongs to. The encoder never sees the index: it receives lines already correlated.
 
-Logs carry no request ID: a line is correlated with a phase when exactly one request had a phase open
-at the line's time; with overlapping invocations it stays uncorrelated rather than guessed.
+Logs carry no request ID field: a line is correlated with a phase when exactly one request had a phase
+open at the line's time. When several had (overlapping invocations), the line's text decides: if it
+contains the request ID of exactly one of them (at most :data:`MAX_TEXT_CANDIDATES` requests are
+checked, one substring search each), it goes to that one; otherwise it stays uncorrelated rather than
+guessed. The text is searched only then, so the usual one-at-a-time sandbox pays nothing for it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from typing import Dict, Generic, List, Optional, Protocol, TypeVar
 
-__all__ = ["CorrelationIndex"]
+__all__ = ["MAX_TEXT_CANDIDATES", "CorrelationIndex"]
+
+#: The most requests open at one moment whose IDs a line's text is searched for (bounds the cost).
+MAX_TEXT_CANDIDATES = 16
 
 
 class Interval(Protocol):
@@ -49,6 +55,8 @@ class CorrelationIndex(Generic[P]):
         # scanning back as soon as no earlier phase can still contain the time asked about.
         self._running: Dict[int, P] = {}
         self._longest_ns = 0
+        #: whether the last :meth:`correlate` found phases of more than one request (see :meth:`by_text`)
+        self.ambiguous = False
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -102,6 +110,7 @@ class CorrelationIndex(Generic[P]):
         # No ended phase that began before the horizon can reach ``at_ns``; running ones are checked apart.
         horizon = at_ns - self._longest_ns
         lowest = index - 64 if index > 64 else 0
+        self.ambiguous = False
         found: Optional[P] = None
         scanned_running = 0
         position = index - 1
@@ -116,6 +125,7 @@ class CorrelationIndex(Generic[P]):
             if found is None:
                 found = phase
             elif phase.request is not found.request:
+                self.ambiguous = True
                 return None
             elif phase.kind == "invoke":
                 found = phase
@@ -129,7 +139,39 @@ class CorrelationIndex(Generic[P]):
                 if found is None:
                     found = phase
                 elif phase.request is not found.request:
+                    self.ambiguous = True
                     return None
                 elif phase.kind == "invoke":
                     found = phase
         return found
+
+    def by_text(self, at_ns: int, text: str) -> Optional[P]:
+        """Of the requests with a phase open at ``at_ns`` (the first :data:`MAX_TEXT_CANDIDATES`, latest
+        start first), the one whose request ID ``text`` contains, if exactly one; its invoke phase if open."""
+        candidates: Dict[int, List[P]] = {}
+        seen = set()
+        index = bisect_right(self._starts, at_ns)
+        lowest = index - self._max - self._max // 4 if index > self._max else 0
+        for phase in [*reversed(self._phases[lowest:index]), *self._running.values()]:
+            if id(phase) in seen:
+                continue
+            seen.add(id(phase))
+            begin, end = phase.begin_ns, phase.end_ns
+            if begin is None or begin > at_ns or (end is not None and end < at_ns):
+                continue
+            key = id(phase.request)
+            if key not in candidates:
+                if len(candidates) >= MAX_TEXT_CANDIDATES:
+                    continue
+                candidates[key] = []
+            candidates[key].append(phase)
+        matched: Optional[List[P]] = None
+        for phases in candidates.values():
+            request_id = getattr(phases[0].request, "request_id", "")
+            if request_id and request_id in text:
+                if matched is not None:
+                    return None  # two IDs in one line: still not a guess
+                matched = phases
+        if matched is None:
+            return None
+        return next((phase for phase in matched if phase.kind == "invoke"), matched[0])

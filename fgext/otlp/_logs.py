@@ -19,7 +19,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from fgext._events import LogEvent, UnknownEvent
-from fgext.otlp._ids import TRACE_FLAG_SAMPLED, kv
+from fgext.otlp._ids import kv
 from fgext.otlp._resource import safe_text
 
 __all__ = ["LOG_SOURCE", "TRUNCATED", "Link", "LogLine", "encode_logs", "log_line", "truncate_utf8"]
@@ -46,7 +46,7 @@ _SOURCE_ATTRS = {
 #: original size in bytes when the body was truncated, else 0).
 LogLine = Tuple[int, int, str, str, Optional[str], int]
 #: The phase a line was correlated with: (trace ID, span ID, request ID).
-Link = Tuple[bytes, bytes, str]
+Link = Tuple[bytes, bytes, str, int]  # trace ID, span ID, request ID, trace flags
 #: Bytes a record costs beyond its body (timestamps, severity, source, trace and span IDs, request ID):
 #: what the pending-memory and request-size estimates add per line.
 LINE_OVERHEAD = 160
@@ -133,7 +133,7 @@ def encode_logs(container: Any, lines: Sequence[LogLine], links: Sequence[Option
             if link is not cached_link:
                 cached_link = link
                 correlation = LogRecord(
-                    trace_id=link[0], span_id=link[1], flags=TRACE_FLAG_SAMPLED,
+                    trace_id=link[0], span_id=link[1], flags=link[3],
                     attributes=[kv("faas.invocation_id", link[2])],
                 ).SerializeToString()
             record.MergeFromString(correlation)

@@ -15,11 +15,12 @@ import time
 from typing import Any, Awaitable, Callable, ClassVar, Dict, Optional, Sequence, Tuple
 
 from fgext._deadline import Deadline
-from fgext._events import AnyEvent, Invoke
+from fgext._events import AnyEvent, Invoke, OtlpPayload
 from fgext._logging import redact_url
 from fgext._plugin import Plugin, PluginContext
 from fgext._selfstats import AgentStats
 from fgext.otlp._config import OtlpConfig, load_config
+from fgext.otlp._foreign import ForeignTelemetry
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import Encoded, encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder
@@ -67,6 +68,7 @@ class OtlpPlugin(Plugin):
         self._resource: Optional[ResourceBuilder] = None
         self._metrics: Optional[Metrics] = None
         self._assembler: Optional[Assembler] = None
+        self._foreign = ForeignTelemetry()  # what the function exported to the agent's receiver
         self._shipper: Optional[Shipper] = None
         self._close_transports: Optional[Callable[[], Awaitable[None]]] = None
         self._ticker: Optional[asyncio.Task[None]] = None
@@ -106,7 +108,8 @@ class OtlpPlugin(Plugin):
         self._metrics.agent = SelfMetrics(self._self_readings, delta=self._metrics.delta, start_ns=time.time_ns())
         self._assembler = Assembler(self._resource, self._metrics, open_wait_s=config.open_wait_s,
                                     function_timeout_s=config.function_timeout_s,
-                                    max_log_bytes=config.max_log_bytes, report_log=config.report_log)
+                                    max_log_bytes=config.max_log_bytes, report_log=config.report_log,
+                                    head=config.head, tail=config.tail)
         spool = Spool(config.spool_dir, config.spool_max_bytes, self._spool_dropped, self._log)
         spool.open()
         self._shipper = Shipper(transports, spool, self._count_drop, self._log,
@@ -138,8 +141,15 @@ class OtlpPlugin(Plugin):
             # The collector is up but slower than the platform: hold this batch (and so, through the
             # pipeline's bounded queue, the platform's POST) instead of spilling to a spool that fills.
             await shipper.drained(_BACKPRESSURE_WAIT_S)
-        assembler.consume(events)
-        if assembler.pending_bytes >= self.config.max_pending_bytes:
+        platform: Sequence[AnyEvent] = events
+        if any(isinstance(event, OtlpPayload) for event in events):
+            platform = [event for event in events if not isinstance(event, OtlpPayload)]
+            for event in events:
+                if isinstance(event, OtlpPayload):
+                    self._foreign.add(event)
+        if platform:
+            assembler.consume(platform)
+        if assembler.pending_bytes + self._foreign.pending_bytes >= self.config.max_pending_bytes:
             self._export_early_for_memory()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
@@ -207,6 +217,11 @@ class OtlpPlugin(Plugin):
             "spooled_bytes": shipper.spool.size if shipper else 0,
             "spooled_total": shipper.spool.added if shipper else 0,
             "dropped_items": sum(self._drops.values()),
+            "unsampled_traces": assembler.unsampled_traces if assembler else 0,
+            "unsampled_spans": assembler.unsampled_spans if assembler else 0,
+            "received_spans": self._foreign.received_items["traces"],
+            "received_log_records": self._foreign.received_items["logs"],
+            "received_metrics": self._foreign.received_items["metrics"],
         }
 
     def _self_readings(self) -> Readings:
@@ -314,6 +329,13 @@ class OtlpPlugin(Plugin):
         assembler.taken(pending)
         self._submit("traces", traces)
         self._submit("logs", logs)
+        # The function's own telemetry: its resource kept, fgext's attributes added where missing.
+        for signal in ("traces", "logs", "metrics"):
+            if self._foreign.pending_items(signal):
+                if signals[signal].enabled:
+                    self._submit(signal, self._foreign.encode(signal, message, max_bytes))
+                else:
+                    self._foreign.drop(signal)
         if signals["metrics"].enabled and metrics.dirty:
             now = time.time_ns()
             points = metrics.snapshot(now)

@@ -49,7 +49,6 @@ from typing import Any, Awaitable, Callable, Dict, List, Tuple, Type, Union
 from aiohttp import web
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped]
-from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
     ExportLogsServiceRequest,
@@ -156,6 +155,18 @@ def _drop_invalid(request: Message) -> Tuple[int, str]:
                 rejected += _remove(scope_logs.log_records, _record_ok)
         return rejected, f"{rejected} log record(s) with an invalid trace or span ID" if rejected else ""
     return 0, ""
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def _media_type(request: web.Request) -> str:
@@ -319,7 +330,14 @@ class Receiver:
             raise _Rejected(500, _INTERNAL, f"the agent failed to take the data: {type(exc).__name__}") from None
 
     def _status(self, status: int, code: int, reason: str, media: str) -> web.Response:
-        return self._message(status, status_pb2.Status(code=code, message=reason), media)
+        # google.rpc.Status written by hand (code = field 1, message = field 2): its message class lives
+        # in googleapis-common-protos, a package the agent's zip would carry for these two fields only.
+        if media == _JSON:
+            return web.Response(status=status, body=json.dumps({"code": code, "message": reason}).encode(),
+                                content_type=_JSON)
+        text = reason.encode("utf-8")
+        return web.Response(status=status, body=b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text,
+                            content_type=_PROTOBUF)
 
     @staticmethod
     def _message(status: int, message: Message, media: str) -> web.Response:

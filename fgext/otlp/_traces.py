@@ -38,6 +38,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from fgext._events import AnyEvent, LogEvent, PlatformEvent, ReportEvent, RuntimeDoneEvent, StartEvent, UnknownEvent
+from fgext._sampling import HeadSampler, TailRule
 from fgext.otlp._correlation import CorrelationIndex
 from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, Attribute, put_attributes, span_id, span_id_for, trace_id_for
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
@@ -78,7 +79,8 @@ class _Phase:
     def link(self) -> Link:
         """What a log line correlated with this phase carries; one object, so the encoder can cache."""
         if self._link is None:
-            self._link = (self.request.trace_id, self.span_id, self.request.request_id)
+            flags = TRACE_FLAG_SAMPLED if self.request.sampled else 0
+            self._link = (self.request.trace_id, self.span_id, self.request.request_id, flags)
         return self._link
 
     @property
@@ -121,10 +123,12 @@ class _Request:
     """The phases of one request ID, open until the trace can be written."""
 
     __slots__ = ("adopted_init_id", "deadline", "first_invoke", "late", "phases", "request_id",
-                 "root_span_id", "trace_id")
+                 "root_span_id", "sampled", "trace_id")
 
-    def __init__(self, request_id: str, trace_id: bytes, root_span_id: bytes, *, late: bool = False) -> None:
+    def __init__(self, request_id: str, trace_id: bytes, root_span_id: bytes, *, late: bool = False,
+                 sampled: bool = True) -> None:
         self.request_id = request_id
+        self.sampled = sampled  # the head decision (fgext._sampling): what log lines' trace flags say
         self.trace_id = trace_id
         self.root_span_id = root_span_id
         self.phases: Dict[str, _Phase] = {}
@@ -208,6 +212,8 @@ class Assembler:
         max_intervals: int = 64,
         max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
         report_log: bool = True,
+        head: Optional[HeadSampler] = None,
+        tail: Optional[TailRule] = None,
     ) -> None:
         self.resource = resource
         self.metrics = metrics
@@ -234,6 +240,12 @@ class Assembler:
         self.closed_incomplete = 0
         #: events that could not be assembled (a value no check caught): each dropped alone, counted
         self.rejected_events = 0
+        # Sampling (fgext._sampling): the head decision by trace ID, the tail rule when a trace closes.
+        self._head = head
+        self._tail = tail or TailRule()
+        #: traces (and their spans) that neither the head decision nor the tail rule kept: not exported
+        self.unsampled_traces = 0
+        self.unsampled_spans = 0
 
     # ---------------------------------------------------------------------------- events in
 
@@ -305,9 +317,11 @@ class Assembler:
         if request is None:
             closed = self._closed.get(rid)
             if closed is not None:
-                request = _Request(rid, closed.trace_id, closed.root_span_id, late=True)
+                request = _Request(rid, closed.trace_id, closed.root_span_id, late=True,
+                                   sampled=self._head_sampled(closed.trace_id))
             else:
-                request = _Request(rid, trace_id_for(rid), span_id_for(rid, "root"))
+                trace_id = trace_id_for(rid)
+                request = _Request(rid, trace_id, span_id_for(rid, "root"), sampled=self._head_sampled(trace_id))
             self._open[rid] = request
         phase = request.phase(kind)
         if kind == "invoke":
@@ -400,6 +414,24 @@ class Assembler:
         while len(self._closed) > self._closed_memory:
             self._closed.popitem(last=False)
 
+    def _head_sampled(self, trace_id: bytes) -> bool:
+        return self._head is None or self._head.sampled(trace_id)
+
+    def _kept(self, request: _Request, coldstart: bool) -> bool:
+        """The tail rule over the head decision, for a trace whose spans were just written."""
+        if request.sampled:
+            return True
+        invoke = request.phases.get("invoke")
+        status = (invoke.status or "") if invoke is not None else ""
+        duration_ms: Optional[float] = None
+        if invoke is not None:
+            report = invoke.report
+            if report is not None and report.metrics.duration_ms is not None:
+                duration_ms = float(report.metrics.duration_ms)
+            elif invoke.begin_ns is not None and invoke.end_ns is not None:
+                duration_ms = (invoke.end_ns - invoke.begin_ns) / 1e6
+        return self._tail.keep(sampled=False, status=status, cold_start=coldstart, duration_ms=duration_ms)
+
     def _close(self, request: _Request, reason: str) -> None:
         self._open.pop(request.request_id, None)
         self._inits.pop(request.request_id, None)
@@ -408,6 +440,7 @@ class Assembler:
             self._adopt_init(request)
         now_ns = self._clock_ns()
         complete = reason == "complete"
+        written_before = len(self._pending_spans.spans)
         add_span = self._pending_spans.spans.add
         tid = request.trace_id
         rid = request.request_id
@@ -470,6 +503,12 @@ class Assembler:
                     self.reports.append(report_record(rid, tid, request.phases["invoke"].span_id, invoke_report,
                                                       coldstart=coldstart, observed_ns=now_ns))
                     self.pending_bytes += REPORT_ESTIMATE
+        if not self._kept(request, coldstart):
+            # Written, then let go: metrics above still count the invocation, its spans are not exported.
+            spans = self._pending_spans.spans
+            self.unsampled_traces += 1
+            self.unsampled_spans += len(spans) - written_before
+            del spans[written_before:]
         if request.late:
             closed = self._closed.get(rid)
             if closed is not None:
@@ -517,18 +556,25 @@ class Assembler:
         """Everything finished, for the encoder: spans, and log lines each with the phase open at its
         time (correlated now, so platform events that came after the line count). Nothing is removed:
         call :meth:`taken` once it is encoded, before anything else is consumed."""
-        correlate = self._index.correlate
+        index = self._index
+        correlate = index.correlate
         links: List[Optional[Link]] = []
         append = links.append
         cached_at = -1
         cached: Optional[Link] = None
+        ambiguous = False
         for line in self.lines:
             at = line[0]
             if at != cached_at:  # lines of one moment share a look-up
                 phase = correlate(at)
                 cached = phase.link if phase is not None else None
+                ambiguous = index.ambiguous
                 cached_at = at
-            append(cached)
+            if ambiguous:  # overlapping invocations: the line's own text may name its request
+                named = index.by_text(at, line[3])
+                append(named.link if named is not None else None)
+            else:
+                append(cached)
         spans = self._pending_spans.spans
         return Pending(spans=spans, span_count=len(spans), lines=self.lines, links=links, records=self.reports)
 

@@ -187,6 +187,24 @@ def _timestamp_pycs(archive: zipfile.ZipFile, names: List[str], out: List[Findin
                            "--invalidation-mode unchecked-hash (fgext package does)"))
 
 
+# What fgext.function needs beside itself to export (docs/function.md): the SDK and the OTLP encoder.
+_HELPER_NEEDS = {"opentelemetry/sdk/trace/__init__.py": "opentelemetry-sdk",
+                 "opentelemetry/exporter/otlp/proto/common/__init__.py": "opentelemetry-exporter-otlp-proto-common"}
+
+
+def _function_helper_findings(names: List[str], out: List[Finding]) -> None:
+    """A top-level fgext/ (the helper for the function's code, which dependencies are merged with) must
+    come with what it imports, or the function's spans go nowhere without a word."""
+    if "fgext/function.py" not in names:
+        return
+    present = set(names)
+    missing = sorted(package for marker, package in _HELPER_NEEDS.items() if marker not in present)
+    if missing:
+        out.append(Finding("error", "function-helper-incomplete", "fgext/function.py is here for the function's "
+                           f"code, but not {', '.join(missing)}: the helper would export nothing; install with "
+                           "pip install --target <dir> 'fgext[function]' (docs/function.md)", "fgext/function.py"))
+
+
 def check_zip(path: Path, *, dependency_name: Optional[str] = None,
               runtime_tag: Optional[str] = None, arch: Optional[str] = None) -> List[Finding]:
     """Every problem and warning of the zip at ``path``; ConfigError when there is no such file.
@@ -231,6 +249,7 @@ def check_zip(path: Path, *, dependency_name: Optional[str] = None,
                 "extension/fgext-lib/fgext/__init__.py" not in names:
             out.append(Finding("error", "fgext-missing", "extension/fgext-lib/ exists but holds no fgext "
                                "package: the launcher would fail to import the agent"))
+        _function_helper_findings(names, out)
         files = [info for info in infos if not info.is_dir()]
         unpacked = sum(info.file_size for info in files)
         if len(files) > MAX_FILES:
