@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from fgext._errors import ConfigError
+from fgext._retry import Backoff
 from fgext.publish._errors import ApiError
 from fgext.publish._plan import Attached
 
@@ -93,12 +94,12 @@ def _with_retries(label: str, call: Callable[[], _T], *, resend_safe: bool) -> _
 
     An answer with an error status is not retried: the API decided. ``resend_safe`` False (creating a
     version) retries only when the connection was never made, so a request the API may have received
-    is not sent twice. The one place publish retries: the lead may swap it for a shared helper.
+    is not sent twice. The one place publish retries; the delays are fgext's one backoff policy.
     """
     from huaweicloudsdkcore.exceptions import exceptions
     from requests.exceptions import Timeout
 
-    delay = FIRST_BACKOFF
+    backoff = Backoff(FIRST_BACKOFF, FIRST_BACKOFF * 2 ** (ATTEMPTS - 2))
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return call()
@@ -113,8 +114,7 @@ def _with_retries(label: str, call: Callable[[], _T], *, resend_safe: bool) -> _
                 timed_out = isinstance(error, (exceptions.RequestTimeoutException, Timeout))
                 raise ApiError(label, status=None, error_code="timed out" if timed_out else "network error",
                                error_msg=f"{_short(error)} (after {attempt} attempt(s))") from None
-            time.sleep(delay)
-            delay *= 2
+            time.sleep(backoff.next_delay())
         except exceptions.SdkException as error:
             raise ApiError(label, status=None, error_code="SDK error", error_msg=_short(error)) from None
     raise AssertionError("unreachable")  # the loop returns or raises
