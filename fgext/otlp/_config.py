@@ -38,6 +38,9 @@ _DEFAULT_QUEUE_MAX_BYTES = 8 * 1024 * 1024
 # FunctionGraph's largest synchronous timeout; used when RUNTIME_TIMEOUT is absent.
 _DEFAULT_FUNCTION_TIMEOUT_S = 900.0
 _DEFAULT_CLOSE_MARGIN_MS = 10_000.0
+# Cumulative FaaS metrics leave on their own timer (and at shutdown), not with every invocation's flush:
+# the SDK's PeriodicExportingMetricReader default.
+_DEFAULT_METRICS_INTERVAL_MS = 60_000.0
 # Byte bounds: a request well under the OpenTelemetry Collector's default 20 MiB body limit; pending data
 # one request's worth, so that an early export fits beside what the shipper may hold (it starts holding
 # the platform back at 4 MiB and spills to disk past 8 MiB: bigger bursts went to disk, and a request
@@ -123,6 +126,7 @@ class OtlpConfig:
     max_request_bytes: int = _DEFAULT_MAX_REQUEST_BYTES
     max_pending_bytes: int = _DEFAULT_MAX_PENDING_BYTES
     max_log_bytes: int = _DEFAULT_MAX_LOG_BYTES
+    metrics_interval_s: float = _DEFAULT_METRICS_INTERVAL_MS / 1000  # FGEXT_OTLP_METRICS_INTERVAL_MS
 
     @property
     def open_wait_s(self) -> float:
@@ -357,7 +361,8 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
                 settings: Optional[Mapping[str, Any]] = None) -> OtlpConfig:
     """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value.
 
-    ``close_margin_ms`` and ``settings`` (``max_request_bytes``, ``max_pending_bytes``, ``max_log_bytes``)
+    ``close_margin_ms`` and ``settings`` (``max_request_bytes``, ``max_pending_bytes``, ``max_log_bytes``,
+    ``metrics_interval_ms``)
     are the plugin settings the agent already read (from the config file or ``FGEXT_OTLP_<KEY>``);
     what is not given there is read from the variable here.
     """
@@ -417,4 +422,8 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
         max_request_bytes=max_request_bytes,
         max_pending_bytes=max_pending_bytes,
         max_log_bytes=max_log_bytes,
+        metrics_interval_s=_positive(
+            {"FGEXT_OTLP_METRICS_INTERVAL_MS": str(given["metrics_interval_ms"])}
+            if given.get("metrics_interval_ms") is not None else environ,
+            "FGEXT_OTLP_METRICS_INTERVAL_MS", _DEFAULT_METRICS_INTERVAL_MS, unit="milliseconds") / 1000,
     )

@@ -49,9 +49,10 @@ class OtlpPlugin(Plugin):
     role: ClassVar[str] = "sink"
     #: ``FGEXT_OTLP_<KEY>`` or ``plugins.otlp.<key>`` in the config file. ``close_margin_ms``: how long past
     #: the function timeout an unfinished request waits before it is closed as incomplete; the byte bounds
-    #: of one request, of pending data and of one log line (``docs/otlp.md``)
+    #: of one request, of pending data and of one log line; how often the metrics leave (``docs/otlp.md``)
     config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float, "max_request_bytes": int,
-                                                "max_pending_bytes": int, "max_log_bytes": int}
+                                                "max_pending_bytes": int, "max_log_bytes": int,
+                                                "metrics_interval_ms": float}
 
     def __init__(self) -> None:
         self.config: Optional[OtlpConfig] = None
@@ -64,6 +65,7 @@ class OtlpPlugin(Plugin):
         self._shipper: Optional[Shipper] = None
         self._close_transports: Optional[Callable[[], Awaitable[None]]] = None
         self._ticker: Optional[asyncio.Task[None]] = None
+        self._metrics_timer: Optional[asyncio.Task[None]] = None
         self._stopped = False
         self._drops: Dict[str, int] = {}
         self.early_exports = 0
@@ -102,6 +104,8 @@ class OtlpPlugin(Plugin):
                                 max_queue_bytes=config.queue_max_bytes, spool_after_s=config.spool_after_s)
         self._shipper.start()
         self._ticker = asyncio.ensure_future(self._expire_loop())
+        if config.signals["metrics"].enabled:
+            self._metrics_timer = asyncio.ensure_future(self._metrics_loop(config.metrics_interval_s))
         self._log.info(
             "otlp export ready", spool=str(config.spool_dir), max_request_bytes=config.max_request_bytes,
             endpoints={s: redact_url(c.endpoint) for s, c in config.signals.items() if c.enabled},
@@ -131,7 +135,8 @@ class OtlpPlugin(Plugin):
             self._export_early_for_memory()
 
     async def flush(self, timeout: Optional[float] = None) -> None:
-        """Take everything finished, encode it, hand it to the shipper and wait, at most ``timeout`` s."""
+        """Take every finished span and log line, encode them, hand them to the shipper and wait, at most
+        ``timeout`` s. Metrics are not part of a flush: they leave on their own timer and at shutdown."""
         if self._shipper is None or self._stopped:
             return
         self._export_pending()
@@ -143,14 +148,16 @@ class OtlpPlugin(Plugin):
             return
         self._stopped = True
         deadline = Deadline.after(timeout)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._metrics_timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         assert self._assembler is not None
         try:
             self._assembler.expire(everything=True)
             self._export_pending()
+            self._export_metrics()
             # Keep time for writing leftovers to disk and closing connections.
             await self._shipper.flush(deadline.before(_SHUTDOWN_MARGIN_S).remaining())
         finally:
@@ -203,8 +210,8 @@ class OtlpPlugin(Plugin):
     def _export_pending(self) -> None:
         """Take -> encode -> ship: what is finished is encoded into byte-bounded requests, let go once
         encoded (a record that cannot be encoded is dropped alone and counted), and handed to the shipper."""
-        assembler, shipper, resource, metrics = self._assembler, self._shipper, self._resource, self._metrics
-        assert assembler is not None and shipper is not None and resource is not None and metrics is not None
+        assembler, shipper, resource = self._assembler, self._shipper, self._resource
+        assert assembler is not None and shipper is not None and resource is not None
         assert self.config is not None
         signals = self.config.signals
         max_bytes = self.config.max_request_bytes
@@ -219,13 +226,19 @@ class OtlpPlugin(Plugin):
         assembler.taken(pending)
         self._submit("traces", traces)
         self._submit("logs", logs)
-        if signals["metrics"].enabled and metrics.dirty:
-            now = time.time_ns()
-            points = metrics.snapshot(now)
-            if points:
-                encoded = encode_metrics_request(message, points)
-                metrics.taken(now)
-                self._submit("metrics", encoded)
+
+    def _export_metrics(self) -> None:
+        """One snapshot of the FaaS metrics, encoded and handed to the shipper (timer and shutdown only)."""
+        metrics, resource = self._metrics, self._resource
+        assert metrics is not None and resource is not None and self.config is not None
+        if not self.config.signals["metrics"].enabled or not metrics.dirty:
+            return
+        now = time.time_ns()
+        points = metrics.snapshot(now)
+        if points:
+            encoded = encode_metrics_request(resource.message(), points)
+            metrics.taken(now)
+            self._submit("metrics", encoded)
 
     def _submit(self, signal: str, encoded: Optional[Encoded]) -> None:
         if encoded is None:
@@ -235,6 +248,19 @@ class OtlpPlugin(Plugin):
             self._count_drop(signal, "unencodable", encoded.unencodable)
         for data, items in encoded.requests:
             self._shipper.submit(signal, data, items)
+
+    async def _metrics_loop(self, interval_s: float) -> None:
+        """Export the metrics every ``interval_s`` (``FGEXT_OTLP_METRICS_INTERVAL_MS``).
+
+        A frozen sandbox runs no timer: an export due during a freeze happens right after the thaw, and a
+        sandbox destroyed while frozen loses only what was counted since the last export (``docs/otlp.md``).
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self._export_metrics()
+            except Exception as error:  # the timer must outlive any one bad snapshot
+                self._log.error("otlp metrics export failed", error=repr(error))
 
     async def _expire_loop(self) -> None:
         """Close requests that waited too long (the assembler's completeness rule, not an export: their
