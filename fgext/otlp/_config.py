@@ -1,9 +1,9 @@
 """The OTLP plugin's configuration, read from standard ``OTEL_*`` variables and a few ``FGEXT_*`` ones.
 
-Nothing is invented where OpenTelemetry has a standard variable; the variable names come from the SDK's
-own ``opentelemetry.sdk.environment_variables`` so a typo here cannot drift from the standard. Every
-bad value raises :class:`fgext.ConfigError` naming the variable, so the agent refuses to start with a
-clear message instead of exporting to the wrong place.
+Nothing is invented where OpenTelemetry has a standard variable; the variable names are those of the SDK's
+``opentelemetry.sdk.environment_variables``, kept in ``_env`` (tested against the SDK's own) so that the
+agent needs no SDK. Every bad value raises :class:`fgext.ConfigError` naming the variable, so the agent
+refuses to start with a clear message instead of exporting to the wrong place.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from opentelemetry import environment_variables as api_env
-from opentelemetry.sdk import environment_variables as env
-
 from fgext._errors import ConfigError
+from fgext.otlp import _env as env
 
 __all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config", "parse_headers", "spool_directory"]
 
@@ -51,26 +49,26 @@ _DEFAULT_MAX_LOG_BYTES = 256 * 1024
 _MIN_REQUEST_BYTES = 64 * 1024
 _MIN_LOG_BYTES = 1024
 
-# Per-signal variable names, taken from the SDK: (endpoint, protocol, headers, compression, timeout,
+# Per-signal variable names (the SDK's): (endpoint, protocol, headers, compression, timeout,
 # insecure, exporter selector).
 _PER_SIGNAL: Dict[str, Tuple[str, str, str, str, str, str, str]] = {
     "traces": (
         env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
         env.OTEL_EXPORTER_OTLP_TRACES_HEADERS, env.OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
         env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, env.OTEL_EXPORTER_OTLP_TRACES_INSECURE,
-        api_env.OTEL_TRACES_EXPORTER,
+        env.OTEL_TRACES_EXPORTER,
     ),
     "logs": (
         env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, env.OTEL_EXPORTER_OTLP_LOGS_PROTOCOL,
         env.OTEL_EXPORTER_OTLP_LOGS_HEADERS, env.OTEL_EXPORTER_OTLP_LOGS_COMPRESSION,
         env.OTEL_EXPORTER_OTLP_LOGS_TIMEOUT, env.OTEL_EXPORTER_OTLP_LOGS_INSECURE,
-        api_env.OTEL_LOGS_EXPORTER,
+        env.OTEL_LOGS_EXPORTER,
     ),
     "metrics": (
         env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
         env.OTEL_EXPORTER_OTLP_METRICS_HEADERS, env.OTEL_EXPORTER_OTLP_METRICS_COMPRESSION,
         env.OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, env.OTEL_EXPORTER_OTLP_METRICS_INSECURE,
-        api_env.OTEL_METRICS_EXPORTER,
+        env.OTEL_METRICS_EXPORTER,
     ),
 }
 
