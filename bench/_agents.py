@@ -222,6 +222,25 @@ class FloorServer:
         stop(self.proc)
 
 
+class PeerServer:
+    """bench/peer_sdk_extension.py on the interpreter under test, exporting to ``sink``."""
+
+    def __init__(self, python: str, platform_addr: str, sink: Sink) -> None:
+        # registers and subscribes like any extension: the recording platform at platform_addr answers
+        self.port = free_port()
+        env = agent_env(python, platform_addr, "", {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
+        self.proc = subprocess.Popen([python, str(ROOT / "bench" / "peer_sdk_extension.py"), str(self.port)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_connect(self.port)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 def python_version(python: str) -> str:
     return subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
                           text=True, check=True).stdout.strip()

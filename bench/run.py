@@ -51,6 +51,7 @@ from bench._agents import (
     ROOT,
     AgentUnderTest,
     FloorServer,
+    PeerServer,
     Sink,
     cpu_seconds,
     dumps,
@@ -61,7 +62,7 @@ from bench._agents import (
 from bench._workload import invocation, invoke_body
 from tests.platform import RecordingPlatform
 
-SECTIONS = ("coldstart", "cpu", "memory", "latency", "zip")
+SECTIONS = ("coldstart", "cpu", "memory", "latency", "zip", "peer")
 OTLP_IMPORTS = ("import aiohttp.web, opentelemetry.proto.collector.trace.v1.trace_service_pb2, "
                 "opentelemetry.proto.collector.logs.v1.logs_service_pb2, "
                 "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
@@ -294,6 +295,67 @@ def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[st
     out["rss_steady_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"]
     if len(checkpoints) > 2:
         out["growth_second_to_last_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"] - out[f"rss_after_{second}_mb"]
+    return out
+
+
+# ------------------------------------------------------------------------------ 6 peer (issue 15)
+
+
+def _peer_round(python: str, lines: int, first: int, count: int) -> Dict[str, float]:
+    """One round of the issue's workload (one invocation at a time: an invoke POST, then one telemetry POST
+    of start, ``lines`` log lines, runtimeDone and report) against the floor, fgext and the peer, in turn."""
+    warm = _invocations(first + 10_000_000, 20, lines)
+    bodies = _invocations(first, count, lines)
+    events = count * (lines + 3)
+    out: Dict[str, float] = {}
+    floor = FloorServer(python)
+    try:
+        asyncio.run(post_all(floor.port, warm, 1))
+        _, cpu = _drive(floor.pid, floor.port, bodies, 1, time.monotonic)
+        out["floor_cpu_us"], out["floor_rss_mb"] = cpu / events * 1e6, rss_kib(floor.pid)[0] / 1024
+    finally:
+        floor.stop()
+    with otlp_agent(python) as (agent, sink):
+        asyncio.run(post_all(agent.port, warm, 1))
+        sink.wait_quiet()
+        _, cpu = _drive(agent.pid, agent.port, bodies, 1, sink.wait_quiet)
+        out["fgext_cpu_us"], out["fgext_rss_mb"] = cpu / events * 1e6, rss_kib(agent.pid)[0] / 1024
+    sink = Sink()
+    platform = RecordingPlatform().start()
+    try:
+        peer = PeerServer(python, platform.addr, sink)
+        try:
+            asyncio.run(post_all(peer.port, warm, 1))
+            sink.wait_quiet()
+            _, cpu = _drive(peer.pid, peer.port, bodies, 1, sink.wait_quiet)
+            out["peer_cpu_us"], out["peer_rss_mb"] = cpu / events * 1e6, rss_kib(peer.pid)[0] / 1024
+            out["peer_exports"] = float(len(sink.snapshot()))
+        finally:
+            peer.stop()
+    finally:
+        platform.stop()
+        sink.stop()
+    return out
+
+
+def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
+    """CPU per telemetry event and RSS of fgext (default ``end`` flush), the floor and the peer, per variant
+    (no log line; the issue's 6 function lines and 1 extension line; 50 lines); ratios as min and max over
+    rounds, each round measuring all three back to back."""
+    out: Dict[str, float] = {}
+    for lines in (0, 7, 50):
+        progress(f"peer: {rounds} rounds of {count} invocations with {lines} log lines (floor, fgext, peer)")
+        samples = [_peer_round(python, lines, index * count, count) for index in range(rounds)]
+        ratios = {
+            "fgext_over_floor": [s["fgext_cpu_us"] / s["floor_cpu_us"] for s in samples],
+            "peer_over_floor": [s["peer_cpu_us"] / s["floor_cpu_us"] for s in samples],
+            "peer_over_fgext": [s["peer_cpu_us"] / s["fgext_cpu_us"] for s in samples],
+        }
+        for key in ("floor_cpu_us", "fgext_cpu_us", "peer_cpu_us", "floor_rss_mb", "fgext_rss_mb", "peer_rss_mb",
+                    "peer_exports"):
+            out[f"l{lines}_{key}"] = statistics.median(s[key] for s in samples)
+        for key, values in ratios.items():
+            out[f"l{lines}_{key}_min"], out[f"l{lines}_{key}_max"] = min(values), max(values)
     return out
 
 
@@ -540,6 +602,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    bench_latency(python, 5000, 8, 100))
         if "zip" in only and version.startswith("3.9."):
             sections["zip"] = bench_zip(python, runs)
+        if "peer" in only:
+            sections["peer"] = bench_peer(python, 2 if smoke else max(3, min(runs, 5)), 30 if smoke else 500)
         result["runs"][version] = sections
     if "zip" in only and not any("zip" in s for s in result["runs"].values()):
         print("zip: skipped, no Python 3.9 among --python (the default build is Python3.9)", file=sys.stderr)
