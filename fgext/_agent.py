@@ -173,6 +173,9 @@ class Agent:
             self.log.info("stopping", reason=reason)
             self._exit_code = exit_code
             self._stop.set()
+        elif exit_code != EXIT_OK and self._exit_code == EXIT_OK:
+            # A strict-mode failure while stopping (what was kept early, delivered after SIGTERM) still counts.
+            self._exit_code = exit_code
 
     def _context(self, plugin: Plugin) -> PluginContext:
         name = plugin.name or type(plugin).__name__
@@ -238,7 +241,9 @@ class Agent:
         self.log.info("listening", address=self.registration.address,
                       subscribed=self.registration.subscribed)
         try:
-            if not self._stop.is_set():
+            # What the early responder answered 200 is delivered even if SIGTERM came first (a platform that
+            # got its invoke answered early may run the function and stop us before the plugins started).
+            if not self._stop.is_set() or self._replay is not None:
                 try:
                     await self._start_pipeline()
                 except FgextError as error:

@@ -136,7 +136,8 @@ def test_past_its_byte_budget_connections_wait_for_the_next_owner(listener: sock
 def test_the_agent_answers_before_its_listener_and_loses_nothing(
         platform: RecordingPlatform, agents: Callable[..., AgentProcess], tmp_path: Path) -> None:
     """Right after registering, an invoke and a telemetry POST are answered 200 while aiohttp still loads;
-    both reach the plugins, in order, before what the listener serves later."""
+    both reach the plugins, in order, before what the listener serves later; a malformed body answered
+    early is counted and logged as rejected at the hand-over."""
     out = tmp_path / "out.jsonl"
     agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": str(out)})
     seen = platform.wait_for(lambda r: len(r) >= 2, timeout=30)
@@ -144,8 +145,10 @@ def test_the_agent_answers_before_its_listener_and_loses_nothing(
     early_log = {"name": "function", "startTime": "2023-02-01T00:03:50.000Z", "logs": "early"}
     assert agent.post(port, "/extension/invoke", json.dumps({"traceId": "r1"}).encode()) == (200, {"status": "ok"})
     assert agent.post(port, "/", json.dumps([early_log]).encode())[0] == 200
+    assert agent.post(port, "/extension/invoke", b"not json")[0] == 200  # read whole, judged at hand-over
     note = agent.wait_log("answered before the listener started")
-    assert note["kept"] == 2 and note["first_answer_ms"] is not None
+    assert note["kept"] == 3 and note["first_answer_ms"] is not None
+    assert "answered before the listener started" in agent.wait_log("invoke body rejected")["reason"]
     assert ready(agent) == port
     assert agent.post(port, "/extension/invoke", json.dumps({"traceId": "r2"}).encode())[0] == 200
     deadline = time.monotonic() + 10
