@@ -52,6 +52,7 @@ class EarlyResponder:
         self.kept: List[Tuple[str, int, bytes]] = []  # (kind, received_ns, body), in arrival order
         self.kept_bytes = 0
         self.answered = 0  # requests answered (any status)
+        self.accepted = 0  # connections taken from the backlog
         self.first_answer: Optional[float] = None  # time.monotonic() of the first 200
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fgext-early-responder", daemon=True)
@@ -83,6 +84,7 @@ class EarlyResponder:
                     conn, _ = sock.accept()
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue
+                self.accepted += 1
                 with conn:
                     self._serve(conn)
         except OSError:

@@ -100,7 +100,9 @@ def test_a_request_half_read_at_hand_over_is_finished_and_kept(listener: socket.
     handed: List[List[Tuple[str, int, bytes]]] = []
     with socket.create_connection(("127.0.0.1", listener.getsockname()[1]), timeout=5) as conn:
         conn.sendall(b'POST /extension/invoke HTTP/1.1\r\nContent-Length: 17\r\n\r\n{"traceId"')
-        time.sleep(0.1)  # the responder has the connection in hand
+        deadline = time.monotonic() + 5
+        while early.accepted == 0 and time.monotonic() < deadline:  # until the responder has it in hand
+            time.sleep(0.01)
         stopper = threading.Thread(target=lambda: handed.append(early.stop()))
         stopper.start()
         time.sleep(0.2)
