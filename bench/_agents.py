@@ -190,13 +190,20 @@ class AgentUnderTest:
         return self.proc.pid
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until a telemetry POST is answered: aiohttp and the plugins are loaded."""
+        """Until aiohttp answers a telemetry POST (not the early responder, fgext._early, whose answer
+        carries no ``accepted`` count): aiohttp and the plugins are loaded."""
         import urllib.request
 
         wait_connect(self.port, timeout)
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/", data=b"[]", method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            answer.read()
+        deadline = time.monotonic() + timeout
+        while True:
+            request = urllib.request.Request(f"http://127.0.0.1:{self.port}/", data=b"[]", method="POST")
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                if b"accepted" in answer.read():
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the agent's listener did not take over within {timeout} s")
+            time.sleep(0.01)
         # the pipeline starts right after the listener: a moment for plugin start (HTTP session etc.)
         time.sleep(0.2)
 
