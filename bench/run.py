@@ -352,9 +352,10 @@ def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
         progress(f"peer: {rounds} rounds of {count} invocations with {lines} log lines (floor, fgext, peer)")
         samples = [_peer_round(python, lines, index * count, count) for index in range(rounds)]
         ratios = {
-            "fgext_over_floor": [s["fgext_cpu_us"] / s["floor_cpu_us"] for s in samples],
-            "peer_over_floor": [s["peer_cpu_us"] / s["floor_cpu_us"] for s in samples],
-            "peer_over_fgext": [s["peer_cpu_us"] / s["fgext_cpu_us"] for s in samples],
+            # a smoke run's counts can stay under one clock tick of CPU
+            "fgext_over_floor": [s["fgext_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
+            "peer_over_floor": [s["peer_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
+            "peer_over_fgext": [s["peer_cpu_us"] / max(s["fgext_cpu_us"], 1e-9) for s in samples],
         }
         for key in ("floor_cpu_us", "fgext_cpu_us", "peer_cpu_us", "floor_rss_mb", "fgext_rss_mb", "peer_rss_mb",
                     "peer_exports"):
