@@ -190,13 +190,20 @@ class AgentUnderTest:
         return self.proc.pid
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until a telemetry POST is answered: aiohttp and the plugins are loaded."""
+        """Until aiohttp answers a telemetry POST (not the early responder, fgext._early, whose answer
+        carries no ``accepted`` count): aiohttp and the plugins are loaded."""
         import urllib.request
 
         wait_connect(self.port, timeout)
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/", data=b"[]", method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            answer.read()
+        deadline = time.monotonic() + timeout
+        while True:
+            request = urllib.request.Request(f"http://127.0.0.1:{self.port}/", data=b"[]", method="POST")
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                if b"accepted" in answer.read():
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the agent's listener did not take over within {timeout} s")
+            time.sleep(0.01)
         # the pipeline starts right after the listener: a moment for plugin start (HTTP session etc.)
         time.sleep(0.2)
 
@@ -212,6 +219,25 @@ class FloorServer:
         self.port = free_port()
         self.proc = subprocess.Popen([python, "-c", _FLOOR, str(self.port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
+        wait_connect(self.port)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+class PeerServer:
+    """bench/peer_sdk_extension.py on the interpreter under test, exporting to ``sink``."""
+
+    def __init__(self, python: str, platform_addr: str, sink: Sink) -> None:
+        # registers and subscribes like any extension: the recording platform at platform_addr answers
+        self.port = free_port()
+        env = agent_env(python, platform_addr, "", {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}"})
+        self.proc = subprocess.Popen([python, str(ROOT / "bench" / "peer_sdk_extension.py"), str(self.port)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_connect(self.port)
 
     @property

@@ -8,16 +8,21 @@
 Sections (each a ratio to a floor taken in the same run where the machine's speed matters; medians of
 repeated runs):
 
-1. ``coldstart``: launcher exec -> register received, -> subscription received, -> first telemetry batch
-   answered; without plugins and with the OTLP plugin. Floors: ``python -c pass``, ``python -c "import
-   aiohttp.web"`` and the same plus the OTLP plugin's protobuf modules.
+1. ``coldstart``: launcher exec -> register received, -> subscription received, -> first invoke answered,
+   -> first telemetry batch answered; without plugins and with the OTLP plugin. Floors: ``python -c
+   pass``, ``python -c "import aiohttp.web"`` and the same plus the OTLP plugin's protobuf modules.
 2. ``cpu``: a load generator posts realistic batches to the agent (OTLP on, exporting to a local sink);
    events/s and agent CPU us/event (``/proc/<pid>/stat``) against a bare aiohttp JSON-parsing handler.
 3. ``memory``: agent RSS after start, after 1,000 and after 10,000 invocations with logs.
 4. ``latency``: ``/extension/invoke`` answer p50/p99 under concurrent load (and the floor's), and the end
-   flush: ``platform.report`` POSTed -> the invocation's spans, logs and metrics answered by the sink.
+   flush: ``platform.report`` POSTed -> the invocation's spans and logs answered by the sink (metrics
+   leave on their own timer).
 5. ``zip``: size of the default Python3.9 build, and its cold start with and without shipped byte code
    (built once per source tree with the packager, cached under /tmp; needs PyPI or a warm pip cache).
+6. ``peer``: the issue's workload (one invocation at a time: invoke POST, then one telemetry POST) with no
+   log line, 7 and 50 lines, against the floor, fgext and ``bench/peer_sdk_extension.py`` (the extension
+   a user would write with the OpenTelemetry SDK), back to back in each round: CPU us/event, RSS, and
+   the ratios' min and max over rounds.
 
 The agent runs as a subprocess on ``--python`` (``FGEXT_PYTHON``), so the harness stays on 3.11. Ports
 8081-8090 are held under the tests' lock. Nothing here asserts; the targets are evaluated in the table.
@@ -51,6 +56,7 @@ from bench._agents import (
     ROOT,
     AgentUnderTest,
     FloorServer,
+    PeerServer,
     Sink,
     cpu_seconds,
     dumps,
@@ -61,7 +67,7 @@ from bench._agents import (
 from bench._workload import invocation, invoke_body
 from tests.platform import RecordingPlatform
 
-SECTIONS = ("coldstart", "cpu", "memory", "latency", "zip")
+SECTIONS = ("coldstart", "cpu", "memory", "latency", "zip", "peer")
 OTLP_IMPORTS = ("import aiohttp.web, opentelemetry.proto.collector.trace.v1.trace_service_pb2, "
                 "opentelemetry.proto.collector.logs.v1.logs_service_pb2, "
                 "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
@@ -98,7 +104,13 @@ def one_launch(python: str, platform: RecordingPlatform, plugins: str, launcher:
     try:
         seen = platform.wait_for(lambda r: len(r) >= before + 2, timeout=30)
         register, subscribe = seen[before], seen[before + 1]
-        # The socket is bound before registration: this POST waits in the backlog until aiohttp serves.
+        # The socket is bound before registration; the early responder (fgext._early) answers while aiohttp
+        # loads. The invoke the platform may wait for first, then the first telemetry batch.
+        request = urllib.request.Request(f"http://127.0.0.1:{AGENT_PORT}/extension/invoke",
+                                         data=b'{"traceId": "bench-first"}', method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+        invoked = time.monotonic()
         request = urllib.request.Request(f"http://127.0.0.1:{AGENT_PORT}/", data=FIRST_BATCH, method="POST")
         with urllib.request.urlopen(request, timeout=30) as answer:
             answer.read()
@@ -106,7 +118,7 @@ def one_launch(python: str, platform: RecordingPlatform, plugins: str, launcher:
     finally:
         agent.stop()
     return {"register_ms": (register.at - start) * 1000, "subscribe_ms": (subscribe.at - start) * 1000,
-            "first_batch_ms": (answered - start) * 1000}
+            "first_invoke_ms": (invoked - start) * 1000, "first_batch_ms": (answered - start) * 1000}
 
 
 def launches(python: str, plugins: str, runs: int, launcher: Path = LAUNCHER,
@@ -291,6 +303,68 @@ def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[st
     return out
 
 
+# ------------------------------------------------------------------------------ 6 peer (issue 15)
+
+
+def _peer_round(python: str, lines: int, first: int, count: int) -> Dict[str, float]:
+    """One round of the issue's workload (one invocation at a time: an invoke POST, then one telemetry POST
+    of start, ``lines`` log lines, runtimeDone and report) against the floor, fgext and the peer, in turn."""
+    warm = _invocations(first + 10_000_000, 20, lines)
+    bodies = _invocations(first, count, lines)
+    events = count * (lines + 3)
+    out: Dict[str, float] = {}
+    floor = FloorServer(python)
+    try:
+        asyncio.run(post_all(floor.port, warm, 1))
+        _, cpu = _drive(floor.pid, floor.port, bodies, 1, time.monotonic)
+        out["floor_cpu_us"], out["floor_rss_mb"] = cpu / events * 1e6, rss_kib(floor.pid)[0] / 1024
+    finally:
+        floor.stop()
+    with otlp_agent(python) as (agent, sink):
+        asyncio.run(post_all(agent.port, warm, 1))
+        sink.wait_quiet()
+        _, cpu = _drive(agent.pid, agent.port, bodies, 1, sink.wait_quiet)
+        out["fgext_cpu_us"], out["fgext_rss_mb"] = cpu / events * 1e6, rss_kib(agent.pid)[0] / 1024
+    sink = Sink()
+    platform = RecordingPlatform().start()
+    try:
+        peer = PeerServer(python, platform.addr, sink)
+        try:
+            asyncio.run(post_all(peer.port, warm, 1))
+            sink.wait_quiet()
+            _, cpu = _drive(peer.pid, peer.port, bodies, 1, sink.wait_quiet)
+            out["peer_cpu_us"], out["peer_rss_mb"] = cpu / events * 1e6, rss_kib(peer.pid)[0] / 1024
+            out["peer_exports"] = float(len(sink.snapshot()))
+        finally:
+            peer.stop()
+    finally:
+        platform.stop()
+        sink.stop()
+    return out
+
+
+def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
+    """CPU per telemetry event and RSS of fgext (default ``end`` flush), the floor and the peer, per variant
+    (no log line; the issue's 6 function lines and 1 extension line; 50 lines); ratios as min and max over
+    rounds, each round measuring all three back to back."""
+    out: Dict[str, float] = {}
+    for lines in (0, 7, 50):
+        progress(f"peer: {rounds} rounds of {count} invocations with {lines} log lines (floor, fgext, peer)")
+        samples = [_peer_round(python, lines, index * count, count) for index in range(rounds)]
+        ratios = {
+            # a smoke run's counts can stay under one clock tick of CPU
+            "fgext_over_floor": [s["fgext_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
+            "peer_over_floor": [s["peer_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
+            "peer_over_fgext": [s["peer_cpu_us"] / max(s["fgext_cpu_us"], 1e-9) for s in samples],
+        }
+        for key in ("floor_cpu_us", "fgext_cpu_us", "peer_cpu_us", "floor_rss_mb", "fgext_rss_mb", "peer_rss_mb",
+                    "peer_exports"):
+            out[f"l{lines}_{key}"] = statistics.median(s[key] for s in samples)
+        for key, values in ratios.items():
+            out[f"l{lines}_{key}_min"], out[f"l{lines}_{key}_max"] = min(values), max(values)
+    return out
+
+
 # ----------------------------------------------------------------------------------------- 4 latency
 
 
@@ -303,7 +377,8 @@ def _end_flush(agent: AgentUnderTest, sink: Sink, index: int, events: int) -> fl
     deadline = started + 10
     while time.monotonic() < deadline:
         paths = {path: at for path, at, _ in sink.snapshot()[before:]}
-        if {"/v1/traces", "/v1/logs", "/v1/metrics"} <= set(paths):
+        # metrics leave on their own timer (FGEXT_OTLP_METRICS_INTERVAL_MS), not with the end flush
+        if {"/v1/traces", "/v1/logs"} <= set(paths):
             return (max(paths.values()) - started) * 1000
         time.sleep(0.0005)
     raise RuntimeError("the end flush did not reach the sink within 10 s")
@@ -414,6 +489,8 @@ def bench_zip(python39: str, runs: int) -> Dict[str, float]:
 TARGETS: List[Tuple[str, str, str, float, str]] = [
     ("coldstart", "bare_register_ms", "<", 60.0, "register within 60 ms of exec"),
     ("coldstart", "otlp_register_ms", "<", 60.0, "register within 60 ms of exec (OTLP on)"),
+    ("coldstart", "bare_first_invoke_ms", "<=", 60.0, "first invoke answered within 60 ms of exec"),
+    ("coldstart", "otlp_first_invoke_ms", "<=", 60.0, "first invoke answered within 60 ms of exec (OTLP on)"),
     ("coldstart", "bare_first_batch_over_import_floor", "<=", 1.2,
      "ready for telemetry within 1.2x import floor (aiohttp.web)"),
     ("coldstart", "otlp_first_batch_over_import_floor", "<=", 1.2,
@@ -532,6 +609,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    bench_latency(python, 5000, 8, 100))
         if "zip" in only and version.startswith("3.9."):
             sections["zip"] = bench_zip(python, runs)
+        if "peer" in only:
+            sections["peer"] = bench_peer(python, 2 if smoke else max(3, min(runs, 5)), 30 if smoke else 500)
         result["runs"][version] = sections
     if "zip" in only and not any("zip" in s for s in result["runs"].values()):
         print("zip: skipped, no Python 3.9 among --python (the default build is Python3.9)", file=sys.stderr)

@@ -19,7 +19,7 @@ import json
 import signal
 import time
 import zlib
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from aiohttp import web
 
@@ -90,6 +90,9 @@ class Agent:
         self._stop: Optional[asyncio.Event] = None
         self._exit_code = EXIT_OK
         self._deadline: Optional[Deadline] = None  # set by request_stop
+        # Set once what the early responder kept is submitted: requests aiohttp serves wait for it (order).
+        self._replayed: Optional[asyncio.Event] = None
+        self._replay: Optional[asyncio.Task[None]] = None
 
     # ------------------------------------------------------------------------------ HTTP handlers
 
@@ -162,10 +165,39 @@ class Agent:
 
     async def _submit(self, kind: str, payload: Any) -> None:
         assert self.pipeline is not None  # made before the listener starts
+        if self._replayed is not None and not self._replayed.is_set():
+            await self._replayed.wait()
         if kind == "invoke":
             await self.pipeline.submit_invoke(payload)
         else:
             await self.pipeline.submit_telemetry(payload)
+
+    async def _submit_kept(self, kept: Sequence[Tuple[str, int, bytes]]) -> None:
+        """Submit, in arrival order, the bodies the early responder answered (fgext._early), parsed and
+        counted as if the listener had read them; a malformed one is counted and logged as rejected."""
+        assert self.pipeline is not None and self._replayed is not None
+        try:
+            for kind, received_ns, body in kept:
+                try:
+                    data = json.loads(body)
+                    invoke = parse_invoke(data, received_ns) if kind == "invoke" else None
+                    batch = parse_batch(data) if kind != "invoke" else None
+                except (ValueError, RecursionError, MalformedEvent) as error:
+                    self._rejected(kind, _Reject(400, f"answered before the listener started: {error}"))
+                    continue
+                if invoke is not None:
+                    self.stats["invokes_received"] += 1
+                    await self.pipeline.submit_invoke(invoke)
+                elif batch is not None:
+                    self.stats["telemetry_posts"] += 1
+                    self.stats["events_received"] += len(batch.events)
+                    if batch.errors:
+                        self.stats["events_malformed"] += batch.malformed
+                        self.log.warning("malformed telemetry events skipped", count=batch.malformed,
+                                         kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
+                    await self.pipeline.submit_telemetry(batch.events)
+        finally:
+            self._replayed.set()
 
     # --------------------------------------------------------------------------------- lifecycle
 
@@ -238,12 +270,24 @@ class Agent:
         assert runner.server is not None
         self.guard = ConnectionGuard(runner.server, self.limits, self.log)
         site = GuardedSockSite(runner, self.boot.sock, self.guard, _LISTEN_BACKLOG)
+        if self.boot.early is not None:
+            early, self.boot.early = self.boot.early, None
+            kept = early.stop()  # finishes the connection in hand; the socket is ours again
+            if early.answered:
+                first = early.first_answer
+                self.log.info("answered before the listener started", answered=early.answered, kept=len(kept),
+                              first_answer_ms=round((first - self.boot.exec_monotonic) * 1000, 1) if first else None)
+            if kept:
+                self._replayed = asyncio.Event()
+                self._replay = asyncio.ensure_future(self._submit_kept(kept))
         await site.start()
         self.log.info("listening", address=self.registration.address,
                       subscribed=self.registration.subscribed)
         agent_file = self._write_agent_file()
         try:
-            if not self._stop.is_set():
+            # What the early responder answered 200 is delivered even if SIGTERM came first (a platform that
+            # got its invoke answered early may run the function and stop us before the plugins started).
+            if not self._stop.is_set() or self._replay is not None:
                 try:
                     await self._start_pipeline()
                 except FgextError as error:
@@ -286,6 +330,11 @@ class Agent:
             await asyncio.wait_for(runner.cleanup(), timeout=deadline.earliest(_LISTENER_CLOSE_S).remaining())
         except asyncio.TimeoutError:
             self.log.warning("listener did not close in time")
+        if self._replay is not None and not self._replay.done():
+            # Kept bodies still waiting for room in the pipeline's queue (its plugins never started).
+            done, _ = await asyncio.wait({self._replay}, timeout=deadline.remaining())
+            if not done:
+                self._replay.cancel()
         if self.pipeline is not None:
             # The pipeline holds every lane and hook to the deadline itself; a hook stuck in a thread
             # does not hold the process either (fgext._hooks.HookThread).

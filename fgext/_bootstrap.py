@@ -4,7 +4,8 @@ The platform measures an extension's bootstrap by its registration, and aiohttp 
 of a second to import, so nothing heavy is imported here - not even ``typing``, ``dataclasses`` or
 ``http.client`` (see :mod:`fgext._http`). The socket is bound and listening before registration: a
 request that arrives while aiohttp and the plugins load waits in the listen backlog and is served as
-soon as the event loop starts (``web.SockSite`` adopts this very socket).
+soon as the event loop starts (``web.SockSite`` adopts this very socket). Meanwhile a standard-library
+thread answers invokes and telemetry on it and keeps their bodies for the agent (:mod:`fgext._early`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+    from fgext._early import EarlyResponder
     from fgext._plugin import Plugin, RegistrationInfo
 
 __all__ = [
@@ -57,6 +59,7 @@ class Bootstrap:
         self.stop_requested = stop_requested  # signals received before the event loop ran
         self.notes: List[Tuple[str, str, Dict[str, Any]]] = []  # (level, event, fields) to log later
         self.limits = ListenerLimits()  # the listener's, read with the settings before registering
+        self.early: Optional[EarlyResponder] = None  # answers on the socket until the listener takes it
 
     @property
     def address(self) -> str:
@@ -299,6 +302,11 @@ def main_run(plugins: Optional[Sequence[Plugin]] = None) -> int:
     except FgextError as error:
         print(f"fgext run: error: {_scrubbed(str(error))}", file=sys.stderr, flush=True)
         return error.exit_code
+    # The platform may wait for the first invoke's answer: give it one while the heavy imports run.
+    from fgext._early import EarlyResponder
+
+    boot.early = EarlyResponder(boot.sock, boot.settings.max_body_bytes)
+    boot.early.start()
     from fgext._agent import serve  # heavy: aiohttp, structlog, plugins
 
     return serve(boot, plugins)

@@ -21,7 +21,7 @@ EXPECTED = {
     "coldstart": {"floor_python_pass_ms", "bare_floor_import_ms", "otlp_floor_import_ms",
                   "bare_register_ms", "bare_subscribe_ms", "bare_first_batch_ms", "otlp_register_ms",
                   "otlp_subscribe_ms", "otlp_first_batch_ms", "bare_first_batch_over_import_floor",
-                  "otlp_first_batch_over_import_floor"},
+                  "otlp_first_batch_over_import_floor", "bare_first_invoke_ms", "otlp_first_invoke_ms"},
     "cpu": {"events", "floor_events_per_s", "floor_cpu_us_per_event", "agent_events_per_s",
             "agent_cpu_us_per_event", "agent_over_floor_events_per_s", "periodic_cpu_us_per_event"},
     "memory": {"rss_start_mb", "rss_after_20_mb", "rss_after_60_mb", "rss_peak_mb", "growth_first_to_second_mb",
@@ -30,6 +30,9 @@ EXPECTED = {
                 "agent_sequential_p99_ms", "end_flush_p50_ms", "end_flush_p99_ms"},
     "zip": {"zip_bytes", "unpacked_bytes", "files", "pyc_register_ms", "pyc_first_batch_ms",
             "source_register_ms", "source_first_batch_ms", "pyc_files_pyc", "source_files_pyc"},
+    "peer": {f"l{lines}_{key}" for lines in (0, 7, 50) for key in (
+        "floor_cpu_us", "fgext_cpu_us", "peer_cpu_us", "fgext_rss_mb", "peer_rss_mb", "peer_exports",
+        "fgext_over_floor_min", "fgext_over_floor_max", "peer_over_fgext_min", "peer_over_fgext_max")},
 }
 
 
@@ -60,7 +63,7 @@ def test_smoke_run_produces_every_key(tmp_path: Path) -> None:
             assert not missing, (version, section, missing)
             assert all(isinstance(v, (int, float)) for v in sections[section].values())
     verdicts = {(v["python"], v["key"]) for v in result["targets"]}
-    assert len(verdicts) == 9 * len(pythons)
+    assert len(verdicts) == 11 * len(pythons)
     assert all(isinstance(v["met"], bool) for v in result["targets"])
 
 

@@ -55,7 +55,9 @@ def handler(event, context):
 def emulated_env(collector_port: int, spool: Path) -> Dict[str, str]:
     return {"FGEXT_PYTHON": agent_python(), "FGEXT_PLUGINS": "otlp", "FGEXT_SPOOL_DIR": str(spool),
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "2000",
-            "FGEXT_SHUTDOWN_TIMEOUT": "3"}
+            "FGEXT_SHUTDOWN_TIMEOUT": "3",
+            # metrics leave on their own timer: a short one, so that a drill sees them while the agent runs
+            "FGEXT_OTLP_METRICS_INTERVAL_MS": "200"}
 
 
 def log_lines(tap: OtelTap) -> Counter[str]:

@@ -73,8 +73,40 @@ def test_spec_events_through_the_agent_reach_the_collector(platform: RecordingPl
     assert {s["traceId"] for s in spans} == {INIT_ID.replace("-", "")}
     logs = wait(tap, "logs", lambda items: len(items) >= 2)
     assert all(attr(item, "faas.invocation_id") == INIT_ID for item in logs)
-    wait(tap, "metrics", lambda m: metric_value(m, "faas.invocations") == 1)
     assert agent.stop() == 0
+    wait(tap, "metrics", lambda m: metric_value(m, "faas.invocations") == 1)
+
+
+def test_metrics_leave_on_their_timer_and_at_shutdown_not_per_invocation(
+        platform: RecordingPlatform, agents: Start, taps: Callable[[int], OtelTap], tmp_path: Path) -> None:
+    """Each invocation's flush sends its spans but no metrics; FGEXT_OTLP_METRICS_INTERVAL_MS's timer sends
+    them, and so does shutdown (the cumulative count of every invocation)."""
+    tap = taps(free_port())
+    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_OTLP_METRICS_INTERVAL_MS="600000"))
+    port = ready(agent)
+    for index in range(3):
+        post_events(agent, port, invocation(f"req-{index}", index * 100))
+        wait(tap, "spans", lambda s, n=index + 1: len(roots(s)) >= n)
+    assert tap.items("metrics") == [], "an invocation's flush sent metrics"
+    assert agent.stop() == 0
+    wait(tap, "metrics", lambda m: metric_value(m, "faas.invocations") == 3)
+
+    timed = taps(free_port())
+    agent = agents(otlp_env(platform, timed.port, tmp_path / "spool2", FGEXT_OTLP_METRICS_INTERVAL_MS="200"))
+    port = ready(agent)
+    post_events(agent, port, invocation("req-timed", 0))
+    wait(timed, "metrics", lambda m: metric_value(m, "faas.invocations") == 1)  # the agent still runs
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0
+
+
+def test_a_metrics_interval_that_is_not_a_number_is_one_line_and_exit_2(
+        platform: RecordingPlatform, agents: Start, tmp_path: Path) -> None:
+    """FGEXT_OTLP_METRICS_INTERVAL_MS=1m: the agent says so in one line naming the variable and exits 2."""
+    agent = agents(otlp_env(platform, free_port(), tmp_path / "spool", FGEXT_OTLP_METRICS_INTERVAL_MS="1m"))
+    assert agent.wait_exit(20) == 2
+    stderr = agent.stderr()
+    assert "FGEXT_OTLP_METRICS_INTERVAL_MS" in stderr and "Traceback" not in stderr
 
 
 def test_sigterm_flushes_what_is_pending(platform: RecordingPlatform, agents: Start,

@@ -130,7 +130,8 @@ def test_memory_size_1e15_without_runtime_memory_breaks_no_later_export(
     """With RUNTIME_MEMORY unset, a report with memorySize 1e15: the invocations after it export, and the
     shutdown flush still sends what was open."""
     tap = taps(free_port())
-    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_SHUTDOWN_TIMEOUT="3"))
+    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", FGEXT_SHUTDOWN_TIMEOUT="3",
+                            FGEXT_OTLP_METRICS_INTERVAL_MS="200"))
     port = ready(agent)
     huge = invocation("00000000-0000-4000-8000-000000000000", 0)
     huge[-1]["reportMetrics"]["memorySize"] = 1e15

@@ -101,6 +101,8 @@ class TestErrors:
         ({"FGEXT_OTLP_MAX_PENDING_BYTES": "70000"}, ["FGEXT_OTLP_MAX_PENDING_BYTES",
                                                     "FGEXT_OTLP_MAX_REQUEST_BYTES"]),
         ({"RUNTIME_TIMEOUT": "-1"}, ["RUNTIME_TIMEOUT"]),
+        ({"FGEXT_OTLP_METRICS_INTERVAL_MS": "0"}, ["FGEXT_OTLP_METRICS_INTERVAL_MS", "positive"]),
+        ({"FGEXT_OTLP_METRICS_INTERVAL_MS": "1m"}, ["FGEXT_OTLP_METRICS_INTERVAL_MS", "milliseconds"]),
     ])
     def test_bad_value_names_the_variable(self, environ: Dict[str, str], names: List[str]) -> None:
         """Every bad value is a ConfigError whose message names the variable and what is accepted."""
@@ -218,6 +220,16 @@ class TestByteBounds:
         assert small.max_log_bytes == 32768 and small.max_pending_bytes == 4 << 20
         big = load_config({"FGEXT_OTLP_MAX_REQUEST_BYTES": str(8 << 20)})
         assert big.max_pending_bytes == 8 << 20  # never below one request
+
+    def test_metrics_interval(self) -> None:
+        """Metrics leave every 60 s by default; FGEXT_OTLP_METRICS_INTERVAL_MS (or the plugin setting the
+        agent already read, which wins) sets another cadence."""
+        assert load_config({}).metrics_interval_s == 60.0
+        assert load_config({"FGEXT_OTLP_METRICS_INTERVAL_MS": "1500"}).metrics_interval_s == 1.5
+        given = load_config({"FGEXT_OTLP_METRICS_INTERVAL_MS": "1500"}, settings={"metrics_interval_ms": 250.0})
+        assert given.metrics_interval_s == 0.25
+        with pytest.raises(ConfigError, match="FGEXT_OTLP_METRICS_INTERVAL_MS"):
+            load_config({}, settings={"metrics_interval_ms": -1.0})
 
     def test_flush_policy_is_not_the_plugins(self) -> None:
         """FGEXT_FLUSH is the pipeline's setting now: the plugin's configuration neither reads nor rejects it."""

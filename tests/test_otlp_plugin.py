@@ -144,7 +144,9 @@ def attr(item: Dict[str, Any], key: str) -> Any:
 
 def environ(port: int, spool: Path, **extra: str) -> Dict[str, str]:
     values = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "FGEXT_SPOOL_DIR": str(spool),
-              "OTEL_EXPORTER_OTLP_TIMEOUT": "2000", "RUNTIME_TIMEOUT": "3", "RUNTIME_MEMORY": "128"}
+              "OTEL_EXPORTER_OTLP_TIMEOUT": "2000", "RUNTIME_TIMEOUT": "3", "RUNTIME_MEMORY": "128",
+              # metrics leave on their own timer: a short one, so that a test sees them without waiting a minute
+              "FGEXT_OTLP_METRICS_INTERVAL_MS": "100"}
     values.update(extra)
     return values
 
@@ -263,7 +265,7 @@ def test_collector_down_then_up_loses_nothing(tap_factory: Callable[[int], OtelT
         for index, rid in enumerate(ids):
             await plugin.on_telemetry(parsed(invocation(rid, index * 100, logs=3)))
         await plugin.flush(2)
-        assert plugin.stats["spooled_requests"] >= 3
+        assert plugin.stats["spooled_requests"] >= 2  # traces and logs (metrics leave on their timer)
         assert plugin.stats["failed_attempts"] >= 1
         collector = tap_factory(port)
         collector.start()
@@ -650,6 +652,39 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert _retry_after("soon") is None and _retry_after(None) is None
 
 
+def test_metrics_leave_at_shutdown_not_with_a_flush(tmp_path: Path) -> None:
+    """A flush sends spans and logs but no metrics; shutdown sends the metrics' one snapshot."""
+
+    async def scenario() -> None:
+        async with Recorder([]) as server:
+            plugin = await started(environ(server.port, tmp_path, FGEXT_OTLP_METRICS_INTERVAL_MS="600000"))
+            for index in range(3):
+                await plugin.on_telemetry(parsed(invocation(f"req-{index}", index * 100, logs=1)))
+                await plugin.flush(3)
+            assert "/v1/metrics" not in [path for _, path, _, _ in server.requests]
+            assert sorted({path for _, path, _, _ in server.requests}) == ["/v1/logs", "/v1/traces"]
+            await plugin.shutdown(3)
+            assert [path for _, path, _, _ in server.requests].count("/v1/metrics") == 1
+
+    asyncio.run(scenario())
+
+
+def test_metrics_leave_on_their_timer_without_a_flush(tap: OtelTap, tmp_path: Path) -> None:
+    """FGEXT_OTLP_METRICS_INTERVAL_MS: the metrics are exported by their own timer, with no flush at all,
+    cumulative across exports; the spans still wait for a flush."""
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path, FGEXT_OTLP_METRICS_INTERVAL_MS="150"))
+        await plugin.on_telemetry(parsed(invocation("req-0", 0)))
+        await tap.wait("metrics", lambda m: metric_value(m, "faas.invocations") == 1, timeout=10)
+        await plugin.on_telemetry(parsed(invocation("req-1", 500)))
+        await tap.wait("metrics", lambda m: metric_value(m, "faas.invocations") == 2, timeout=10)
+        assert tap.items("spans") == [], "the timer exports metrics only; spans wait for the pipeline's flush"
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
 def test_switched_off_signal_is_not_sent(tmp_path: Path) -> None:
     """OTEL_LOGS_EXPORTER=none keeps logs local; traces and metrics still go out."""
 
@@ -658,8 +693,8 @@ def test_switched_off_signal_is_not_sent(tmp_path: Path) -> None:
             plugin = await started(environ(server.port, tmp_path, OTEL_LOGS_EXPORTER="none"))
             await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0, logs=3)))
             await plugin.flush(3)
-            assert sorted(path for _, path, _, _ in server.requests) == ["/v1/metrics", "/v1/traces"]
             await plugin.shutdown(2)
+            assert sorted({path for _, path, _, _ in server.requests}) == ["/v1/metrics", "/v1/traces"]
 
     asyncio.run(scenario())
 

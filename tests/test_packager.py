@@ -179,20 +179,23 @@ class TestTargetResolution:
         assert (zip310.report["resolver"]["rounds"] >= 2) is (sys.version_info >= (3, 11))
 
     def test_python39_gets_the_opentelemetry_line_that_supports_it(self, zip39: Built, zip310: Built) -> None:
-        """opentelemetry after 1.41.x needs Python >= 3.10: the 3.9 zip stays on 1.41.x, all parts alike."""
+        """opentelemetry after 1.41.x needs Python >= 3.10: the 3.9 zip's opentelemetry-proto stays on 1.41.x."""
         v39 = zip39.versions()
-        assert v39["opentelemetry-sdk"].startswith("1.41.")
-        for name in ("opentelemetry-api", "opentelemetry-proto"):
-            assert v39[name] == v39["opentelemetry-sdk"], name
-        assert Version(zip310.versions()["opentelemetry-sdk"]) >= Version(v39["opentelemetry-sdk"])
+        assert v39["opentelemetry-proto"].startswith("1.41.")
+        assert Version(zip310.versions()["opentelemetry-proto"]) >= Version(v39["opentelemetry-proto"])
 
     def test_only_what_the_agent_imports(self, zip39: Built) -> None:
-        """The zip holds the agent's runtime set: no OTLP exporter (fgext encodes OTLP itself), no grpcio."""
+        """The zip holds the agent's runtime set: no OTLP exporter (fgext encodes OTLP itself), no grpcio, and
+        neither the OpenTelemetry SDK nor the API nor what they pull in (the agent imports none of them)."""
         versions = zip39.versions()
-        assert {"aiohttp", "opentelemetry-sdk", "opentelemetry-proto", "structlog", "fgext"} <= set(versions)
+        assert {"aiohttp", "opentelemetry-proto", "structlog", "fgext"} <= set(versions)
         for name in ("opentelemetry-exporter-otlp-proto-http", "opentelemetry-exporter-otlp-proto-grpc",
-                     "opentelemetry-exporter-otlp-proto-common", "requests", "urllib3", "grpcio"):
+                     "opentelemetry-exporter-otlp-proto-common", "requests", "urllib3", "grpcio",
+                     "opentelemetry-sdk", "opentelemetry-api", "opentelemetry-semantic-conventions",
+                     "importlib-metadata", "zipp"):
             assert name not in versions, name
+        assert not [n for n in zip39.names() if n.startswith(("extension/fgext-lib/opentelemetry/sdk/",
+                                                              "extension/fgext-lib/opentelemetry/trace/"))]
 
     def test_no_developer_tools_in_the_zip(self, zip39: Built) -> None:
         """The developer tools (emulator, packager, publish) and the test helpers never run in the sandbox:
@@ -312,14 +315,14 @@ class TestUnpackedTree:
         extension = unpack(zip39, tmp_path)
         code = (
             "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-            "import fgext, aiohttp.web, opentelemetry.sdk.trace, structlog, async_timeout, marker_plugin\n"
+            "import fgext, aiohttp.web, structlog, async_timeout, marker_plugin\n"
+            "import fgext.otlp._plugin, fgext._agent\n"
             "from opentelemetry.proto.trace.v1.trace_pb2 import Span\n"
-            "from opentelemetry.util._importlib_metadata import entry_points, version\n"
+            "from importlib.metadata import version\n"
             "from fgext._discovery import _entry_points\n"
             "import json\n"
             "print(json.dumps({'fgext': fgext.__file__, 'aiohttp': aiohttp.__file__,\n"
-            "  'sdk': version('opentelemetry-sdk'),\n"
-            "  'contexts': sorted(e.name for e in entry_points(group='opentelemetry_context')),\n"
+            "  'proto': version('opentelemetry-proto'),\n"
             "  'fgext_plugins': sorted(_entry_points()), 'site': 'site' in sys.modules}))\n"
         )
         done = subprocess.run([PY39, "-S", "-E", "-c", code, str(extension / "fgext-lib"),
@@ -329,8 +332,7 @@ class TestUnpackedTree:
         seen = json.loads(done.stdout)
         assert seen["fgext"].startswith(str(extension / "fgext-lib"))
         assert seen["aiohttp"].startswith(str(extension / "fgext-lib"))
-        assert seen["sdk"] == zip39.versions()["opentelemetry-sdk"]
-        assert "contextvars_context" in seen["contexts"]
+        assert seen["proto"] == zip39.versions()["opentelemetry-proto"]
         assert "jsonl" in seen["fgext_plugins"]
         assert seen["site"] is False
 

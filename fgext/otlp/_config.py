@@ -1,9 +1,9 @@
 """The OTLP plugin's configuration, read from standard ``OTEL_*`` variables and a few ``FGEXT_*`` ones.
 
-Nothing is invented where OpenTelemetry has a standard variable; the variable names come from the SDK's
-own ``opentelemetry.sdk.environment_variables`` so a typo here cannot drift from the standard. Every
-bad value raises :class:`fgext.ConfigError` naming the variable, so the agent refuses to start with a
-clear message instead of exporting to the wrong place.
+Nothing is invented where OpenTelemetry has a standard variable; the variable names are those of the SDK's
+``opentelemetry.sdk.environment_variables``, kept in ``_env`` (tested against the SDK's own) so that the
+agent needs no SDK. Every bad value raises :class:`fgext.ConfigError` naming the variable, so the agent
+refuses to start with a clear message instead of exporting to the wrong place.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from opentelemetry import environment_variables as api_env
-from opentelemetry.sdk import environment_variables as env
-
 from fgext._errors import ConfigError
 from fgext._sampling import HeadSampler, TailRule
+from fgext.otlp import _env as env
 
 __all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config", "parse_headers", "spool_directory"]
 
@@ -39,6 +37,9 @@ _DEFAULT_QUEUE_MAX_BYTES = 8 * 1024 * 1024
 # FunctionGraph's largest synchronous timeout; used when RUNTIME_TIMEOUT is absent.
 _DEFAULT_FUNCTION_TIMEOUT_S = 900.0
 _DEFAULT_CLOSE_MARGIN_MS = 10_000.0
+# Cumulative FaaS metrics leave on their own timer (and at shutdown), not with every invocation's flush:
+# the SDK's PeriodicExportingMetricReader default.
+_DEFAULT_METRICS_INTERVAL_MS = 60_000.0
 # Byte bounds: a request well under the OpenTelemetry Collector's default 20 MiB body limit; pending data
 # one request's worth, so that an early export fits beside what the shipper may hold (it starts holding
 # the platform back at 4 MiB and spills to disk past 8 MiB: bigger bursts went to disk, and a request
@@ -49,26 +50,26 @@ _DEFAULT_MAX_LOG_BYTES = 256 * 1024
 _MIN_REQUEST_BYTES = 64 * 1024
 _MIN_LOG_BYTES = 1024
 
-# Per-signal variable names, taken from the SDK: (endpoint, protocol, headers, compression, timeout,
+# Per-signal variable names (the SDK's): (endpoint, protocol, headers, compression, timeout,
 # insecure, exporter selector).
 _PER_SIGNAL: Dict[str, Tuple[str, str, str, str, str, str, str]] = {
     "traces": (
         env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
         env.OTEL_EXPORTER_OTLP_TRACES_HEADERS, env.OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
         env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, env.OTEL_EXPORTER_OTLP_TRACES_INSECURE,
-        api_env.OTEL_TRACES_EXPORTER,
+        env.OTEL_TRACES_EXPORTER,
     ),
     "logs": (
         env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, env.OTEL_EXPORTER_OTLP_LOGS_PROTOCOL,
         env.OTEL_EXPORTER_OTLP_LOGS_HEADERS, env.OTEL_EXPORTER_OTLP_LOGS_COMPRESSION,
         env.OTEL_EXPORTER_OTLP_LOGS_TIMEOUT, env.OTEL_EXPORTER_OTLP_LOGS_INSECURE,
-        api_env.OTEL_LOGS_EXPORTER,
+        env.OTEL_LOGS_EXPORTER,
     ),
     "metrics": (
         env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, env.OTEL_EXPORTER_OTLP_METRICS_PROTOCOL,
         env.OTEL_EXPORTER_OTLP_METRICS_HEADERS, env.OTEL_EXPORTER_OTLP_METRICS_COMPRESSION,
         env.OTEL_EXPORTER_OTLP_METRICS_TIMEOUT, env.OTEL_EXPORTER_OTLP_METRICS_INSECURE,
-        api_env.OTEL_METRICS_EXPORTER,
+        env.OTEL_METRICS_EXPORTER,
     ),
 }
 
@@ -128,6 +129,7 @@ class OtlpConfig:
     #: OTEL_TRACES_SAMPLER/_ARG and the FGEXT_SAMPLE_KEEP_* tail rule (fgext._sampling), for fgext's own traces
     head: HeadSampler = field(default_factory=HeadSampler)
     tail: TailRule = field(default_factory=TailRule)
+    metrics_interval_s: float = _DEFAULT_METRICS_INTERVAL_MS / 1000  # FGEXT_OTLP_METRICS_INTERVAL_MS
 
     @property
     def open_wait_s(self) -> float:
@@ -362,7 +364,8 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
                 settings: Optional[Mapping[str, Any]] = None) -> OtlpConfig:
     """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value.
 
-    ``close_margin_ms`` and ``settings`` (``max_request_bytes``, ``max_pending_bytes``, ``max_log_bytes``)
+    ``close_margin_ms`` and ``settings`` (``max_request_bytes``, ``max_pending_bytes``, ``max_log_bytes``,
+    ``metrics_interval_ms``)
     are the plugin settings the agent already read (from the config file or ``FGEXT_OTLP_<KEY>``);
     what is not given there is read from the variable here.
     """
@@ -425,4 +428,8 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
         report_log=_bool(environ, "FGEXT_OTLP_REPORT_LOG", True),
         head=HeadSampler.from_environ(environ),
         tail=TailRule.from_environ(environ),
+        metrics_interval_s=_positive(
+            {"FGEXT_OTLP_METRICS_INTERVAL_MS": str(given["metrics_interval_ms"])}
+            if given.get("metrics_interval_ms") is not None else environ,
+            "FGEXT_OTLP_METRICS_INTERVAL_MS", _DEFAULT_METRICS_INTERVAL_MS, unit="milliseconds") / 1000,
     )

@@ -56,9 +56,10 @@ class OtlpPlugin(Plugin):
     role: ClassVar[str] = "sink"
     #: ``FGEXT_OTLP_<KEY>`` or ``plugins.otlp.<key>`` in the config file. ``close_margin_ms``: how long past
     #: the function timeout an unfinished request waits before it is closed as incomplete; the byte bounds
-    #: of one request, of pending data and of one log line (``docs/otlp.md``)
+    #: of one request, of pending data and of one log line; how often the metrics leave (``docs/otlp.md``)
     config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float, "max_request_bytes": int,
-                                                "max_pending_bytes": int, "max_log_bytes": int}
+                                                "max_pending_bytes": int, "max_log_bytes": int,
+                                                "metrics_interval_ms": float}
 
     def __init__(self) -> None:
         self.config: Optional[OtlpConfig] = None
@@ -72,6 +73,7 @@ class OtlpPlugin(Plugin):
         self._shipper: Optional[Shipper] = None
         self._close_transports: Optional[Callable[[], Awaitable[None]]] = None
         self._ticker: Optional[asyncio.Task[None]] = None
+        self._metrics_timer: Optional[asyncio.Task[None]] = None
         self._stopped = False
         self._drops: Dict[Tuple[str, str], int] = {}  # items dropped, by (signal, reason)
         self._agent: Optional[AgentStats] = None
@@ -117,6 +119,8 @@ class OtlpPlugin(Plugin):
                                 spool_after_s=config.spool_after_s)
         self._shipper.start()
         self._ticker = asyncio.ensure_future(self._expire_loop())
+        if config.signals["metrics"].enabled:
+            self._metrics_timer = asyncio.ensure_future(self._metrics_loop(config.metrics_interval_s))
         self._log.info(
             "otlp export ready", spool=str(config.spool_dir), max_request_bytes=config.max_request_bytes,
             endpoints={s: redact_url(c.endpoint) for s, c in config.signals.items() if c.enabled},
@@ -159,6 +163,7 @@ class OtlpPlugin(Plugin):
         A flush makes data safe against a freeze or a kill, and what the collector has not acknowledged
         within ``FGEXT_OTLP_SPOOL_AFTER_MS`` is on disk (the send goes on in the background): waiting
         longer would only hold the next invocations' data back in memory behind a slow collector.
+        Metrics are not part of a flush: they leave on their own timer and at shutdown.
         """
         if self._shipper is None or self._stopped:
             return
@@ -173,14 +178,16 @@ class OtlpPlugin(Plugin):
             return
         self._stopped = True
         deadline = Deadline.after(timeout)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._ticker, self._metrics_timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         assert self._assembler is not None
         try:
             self._assembler.expire(everything=True)
             self._export_pending()
+            self._export_metrics()
             # Keep time for writing leftovers to disk and closing connections.
             await self._shipper.flush(deadline.before(_SHUTDOWN_MARGIN_S).remaining())
         finally:
@@ -313,8 +320,8 @@ class OtlpPlugin(Plugin):
     def _export_pending(self) -> None:
         """Take -> encode -> ship: what is finished is encoded into byte-bounded requests, let go once
         encoded (a record that cannot be encoded is dropped alone and counted), and handed to the shipper."""
-        assembler, shipper, resource, metrics = self._assembler, self._shipper, self._resource, self._metrics
-        assert assembler is not None and shipper is not None and resource is not None and metrics is not None
+        assembler, shipper, resource = self._assembler, self._shipper, self._resource
+        assert assembler is not None and shipper is not None and resource is not None
         assert self.config is not None
         signals = self.config.signals
         max_bytes = self.config.max_request_bytes
@@ -336,13 +343,19 @@ class OtlpPlugin(Plugin):
                     self._submit(signal, self._foreign.encode(signal, message, max_bytes))
                 else:
                     self._foreign.drop(signal)
-        if signals["metrics"].enabled and metrics.dirty:
-            now = time.time_ns()
-            points = metrics.snapshot(now)
-            if points:
-                encoded = encode_metrics_request(message, points)
-                metrics.taken(now)
-                self._submit("metrics", encoded)
+
+    def _export_metrics(self) -> None:
+        """One snapshot of the FaaS metrics, encoded and handed to the shipper (timer and shutdown only)."""
+        metrics, resource = self._metrics, self._resource
+        assert metrics is not None and resource is not None and self.config is not None
+        if not self.config.signals["metrics"].enabled or not metrics.dirty:
+            return
+        now = time.time_ns()
+        points = metrics.snapshot(now)
+        if points:
+            encoded = encode_metrics_request(resource.message(), points)
+            metrics.taken(now)
+            self._submit("metrics", encoded)
 
     def _submit(self, signal: str, encoded: Optional[Encoded]) -> None:
         if encoded is None:
@@ -352,6 +365,19 @@ class OtlpPlugin(Plugin):
             self._count_drop(signal, "unencodable", encoded.unencodable)
         for data, items in encoded.requests:
             self._shipper.submit(signal, data, items)
+
+    async def _metrics_loop(self, interval_s: float) -> None:
+        """Export the metrics every ``interval_s`` (``FGEXT_OTLP_METRICS_INTERVAL_MS``).
+
+        A frozen sandbox runs no timer: an export due during a freeze happens right after the thaw, and a
+        sandbox destroyed while frozen loses only what was counted since the last export (``docs/otlp.md``).
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self._export_metrics()
+            except Exception as error:  # the timer must outlive any one bad snapshot
+                self._log.error("otlp metrics export failed", error=repr(error))
 
     async def _expire_loop(self) -> None:
         """Close requests that waited too long (the assembler's completeness rule, not an export: their

@@ -38,10 +38,11 @@ __all__ = ["BuildOptions", "BuildResult", "Contributor", "build"]
 
 LAUNCHER_NAME = re.compile(r"^extension[A-Za-z0-9_.\-]*\.sh$")
 # What the agent imports in the sandbox (fgext/_*.py, fgext/otlp, fgext/plugins): fgext encodes and sends
-# OTLP itself, so it needs opentelemetry-proto's messages and, of opentelemetry-sdk, only the names of the
-# OTEL_* variables - never the OTLP exporters fgext's own dependency list carries for its users (with
-# requests, urllib3 and googleapis-common-protos). gRPC export calls grpcio directly.
-AGENT_RUNTIME = ("aiohttp", "structlog", "opentelemetry-sdk", "opentelemetry-proto")
+# OTLP itself, so it needs opentelemetry-proto's messages and nothing of the SDK (the OTEL_* variable names
+# are fgext.otlp._env's) - never the SDK, the API or the OTLP exporters fgext's own dependency list carries
+# for its users' function-side helper (with requests, urllib3 and googleapis-common-protos). gRPC export
+# calls grpcio directly.
+AGENT_RUNTIME = ("aiohttp", "structlog", "opentelemetry-proto")
 AGENT_GRPC = ("grpcio",)
 # Parts of fgext the sandbox never imports (the developer tools and the test helpers); shipping them would
 # only add files to every zip.
