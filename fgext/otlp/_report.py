@@ -36,8 +36,9 @@ def _number(value: Optional[float], unit: str) -> str:
 
 
 def report_record(request_id: str, trace_id: bytes, span_id: bytes, report: ReportEvent, *, coldstart: bool,
-                  observed_ns: int) -> LogRecord:
-    """One log record like the platform's report line, with the report's values as attributes."""
+                  observed_ns: int, sampled: bool = True) -> LogRecord:
+    """One log record like the platform's report line, with the report's values as attributes; its trace flags
+    say what the invocation's log lines say (the head sampling decision)."""
     metrics = report.metrics
     oom = is_oom(report)
     body = (f"REPORT RequestId: {request_id} Duration: {_number(metrics.duration_ms, 'ms')} "
@@ -46,7 +47,7 @@ def report_record(request_id: str, trace_id: bytes, span_id: bytes, report: Repo
             f"Max Memory Used: {_number(metrics.memory_used_mb, 'MB')} Status: {report.status or '-'}")
     ok = report.status.lower() == "success" and not oom
     record = LogRecord(time_unix_nano=report.end_ns or report.start_ns, observed_time_unix_nano=observed_ns,
-                       trace_id=trace_id, span_id=span_id, flags=TRACE_FLAG_SAMPLED,
+                       trace_id=trace_id, span_id=span_id, flags=TRACE_FLAG_SAMPLED if sampled else 0,
                        severity_number=_INFO if ok else _ERROR,  # type: ignore[arg-type]
                        severity_text="INFO" if ok else "ERROR")
     record.body.string_value = safe_text(body)

@@ -501,7 +501,8 @@ class Assembler:
                     self.metrics.count("faas.coldstarts")
                 if self._report_log and invoke_report is not None:
                     self.reports.append(report_record(rid, tid, request.phases["invoke"].span_id, invoke_report,
-                                                      coldstart=coldstart, observed_ns=now_ns))
+                                                      coldstart=coldstart, observed_ns=now_ns,
+                                                      sampled=request.sampled))
                     self.pending_bytes += REPORT_ESTIMATE
         if not self._kept(request, coldstart):
             # Written, then let go: metrics above still count the invocation, its spans are not exported.
