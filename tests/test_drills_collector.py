@@ -379,6 +379,7 @@ def test_two_agents_on_one_spool_neither_lose_duplicate_nor_report_false_drops(
         agent, port = (first, ports[0]) if index % 2 == 0 else (second, ports[1])
         post_events(agent, port, invocation(rid, 0, logs=1))
     wait_for(lambda: len(list(spool.glob("*.pb"))) >= 40, 20, "both agents to spool")
+    time.sleep(1.0)  # the promise is for a kill 1 s or more after the last report, not the moment files appear
     first.proc.kill()
     first.wait_exit(10)
     tap = taps(collector_port)
