@@ -117,6 +117,17 @@ class TestProblemsThatLoseTelemetry:
         assert f"{variable}={value!r}" in text and "/v1/traces" not in text, text
         assert "plugin disabled" in text and "plugin=otlp" in text
 
+    def test_conflicting_credentials(self) -> None:
+        """Credentials in the endpoint URL and an Authorization header: the otlp plugin is not started, the
+        run is a problem saying why, and neither secret is shown."""
+        env = {"FGEXT_PYTHON": agent_python(), "OTEL_EXPORTER_OTLP_ENDPOINT": "http://user:PASSWORD-9@127.0.0.1:4318",
+               "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20TOKEN-XYZ-9"}
+        report = run_emulator(ROOT, invocations=1, env=env, register_timeout_s=20.0)
+        assert not report.ok
+        text = "\n".join(report.problems)
+        assert "credentials in the URL" in text and "plugin=otlp" in text, text
+        assert "PASSWORD-9" not in text and "TOKEN-XYZ-9" not in text
+
     def test_plugin_failing_on_every_batch(self, tmp_path: Path) -> None:
         """A plugin that raises on every batch is a problem, with its exception, counted."""
         report = run_emulator(ROOT, invocations=2, env=failing_plugin_env(tmp_path), register_timeout_s=20.0)
