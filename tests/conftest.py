@@ -8,7 +8,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import pytest
 
@@ -132,3 +132,15 @@ def tap_factory() -> Iterator[Callable[[int], OtelTap]]:
     finally:
         for tap in started:
             tap.stop()
+
+
+@pytest.fixture
+def taps(tap_factory: Callable[[int], Any]) -> Callable[[int], Any]:
+    """Like ``tap_factory``, each receiver already started (and stopped by it after the test)."""
+
+    def make(port: int) -> Any:
+        tap = tap_factory(port)
+        tap.start()
+        return tap
+
+    return make

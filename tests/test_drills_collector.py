@@ -35,7 +35,7 @@ from tests.agentproc import AgentProcess
 from tests.conftest import ROOT, agent_python
 from tests.platform import RecordingPlatform
 from tests.test_drills_hostile import rss_mb
-from tests.test_otlp_agent import otlp_env, post_events, ready, taps  # noqa: F401 - taps is a fixture
+from tests.test_otlp_agent import otlp_env, post_events, ready
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, metric_value, roots
 from tests.test_otlp_transports import pki, server_context  # noqa: F401 - pki is a fixture
 
@@ -65,7 +65,7 @@ def log_lines(tap: OtelTap) -> Counter[str]:
                    if "drill" in item["body"].get("stringValue", ""))
 
 
-def test_collector_down_then_up_every_item_arrives_once(taps: Callable[[int], OtelTap],  # noqa: F811
+def test_collector_down_then_up_every_item_arrives_once(taps: Callable[[int], OtelTap],
                                                         tmp_path: Path) -> None:
     """Four invocations while the collector is down, four after it comes up: 8 traces, 24 lines, count 8, once each."""
     port = free_port()
@@ -253,7 +253,7 @@ def test_429_503_and_timeouts_are_retried_with_bounded_memory(platform: Recordin
 
 def test_sigterm_while_the_collector_hangs_spools_and_next_agent_delivers(
         platform: RecordingPlatform, agents: Start, scripted: ScriptedCollector,
-        taps: Callable[[int], OtelTap], tmp_path: Path) -> None:  # noqa: F811
+        taps: Callable[[int], OtelTap], tmp_path: Path) -> None:
     """A collector that never answers cannot hold the agent past FGEXT_SHUTDOWN_TIMEOUT: it exits 0 in time,
     its data is on disk, and the next agent (collector fixed) delivers all of it."""
     spool = tmp_path / "spool"
@@ -289,7 +289,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 def test_sigkill_while_the_collector_hangs_loses_nothing(
         platform: RecordingPlatform, agents: Start, scripted: ScriptedCollector,
-        taps: Callable[[int], OtelTap], tmp_path: Path) -> None:  # noqa: F811
+        taps: Callable[[int], OtelTap], tmp_path: Path) -> None:
     """The collector accepts connections and never answers; the agent is SIGKILLed 1 s after the last of
     50 reports: a second agent on the same spool directory delivers all 50 invocations and their logs, once."""
     spool = tmp_path / "spool"
@@ -365,7 +365,7 @@ def test_credentials_in_the_url_and_an_authorization_header_are_a_configuration_
 
 
 def test_two_agents_on_one_spool_neither_lose_duplicate_nor_report_false_drops(
-        platform: RecordingPlatform, agents: Start, taps: Callable[[int], OtelTap],  # noqa: F811
+        platform: RecordingPlatform, agents: Start, taps: Callable[[int], OtelTap],
         tmp_path: Path) -> None:
     """Two agents share a spool directory while the collector is down; one is killed, the other carries on:
     once the collector is up every invocation of both arrives exactly once, and no drop is reported."""

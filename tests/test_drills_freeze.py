@@ -29,17 +29,13 @@ from tests.test_drills_collector import (  # noqa: F401 - scripted is a fixture
     scripted,
     wait_for,
 )
-from tests.test_otlp_agent import (
-    otlp_env,
-    post_events,
-    taps,  # noqa: F401 - a fixture
-)
+from tests.test_otlp_agent import otlp_env, post_events
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, metric_value, roots
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 
 
-def test_frozen_between_and_during_invocations_loses_nothing(taps: Callable[[int], OtelTap],  # noqa: F811
+def test_frozen_between_and_during_invocations_loses_nothing(taps: Callable[[int], OtelTap],
                                                              tmp_path: Path) -> None:
     """Three invocations each followed by a 0.5 s freeze, then three concurrent ones (about 1 s each) with
     the agent frozen three times for 0.4 s while their invokes and telemetry are in flight: nothing is lost."""

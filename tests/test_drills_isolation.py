@@ -19,7 +19,7 @@ import pytest
 
 from tests.agentproc import AgentProcess
 from tests.platform import RecordingPlatform
-from tests.test_otlp_agent import otlp_env, post_events, ready, taps, wait  # noqa: F401 - taps is a fixture
+from tests.test_otlp_agent import otlp_env, post_events, ready, wait
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, roots
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
@@ -29,7 +29,7 @@ SHUTDOWN_TIMEOUT = 2.0
 
 
 def test_slow_sink_delays_neither_otlp_nor_the_exit(platform: RecordingPlatform, agents: Start,
-                                                    taps: Callable[[int], OtelTap],  # noqa: F811
+                                                    taps: Callable[[int], OtelTap],
                                                     tmp_path: Path) -> None:
     """Beside a sink taking 8 s per batch, the collector gets all 3 invocations, and after SIGTERM the
     process exits 0 within FGEXT_SHUTDOWN_TIMEOUT + 0.5 s."""
@@ -59,7 +59,7 @@ def test_slow_sink_delays_neither_otlp_nor_the_exit(platform: RecordingPlatform,
 
 
 def test_sink_raising_on_every_batch_is_disabled(platform: RecordingPlatform, agents: Start,
-                                                 taps: Callable[[int], OtelTap],  # noqa: F811
+                                                 taps: Callable[[int], OtelTap],
                                                  tmp_path: Path) -> None:
     """A sink raising on every batch is disabled after its max_failures (3), though every invoke between its
     batches succeeds; otlp goes on exporting."""
@@ -80,7 +80,7 @@ def test_sink_raising_on_every_batch_is_disabled(platform: RecordingPlatform, ag
 
 
 def test_late_log_lines_are_exported_without_a_next_invocation(platform: RecordingPlatform, agents: Start,
-                                                               taps: Callable[[int], OtelTap],  # noqa: F811
+                                                               taps: Callable[[int], OtelTap],
                                                                tmp_path: Path) -> None:
     """Under the default flush policy (end), log lines POSTed after their invocation's report reach the
     collector although no other invocation follows."""

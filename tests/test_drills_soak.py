@@ -22,7 +22,7 @@ from tests.agentproc import AgentProcess
 from tests.conftest import free_extension_ports
 from tests.platform import RecordingPlatform
 from tests.test_drills_hostile import rss_mb
-from tests.test_otlp_agent import otlp_env, ready, taps  # noqa: F401 - taps is a fixture
+from tests.test_otlp_agent import otlp_env
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, roots
 
 pytestmark = [pytest.mark.agent, pytest.mark.slow, pytest.mark.usefixtures("port_range_lock")]
@@ -59,7 +59,7 @@ async def post_all(port: int, items: List[Tuple[str, bytes]], concurrency: int =
 
 
 def test_twenty_thousand_invocations_all_arrive_and_rss_levels_off(platform: RecordingPlatform, agents: Start,
-                                                                taps: Callable[[int], OtelTap],  # noqa: F811
+                                                                taps: Callable[[int], OtelTap],
                                                                 tmp_path: Path) -> None:
     """20,000 invocations with logs: 20,000 traces at oteltap, no spooling; RSS grows < 6 MB after 1,000."""
     tap = taps(free_port())

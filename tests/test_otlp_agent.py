@@ -28,17 +28,6 @@ pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]
 
 
-@pytest.fixture
-def taps(tap_factory: Callable[[int], OtelTap]) -> Callable[[int], OtelTap]:
-    """Like ``tap_factory``, each receiver already started (and stopped by it after the test)."""
-
-    def make(port: int) -> OtelTap:
-        tap = tap_factory(port)
-        tap.start()
-        return tap
-
-    return make
-
 
 def otlp_env(platform: RecordingPlatform, collector_port: int, spool: Path, **extra: str) -> Dict[str, str]:
     """The agent with its default plugin (otlp) pointed at a collector by the standard variable."""

@@ -32,17 +32,6 @@ Start = Callable[..., AgentProcess]
 MIB = 1024 * 1024
 
 
-@pytest.fixture
-def taps(tap_factory: Callable[[int], OtelTap]) -> Callable[[int], OtelTap]:
-    """Like ``tap_factory``, each receiver already started (and stopped by it after the test)."""
-
-    def make(port: int) -> OtelTap:
-        tap = tap_factory(port)
-        tap.start()
-        return tap
-
-    return make
-
 
 def post(agent: AgentProcess, port: int, events: List[Dict[str, Any]], malformed: int = 0) -> None:
     status, answer = agent.post(port, "/", json.dumps(events).encode(), timeout=60)
