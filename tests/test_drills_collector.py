@@ -19,14 +19,12 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import signal
 import ssl
-import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -38,6 +36,7 @@ from tests.test_drills_hostile import rss_mb
 from tests.test_otlp_agent import otlp_env, post_events, ready
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, metric_value, roots
 from tests.test_otlp_transports import pki, server_context  # noqa: F401 - pki is a fixture
+from tests.threaded_server import ThreadedServer
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]
@@ -107,59 +106,33 @@ def test_collector_down_then_up_every_item_arrives_once(taps: Callable[[int], Ot
     assert list(spool.glob("*.pb")) == []
 
 
-class ScriptedCollector:
+class ScriptedCollector(ThreadedServer):
     """An OTLP/HTTP endpoint in a thread: answers from ``mode`` (ok, 429, 503, slow, hang), records every
     request whose body fully arrived (as a real collector, which may process a request whose answer the
     client gave up on), with the request IDs of the root spans it carried."""
 
     def __init__(self, ssl_context: Optional[ssl.SSLContext] = None) -> None:
-        self.port = free_port()
-        self.ssl_context = ssl_context
+        super().__init__(ssl_context)
         self.mode = "ok"
         self.location = ""  # where the "307" mode redirects to
         self.requests: List[Tuple[float, str, str, int]] = []  # (time, path, mode answered, items)
         self.root_ids: List[str] = []
-        self._lock = threading.Lock()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _serve(self) -> None:
+    async def handle(self, request: Any) -> Any:
         from aiohttp import web
 
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.read()
-            if body[:2] == b"\x1f\x8b":
-                body = gzip.decompress(body)
-            mode = self.mode
-            items = self._record(request.path, body, mode)
-            if mode in ("429", "503"):
-                return web.Response(status=int(mode), headers={"Retry-After": "1"})
-            if mode == "307":
-                return web.Response(status=307, headers={"Location": self.location})
-            if mode == "slow":
-                await asyncio.sleep(3)
-            if mode == "hang":
-                await asyncio.sleep(60)
-            del items
-            return web.Response(status=200, content_type="application/x-protobuf")
-
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)  # the clean-up's gather() looks for this thread's loop
-        self._loop = loop
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ssl_context).start())
-        self._ready.set()
-        loop.run_forever()
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()  # a request held by "hang" or "slow"
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
+        body = await self.body(request)
+        mode = self.mode
+        self._record(request.path, body, mode)
+        if mode in ("429", "503"):
+            return web.Response(status=int(mode), headers={"Retry-After": "1"})
+        if mode == "307":
+            return web.Response(status=307, headers={"Location": self.location})
+        if mode == "slow":
+            await asyncio.sleep(3)
+        if mode == "hang":
+            await asyncio.sleep(60)
+        return web.Response(status=200, content_type="application/x-protobuf")
 
     def _record(self, path: str, body: bytes, mode: str) -> int:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -178,16 +151,6 @@ class ScriptedCollector:
             if mode in ("ok", "slow", "hang"):  # taken by the collector (slow: answered too late)
                 self.root_ids += ids
         return len(ids)
-
-    def start(self) -> ScriptedCollector:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
     def snapshot(self) -> Tuple[List[Tuple[float, str, str, int]], List[str]]:
         with self._lock:

@@ -13,12 +13,10 @@ exactly once (the duplicate is the shipper's to remove: reported with issue 11, 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import signal
-import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -26,6 +24,7 @@ from tests.agentproc import AgentProcess, ready
 from tests.platform import RecordingPlatform
 from tests.test_otlp_agent import otlp_env
 from tests.test_otlp_plugin import OtelTap, attr, free_port, invocation, metric_value, roots, ts
+from tests.threaded_server import ThreadedServer
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]
@@ -141,72 +140,43 @@ def test_memory_size_1e15_without_runtime_memory_breaks_no_later_export(
 # ---------------------------------------------------------------------------------- byte bounds
 
 
-class SizingCollector:
+class SizingCollector(ThreadedServer):
     """An OTLP/HTTP receiver in a thread that keeps each request's size and log records, and answers 413
     to a body over ``limit`` as the OpenTelemetry Collector does past its 20 MiB default."""
 
     def __init__(self, limit: int = 20 * MIB) -> None:
-        self.port = free_port()
+        super().__init__()
         self.limit = limit
+        self.client_max_size = 4 * limit
         self.requests: List[Tuple[str, int, int]] = []  # (path, bytes, status answered)
         self.records: List[Tuple[str, Dict[str, Any]]] = []  # (body, attributes) of every log record
         self.roots = 0
-        self._lock = threading.Lock()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _serve(self) -> None:
+    async def handle(self, request: Any) -> Any:
         from aiohttp import web
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.read()
-            if body[:2] == b"\x1f\x8b":
-                body = gzip.decompress(body)
-            status = 413 if len(body) > self.limit else 200
-            records: List[Tuple[str, Dict[str, Any]]] = []
-            roots = 0
-            if status == 200 and request.path == "/v1/logs":
-                for resource_logs in ExportLogsServiceRequest.FromString(body).resource_logs:
-                    for scope in resource_logs.scope_logs:
-                        records += [(r.body.string_value, {kv.key: getattr(kv.value, kv.value.WhichOneof("value"))
-                                                           for kv in r.attributes}) for r in scope.log_records]
-                # the log lines only: report records (one per invocation) are counted in the sizes alone
-                records = [r for r in records if r[1].get("fgext.event.name") != "platform.report"]
-            elif status == 200 and request.path == "/v1/traces":
-                for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans:
-                    for scope_spans in resource_spans.scope_spans:
-                        roots += sum(1 for span in scope_spans.spans if not span.parent_span_id)
-            with self._lock:
-                self.requests.append((request.path, len(body), status))
-                self.records += records
-                self.roots += roots
-            return web.Response(status=status, content_type="application/x-protobuf")
-
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        app = web.Application(client_max_size=4 * self.limit)
-        app.router.add_post("/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    def start(self) -> SizingCollector:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        body = await self.body(request)
+        status = 413 if len(body) > self.limit else 200
+        records: List[Tuple[str, Dict[str, Any]]] = []
+        roots = 0
+        if status == 200 and request.path == "/v1/logs":
+            for resource_logs in ExportLogsServiceRequest.FromString(body).resource_logs:
+                for scope in resource_logs.scope_logs:
+                    records += [(r.body.string_value, {kv.key: getattr(kv.value, kv.value.WhichOneof("value"))
+                                                       for kv in r.attributes}) for r in scope.log_records]
+            # the log lines only: report records (one per invocation) are counted in the sizes alone
+            records = [r for r in records if r[1].get("fgext.event.name") != "platform.report"]
+        elif status == 200 and request.path == "/v1/traces":
+            for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    roots += sum(1 for span in scope_spans.spans if not span.parent_span_id)
+        with self._lock:
+            self.requests.append((request.path, len(body), status))
+            self.records += records
+            self.roots += roots
+        return web.Response(status=status, content_type="application/x-protobuf")
 
     def wait_records(self, count: int, timeout: float = 60.0) -> List[Tuple[str, Dict[str, Any]]]:
         import time
