@@ -212,14 +212,10 @@ class AgentUnderTest:
         self.tmp.cleanup()
 
 
-class FloorServer:
-    """The bare aiohttp JSON-parsing handler, on the interpreter under test."""
+class _Served:
+    """A server process the bench started: its PID (for CPU and RSS readings) and how it is stopped."""
 
-    def __init__(self, python: str) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen([python, "-c", _FLOOR, str(self.port)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_connect(self.port)
+    proc: subprocess.Popen[bytes]
 
     @property
     def pid(self) -> int:
@@ -229,7 +225,17 @@ class FloorServer:
         stop(self.proc)
 
 
-class PeerServer:
+class FloorServer(_Served):
+    """The bare aiohttp JSON-parsing handler, on the interpreter under test."""
+
+    def __init__(self, python: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([python, "-c", _FLOOR, str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_connect(self.port)
+
+
+class PeerServer(_Served):
     """bench/peer_sdk_extension.py on the interpreter under test, exporting to ``sink``."""
 
     def __init__(self, python: str, platform_addr: str, sink: Sink) -> None:
@@ -239,13 +245,6 @@ class PeerServer:
         self.proc = subprocess.Popen([python, str(ROOT / "bench" / "peer_sdk_extension.py"), str(self.port)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_connect(self.port)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        stop(self.proc)
 
 
 def python_version(python: str) -> str:

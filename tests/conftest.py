@@ -144,3 +144,23 @@ def taps(tap_factory: Callable[[int], Any]) -> Callable[[int], Any]:
         return tap
 
     return make
+
+
+@pytest.fixture
+def functions(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Function processes (tests/function_script.py) finding the agent by ``tmp_path/fgext-agent.json``;
+    stopped by PID after the test."""
+    from tests.test_function import Function
+
+    started: List[Any] = []
+
+    def make(**extra: str) -> Any:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "FGEXT_"))}
+        env.update({"FGEXT_AGENT_FILE": str(tmp_path / "fgext-agent.json"), "PYTHONPATH": str(ROOT)}, **extra)
+        function = Function(env)
+        started.append(function)
+        return function
+
+    yield make
+    for function in started:
+        function.stop()

@@ -75,23 +75,6 @@ def receiver() -> Iterator[ReceiverServer]:
         yield running
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    started: List[Function] = []
-
-    def make(**extra: str) -> Function:
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("OTEL_", "FGEXT_"))}
-        env.update({"FGEXT_AGENT_FILE": str(tmp_path / "fgext-agent.json"), "PYTHONPATH": str(ROOT)}, **extra)
-        function = Function(env)
-        started.append(function)
-        return function
-
-    yield make
-    for function in started:
-        function.stop()
-
-
 def agent_file(tmp_path: Path, receiver: ReceiverServer) -> None:
     write_agent_file(receiver.port, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
 
@@ -102,10 +85,10 @@ def by_name(spans: List[Span]) -> Dict[str, Span]:
 
 class TestInvocationSpan:
     def test_spans_are_children_of_the_invoke_span_in_the_request_trace(
-            self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+            self, tmp_path: Path, receiver: ReceiverServer, functions: Any) -> None:
         """The handler's span has the request's trace ID and fgext's invoke span as parent; user spans nest in it."""
         agent_file(tmp_path, receiver)
-        function = start()
+        function = functions()
         request_id = str(uuid.uuid4())
         outcome = function.invoke(request_id, {"spans": 3})
         assert outcome["returned"] == {"ok": True, "request_id": request_id}
@@ -122,10 +105,10 @@ class TestInvocationSpan:
         assert {"service.name": "orders", "faas.name": "orders"}.items() <= receiver.resources()[0].items()
 
     def test_an_exception_is_recorded_and_reraised(self, tmp_path: Path, receiver: ReceiverServer,
-                                                   start: Any) -> None:
+                                                   functions: Any) -> None:
         """A failing handler raises its own exception; its span has status ERROR and an exception event."""
         agent_file(tmp_path, receiver)
-        outcome = start().invoke("req-fail", {"fail": True})
+        outcome = functions().invoke("req-fail", {"fail": True})
         assert (outcome["raised"], outcome["message"]) == ("RuntimeError", "asked to fail")
         [span] = receiver.wait_for_spans(1)
         assert span.status.code == Status.STATUS_CODE_ERROR
@@ -135,10 +118,10 @@ class TestInvocationSpan:
         assert (event.name, attributes["exception.type"]) == ("exception", "RuntimeError")
 
     def test_spans_are_delivered_before_the_handler_returns_so_a_freeze_loses_none(
-            self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+            self, tmp_path: Path, receiver: ReceiverServer, functions: Any) -> None:
         """Frozen (SIGSTOP) right after each invocation returns, the function has already delivered its spans."""
         agent_file(tmp_path, receiver)
-        function = start()
+        function = functions()
         for number in range(1, 4):
             function.invoke(f"req-{number}", {"spans": 2})
             os.kill(function.process.pid, signal.SIGSTOP)
@@ -148,39 +131,39 @@ class TestInvocationSpan:
                 os.kill(function.process.pid, signal.SIGCONT)
 
     def test_a_traceparent_header_becomes_a_link(self, tmp_path: Path, receiver: ReceiverServer,
-                                                 start: Any) -> None:
+                                                 functions: Any) -> None:
         """An HTTP event's W3C traceparent is a link on the handler's span; the parent stays the invoke span."""
         agent_file(tmp_path, receiver)
         caller_trace, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
         event = {"httpMethod": "GET", "headers": {"Traceparent": f"00-{caller_trace}-{caller_span}-01"}}
-        start().invoke("req-http", event)
+        functions().invoke("req-http", event)
         [span] = receiver.wait_for_spans(1)
         assert span.parent_span_id == invoke_span_id_for("req-http")
         assert span.trace_id == trace_id_for("req-http")
         [link] = span.links
         assert (link.trace_id.hex(), link.span_id.hex()) == (caller_trace, caller_span)
 
-    def test_an_invalid_traceparent_is_ignored(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+    def test_an_invalid_traceparent_is_ignored(self, tmp_path: Path, receiver: ReceiverServer, functions: Any) -> None:
         """A traceparent that does not parse gives no link and no failure."""
         agent_file(tmp_path, receiver)
-        outcome = start().invoke("req-bad", {"headers": {"traceparent": "garbage"}})
+        outcome = functions().invoke("req-bad", {"headers": {"traceparent": "garbage"}})
         assert outcome["returned"]["ok"]
         [span] = receiver.wait_for_spans(1)
         assert list(span.links) == []
 
 
-    def test_the_sdk_resource_settings_win(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+    def test_the_sdk_resource_settings_win(self, tmp_path: Path, receiver: ReceiverServer, functions: Any) -> None:
         """OTEL_SERVICE_NAME names the service; faas.name is still the function's name."""
         agent_file(tmp_path, receiver)
-        start(OTEL_SERVICE_NAME="shop").invoke("req-1")
+        functions(OTEL_SERVICE_NAME="shop").invoke("req-1")
         receiver.wait_for_spans(1)
         assert {"service.name": "shop", "faas.name": "orders"}.items() <= receiver.resources()[0].items()
 
     def test_a_provider_the_user_set_first_is_left_alone(self, tmp_path: Path, receiver: ReceiverServer,
-                                                         start: Any) -> None:
+                                                         functions: Any) -> None:
         """The user's own global provider stays global: their spans go there, the handler's span to the agent."""
         agent_file(tmp_path, receiver)
-        start(FGEXT_TEST_OWN_PROVIDER="1").invoke("req-1", {"spans": 2})
+        functions(FGEXT_TEST_OWN_PROVIDER="1").invoke("req-1", {"spans": 2})
         assert [span.name for span in receiver.wait_for_spans(1)] == ["handler"]
 
 
@@ -242,11 +225,11 @@ class TestDocs:
 
 class TestSampling:
     def test_the_function_keeps_exactly_the_traces_the_agent_samples(
-            self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+            self, tmp_path: Path, receiver: ReceiverServer, functions: Any) -> None:
         """With traceidratio 0.5 and UUIDv4/v1 request IDs, the function exports exactly those HeadSampler samples."""
         agent_file(tmp_path, receiver)
         env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
-        function = start(**env)
+        function = functions(**env)
         rng = random.Random(5)
         request_ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(12)]
         node, clock_seq = rng.getrandbits(48), rng.getrandbits(14)  # one host's UUIDv1: only the time differs
@@ -337,10 +320,10 @@ class TestSampling:
         provider.shutdown()
 
     def test_an_unreadable_sampler_leaves_the_handler_running(self, tmp_path: Path, receiver: ReceiverServer,
-                                                              start: Any) -> None:
+                                                              functions: Any) -> None:
         """OTEL_TRACES_SAMPLER=sometimes: the handler returns, no span is sent, one warning says why."""
         agent_file(tmp_path, receiver)
-        function = start(OTEL_TRACES_SAMPLER="sometimes")
+        function = functions(OTEL_TRACES_SAMPLER="sometimes")
         assert function.invoke("req-1")["returned"]["ok"]
         assert function.invoke("req-2")["returned"]["ok"]
         assert receiver.spans() == []
@@ -348,40 +331,40 @@ class TestSampling:
 
 
 class TestWithoutAgent:
-    def test_nowhere_when_nothing_is_configured(self, start: Any) -> None:
+    def test_nowhere_when_nothing_is_configured(self, functions: Any) -> None:
         """No agent file and no OTLP endpoint: the handler runs and the SDK is not even imported."""
-        function = start()
+        function = functions()
         assert function.first["heavy_at_import"] == []
         outcome = function.invoke("req-1")
         assert outcome["returned"]["ok"]
         assert (outcome["destination"], outcome["sdk_loaded"]) == (None, False)
 
     @pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
-    def test_to_the_otlp_endpoint_when_set(self, receiver: ReceiverServer, start: Any, variable: str) -> None:
+    def test_to_the_otlp_endpoint_when_set(self, receiver: ReceiverServer, functions: Any, variable: str) -> None:
         """No agent, an OTLP endpoint variable set: spans go straight there."""
         url = receiver.url + ("/v1/traces" if "TRACES" in variable else "")
-        function = start(**{variable: url})
+        function = functions(**{variable: url})
         outcome = function.invoke("req-1", {"spans": 1})
         assert (outcome["destination"], outcome["exporter"]) == (f"{receiver.url}/v1/traces", "otlp-http")
         assert len(receiver.wait_for_spans(2)) == 2
 
-    def test_an_agent_starting_late_is_found(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+    def test_an_agent_starting_late_is_found(self, tmp_path: Path, receiver: ReceiverServer, functions: Any) -> None:
         """The agent file is looked for again at each invocation until found."""
-        function = start()
+        function = functions()
         assert function.invoke("req-1")["destination"] is None
         agent_file(tmp_path, receiver)
         assert function.invoke("req-2")["destination"] == f"{receiver.url}/v1/traces"
         [span] = receiver.wait_for_spans(1)
         assert span.trace_id == trace_id_for("req-2")
 
-    def test_a_file_left_by_a_dead_agent_is_ignored(self, tmp_path: Path, start: Any) -> None:
+    def test_a_file_left_by_a_dead_agent_is_ignored(self, tmp_path: Path, functions: Any) -> None:
         """An agent file whose PID is gone counts as no agent."""
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait(10)
         write_agent_file(9, pid=dead.pid, path=str(tmp_path / "fgext-agent.json"))
-        assert start().invoke("req-1")["destination"] is None
+        assert functions().invoke("req-1")["destination"] is None
 
-    def test_an_agent_that_does_not_answer_costs_only_the_flush_budget(self, tmp_path: Path, start: Any) -> None:
+    def test_an_agent_that_does_not_answer_costs_only_the_flush_budget(self, tmp_path: Path, functions: Any) -> None:
         """The agent file names a port nobody listens on: the handler still returns its result."""
         import socket
 
@@ -389,29 +372,29 @@ class TestWithoutAgent:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         write_agent_file(port, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
-        function = start(FGEXT_FUNCTION_FLUSH_MS="200")
+        function = functions(FGEXT_FUNCTION_FLUSH_MS="200")
         assert function.invoke("req-1", {"spans": 2})["returned"]["ok"]
         assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
 
     def test_an_agent_that_accepts_but_never_answers_leaves_the_handler_running(
-            self, tmp_path: Path, start: Any) -> None:
+            self, tmp_path: Path, functions: Any) -> None:
         """The agent accepts connections and never answers: each flush gives up at its budget; the handler returns."""
         import socket
 
         with socket.create_server(("127.0.0.1", 0)) as silent:  # never accept()ed: the kernel still connects
             write_agent_file(silent.getsockname()[1], pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
-            function = start(FGEXT_FUNCTION_FLUSH_MS="150")
+            function = functions(FGEXT_FUNCTION_FLUSH_MS="150")
             outcome = function.invoke("req-1", {"spans": 2})
             assert (outcome["returned"]["ok"], outcome["exporter"]) == (True, "loopback")
             assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
             assert "spans not flushed within 150 ms" in function.stderr()
 
-    def test_an_agent_that_restarts_gets_the_spans_it_missed(self, tmp_path: Path, start: Any) -> None:
+    def test_an_agent_that_restarts_gets_the_spans_it_missed(self, tmp_path: Path, functions: Any) -> None:
         """The agent goes away and comes back on its port: the handler never fails, and no span is lost."""
         first = ReceiverServer().start()
         port = first.port
         write_agent_file(port, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
-        function = start()
+        function = functions()
         try:
             assert function.invoke("req-1")["exporter"] == "loopback"
             assert len(first.spans()) == 1
@@ -431,20 +414,20 @@ class TestWithoutAgent:
         finally:
             second.stop()
 
-    def test_without_the_sdk_the_handler_runs(self, tmp_path: Path, receiver: ReceiverServer, start: Any) -> None:
+    def test_without_the_sdk_the_handler_runs(self, tmp_path: Path, receiver: ReceiverServer, functions: Any) -> None:
         """The SDK cannot be imported: the handler runs and returns, and one warning says why."""
         agent_file(tmp_path, receiver)
-        function = start(FGEXT_TEST_BLOCK="opentelemetry.sdk")
+        function = functions(FGEXT_TEST_BLOCK="opentelemetry.sdk")
         assert function.invoke("req-1")["returned"]["ok"]
         assert function.invoke("req-2", {"fail": True})["raised"] == "RuntimeError"
         assert function.stderr().count("the OpenTelemetry SDK cannot be imported") == 1
         assert receiver.spans() == []
 
     def test_the_endpoint_variable_overrides_the_agent_file(self, tmp_path: Path, receiver: ReceiverServer,
-                                                            start: Any) -> None:
+                                                            functions: Any) -> None:
         """FGEXT_AGENT_ENDPOINT wins over the agent file."""
         write_agent_file(9, pid=os.getpid(), path=str(tmp_path / "fgext-agent.json"))
-        outcome = start(FGEXT_AGENT_ENDPOINT=receiver.url + "/").invoke("req-1")
+        outcome = functions(FGEXT_AGENT_ENDPOINT=receiver.url + "/").invoke("req-1")
         assert outcome["destination"] == f"{receiver.url}/v1/traces"
         assert len(receiver.wait_for_spans(1)) == 1
 

@@ -17,7 +17,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -41,23 +41,6 @@ def tap(tap_factory: Callable[[int], OtelTap]) -> OtelTap:
     started = tap_factory(free_port())
     started.start()
     return started
-
-
-@pytest.fixture
-def functions(tmp_path: Path) -> Iterator[Callable[..., Function]]:
-    """Function processes finding the agent by ``tmp_path/fgext-agent.json``; stopped by PID after the test."""
-    started: List[Function] = []
-
-    def make(**extra: str) -> Function:
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "FGEXT_"))}
-        env.update({"FGEXT_AGENT_FILE": str(tmp_path / "fgext-agent.json"), "PYTHONPATH": str(ROOT)}, **extra)
-        function = Function(env)
-        started.append(function)
-        return function
-
-    yield make
-    for function in started:
-        function.stop()
 
 
 def agent_env(platform: Any, tap: OtelTap, tmp_path: Path, **extra: str) -> Dict[str, str]:
