@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
+# FGEXT_BENCH_LAUNCHER runs another checkout's agent under this harness: "same bench, before and after"
+# compares two commits with one load generator, one floor and one way of counting.
+LAUNCHER = Path(os.environ.get("FGEXT_BENCH_LAUNCHER") or ROOT / "extension" / "extensionFgext.sh").resolve()
 AGENT_PORT = 8090  # the platform fixes extension ports to 8081-8090; held under the tests' lock
 
 

@@ -591,7 +591,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(), "smoke": smoke, "runs_per_median": runs, "runs": {}, "targets": []}
+        "machine": machine(), "smoke": smoke, "runs_per_median": runs, "runs": {}, "targets": [],
+        "launcher": str(LAUNCHER)}
     for python in pythons:
         version = python_version(python)
         result["machine"].setdefault("pythons", {})[version] = python
