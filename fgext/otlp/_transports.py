@@ -18,11 +18,12 @@ credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
@@ -31,6 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from fgext._errors import ConfigError
 from fgext._retry import retry_after, retryable_grpc, retryable_http
 from fgext.otlp._config import GRPC, OtlpConfig, SignalConfig
+from fgext.otlp._http import Connection
 
 __all__ = ["GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports", "safe_location",
            "wait_awake"]
@@ -138,53 +140,78 @@ class Transport:
 
 
 class HttpTransport(Transport):
-    """OTLP/HTTP with binary protobuf bodies, over one shared aiohttp session; redirects refused."""
+    """OTLP/HTTP with binary protobuf bodies, over the endpoint's kept-alive :class:`Connection`;
+    redirects refused."""
 
-    def __init__(self, config: SignalConfig, session: Callable[[], Any], ssl_context: Any = None) -> None:
+    def __init__(self, config: SignalConfig, connection: Connection) -> None:
         self.signal = config.signal
         self.timeout_s = config.timeout_s
         self._config = config
-        self._session = session
-        self._ssl = ssl_context
-        headers = {"User-Agent": _USER_AGENT}
-        headers.update(config.headers)
-        headers["Content-Type"] = "application/x-protobuf"
-        if config.compression == "gzip":
-            headers["Content-Encoding"] = "gzip"
-        self._headers = headers
+        self._connection = connection
+        self._gzip = config.compression == "gzip"
+        parts = urlsplit(config.endpoint)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = _idna(parts.hostname or "")
+        host = f"[{host}]" if ":" in host else host
+        default_port = 443 if parts.scheme == "https" else 80
+        # What aiohttp sent: Host (without a default port), User-Agent, the user's headers (which may
+        # replace those two), Authorization from user-info in the URL, then the body's own fields.
+        fields: Dict[str, str] = {"Host": host if connection.port == default_port else f"{host}:{connection.port}",
+                                  "User-Agent": _USER_AGENT}
+        for name, value in config.headers.items():
+            if name.lower() in _OURS:
+                continue  # the body's framing is this client's, whatever the variable says
+            for known in list(fields):
+                if known.lower() == name.lower():
+                    del fields[known]
+            fields[name] = value
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            try:
+                raw = credentials.encode("latin-1")
+            except UnicodeEncodeError:
+                raw = credentials.encode("utf-8")
+            fields["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
+        fields["Content-Type"] = "application/x-protobuf"
+        if self._gzip:
+            fields["Content-Encoding"] = "gzip"
+        lines = [f"POST {target} HTTP/1.1"] + [f"{name}: {value}" for name, value in fields.items()]
+        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("utf-8")
 
     async def _attempt(self, data: bytes) -> Outcome:
-        import aiohttp
-
         body = data
-        if self._config.compression == "gzip":
+        if self._gzip:
             import gzip
 
             body = gzip.compress(data, compresslevel=6)
-        extra: Dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
-        for attempt in (1, 2):
-            try:
-                async with self._session().post(self._config.endpoint, data=body, headers=self._headers,
-                                                allow_redirects=False, **extra) as response:
-                    payload = await response.read()
-                    status = response.status
-                    if 200 <= status < 300:
-                        rejected, message = _rejected(self.signal, payload)
-                        return Outcome(ok=True, rejected_items=rejected, detail=message)
-                    if 300 <= status < 400:
-                        where = safe_location(response.headers.get("Location", ""))
-                        return Outcome(ok=False, retryable=False,
-                                       detail=f"HTTP {status}: redirect to {where} refused (not followed)")
-                    detail = f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
-                    return Outcome(ok=False, retryable=retryable_http(status),
-                                   retry_after=retry_after(response.headers.get("Retry-After")), detail=detail)
-            except aiohttp.ServerDisconnectedError as error:
-                # A keep-alive connection that died while the sandbox was frozen: one fresh attempt.
-                if attempt == 2:
-                    return Outcome(ok=False, retryable=True, detail=f"disconnected: {error}")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-                return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
-        return Outcome(ok=False, retryable=True, detail="unreachable")
+        try:
+            answer = await self._connection.post(self._head + b"%d\r\n\r\n" % len(body), body)
+        except OSError as error:  # refused, reset, TLS failure, an answer that is not HTTP
+            return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
+        status = answer.status
+        if 200 <= status < 300:
+            rejected, message = _rejected(self.signal, answer.body)
+            return Outcome(ok=True, rejected_items=rejected, detail=message)
+        if 300 <= status < 400:
+            where = safe_location(answer.fields.get("location", ""))
+            return Outcome(ok=False, retryable=False,
+                           detail=f"HTTP {status}: redirect to {where} refused (not followed)")
+        detail = f"HTTP {status}: {answer.body[:200].decode('utf-8', 'replace')}"
+        return Outcome(ok=False, retryable=retryable_http(status),
+                       retry_after=retry_after(answer.fields.get("retry-after")), detail=detail)
+
+
+# Header fields the client owns: a user's OTEL_EXPORTER_OTLP_*HEADERS entry of these names is not sent.
+_OURS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "connection"})
+
+
+def _idna(host: str) -> str:
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
 
 
 def _load_grpc() -> Any:
@@ -254,31 +281,12 @@ class GrpcTransport(Transport):
         await self._channel.close()
 
 
-class _SessionHolder:
-    """One aiohttp session for all HTTP signals, created inside the running loop on first use."""
-
-    def __init__(self) -> None:
-        self.session: Any = None
-
-    def __call__(self) -> Any:
-        if self.session is None or self.session.closed:
-            import aiohttp
-
-            # No aiohttp timeouts: they count frozen time; Transport.send times out awake time instead.
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4),
-                                                 timeout=aiohttp.ClientTimeout())
-        return self.session
-
-    async def close(self) -> None:
-        if self.session is not None and not self.session.closed:
-            await self.session.close()
-
-
 def _ssl_context(config: SignalConfig) -> Any:
-    """An SSL context for a custom CA bundle or client certificate; ``None`` for the system defaults."""
-    if config.certificate is None and config.client_certificate is None:
-        return None
+    """The SSL context of an https endpoint: the system's CAs, or the configured bundle and client certificate."""
     import ssl
+
+    if config.certificate is None and config.client_certificate is None:
+        return ssl.create_default_context()
 
     try:
         context = ssl.create_default_context(cafile=config.certificate)
@@ -293,23 +301,38 @@ def _ssl_context(config: SignalConfig) -> Any:
 def build_transports(config: OtlpConfig) -> Tuple[Dict[str, Transport], Callable[[], Awaitable[None]]]:
     """A transport per enabled signal, and a coroutine function that releases them all.
 
-    Raises :class:`ConfigError` when gRPC is asked for but its extra is not installed, or a TLS file
-    cannot be used.
+    HTTP signals to one endpoint (scheme, host, port and TLS files) share one kept-alive connection.
+    Raises :class:`ConfigError` when gRPC is asked for but its extra is not installed, a TLS file
+    cannot be used, or an HTTP endpoint's port is not a port.
     """
-    holder = _SessionHolder()
     grpc: Any = _load_grpc() if config.uses_grpc else None
     transports: Dict[str, Transport] = {}
+    connections: Dict[Tuple[Any, ...], Connection] = {}
     for signal, signal_config in config.signals.items():
         if not signal_config.enabled:
             continue
         if signal_config.protocol == GRPC:
             transports[signal] = GrpcTransport(signal_config, grpc)
-        else:
-            transports[signal] = HttpTransport(signal_config, holder, _ssl_context(signal_config))
+            continue
+        parts = urlsplit(signal_config.endpoint)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ConfigError(f"OTLP {signal}: the endpoint's port is not a number from 1 to 65535 "
+                              f"({safe_location(signal_config.endpoint)})") from None
+        host = _idna(parts.hostname or "")
+        key = (parts.scheme, host, port, signal_config.certificate, signal_config.client_certificate,
+               signal_config.client_key)
+        connection = connections.get(key)
+        if connection is None:
+            tls = _ssl_context(signal_config) if parts.scheme == "https" else None
+            connection = connections[key] = Connection(host, port, tls)
+        transports[signal] = HttpTransport(signal_config, connection)
 
     async def close() -> None:
         for transport in transports.values():
             await transport.close()
-        await holder.close()
+        for connection in connections.values():
+            await connection.close()
 
     return transports, close
