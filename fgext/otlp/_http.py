@@ -346,8 +346,9 @@ class Connection:
 
     @property
     def open(self) -> bool:
-        """Whether a connection is currently kept."""
-        return self._protocol is not None
+        """Whether a connection is kept and, as far as the client has seen, still open."""
+        protocol = self._protocol
+        return protocol is not None and not protocol.ended
 
     async def close(self) -> None:
         """Close the kept connection, if any."""
