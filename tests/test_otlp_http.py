@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 import pytest
 
-from fgext.otlp._http import MAX_BODY, MAX_HEAD, Answer, Connection, ProtocolError
+from fgext.otlp._http import MAX_BODY, MAX_HEAD, Answer, Connection, Expired, Interrupt, ProtocolError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 HEAD = b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
@@ -22,12 +22,13 @@ HEAD = b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
 
 class Say:
     """One scripted answer: ``data`` written, then the connection closed if ``close``; ``hold`` answers
-    nothing and waits for the client to go."""
+    nothing and waits for the client to go; ``echo`` answers with the request's body."""
 
-    def __init__(self, data: bytes = b"", close: bool = False, hold: bool = False) -> None:
+    def __init__(self, data: bytes = b"", close: bool = False, hold: bool = False, echo: bool = False) -> None:
         self.data = data
         self.close = close
         self.hold = hold
+        self.echo = echo  # answer 200 with the request's body
 
 
 DROP = Say(close=True)  # read the request, close without a byte of answer
@@ -64,7 +65,8 @@ class RawServer:
                 if answer.hold:
                     await reader.read()  # until the client gives up and closes
                     return
-                writer.write(answer.data)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                             if answer.echo else answer.data)
                 await writer.drain()
                 if answer.close:
                     return
@@ -294,17 +296,34 @@ class TestReconnect:
 
         run(scenario, Say(hold=True), Say(OK))
 
-    def test_requests_are_serialized(self) -> None:
-        """Concurrent callers take turns on the one connection; each gets its own answer."""
-        answers = [Say(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d" % n) for n in range(5)]
+    def test_an_interrupt_ends_the_wait_for_the_answer(self) -> None:
+        """A fired Interrupt makes the waiting request raise Expired and closes its connection; the next
+        request opens a new one."""
+
+        async def scenario(server: RawServer, connection: Connection) -> None:
+            interrupt = Interrupt()
+            asyncio.get_running_loop().call_later(0.2, interrupt.fire)
+            with pytest.raises(Expired):
+                await connection.post(HEAD + b"3\r\n\r\nabc", b"", interrupt)
+            assert not connection.open
+            assert (await post(connection, b"second")).body == b"ok"
+            assert connection.connects == 2
+
+        run(scenario, Say(hold=True), Say(OK))
+
+    def test_concurrent_requests_use_connections_of_their_own(self) -> None:
+        """Requests made while another is in flight each get a connection and their own answer; later
+        requests, one at a time, reuse the kept ones."""
 
         async def scenario(server: RawServer, connection: Connection) -> None:
             results = await asyncio.gather(*(post(connection, b"%d" % n) for n in range(5)))
             assert [a.body for a in results] == [b"%d" % n for n in range(5)]
-            assert [body for _, _, body in server.requests] == [b"%d" % n for n in range(5)]
-            assert server.connections == 1
+            opened = connection.connects
+            for n in range(3):
+                assert (await post(connection, b"%d" % n)).body == b"%d" % n
+            assert connection.connects == opened
 
-        run(scenario, *answers)
+        run(scenario, Say(echo=True))
 
     def test_close_ends_the_connection(self) -> None:
         """close() closes the kept connection: the server sees the end."""

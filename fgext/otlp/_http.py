@@ -25,9 +25,9 @@ decompression (we send no ``Accept-Encoding``). Error texts never contain a requ
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-__all__ = ["MAX_BODY", "MAX_HEAD", "Answer", "Connection", "ProtocolError"]
+__all__ = ["MAX_BODY", "MAX_HEAD", "Answer", "Connection", "Expired", "Interrupt", "ProtocolError"]
 
 MAX_HEAD = 64 * 1024  # a response's status line and header block, and a chunked body's trailers
 MAX_BODY = 1024 * 1024  # answer body bytes kept; the rest is read and discarded
@@ -41,6 +41,31 @@ class ProtocolError(OSError):
 
 class _NoAnswer(ConnectionError):
     """The connection ended before a single byte of the answer arrived."""
+
+
+class Expired(TimeoutError):
+    """The caller's time ran out (its :class:`Interrupt` fired) before the answer was complete."""
+
+
+class Interrupt:
+    """The caller's timer fires this when its time is up: whatever the request waits for (the connection,
+    the next bytes of the answer) wakes and raises :class:`Expired`.
+
+    A flag and a wake-up rather than cancelling the caller's task: the request runs in the caller's own
+    task (no task per request, which costs CPU on every export), and a cancel of that task by anyone else
+    must still arrive as a cancel, never be mistaken for our timeout.
+    """
+
+    __slots__ = ("_wake", "fired")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._wake: Optional[Callable[[], None]] = None
+
+    def fire(self) -> None:
+        self.fired = True
+        if self._wake is not None:
+            self._wake()
 
 
 class Answer:
@@ -65,6 +90,7 @@ class _Protocol(asyncio.Protocol):
         self.error: Optional[BaseException] = None
         self.answered = False  # a byte arrived since the current request was written
         self.paused = False
+        self.interrupt: Optional[Interrupt] = None  # the current request's
         self._waiter: Optional[asyncio.Future[None]] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,25 +102,27 @@ class _Protocol(asyncio.Protocol):
         if len(self.buffer) > _PAUSE_AT and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        self._wake()
+        self.wake()
 
     def eof_received(self) -> bool:
         self.ended = True
-        self._wake()
+        self.wake()
         return False  # let the transport close
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.ended = True
         self.error = exc
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     async def more(self) -> None:
-        """Wait until more bytes arrive; raise if the connection has ended instead."""
+        """Wait until more bytes arrive; raise if the connection has ended or the caller's time is up."""
+        if self.interrupt is not None and self.interrupt.fired:
+            raise Expired("no complete answer in time")
         if self.ended:
             if not self.answered:
                 raise _NoAnswer("connection closed before any answer")
@@ -109,6 +137,8 @@ class _Protocol(asyncio.Protocol):
             await waiter
         finally:
             self._waiter = None
+        if self.interrupt is not None and self.interrupt.fired:
+            raise Expired("no complete answer in time")
 
 
 class _Body:
@@ -273,72 +303,114 @@ async def _read_answer(protocol: _Protocol) -> Tuple[Answer, bool]:
 
 
 class Connection:
-    """One kept-alive HTTP/1.1 connection to ``host:port`` (TLS when ``ssl_context`` is given).
+    """Kept-alive HTTP/1.1 connections to ``host:port`` (TLS when ``ssl_context`` is given).
 
-    :meth:`post` sends one request at a time (later callers wait their turn); :meth:`close` ends it.
+    One connection serves every request while requests come one at a time (the shipper sends one at a
+    time); a request made while another is in flight opens a connection of its own, and up to
+    ``_MAX_IDLE`` of them are kept. :meth:`close` ends them all.
     """
+
+    _MAX_IDLE = 2
 
     def __init__(self, host: str, port: int, ssl_context: Any = None) -> None:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
         self.connects = 0  # connections opened so far (for tests and diagnostics)
-        self._protocol: Optional[_Protocol] = None
-        self._lock = asyncio.Lock()
+        self._idle: List[_Protocol] = []
+        self._open: Set[_Protocol] = set()
 
-    async def post(self, head: bytes, body: bytes) -> Answer:
+    async def post(self, head: bytes, body: bytes, interrupt: Optional[Interrupt] = None) -> Answer:
         """Send ``head`` (the request line and header block, blank line included) and ``body``; return
-        the answer. Raises ``OSError`` (:class:`ProtocolError` included) when there is no readable answer.
+        the answer. Raises ``OSError`` (:class:`ProtocolError` included) when there is no readable answer,
+        :class:`Expired` once ``interrupt`` fired.
         """
-        async with self._lock:
-            protocol = self._protocol
-            if protocol is not None and (protocol.ended or protocol.buffer or protocol.transport is None
-                                         or protocol.transport.is_closing()):
-                self._drop()  # closed by the collector while idle, or it sent something unasked for
-                protocol = None
-            reused = protocol is not None
+        protocol: Optional[_Protocol] = None
+        while self._idle:
+            candidate = self._idle.pop()
+            if candidate.ended or candidate.buffer or candidate.transport is None or candidate.transport.is_closing():
+                self._end(candidate)  # closed by the collector while idle, or it sent something unasked for
+            else:
+                protocol = candidate
+                break
+        reused = protocol is not None
+        try:
+            if protocol is None:
+                protocol = await self._connect(interrupt)
             try:
-                if protocol is None:
-                    protocol = await self._connect()
-                try:
-                    return await self._exchange(protocol, head, body)
-                except _NoAnswer:
-                    if not reused:
-                        raise
+                answer, keep = await self._exchange(protocol, head, body, interrupt)
+            except _NoAnswer:
+                if not reused:
+                    raise
                 # The collector closed the kept-alive connection as our request crossed it (its idle
                 # timeout), and not a byte of an answer came: it cannot have answered; send it once more.
-                self._drop()
-                return await self._exchange(await self._connect(), head, body)
-            except BaseException:
-                self._drop()
-                raise
+                self._end(protocol)
+                protocol = None
+                protocol = await self._connect(interrupt)
+                answer, keep = await self._exchange(protocol, head, body, interrupt)
+        except BaseException:
+            if protocol is not None:
+                self._end(protocol)
+            raise
+        protocol.interrupt = None
+        if keep and len(self._idle) < self._MAX_IDLE:
+            self._idle.append(protocol)
+        else:
+            self._end(protocol, graceful=True)
+        return answer
 
-    async def _connect(self) -> _Protocol:
+    async def _connect(self, interrupt: Optional[Interrupt]) -> _Protocol:
+        if interrupt is not None and interrupt.fired:
+            raise Expired("no connection in time")
         loop = asyncio.get_running_loop()
         extra: Dict[str, Any] = {}
         if self.ssl_context is not None:
             extra = {"ssl": self.ssl_context, "server_hostname": self.host}
-        _, protocol = await loop.create_connection(_Protocol, self.host, self.port, **extra)
+        connecting = asyncio.ensure_future(loop.create_connection(_Protocol, self.host, self.port, **extra))
+        if interrupt is not None:  # a task of its own only here: connecting is rare, and must be interruptible
+            woke: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: Any = None) -> None:
+                if not woke.done():
+                    woke.set_result(None)
+
+            connecting.add_done_callback(wake)
+            interrupt._wake = wake
+            try:
+                await woke
+            except asyncio.CancelledError:
+                if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+                    connecting.result()[0].abort()  # connected just as the caller was cancelled
+                connecting.cancel()
+                raise
+            finally:
+                interrupt._wake = None
+            if not connecting.done():
+                connecting.cancel()
+                raise Expired("no connection in time")
+        _, protocol = await connecting
         self.connects += 1
-        self._protocol = protocol
+        self._open.add(protocol)
         return protocol
 
-    async def _exchange(self, protocol: _Protocol, head: bytes, body: bytes) -> Answer:
+    async def _exchange(self, protocol: _Protocol, head: bytes, body: bytes,
+                        interrupt: Optional[Interrupt]) -> Tuple[Answer, bool]:
         assert protocol.transport is not None
         protocol.answered = False
+        protocol.interrupt = interrupt
+        if interrupt is not None:
+            interrupt._wake = protocol.wake
         if len(body) <= 16384:
             protocol.transport.write(head + body)
         else:  # no copy of a large body; asyncio sends both with TCP_NODELAY
             protocol.transport.write(head)
             protocol.transport.write(body)
-        answer, keep = await _read_answer(protocol)
-        if not keep:
-            self._drop(graceful=True)
-        return answer
+        return await _read_answer(protocol)
 
-    def _drop(self, graceful: bool = False) -> None:
-        protocol, self._protocol = self._protocol, None
-        if protocol is not None and protocol.transport is not None:
+    def _end(self, protocol: _Protocol, graceful: bool = False) -> None:
+        self._open.discard(protocol)
+        protocol.interrupt = None
+        if protocol.transport is not None:
             if graceful:
                 protocol.transport.close()
             else:
@@ -346,10 +418,11 @@ class Connection:
 
     @property
     def open(self) -> bool:
-        """Whether a connection is kept and, as far as the client has seen, still open."""
-        protocol = self._protocol
-        return protocol is not None and not protocol.ended
+        """Whether a connection is kept for the next request and, as far as the client has seen, still open."""
+        return any(not protocol.ended for protocol in self._idle)
 
     async def close(self) -> None:
-        """Close the kept connection, if any."""
-        self._drop(graceful=True)
+        """Close every connection, kept or in use."""
+        self._idle.clear()
+        for protocol in list(self._open):
+            self._end(protocol, graceful=True)

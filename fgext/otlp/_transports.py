@@ -32,10 +32,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from fgext._errors import ConfigError
 from fgext._retry import retry_after, retryable_grpc, retryable_http
 from fgext.otlp._config import GRPC, OtlpConfig, SignalConfig
-from fgext.otlp._http import Connection
+from fgext.otlp._http import Connection, Expired, Interrupt
 
-__all__ = ["GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports", "safe_location",
-           "wait_awake"]
+__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports",
+           "safe_location", "wait_awake"]
 
 _USER_AGENT = "fgext-otlp/0.1.0"
 _GRPC_METHODS = {
@@ -64,19 +64,73 @@ class Outcome:
     rejected_items: int = 0  # partial success: items the collector refused although it answered OK
 
 
+class AwakeTimer:
+    """Calls ``expire`` once ``timeout`` seconds of time this process was running have passed.
+
+    The time is measured in slices of ``slice_s``; a slice that overran by more than ``gap_s`` was spent
+    frozen (or starved) and is not counted. :meth:`cancel` before it fires stops it.
+    """
+
+    __slots__ = ("_before", "_clock", "_expire", "_gap", "_handle", "_left", "_loop", "_slice", "_step")
+
+    def __init__(self, timeout: float, expire: Callable[[], None], *, clock: Callable[[], float] = time.monotonic,
+                 slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> None:
+        self._expire = expire
+        self._left = timeout
+        self._clock = clock
+        self._slice = slice_s
+        self._gap = gap_s
+        self._loop = asyncio.get_running_loop()
+        self._handle: Optional[asyncio.Handle] = None
+        self._step = 0.0
+        self._before = 0.0
+        if timeout > 0:
+            self._arm()
+        else:
+            self._handle = self._loop.call_soon(self._fire)
+
+    def _arm(self) -> None:
+        self._step = min(self._left, self._slice)
+        self._before = self._clock()
+        self._handle = self._loop.call_later(self._step, self._tick)
+
+    def _tick(self) -> None:
+        took = self._clock() - self._before
+        self._left -= self._step if took - self._step > self._gap else took
+        if self._left > 0:
+            self._arm()
+        else:
+            self._fire()
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._expire()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[], float] = time.monotonic,
                      slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> bool:
     """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended."""
     future = asyncio.ensure_future(task)
-    left = timeout
-    while left > 0:
-        step = min(left, slice_s)
-        before = clock()
-        done, _ = await asyncio.wait({future}, timeout=step)
-        if done:
-            return True
-        took = clock() - before
-        left -= step if took - step > gap_s else took
+    if future.done():
+        return True
+    woke: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: Any = None) -> None:
+        if not woke.done():
+            woke.set_result(None)
+
+    timer = AwakeTimer(timeout, wake, clock=clock, slice_s=slice_s, gap_s=gap_s)
+    future.add_done_callback(wake)
+    try:
+        await woke
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
     return future.done()
 
 
@@ -178,14 +232,34 @@ class HttpTransport(Transport):
         lines = [f"POST {target} HTTP/1.1"] + [f"{name}: {value}" for name, value in fields.items()]
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("utf-8")
 
-    async def _attempt(self, data: bytes) -> Outcome:
+    async def send(self, data: bytes) -> Outcome:
+        """One attempt, given up (retryably) after ``timeout_s`` seconds awake without a whole answer.
+
+        Run in the caller's task, not one of its own as :meth:`Transport.send` does: that task and the
+        wait for it cost more CPU than the rest of the exchange. The awake-time timer interrupts the
+        request's waits instead (fgext/otlp/_http.py); a cancel of the caller still propagates.
+        """
+        interrupt = Interrupt()
+        timer = AwakeTimer(self.timeout_s, interrupt.fire)
+        try:
+            return await self._attempt(data, interrupt)
+        except Expired:
+            return Outcome(ok=False, retryable=True, detail=f"no answer within {self.timeout_s:g} s")
+        except Exception as error:  # an unforeseen failure: keep the data, back off, try again
+            return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
+        finally:
+            timer.cancel()
+
+    async def _attempt(self, data: bytes, interrupt: Optional[Interrupt] = None) -> Outcome:
         body = data
         if self._gzip:
             import gzip
 
             body = gzip.compress(data, compresslevel=6)
         try:
-            answer = await self._connection.post(self._head + b"%d\r\n\r\n" % len(body), body)
+            answer = await self._connection.post(self._head + b"%d\r\n\r\n" % len(body), body, interrupt)
+        except Expired:
+            raise
         except OSError as error:  # refused, reset, TLS failure, an answer that is not HTTP
             return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
         status = answer.status
