@@ -41,7 +41,7 @@ class RawServer:
         self.answers = list(answers) or [Say(OK)]
         self.requests: List[Tuple[int, bytes, bytes]] = []  # (connection number, head, body)
         self.connections = 0
-        self.eofs = 0  # connections the client ended between requests
+        self.eofs = 0  # connections the client ended between requests, or while a held answer waited
         self.port = 0
         self._server: Optional[asyncio.AbstractServer] = None
 
@@ -64,6 +64,7 @@ class RawServer:
                 answer = self._next()
                 if answer.hold:
                     await reader.read()  # until the client gives up and closes
+                    self.eofs += 1
                     return
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
                              if answer.echo else answer.data)

@@ -207,6 +207,26 @@ class TestHttpClient:
         assert outcomes[1].ok
         assert [number for number, _, _ in server.requests] == [1, 2]
 
+    def test_a_cancel_of_the_sender_propagates(self) -> None:
+        """Cancelling the task that sends (the shipper closing) cancels it, not a timeout outcome, and closes
+        the connection."""
+
+        async def go() -> Tuple[bool, int]:
+            async with RawServer(Say(hold=True)) as server:
+                transports, close = build_transports(load_config(only_traces(f"http://127.0.0.1:{server.port}/v1/traces")))
+                try:
+                    sending = asyncio.ensure_future(transports["traces"].send(b"\x0a\x00"))
+                    await until(lambda: len(server.requests) == 1)
+                    sending.cancel()
+                    await asyncio.wait({sending})
+                    await until(lambda: server.eofs == 1)  # the client closed the connection
+                    return sending.cancelled(), transports["traces"]._connection.connects  # type: ignore
+                finally:
+                    await close()
+
+        cancelled, connects = asyncio.run(go())
+        assert cancelled and connects == 1
+
     def test_an_unreadable_answer_is_a_retryable_failure(self) -> None:
         """An answer that is not HTTP fails the attempt retryably, like a broken connection."""
         outcomes, _, _ = raw_send([Say(b"garbage\r\n\r\n", close=True)], lambda port: only_traces(
