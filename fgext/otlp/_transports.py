@@ -9,7 +9,9 @@ invocations (and ``SIGSTOP`` does the same): the monotonic clock keeps running w
 cannot, so a timeout measured on it expires during the freeze, and the request - which the collector
 may well have answered meanwhile - is given up and sent again after the thaw: a duplicate. The wait is
 therefore cut into short slices; a slice that took far longer than asked means the process did not run
-(frozen, or starved), and that gap is not counted.
+(frozen, or starved), and that gap is not counted (:class:`AwakeTimer`, the one clock for this rule).
+gRPC runs each attempt as a task waited on with :func:`wait_awake`; HTTP runs it in the caller's task,
+interrupted by the timer, over the kept-alive client of :mod:`fgext.otlp._http` (cheaper per POST).
 
 Redirects are never followed: a 3xx is a rejection, reported with its ``Location`` stripped of
 credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``/``CLIENT_KEY`` files.
