@@ -1,10 +1,16 @@
-"""CPU per export POST: aiohttp's ClientSession against a minimal keep-alive client on asyncio streams.
+"""CPU per export POST: aiohttp's ClientSession, fgext's OTLP/HTTP transport, and a minimal floor client.
 
 Issue 15, item 1 asks whether a lean hand-written client is worth its code: this measures only the
 client side (``time.process_time`` of this process; the collector is a subprocess), sequential POSTs of
-a typical traces request over one kept-alive connection, alternating the two clients for ``--rounds``.
+a typical traces request over one kept-alive connection, alternating the clients for ``--rounds``:
 
-    .venv/bin/python bench/http_client.py --posts 2000 --rounds 5
+- ``aiohttp``: a ``ClientSession`` POST (what the agent used before fgext/otlp/_http.py);
+- ``transport``: the agent's real ``HttpTransport.send`` (fgext/otlp/_transports.py, built by
+  ``build_transports`` from ``OTEL_*`` settings): its awake-time timeout, the request head, the lean
+  client in fgext/otlp/_http.py and the OTLP answer parsing, all counted;
+- ``floor``: the least a keep-alive exchange on asyncio streams can cost (no timeout, no checks).
+
+    .venv/bin/python bench/http_client.py --posts 1500 --rounds 5
 """
 
 from __future__ import annotations
@@ -39,6 +45,26 @@ async def aiohttp_posts(port: int, posts: int) -> float:
                 if answer.status != 200:
                     raise RuntimeError(answer.status)
         return time.process_time() - started
+
+
+async def transport_posts(port: int, posts: int) -> float:
+    from fgext.otlp._config import load_config
+    from fgext.otlp._transports import build_transports
+
+    transports, close = build_transports(load_config({
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
+        "OTEL_LOGS_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}))
+    send = transports["traces"].send
+    try:
+        await send(BODY)  # connect outside the count
+        started = time.process_time()
+        for _ in range(posts):
+            outcome = await send(BODY)
+            if not outcome.ok:
+                raise RuntimeError(outcome.detail)
+        return time.process_time() - started
+    finally:
+        await close()
 
 
 async def streams_posts(port: int, posts: int) -> float:
@@ -78,7 +104,7 @@ def main() -> int:
     args = parser.parse_args()
     sink = Sink()
     clients: Dict[str, Callable[[int, int], Coroutine[Any, Any, float]]] = {
-        "aiohttp": aiohttp_posts, "streams": streams_posts}
+        "aiohttp": aiohttp_posts, "transport": transport_posts, "floor": streams_posts}
     samples: Dict[str, List[float]] = {name: [] for name in clients}
     try:
         for _ in range(args.rounds):
@@ -86,11 +112,13 @@ def main() -> int:
                 samples[name].append(asyncio.run(client(sink.port, args.posts)) / args.posts * 1e6)
     finally:
         sink.stop()
+    print(f"Python {sys.version.split()[0]}, {args.rounds} rounds of {args.posts} POSTs of {len(BODY)} bytes")
     for name, values in samples.items():
-        print(f"{name:8} CPU per POST: median {statistics.median(values):.1f} us "
-              f"(min {min(values):.1f}, max {max(values):.1f}) over {args.rounds} rounds of {args.posts}")
-    ratios = [a / s for a, s in zip(samples["aiohttp"], samples["streams"])]
-    print(f"aiohttp / streams: {min(ratios):.2f}-{max(ratios):.2f}")
+        print(f"{name:9} CPU per POST: median {statistics.median(values):.1f} us "
+              f"(min {min(values):.1f}, max {max(values):.1f})")
+    for top, bottom in (("aiohttp", "transport"), ("transport", "floor"), ("aiohttp", "floor")):
+        ratios = [a / b for a, b in zip(samples[top], samples[bottom])]
+        print(f"{top} / {bottom}: {min(ratios):.2f}-{max(ratios):.2f} (per round)")
     return 0
 
 

@@ -170,6 +170,15 @@ class TestDeliverySettings:
             config(OTEL_EXPORTER_OTLP_LOGS_HEADERS=value)
         assert "SECRET" not in str(raised.value)
 
+    @pytest.mark.parametrize("value", ["authorization=Bearer%20SECRET-1%0D%0AX-Injected:%201",
+                                       "x-key=SECRET-2%0Aa", "x-key=SECRET-3%00"])
+    def test_line_breaks_in_a_header_value_are_refused_without_showing_it(self, value: str) -> None:
+        """A percent-encoded CR, LF or NUL in a header value (which would end the header) is a ConfigError
+        naming the variable and the header, not the value."""
+        with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_HEADERS: entry 1 .* line break") as raised:
+            config(OTEL_EXPORTER_OTLP_HEADERS=value)
+        assert "SECRET" not in str(raised.value)
+
     @pytest.mark.parametrize("headers_var", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"])
     def test_credentials_in_the_url_and_an_authorization_header_conflict(self, headers_var: str) -> None:
         """User-info in the endpoint plus an Authorization header is a ConfigError that shows neither."""

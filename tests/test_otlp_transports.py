@@ -7,6 +7,8 @@ Real sockets on 127.0.0.1 throughout: an aiohttp server (HTTPS with a throwaway 
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import shutil
 import ssl
 import subprocess
@@ -19,6 +21,8 @@ from aiohttp import web
 from fgext._errors import ConfigError
 from fgext.otlp._config import load_config
 from fgext.otlp._transports import Outcome, Transport, build_transports, safe_location, wait_awake
+from tests.test_otlp_http import OK, RawServer, Say, until
+from tests.test_otlp_plugin import free_port
 
 
 class Server:
@@ -119,6 +123,185 @@ class TestHttp:
 
         outcome = asyncio.run(go())
         assert not outcome.ok and outcome.retryable and "no answer within 0.3 s" in outcome.detail
+
+
+TOKEN = "tok-SECRET-9876"
+
+
+def raw_send(answers: List[Say], environ: Callable[[int], Dict[str, str]], sends: int = 1,
+             data: bytes = b"\x0a\x00") -> Tuple[List[Outcome], RawServer, Dict[str, Transport]]:
+    """``sends`` exports of ``data`` over the traces transport to a raw server scripted with ``answers``."""
+
+    async def go() -> Tuple[List[Outcome], RawServer, Dict[str, Transport]]:
+        async with RawServer(*answers) as server:
+            transports, close = build_transports(load_config(environ(server.port)))
+            try:
+                return [await transports["traces"].send(data) for _ in range(sends)], server, transports
+            finally:
+                await close()
+
+    return asyncio.run(go())
+
+
+def header_names(head: bytes) -> List[str]:
+    return [line.split(b":", 1)[0].decode().lower() for line in head.split(b"\r\n")[1:] if line]
+
+
+class TestHttpClient:
+    def test_the_request_head_exactly(self) -> None:
+        """The request carries Host, User-Agent, the user's headers, Content-Type, Content-Encoding (gzip on)
+        and Content-Length, and nothing else; the body is the gzip of the data."""
+        outcomes, server, _ = raw_send([Say(OK)], lambda port: only_traces(
+            f"http://127.0.0.1:{port}/v1/traces", OTEL_EXPORTER_OTLP_HEADERS="x-team=a%20b,Api-Key=K1",
+            OTEL_EXPORTER_OTLP_COMPRESSION="gzip"), data=b"\x0a\x00" * 100)
+        assert outcomes[0].ok
+        _, head, body = server.requests[0]
+        assert head.startswith(b"POST /v1/traces HTTP/1.1\r\n")
+        assert sorted(header_names(head)) == sorted(["host", "user-agent", "x-team", "api-key", "content-type",
+                                                     "content-encoding", "content-length"])
+        assert f"\r\nHost: 127.0.0.1:{server.port}\r\n".encode() in head
+        assert b"\r\nx-team: a b\r\n" in head and b"\r\napi-key: K1\r\n" in head
+        assert b"\r\nContent-Type: application/x-protobuf\r\n" in head
+        assert b"\r\nContent-Encoding: gzip\r\n" in head
+        assert gzip.decompress(body) == b"\x0a\x00" * 100
+        assert f"\r\nContent-Length: {len(body)}\r\n".encode() in head
+
+    def test_user_info_in_the_endpoint_is_sent_as_basic_auth(self) -> None:
+        """``http://user:pass@host`` sends ``Authorization: Basic`` (percent-decoded) and neither part in the
+        request line or Host; no Content-Encoding without compression."""
+        outcomes, server, _ = raw_send([Say(OK)], lambda port: only_traces(
+            f"http://me:p%40ss@127.0.0.1:{port}/v1/traces?tenant=1"))
+        assert outcomes[0].ok
+        head = server.requests[0][1]
+        assert head.startswith(b"POST /v1/traces?tenant=1 HTTP/1.1\r\n")
+        assert b"\r\nAuthorization: Basic " + base64.b64encode(b"me:p@ss") + b"\r\n" in head
+        assert b"me" not in head.split(b"\r\n")[0] and "content-encoding" not in header_names(head)
+
+    def test_signals_to_one_endpoint_share_one_kept_connection(self) -> None:
+        """Traces, logs and metrics to one collector, twice each, travel over one connection."""
+
+        async def go() -> RawServer:
+            async with RawServer(Say(OK)) as server:
+                transports, close = build_transports(load_config(
+                    {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.port}"}))
+                try:
+                    for _ in range(2):
+                        for signal in ("traces", "logs", "metrics"):
+                            assert (await transports[signal].send(b"")).ok
+                finally:
+                    await close()
+                await until(lambda: server.eofs == 1)  # close() ended it
+                return server
+
+        server = asyncio.run(go())
+        assert server.connections == 1
+        assert [head.split(b" ")[1] for _, head, _ in server.requests] == [b"/v1/traces", b"/v1/logs",
+                                                                           b"/v1/metrics"] * 2
+
+    def test_a_timed_out_connection_is_not_reused(self) -> None:
+        """A request without an answer within the timeout fails retryably; its connection is closed and the
+        next request opens another."""
+        outcomes, server, _ = raw_send([Say(hold=True), Say(OK)], lambda port: only_traces(
+            f"http://127.0.0.1:{port}/v1/traces", OTEL_EXPORTER_OTLP_TIMEOUT="300"), sends=2)
+        assert not outcomes[0].ok and outcomes[0].retryable and "no answer within 0.3 s" in outcomes[0].detail
+        assert outcomes[1].ok
+        assert [number for number, _, _ in server.requests] == [1, 2]
+
+    def test_a_cancel_of_the_sender_propagates(self) -> None:
+        """Cancelling the task that sends (the shipper closing) cancels it, not a timeout outcome, and closes
+        the connection."""
+
+        async def go() -> Tuple[bool, int]:
+            async with RawServer(Say(hold=True)) as server:
+                transports, close = build_transports(load_config(only_traces(f"http://127.0.0.1:{server.port}/v1/traces")))
+                try:
+                    sending = asyncio.ensure_future(transports["traces"].send(b"\x0a\x00"))
+                    await until(lambda: len(server.requests) == 1)
+                    sending.cancel()
+                    await asyncio.wait({sending})
+                    await until(lambda: server.eofs == 1)  # the client closed the connection
+                    return sending.cancelled(), transports["traces"]._connection.connects  # type: ignore
+                finally:
+                    await close()
+
+        cancelled, connects = asyncio.run(go())
+        assert cancelled and connects == 1
+
+    def test_an_unreadable_answer_is_a_retryable_failure(self) -> None:
+        """An answer that is not HTTP fails the attempt retryably, like a broken connection."""
+        outcomes, _, _ = raw_send([Say(b"garbage\r\n\r\n", close=True)], lambda port: only_traces(
+            f"http://127.0.0.1:{port}/v1/traces"))
+        assert not outcomes[0].ok and outcomes[0].retryable and "ProtocolError" in outcomes[0].detail
+
+    def test_redirect_location_from_a_raw_answer(self) -> None:
+        """A 308 with a Location is refused, its target shown without credentials or query."""
+        answer = (b"HTTP/1.1 308 Permanent Redirect\r\nLocation: https://u:PASSWORD@elsewhere:4318/v1/traces"
+                  b"?key=K\r\nContent-Length: 0\r\n\r\n")
+        outcomes, server, _ = raw_send([Say(answer)], lambda port: only_traces(f"http://127.0.0.1:{port}/v1/traces"),
+                                       sends=2)
+        assert not outcomes[0].ok and not outcomes[0].retryable
+        assert outcomes[0].detail == "HTTP 308: redirect to https://elsewhere:4318/v1/traces refused (not followed)"
+        assert len(server.requests) == 2  # each send asked once: nothing followed, nothing resent
+
+    @pytest.mark.parametrize("answer", [
+        Say(close=True), Say(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", close=True),
+        Say(b"HTTP/9 200\r\n\r\n", close=True), Say(b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000),
+        Say(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+        Say(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /v2\r\nContent-Length: 0\r\n\r\n"),
+        Say(hold=True),
+    ], ids=["closed", "cut", "not-http", "huge-head", "401", "307", "timeout"])
+    def test_header_values_never_appear_in_an_outcome(self, answer: Say) -> None:
+        """Whatever goes wrong, the outcome's text holds no piece of a header value or of the URL's
+        password."""
+        outcomes, server, _ = raw_send([answer], lambda port: only_traces(
+            f"http://me:PASSWORD-5678@127.0.0.1:{port}/v1/traces", OTEL_EXPORTER_OTLP_TIMEOUT="300",
+            OTEL_EXPORTER_OTLP_TRACES_HEADERS=f"x-api-key={TOKEN}"))
+        assert server.requests and TOKEN.encode() in server.requests[0][1]
+        assert not outcomes[0].ok and outcomes[0].detail
+        for secret in (TOKEN, "PASSWORD-5678", base64.b64encode(b"me:PASSWORD-5678").decode()):
+            for size in range(6, len(secret) + 1):
+                for first in range(len(secret) - size + 1):
+                    assert secret[first:first + size] not in outcomes[0].detail
+
+    def test_refused_connection_is_retryable_and_quiet(self) -> None:
+        """No listener: a retryable failure whose text names neither header value nor password."""
+        port = free_port()
+        outcome = asyncio.run(one_send(only_traces(f"http://me:PASSWORD-5678@127.0.0.1:{port}/v1/traces",
+                                                   OTEL_EXPORTER_OTLP_HEADERS=f"x-api-key={TOKEN}")))
+        assert not outcome.ok and outcome.retryable
+        assert TOKEN not in outcome.detail and "PASSWORD" not in outcome.detail
+
+    def test_a_port_out_of_range_is_a_configuration_error(self) -> None:
+        """An endpoint whose port is not 1-65535 fails at start, not at every export."""
+        with pytest.raises(ConfigError, match="port"):
+            build_transports(load_config(only_traces("http://127.0.0.1:99999/v1/traces")))
+
+    def test_oteltap_receives_the_export(self, taps: Callable[[int], Any]) -> None:
+        """A real OTLP receiver (oteltap) takes three exports over the kept-alive connection (uncompressed:
+        oteltap 1.0 answers 400 to a gzip body, from aiohttp's client as well)."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        tap = taps(free_port())
+        request = ExportTraceServiceRequest()
+        for name in ("first", "second"):
+            span = request.resource_spans.add().scope_spans.add().spans.add()
+            span.trace_id, span.span_id, span.name = bytes(range(1, 17)), bytes(range(1, 9)), name
+            span.start_time_unix_nano, span.end_time_unix_nano = 1, 2
+
+        async def go() -> List[Outcome]:
+            transports, close = build_transports(load_config(only_traces(
+                f"http://127.0.0.1:{tap.port}/v1/traces")))
+            try:
+                outcomes = [await transports["traces"].send(request.SerializeToString()) for _ in range(3)]
+                await tap.wait("spans", lambda spans: len(spans) >= 6)
+                assert transports["traces"]._connection.connects == 1  # type: ignore[attr-defined]
+                return outcomes
+            finally:
+                await close()
+
+        outcomes = asyncio.run(go())
+        assert all(outcome.ok for outcome in outcomes)
+        assert sorted(span["name"] for span in tap.items("spans")) == ["first"] * 3 + ["second"] * 3
 
 
 def test_safe_location_strips_credentials_and_query() -> None:
@@ -231,6 +414,23 @@ class TestTls:
         outcome, received = https(pki, lambda url: only_traces(
             url, OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki / "ca.pem")))
         assert outcome.ok and received == 1
+
+    def test_the_tls_connection_is_kept(self, pki: Path) -> None:
+        """Three exports to an HTTPS collector use one TLS connection (server_hostname checked against the
+        certificate's IP address)."""
+
+        async def go() -> Tuple[List[Outcome], int, int]:
+            async with Server(ssl_context=server_context(pki, False)) as server:
+                transports, close = build_transports(load_config(only_traces(
+                    f"https://127.0.0.1:{server.port}/v1/traces", OTEL_EXPORTER_OTLP_CERTIFICATE=str(pki / "ca.pem"))))
+                try:
+                    outcomes = [await transports["traces"].send(b"\x0a\x00") for _ in range(3)]
+                    return outcomes, len(server.received), transports["traces"]._connection.connects  # type: ignore
+                finally:
+                    await close()
+
+        outcomes, received, connects = asyncio.run(go())
+        assert all(outcome.ok for outcome in outcomes) and received == 3 and connects == 1
 
     def test_without_the_ca_the_collector_is_not_trusted(self, pki: Path) -> None:
         """Without the CA bundle the same collector fails certificate verification and receives nothing."""

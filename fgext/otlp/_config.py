@@ -270,7 +270,11 @@ def parse_headers(name: str, value: str) -> Dict[str, str]:
                 f"{name}: entry {position} is not a header: use name=value pairs separated by commas "
                 "(value not shown: it may be a secret)"
             )
-        headers[key.lower()] = unquote(raw.strip())
+        decoded = unquote(raw.strip())
+        if any(character in decoded for character in "\r\n\0"):  # would end the header, or the head
+            raise ConfigError(f"{name}: entry {position} ({key}) has a line break or NUL in its value "
+                              "(value not shown: it may be a secret)")
+        headers[key.lower()] = decoded
     return headers
 
 

@@ -9,7 +9,9 @@ invocations (and ``SIGSTOP`` does the same): the monotonic clock keeps running w
 cannot, so a timeout measured on it expires during the freeze, and the request - which the collector
 may well have answered meanwhile - is given up and sent again after the thaw: a duplicate. The wait is
 therefore cut into short slices; a slice that took far longer than asked means the process did not run
-(frozen, or starved), and that gap is not counted.
+(frozen, or starved), and that gap is not counted (:class:`AwakeTimer`, the one clock for this rule).
+gRPC runs each attempt as a task waited on with :func:`wait_awake`; HTTP runs it in the caller's task,
+interrupted by the timer, over the kept-alive client of :mod:`fgext.otlp._http` (cheaper per POST).
 
 Redirects are never followed: a 3xx is a rejection, reported with its ``Location`` stripped of
 credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``/``CLIENT_KEY`` files.
@@ -18,11 +20,12 @@ credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
@@ -31,9 +34,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from fgext._errors import ConfigError
 from fgext._retry import retry_after, retryable_grpc, retryable_http
 from fgext.otlp._config import GRPC, OtlpConfig, SignalConfig
+from fgext.otlp._http import Connection, Expired, Interrupt
 
-__all__ = ["GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports", "safe_location",
-           "wait_awake"]
+__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports",
+           "safe_location", "wait_awake"]
 
 _USER_AGENT = "fgext-otlp/0.1.0"
 _GRPC_METHODS = {
@@ -62,19 +66,73 @@ class Outcome:
     rejected_items: int = 0  # partial success: items the collector refused although it answered OK
 
 
+class AwakeTimer:
+    """Calls ``expire`` once ``timeout`` seconds of time this process was running have passed.
+
+    The time is measured in slices of ``slice_s``; a slice that overran by more than ``gap_s`` was spent
+    frozen (or starved) and is not counted. :meth:`cancel` before it fires stops it.
+    """
+
+    __slots__ = ("_before", "_clock", "_expire", "_gap", "_handle", "_left", "_loop", "_slice", "_step")
+
+    def __init__(self, timeout: float, expire: Callable[[], None], *, clock: Callable[[], float] = time.monotonic,
+                 slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> None:
+        self._expire = expire
+        self._left = timeout
+        self._clock = clock
+        self._slice = slice_s
+        self._gap = gap_s
+        self._loop = asyncio.get_running_loop()
+        self._handle: Optional[asyncio.Handle] = None
+        self._step = 0.0
+        self._before = 0.0
+        if timeout > 0:
+            self._arm()
+        else:
+            self._handle = self._loop.call_soon(self._fire)
+
+    def _arm(self) -> None:
+        self._step = min(self._left, self._slice)
+        self._before = self._clock()
+        self._handle = self._loop.call_later(self._step, self._tick)
+
+    def _tick(self) -> None:
+        took = self._clock() - self._before
+        self._left -= self._step if took - self._step > self._gap else took
+        if self._left > 0:
+            self._arm()
+        else:
+            self._fire()
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._expire()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[], float] = time.monotonic,
                      slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> bool:
     """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended."""
     future = asyncio.ensure_future(task)
-    left = timeout
-    while left > 0:
-        step = min(left, slice_s)
-        before = clock()
-        done, _ = await asyncio.wait({future}, timeout=step)
-        if done:
-            return True
-        took = clock() - before
-        left -= step if took - step > gap_s else took
+    if future.done():
+        return True
+    woke: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: Any = None) -> None:
+        if not woke.done():
+            woke.set_result(None)
+
+    timer = AwakeTimer(timeout, wake, clock=clock, slice_s=slice_s, gap_s=gap_s)
+    future.add_done_callback(wake)
+    try:
+        await woke
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
     return future.done()
 
 
@@ -138,53 +196,98 @@ class Transport:
 
 
 class HttpTransport(Transport):
-    """OTLP/HTTP with binary protobuf bodies, over one shared aiohttp session; redirects refused."""
+    """OTLP/HTTP with binary protobuf bodies, over the endpoint's kept-alive :class:`Connection`;
+    redirects refused."""
 
-    def __init__(self, config: SignalConfig, session: Callable[[], Any], ssl_context: Any = None) -> None:
+    def __init__(self, config: SignalConfig, connection: Connection) -> None:
         self.signal = config.signal
         self.timeout_s = config.timeout_s
         self._config = config
-        self._session = session
-        self._ssl = ssl_context
-        headers = {"User-Agent": _USER_AGENT}
-        headers.update(config.headers)
-        headers["Content-Type"] = "application/x-protobuf"
-        if config.compression == "gzip":
-            headers["Content-Encoding"] = "gzip"
-        self._headers = headers
+        self._connection = connection
+        self._gzip = config.compression == "gzip"
+        parts = urlsplit(config.endpoint)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = _idna(parts.hostname or "")
+        host = f"[{host}]" if ":" in host else host
+        default_port = 443 if parts.scheme == "https" else 80
+        # What aiohttp sent: Host (without a default port), User-Agent, the user's headers (which may
+        # replace those two), Authorization from user-info in the URL, then the body's own fields.
+        fields: Dict[str, str] = {"Host": host if connection.port == default_port else f"{host}:{connection.port}",
+                                  "User-Agent": _USER_AGENT}
+        for name, value in config.headers.items():
+            if name.lower() in _OURS:
+                continue  # the body's framing is this client's, whatever the variable says
+            for known in list(fields):
+                if known.lower() == name.lower():
+                    del fields[known]
+            fields[name] = value
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            try:
+                raw = credentials.encode("latin-1")
+            except UnicodeEncodeError:
+                raw = credentials.encode("utf-8")
+            fields["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
+        fields["Content-Type"] = "application/x-protobuf"
+        if self._gzip:
+            fields["Content-Encoding"] = "gzip"
+        lines = [f"POST {target} HTTP/1.1"] + [f"{name}: {value}" for name, value in fields.items()]
+        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("utf-8")
 
-    async def _attempt(self, data: bytes) -> Outcome:
-        import aiohttp
+    async def send(self, data: bytes) -> Outcome:
+        """One attempt, given up (retryably) after ``timeout_s`` seconds awake without a whole answer.
 
+        Run in the caller's task, not one of its own as :meth:`Transport.send` does: that task and the
+        wait for it cost more CPU than the rest of the exchange. The awake-time timer interrupts the
+        request's waits instead (fgext/otlp/_http.py); a cancel of the caller still propagates.
+        """
+        interrupt = Interrupt()
+        timer = AwakeTimer(self.timeout_s, interrupt.fire)
+        try:
+            return await self._attempt(data, interrupt)
+        except Expired:
+            return Outcome(ok=False, retryable=True, detail=f"no answer within {self.timeout_s:g} s")
+        except Exception as error:  # an unforeseen failure: keep the data, back off, try again
+            return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
+        finally:
+            timer.cancel()
+
+    async def _attempt(self, data: bytes, interrupt: Optional[Interrupt] = None) -> Outcome:
         body = data
-        if self._config.compression == "gzip":
+        if self._gzip:
             import gzip
 
             body = gzip.compress(data, compresslevel=6)
-        extra: Dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
-        for attempt in (1, 2):
-            try:
-                async with self._session().post(self._config.endpoint, data=body, headers=self._headers,
-                                                allow_redirects=False, **extra) as response:
-                    payload = await response.read()
-                    status = response.status
-                    if 200 <= status < 300:
-                        rejected, message = _rejected(self.signal, payload)
-                        return Outcome(ok=True, rejected_items=rejected, detail=message)
-                    if 300 <= status < 400:
-                        where = safe_location(response.headers.get("Location", ""))
-                        return Outcome(ok=False, retryable=False,
-                                       detail=f"HTTP {status}: redirect to {where} refused (not followed)")
-                    detail = f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
-                    return Outcome(ok=False, retryable=retryable_http(status),
-                                   retry_after=retry_after(response.headers.get("Retry-After")), detail=detail)
-            except aiohttp.ServerDisconnectedError as error:
-                # A keep-alive connection that died while the sandbox was frozen: one fresh attempt.
-                if attempt == 2:
-                    return Outcome(ok=False, retryable=True, detail=f"disconnected: {error}")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-                return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
-        return Outcome(ok=False, retryable=True, detail="unreachable")
+        try:
+            answer = await self._connection.post(self._head + b"%d\r\n\r\n" % len(body), body, interrupt)
+        except Expired:
+            raise
+        except OSError as error:  # refused, reset, TLS failure, an answer that is not HTTP
+            return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
+        status = answer.status
+        if 200 <= status < 300:
+            rejected, message = _rejected(self.signal, answer.body)
+            return Outcome(ok=True, rejected_items=rejected, detail=message)
+        if 300 <= status < 400:
+            where = safe_location(answer.fields.get("location", ""))
+            return Outcome(ok=False, retryable=False,
+                           detail=f"HTTP {status}: redirect to {where} refused (not followed)")
+        detail = f"HTTP {status}: {answer.body[:200].decode('utf-8', 'replace')}"
+        return Outcome(ok=False, retryable=retryable_http(status),
+                       retry_after=retry_after(answer.fields.get("retry-after")), detail=detail)
+
+
+# Header fields the client owns: a user's OTEL_EXPORTER_OTLP_*HEADERS entry of these names is not sent.
+_OURS = frozenset({"content-length", "content-type", "content-encoding", "transfer-encoding", "connection"})
+
+
+def _idna(host: str) -> str:
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
 
 
 def _load_grpc() -> Any:
@@ -254,31 +357,12 @@ class GrpcTransport(Transport):
         await self._channel.close()
 
 
-class _SessionHolder:
-    """One aiohttp session for all HTTP signals, created inside the running loop on first use."""
-
-    def __init__(self) -> None:
-        self.session: Any = None
-
-    def __call__(self) -> Any:
-        if self.session is None or self.session.closed:
-            import aiohttp
-
-            # No aiohttp timeouts: they count frozen time; Transport.send times out awake time instead.
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4),
-                                                 timeout=aiohttp.ClientTimeout())
-        return self.session
-
-    async def close(self) -> None:
-        if self.session is not None and not self.session.closed:
-            await self.session.close()
-
-
 def _ssl_context(config: SignalConfig) -> Any:
-    """An SSL context for a custom CA bundle or client certificate; ``None`` for the system defaults."""
-    if config.certificate is None and config.client_certificate is None:
-        return None
+    """The SSL context of an https endpoint: the system's CAs, or the configured bundle and client certificate."""
     import ssl
+
+    if config.certificate is None and config.client_certificate is None:
+        return ssl.create_default_context()
 
     try:
         context = ssl.create_default_context(cafile=config.certificate)
@@ -293,23 +377,38 @@ def _ssl_context(config: SignalConfig) -> Any:
 def build_transports(config: OtlpConfig) -> Tuple[Dict[str, Transport], Callable[[], Awaitable[None]]]:
     """A transport per enabled signal, and a coroutine function that releases them all.
 
-    Raises :class:`ConfigError` when gRPC is asked for but its extra is not installed, or a TLS file
-    cannot be used.
+    HTTP signals to one endpoint (scheme, host, port and TLS files) share one kept-alive connection.
+    Raises :class:`ConfigError` when gRPC is asked for but its extra is not installed, a TLS file
+    cannot be used, or an HTTP endpoint's port is not a port.
     """
-    holder = _SessionHolder()
     grpc: Any = _load_grpc() if config.uses_grpc else None
     transports: Dict[str, Transport] = {}
+    connections: Dict[Tuple[Any, ...], Connection] = {}
     for signal, signal_config in config.signals.items():
         if not signal_config.enabled:
             continue
         if signal_config.protocol == GRPC:
             transports[signal] = GrpcTransport(signal_config, grpc)
-        else:
-            transports[signal] = HttpTransport(signal_config, holder, _ssl_context(signal_config))
+            continue
+        parts = urlsplit(signal_config.endpoint)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ConfigError(f"OTLP {signal}: the endpoint's port is not a number from 1 to 65535 "
+                              f"({safe_location(signal_config.endpoint)})") from None
+        host = _idna(parts.hostname or "")
+        key = (parts.scheme, host, port, signal_config.certificate, signal_config.client_certificate,
+               signal_config.client_key)
+        connection = connections.get(key)
+        if connection is None:
+            tls = _ssl_context(signal_config) if parts.scheme == "https" else None
+            connection = connections[key] = Connection(host, port, tls)
+        transports[signal] = HttpTransport(signal_config, connection)
 
     async def close() -> None:
         for transport in transports.values():
             await transport.close()
-        await holder.close()
+        for connection in connections.values():
+            await connection.close()
 
     return transports, close
