@@ -27,10 +27,11 @@ from fgext._bootstrap import _LISTEN_BACKLOG, Bootstrap
 from fgext._deadline import Deadline
 from fgext._discovery import load_plugins, plugin_config
 from fgext._discovery_file import agent_file_path, remove_agent_file, write_agent_file
-from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
-from fgext._events import MalformedEvent, OtlpPayload, parse_batch, parse_invoke
+from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError, MalformedEvent
+from fgext._events import OtlpPayload
 from fgext._listener import ConnectionGuard, GuardedSockSite
 from fgext._logging import configure_logging, get_logger
+from fgext._parse import parse_batch, parse_invoke
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext
 from fgext._selfstats import AgentStats, event_kind

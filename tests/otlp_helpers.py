@@ -8,7 +8,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fgext._events import parse_batch
+from fgext._parse import parse_batch
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._pending import Pending
 from fgext.otlp._requests import encode_logs_requests

@@ -11,7 +11,8 @@ from typing import Any, ClassVar, List, Optional, Sequence, Tuple
 import pytest
 
 from fgext._errors import DropEvent
-from fgext._events import AnyEvent, FunctionLog, parse_event
+from fgext._events import AnyEvent, FunctionLog
+from fgext._parse import parse_event
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext
 from tests.test_pipeline import Collect, Log, context, log_event, run

@@ -12,8 +12,9 @@ import pytest
 
 from fgext._deadline import Deadline
 from fgext._errors import DropEvent
-from fgext._events import AnyEvent, FunctionLog, Invoke, parse_event
+from fgext._events import AnyEvent, FunctionLog, Invoke
 from fgext._flush import FlushPolicy
+from fgext._parse import parse_event
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext, RegistrationInfo
 
