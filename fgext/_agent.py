@@ -9,6 +9,10 @@ Lifecycle, in order (each step undone in reverse at the end):
 4. run until SIGTERM/SIGINT (the platform documents no shutdown event) or a strict-mode failure;
 5. stop accepting, hand the pipeline one deadline (``FGEXT_SHUTDOWN_TIMEOUT`` from the signal) to
    dispatch, flush and shut plugins down, and exit 0.
+
+The first step of every event's path (**listener handler** -> parse -> pipeline -> chain -> a lane per
+sink -> the sink): :meth:`Agent.handle_telemetry` reads a POST's body, has :mod:`fgext._parse` turn it
+into typed events and submits the batch to the pipeline (:mod:`fgext._pipeline`), which answers at once.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 What flows along every sink's path (listener handler -> parse (:mod:`fgext._parse` makes these) ->
 pipeline -> chain -> a lane per sink -> the sink, for OTLP ``OtlpPlugin.on_telemetry`` -> assembler ->
-flush: take -> encode -> shipper -> transport). Events are made once, at the parse step, with every value
+pending -> flush: take -> encode -> shipper -> transport). Events are made once, at the parse step, with every value
 already checked; nothing here parses or validates.
 
 The Telemetry API POSTs JSON arrays of objects. Each object becomes one of:

@@ -2,7 +2,8 @@
 
 The lane step of every sink's path (listener handler -> parse (:mod:`fgext._parse`) -> pipeline
 (:mod:`fgext._pipeline`, which runs the processors through :mod:`fgext._chain`) -> **lane** -> the sink's
-hooks, for OTLP ``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> encode -> shipper -> transport).
+hooks, for OTLP ``OtlpPlugin.on_telemetry`` -> assembler -> pending -> flush: take -> encode -> shipper ->
+transport).
 
 The pipeline's dispatcher :meth:`Lane.offer`\\ s each batch a sink wants; :meth:`Lane.run`, the sink's own
 task, takes its queue in order and calls the sink's hook through :class:`fgext._hooks.Hooks`, so a slow or

@@ -2,7 +2,7 @@
 
 The parse step of every sink's path (listener handler (``fgext._agent``) -> **parse** -> pipeline
 (:mod:`fgext._pipeline`) -> chain -> a lane per sink -> the sink, for OTLP ``OtlpPlugin.on_telemetry`` ->
-assembler -> flush: take -> encode -> shipper -> transport). The handler gives :func:`parse_batch` (or
+assembler -> pending -> flush: take -> encode -> shipper -> transport). The handler gives :func:`parse_batch` (or
 :func:`parse_body`) what a telemetry POST held and :func:`parse_invoke` an invoke's body; the events
 (:mod:`fgext._events`) go on to the pipeline, the skipped objects are counted.
 

@@ -1,9 +1,10 @@
 """Which phase was open at a log line's time: the correlation index of the OTLP sink.
 
-A step of the path (listener handler -> parse -> pipeline -> ``OtlpPlugin.on_telemetry`` -> assembler ->
-flush: take -> encode -> shipper -> transport): the assembler (``_traces``) indexes each phase when its
-start is known and asks this index, when it hands its log lines over at ``take``, which phase each line
-belongs to. The encoder never sees the index: it receives lines already correlated.
+A step of the path (listener handler -> parse -> pipeline -> chain -> lane -> ``OtlpPlugin.on_telemetry``
+-> assembler -> pending -> flush: take -> encode -> shipper -> transport): the assembler (``_traces``)
+indexes each phase when its start is known and asks this index (:meth:`CorrelationIndex.links`), when it
+hands its pending log lines over at ``take``, which phase each line belongs to. The encoder never sees
+the index: it receives lines already correlated.
 
 Logs carry no request ID field: a line is correlated with a phase when exactly one request had a phase
 open at the line's time. When several had (overlapping invocations), the line's text decides: if it

@@ -1,11 +1,12 @@
-"""Trace assembly: typed events to finished spans, one record per request; the sink's pending state.
+"""Trace assembly: typed events to finished spans, one record per request.
 
-The assembler step of the OTLP sink's path (listener handler -> parse -> pipeline ->
-``OtlpPlugin.on_telemetry`` -> **assembler** -> flush: take -> encode -> shipper -> transport).
-:meth:`Assembler.consume` sorts events into per-request records, writes a request's spans when it is
-complete (how a phase becomes a span: ``_spans``), keeps log lines as plain records and feeds the
-FaaS metrics; :meth:`Assembler.pending` hands
-what is finished to the encoder, each log line already correlated with its phase; :meth:`Assembler.taken`
+The assembler step of the OTLP sink's path (listener handler -> parse -> pipeline -> chain -> lane ->
+``OtlpPlugin.on_telemetry`` -> **assembler** -> pending -> flush: take -> encode -> shipper -> transport).
+Events come from the plugin's ``on_telemetry``. :meth:`Assembler.consume` sorts them into per-request
+records, writes a request's spans when it is complete (how a phase becomes a span: ``_spans``), keeps
+log lines as plain records and feeds the FaaS metrics (``_metrics``); what is finished goes to the
+pending state (``_pending``). At the plugin's flush, :meth:`Assembler.pending` hands it to the encoder
+(``_requests``), each log line already linked to its phase (``_correlation``), and :meth:`Assembler.taken`
 lets it go once its requests are encoded. No I/O, no asyncio, and nothing here decides when data leaves.
 
 One trace per request (IDs: ``_ids``)::
