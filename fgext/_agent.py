@@ -149,7 +149,7 @@ class Agent:
             self.stats["events_malformed"] += batch.malformed
             self.log.warning("malformed telemetry events skipped", count=batch.malformed,
                              kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
-        await self._submit("telemetry", batch.events)
+        await self._submit("telemetry", batch.events, request.content_length)
         return web.json_response({"accepted": len(batch.events), "malformed": batch.malformed,
                                   "errors": batch.errors[:_MAX_ERROR_DETAILS]})
 
@@ -168,14 +168,14 @@ class Agent:
             raise Refused("the agent's queue is full", retry_after_s=1)
         self.stats["otlp_requests"] += 1
 
-    async def _submit(self, kind: str, payload: Any) -> None:
+    async def _submit(self, kind: str, payload: Any, size: Optional[int] = None) -> None:
         assert self.pipeline is not None  # made before the listener starts
         if self._replayed is not None and not self._replayed.is_set():
             await self._replayed.wait()
         if kind == "invoke":
             await self.pipeline.submit_invoke(payload)
         else:
-            await self.pipeline.submit_telemetry(payload)
+            await self.pipeline.submit_telemetry(payload, size)
 
     async def _submit_kept(self, kept: Sequence[Tuple[str, int, bytes]]) -> None:
         """Submit, in arrival order, the bodies the early responder answered (fgext._early), parsed and
@@ -200,7 +200,7 @@ class Agent:
                         self.stats["events_malformed"] += batch.malformed
                         self.log.warning("malformed telemetry events skipped", count=batch.malformed,
                                          kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
-                    await self.pipeline.submit_telemetry(batch.events)
+                    await self.pipeline.submit_telemetry(batch.events, len(body))
         finally:
             self._replayed.set()
 
@@ -257,7 +257,8 @@ class Agent:
         if self.boot.stop_requested:
             self.request_stop(signal.Signals(self.boot.stop_requested[0]).name)
 
-        self.pipeline = Pipeline(logger=self.log, strict=self.settings.strict, flush=self.settings.flush)
+        self.pipeline = Pipeline(logger=self.log, strict=self.settings.strict, flush=self.settings.flush,
+                                 lane_max_bytes=self.settings.lane_max_bytes)
         self.pipeline.on_fatal = lambda failure: self.request_stop(f"strict mode: {failure}", EXIT_PROBLEMS)
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_post("/extension/invoke", self.handle_invoke)

@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 PORT_RANGE: Tuple[int, int] = (8081, 8090)
+#: what one sink's lane holds at most, in raw bytes of telemetry (``FGEXT_LANE_MAX_BYTES``)
+DEFAULT_LANE_MAX_BYTES = 16 * 1024 * 1024
+MIN_LANE_MAX_BYTES = 64 * 1024
 TELEMETRY_TYPES: Tuple[str, ...] = ("platform", "function", "extension")
 DEFAULT_NAME = "extensionFgext.sh"
 
@@ -110,8 +113,9 @@ def load_config_file(path: Optional[str]) -> Dict[str, Any]:
 class AgentSettings:
     """Everything ``fgext run`` reads from its environment, validated; read-only after creation."""
 
-    __slots__ = ("api_host", "api_port", "config", "environ", "flush", "log_level", "max_body_bytes", "name",
-                 "plugins", "port", "register_timeout", "shutdown_timeout", "strict", "telemetry_types")
+    __slots__ = ("api_host", "api_port", "config", "environ", "flush", "lane_max_bytes", "log_level",
+                 "max_body_bytes", "name", "plugins", "port", "register_timeout", "shutdown_timeout", "strict",
+                 "telemetry_types")
 
     api_host: str
     api_port: int
@@ -124,6 +128,7 @@ class AgentSettings:
     plugins: Tuple[str, ...]
     strict: bool
     flush: FlushPolicy
+    lane_max_bytes: int
     log_level: str
     config: Mapping[str, Any]
     environ: Mapping[str, str]
@@ -133,13 +138,13 @@ class AgentSettings:
                  max_body_bytes: int = 6 * 1024 * 1024, shutdown_timeout: float = 2.0,
                  plugins: Tuple[str, ...] = ("otlp",), strict: bool = False, flush: Optional[FlushPolicy] = None,
                  log_level: str = "info", config: Optional[Mapping[str, Any]] = None,
-                 environ: Optional[Mapping[str, str]] = None) -> None:
+                 environ: Optional[Mapping[str, str]] = None, lane_max_bytes: int = DEFAULT_LANE_MAX_BYTES) -> None:
         values = {
             "api_host": api_host, "api_port": api_port, "name": name, "port": port,
             "register_timeout": register_timeout, "telemetry_types": telemetry_types,
             "max_body_bytes": max_body_bytes, "shutdown_timeout": shutdown_timeout, "plugins": plugins,
             "strict": strict, "flush": flush or FlushPolicy(), "log_level": log_level, "config": config or {},
-            "environ": environ or {},
+            "environ": environ or {}, "lane_max_bytes": lane_max_bytes,
         }
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -225,6 +230,8 @@ class AgentSettings:
             plugins=plugins,
             strict=_bool(env, "FGEXT_STRICT"),
             flush=parse_flush(env.get("FGEXT_FLUSH")),
+            lane_max_bytes=_whole("FGEXT_LANE_MAX_BYTES", env.get("FGEXT_LANE_MAX_BYTES", "").strip() or None,
+                                  DEFAULT_LANE_MAX_BYTES, MIN_LANE_MAX_BYTES),
             log_level=level,
             config=config,
             environ=env,

@@ -7,8 +7,11 @@ transport).
 
 The pipeline's dispatcher :meth:`Lane.offer`\\ s each batch a sink wants; :meth:`Lane.run`, the sink's own
 task, takes its queue in order and calls the sink's hook through :class:`fgext._hooks.Hooks`, so a slow or
-failing sink delays nobody else. A full lane holds the dispatcher for at most ``lane_wait`` seconds; after
-that the batches for that lane alone are dropped and counted until it has drained to half its capacity.
+failing sink delays nobody else. A lane is bounded in batches and in bytes (``FGEXT_LANE_MAX_BYTES``: the
+raw size of what it holds, as the platform sent it, or an estimate); a batch bigger than the byte bound
+still gets into an empty lane, so none is refused for its size alone. A full lane holds the dispatcher
+for at most ``lane_wait`` seconds; after that the batches for that lane alone are dropped and counted
+until it has drained to half its capacity.
 
 Flushes run beside the queue, never in its way: one at a time per plugin, and requests arriving meanwhile
 are answered by one more flush after it, not one each (:meth:`Lane.request_flush`). A flush that follows
@@ -20,17 +23,33 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Dict, Iterable, Optional, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, Iterable, Optional, Sequence, Tuple
 
+from fgext._config import DEFAULT_LANE_MAX_BYTES
 from fgext._deadline import Deadline
 from fgext._flush import FlushClock, FlushPolicy
 from fgext._hooks import Hooks, PluginFailure, PluginState, overrides
 from fgext._plugin import Plugin
 
-__all__ = ["STOP", "Lane", "gather_all", "until"]
+__all__ = ["STOP", "Lane", "estimate_bytes", "gather_all", "until"]
 
 #: put in a queue to stop the task that takes it
 STOP = object()
+# What an event is taken to weigh when its batch's raw size is not known (a platform event's JSON, or
+# a log line's around its text).
+_EVENT_ESTIMATE = 384
+
+
+def estimate_bytes(events: Sequence[Any]) -> int:
+    """About the raw JSON size of ``events``, for a batch whose body size is not known."""
+    total = 0
+    for event in events:
+        request = getattr(event, "request", None)
+        if request is not None and hasattr(request, "ByteSize"):
+            total += request.ByteSize()  # what the function exported to the agent's receiver
+        else:
+            total += _EVENT_ESTIMATE + len(getattr(event, "logs", ""))
+    return total
 
 
 async def gather_all(calls: Iterable[Awaitable[Any]]) -> None:
@@ -56,7 +75,7 @@ class Lane:
 
     def __init__(self, plugin: Plugin, policy: FlushPolicy, capacity: int, *, hooks: Hooks, logger: Any,
                  stats: Dict[str, int], hook_timeout: float, wait: float,
-                 fatal: Callable[[PluginFailure], None]) -> None:
+                 fatal: Callable[[PluginFailure], None], max_bytes: int = DEFAULT_LANE_MAX_BYTES) -> None:
         self.state = PluginState(plugin)
         is_sink = plugin.role != "processor"
         self.queue: Optional[asyncio.Queue[Any]] = asyncio.Queue(maxsize=capacity) if is_sink else None
@@ -78,6 +97,9 @@ class Lane:
         self.congested = False
         self.dropped_batches = 0
         self.dropped_events = 0
+        self.queued_bytes = 0  # the raw size of what the queue holds (sizes ride with the items)
+        self._max_bytes = max_bytes
+        self._took: Optional[asyncio.Event] = None  # set when the task takes an item: room may have come
         self._capacity = capacity
         self._hooks = hooks
         self._log = logger
@@ -96,21 +118,36 @@ class Lane:
 
     # ------------------------------------------------------------------------------------ queue
 
-    async def offer(self, item: Tuple[str, Any], events: int) -> None:
-        """Put ``item`` in a sink's lane: wait up to ``lane_wait`` for room, else drop it for this lane."""
+    def _has_room(self, size: int) -> bool:
         assert self.queue is not None
-        if self.queue.full():
+        return not self.queue.full() and (self.queued_bytes == 0 or self.queued_bytes + size <= self._max_bytes)
+
+    async def _room(self, size: int) -> None:
+        while not self._has_room(size):
+            self._took = self._took or asyncio.Event()
+            await self._took.wait()
+
+    async def offer(self, item: Tuple[str, Any], events: int, size: int = 0) -> None:
+        """Put ``item`` (``events`` events, ``size`` raw bytes) in a sink's lane: wait up to ``lane_wait``
+        for room, else drop it for this lane."""
+        assert self.queue is not None
+        if not self._has_room(size):
             if not self.congested:
                 try:
-                    await asyncio.wait_for(self.queue.put(item), self._wait)
+                    await asyncio.wait_for(self._room(size), self._wait)
                 except asyncio.TimeoutError:
                     self.congested = True
                 else:
-                    self.enqueued += 1
+                    self._put(item, size)
                     return
             self._drop(events)
             return
-        self.queue.put_nowait(item)
+        self._put(item, size)
+
+    def _put(self, item: Tuple[str, Any], size: int) -> None:
+        assert self.queue is not None
+        self.queue.put_nowait((item, size))
+        self.queued_bytes += size
         self.enqueued += 1
 
     def _drop(self, events: int) -> None:
@@ -121,20 +158,26 @@ class Lane:
         self._stats["lane_events_dropped"] += events
         if first or self.dropped_batches % 100 == 0:
             self._log.warning("sink lane full: batches for this sink are dropped", plugin=self.state.name,
-                              capacity=self._capacity, dropped_batches=self.dropped_batches,
-                              dropped_events=self.dropped_events)
+                              capacity=self._capacity, max_bytes=self._max_bytes,
+                              dropped_batches=self.dropped_batches, dropped_events=self.dropped_events)
 
     async def run(self) -> None:
         """A sink's own task: take its queue in order, and start its flushes once it took what they follow."""
         lane_queue = self.queue
         assert lane_queue is not None
         while True:
-            item = await lane_queue.get()
-            if item is STOP:
+            queued = await lane_queue.get()
+            if queued is STOP:
                 lane_queue.task_done()
                 return
+            item, size = queued
+            self.queued_bytes -= size
+            if self._took is not None:
+                self._took.set()
+                self._took = None
             try:
-                if self.congested and lane_queue.qsize() <= lane_queue.maxsize // 2:
+                if self.congested and lane_queue.qsize() <= lane_queue.maxsize // 2 \
+                        and self.queued_bytes <= self._max_bytes // 2:
                     self.congested = False
                     self._log.info("sink lane has room again", plugin=self.state.name,
                                    dropped_batches=self.dropped_batches)

@@ -32,11 +32,12 @@ import asyncio
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from fgext._chain import Chain
+from fgext._config import DEFAULT_LANE_MAX_BYTES
 from fgext._deadline import Deadline
 from fgext._events import AnyEvent, Invoke
 from fgext._flush import FlushPolicy, InvocationTracker
 from fgext._hooks import Hooks, PluginFailure, overrides
-from fgext._lane import STOP, Lane, gather_all, until
+from fgext._lane import STOP, Lane, estimate_bytes, gather_all, until
 from fgext._plugin import Plugin, PluginContext
 
 __all__ = ["Pipeline", "PluginFailure"]
@@ -56,12 +57,14 @@ class Pipeline:
 
     def __init__(self, plugins: Sequence[Plugin] = (), *, logger: Any, strict: bool = False,
                  max_pending: int = 256, hook_timeout: float = 30.0, flush: Optional[FlushPolicy] = None,
-                 lane_capacity: int = 32, lane_wait: float = 2.0) -> None:
+                 lane_capacity: int = 32, lane_wait: float = 2.0, lane_max_bytes: int = DEFAULT_LANE_MAX_BYTES,
+                 ) -> None:
         self._log = logger
         self._hook_timeout = hook_timeout
         self._policy = flush or FlushPolicy()
         self._lane_capacity = max(1, lane_capacity)
         self._lane_wait = lane_wait
+        self._lane_max_bytes = lane_max_bytes
         self._processors: List[Lane] = []
         self._sinks: List[Lane] = []
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max_pending)
@@ -93,7 +96,8 @@ class Pipeline:
     def _add(self, plugins: Sequence[Plugin]) -> None:
         for plugin in plugins:
             lane = Lane(plugin, self._policy, self._lane_capacity, hooks=self._hooks, logger=self._log,
-                        stats=self.stats, hook_timeout=self._hook_timeout, wait=self._lane_wait, fatal=self._fatal)
+                        stats=self.stats, hook_timeout=self._hook_timeout, wait=self._lane_wait, fatal=self._fatal,
+                        max_bytes=self._lane_max_bytes)
             (self._sinks if lane.is_sink else self._processors).append(lane)
         # sorted() is stable: processors of equal order keep the order they were enabled in.
         self._processors.sort(key=lambda lane: lane.state.plugin.order)
@@ -137,16 +141,17 @@ class Pipeline:
     async def submit_invoke(self, invoke: Invoke) -> None:
         await self._queue.put(("invoke", invoke))
 
-    async def submit_telemetry(self, events: Sequence[AnyEvent]) -> None:
+    async def submit_telemetry(self, events: Sequence[AnyEvent], size: Optional[int] = None) -> None:
+        """Queue a batch; ``size`` is its raw body's size in bytes when known (else it is estimated)."""
         if events:
-            await self._queue.put(("telemetry", events))
+            await self._queue.put(("telemetry", (events, size)))
 
     def offer_telemetry(self, events: Sequence[AnyEvent]) -> bool:
         """Queue a batch without waiting; False when the queue is full (the caller answers "retry later":
         the OTLP receiver's 503, where the platform's POST is held instead by :meth:`submit_telemetry`)."""
         if events:
             try:
-                self._queue.put_nowait(("telemetry", events))
+                self._queue.put_nowait(("telemetry", (events, None)))
             except asyncio.QueueFull:
                 return False
         return True
@@ -225,7 +230,7 @@ class Pipeline:
                 if kind == "invoke":
                     await self._dispatch_invoke(payload)
                 else:
-                    await self._dispatch_telemetry(payload)
+                    await self._dispatch_telemetry(*payload)
             except PluginFailure as failure:
                 self._fatal(failure)
                 return
@@ -259,11 +264,13 @@ class Pipeline:
             if lane.invokes and not lane.state.disabled:
                 await lane.offer(("on_invoke", invoke), 0)
 
-    async def _dispatch_telemetry(self, events: Sequence[AnyEvent]) -> List[AnyEvent]:
+    async def _dispatch_telemetry(self, events: Sequence[AnyEvent], size: Optional[int] = None) -> List[AnyEvent]:
         self.stats["batches"] += 1
         self.stats["events"] += len(events)
         survivors = await self._chain.run(self._processors, list(events))
         if survivors:
+            # Each sink's lane counts its share of the batch's raw bytes (by events, after the processors).
+            per_event = (estimate_bytes(events) if size is None else size) / len(events)
             for lane in self._sinks:
                 if lane.state.disabled or not lane.telemetry:
                     continue
@@ -271,7 +278,7 @@ class Pipeline:
                 # ``accepts`` narrows what a sink sees; a batch with nothing for it is not delivered at all.
                 wanted = survivors if not plugin.accepts else [e for e in survivors if plugin.wants(e)]
                 if wanted:
-                    await lane.offer(("on_telemetry", wanted), len(wanted))
+                    await lane.offer(("on_telemetry", wanted), len(wanted), int(per_event * len(wanted)))
         # The original batch: a processor may have dropped the report, the invocation still ended.
         if self._tracker.ends_invocation(events):
             for lane in self._lanes:

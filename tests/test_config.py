@@ -42,7 +42,7 @@ class TestSettings:
         assert settings.register_timeout == 10.0 and settings.shutdown_timeout == 2.0
         assert settings.telemetry_types == ("platform", "function", "extension")
         assert settings.max_body_bytes == 6 * 1024 * 1024 and settings.plugins == ("otlp",)
-        assert settings.flush == FlushPolicy("end")
+        assert settings.flush == FlushPolicy("end") and settings.lane_max_bytes == 16 << 20
 
     def test_flush_policy_is_an_agent_setting(self) -> None:
         """FGEXT_FLUSH is read with the agent's settings, for every sink alike."""
@@ -54,7 +54,7 @@ class TestSettings:
         ("FGEXT_REGISTER_TIMEOUT", "soon", "number of seconds"), ("FGEXT_TELEMETRY_TYPES", "platform,logs", "logs"),
         ("FGEXT_MAX_BODY_BYTES", "12", "at least"), ("FGEXT_STRICT", "maybe", "FGEXT_STRICT"),
         ("FGEXT_LOG_LEVEL", "loud", "FGEXT_LOG_LEVEL"), ("FGEXT_SHUTDOWN_TIMEOUT", "nan", "positive"),
-        ("FGEXT_FLUSH", "periodically", "FGEXT_FLUSH"),
+        ("FGEXT_FLUSH", "periodically", "FGEXT_FLUSH"), ("FGEXT_LANE_MAX_BYTES", "16MB", "65536"),
     ])
     def test_invalid_values_name_the_variable(self, key: str, value: str, message: str) -> None:
         """Each invalid setting is refused with a message naming it."""
@@ -161,6 +161,7 @@ class TestDeliverySettings:
 # One bad value per setting of the delivery path, as the real agent process meets it.
 BAD_DELIVERY_SETTINGS = [
     ("FGEXT_FLUSH", "every,100", "continuously,<ms>"),
+    ("FGEXT_LANE_MAX_BYTES", "1000", "whole number of bytes from 65536 up"),
     ("FGEXT_SPOOL_DIR", "{file}/spool", "cannot be used as a directory"),
     ("FGEXT_SPOOL_MAX_BYTES", "lots", "whole number of bytes from 0 up"),
     ("FGEXT_OTLP_SPOOL_AFTER_MS", "-1", "milliseconds >= 0"),

@@ -1,4 +1,4 @@
-"""A sink's lane (fgext._lane): its own bounded queue and task, backpressure, drops for a full lane."""
+"""A sink's lane (fgext._lane): its own queue, bounded in batches and bytes, and task; drops for a full lane."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 from typing import ClassVar, Optional, Sequence
 
 from fgext._events import AnyEvent
+from fgext._lane import estimate_bytes
 from fgext._pipeline import Pipeline
 from fgext._plugin import Plugin
 from tests.test_pipeline import Collect, Log, Stuck, context, log_event, run, started, until
@@ -136,3 +137,47 @@ class TestLanes:
             assert run(go()).stats["lane_batches_dropped"] == 1
         finally:
             stuck.release.set()
+
+
+class TestBytes:
+    def test_a_lane_is_bounded_in_bytes_too(self) -> None:
+        """With room for batches but not for their bytes, the lane waits lane_wait and then drops for that
+        sink, counted as for a full lane; the other sink gets every batch."""
+        stuck, fast = Stuck(), Collect()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, fast], lane_capacity=32, lane_wait=0.1, lane_max_bytes=100_000)
+            for i in range(6):
+                await pipeline.submit_telemetry([log_event(str(i)), log_event(f"{i}b")], 40_000)
+            await until(lambda: len(fast.batches) == 6)
+            # one in the hook, two queued (80,000 bytes), three more did not fit in 100,000
+            assert pipeline.stats["lane_batches_dropped"] == 3 and pipeline.stats["lane_events_dropped"] == 6
+            stuck.release.set()
+            await until(lambda: stuck.batches == 3)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            pipeline = run(go())
+        finally:
+            stuck.release.set()
+        assert pipeline.lane_drops() == {"stuck": 6}
+
+    def test_a_batch_over_the_byte_bound_still_enters_an_empty_lane(self) -> None:
+        """A single batch bigger than the bound is not refused for its size: an empty lane takes it."""
+        sink = Collect()
+
+        async def go() -> Pipeline:
+            pipeline = await started([sink], lane_max_bytes=1000, lane_wait=0.1)
+            await pipeline.submit_telemetry([log_event("big")], 10_000_000)
+            await until(lambda: len(sink.batches) == 1)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        assert run(go()).stats["lane_batches_dropped"] == 0
+
+    def test_a_batch_of_unknown_size_is_estimated_from_its_events(self) -> None:
+        """Without the body's size, a batch weighs about its log text plus a fixed amount per event."""
+        small = estimate_bytes([log_event("x")])
+        assert estimate_bytes([log_event("x" * 10_000)]) >= small + 9_999
+        assert estimate_bytes([log_event("x"), log_event("y")]) == 2 * small
