@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._agents import wait_connect
-from fgext._events import parse_body
+from fgext._parse import parse_body
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._requests import encode_logs_requests, encode_metrics_request, encode_trace_requests
 from fgext.otlp._resource import ResourceBuilder

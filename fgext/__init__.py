@@ -23,12 +23,13 @@ _MODULES: Dict[str, tuple[str, ...]] = {
         "AnyEvent", "Event", "PlatformEvent", "StartEvent", "RuntimeDoneEvent", "ReportEvent", "ReportMetrics",
         "InitStart", "Start", "RestoreStart", "InitRuntimeDone", "RuntimeDone", "RestoreRuntimeDone",
         "InitReport", "Report", "RestoreReport", "LogEvent", "FunctionLog", "ExtensionLog", "UnknownEvent",
-        "Invoke", "MalformedEvent", "OtlpPayload", "parse_event", "parse_batch",
+        "Invoke", "OtlpPayload",
     ),
+    "fgext._parse": ("parse_event", "parse_batch"),
     "fgext._urn": ("FunctionUrn", "parse_urn"),
     "fgext._errors": (
         "FgextError", "ConfigError", "UrnError", "PlatformError", "RegistrationError", "PluginError",
-        "PackageError", "DropEvent",
+        "PackageError", "DropEvent", "MalformedEvent",
     ),
     "fgext._plugin": ("Plugin", "PluginContext", "Processor", "Sink", "EventTypes", "RegistrationInfo"),
     "fgext._extension": ("Extension",),
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from fgext._errors import ConfigError as ConfigError
     from fgext._errors import DropEvent as DropEvent
     from fgext._errors import FgextError as FgextError
+    from fgext._errors import MalformedEvent as MalformedEvent
     from fgext._errors import PackageError as PackageError
     from fgext._errors import PlatformError as PlatformError
     from fgext._errors import PluginError as PluginError
@@ -69,7 +71,6 @@ if TYPE_CHECKING:
     from fgext._events import InitStart as InitStart
     from fgext._events import Invoke as Invoke
     from fgext._events import LogEvent as LogEvent
-    from fgext._events import MalformedEvent as MalformedEvent
     from fgext._events import PlatformEvent as PlatformEvent
     from fgext._events import Report as Report
     from fgext._events import ReportEvent as ReportEvent
@@ -82,9 +83,9 @@ if TYPE_CHECKING:
     from fgext._events import Start as Start
     from fgext._events import StartEvent as StartEvent
     from fgext._events import UnknownEvent as UnknownEvent
-    from fgext._events import parse_batch as parse_batch
-    from fgext._events import parse_event as parse_event
     from fgext._extension import Extension as Extension
+    from fgext._parse import parse_batch as parse_batch
+    from fgext._parse import parse_event as parse_event
     from fgext._plugin import EventTypes as EventTypes
     from fgext._plugin import Plugin as Plugin
     from fgext._plugin import PluginContext as PluginContext

@@ -9,6 +9,10 @@ Lifecycle, in order (each step undone in reverse at the end):
 4. run until SIGTERM/SIGINT (the platform documents no shutdown event) or a strict-mode failure;
 5. stop accepting, hand the pipeline one deadline (``FGEXT_SHUTDOWN_TIMEOUT`` from the signal) to
    dispatch, flush and shut plugins down, and exit 0.
+
+The first step of every event's path (**listener handler** -> parse -> pipeline -> chain -> a lane per
+sink -> the sink): :meth:`Agent.handle_telemetry` reads a POST's body, has :mod:`fgext._parse` turn it
+into typed events and submits the batch to the pipeline (:mod:`fgext._pipeline`), which answers at once.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from fgext._bootstrap import _LISTEN_BACKLOG, Bootstrap
 from fgext._deadline import Deadline
 from fgext._discovery import load_plugins, plugin_config
 from fgext._discovery_file import agent_file_path, remove_agent_file, write_agent_file
-from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError
-from fgext._events import MalformedEvent, OtlpPayload, parse_batch, parse_invoke
+from fgext._errors import EXIT_OK, EXIT_PROBLEMS, FgextError, MalformedEvent
+from fgext._events import OtlpPayload
 from fgext._listener import ConnectionGuard, GuardedSockSite
 from fgext._logging import configure_logging, get_logger
+from fgext._parse import parse_batch, parse_invoke
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext
 from fgext._selfstats import AgentStats, event_kind
@@ -144,7 +149,7 @@ class Agent:
             self.stats["events_malformed"] += batch.malformed
             self.log.warning("malformed telemetry events skipped", count=batch.malformed,
                              kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
-        await self._submit("telemetry", batch.events)
+        await self._submit("telemetry", batch.events, request.content_length)
         return web.json_response({"accepted": len(batch.events), "malformed": batch.malformed,
                                   "errors": batch.errors[:_MAX_ERROR_DETAILS]})
 
@@ -163,14 +168,14 @@ class Agent:
             raise Refused("the agent's queue is full", retry_after_s=1)
         self.stats["otlp_requests"] += 1
 
-    async def _submit(self, kind: str, payload: Any) -> None:
+    async def _submit(self, kind: str, payload: Any, size: Optional[int] = None) -> None:
         assert self.pipeline is not None  # made before the listener starts
         if self._replayed is not None and not self._replayed.is_set():
             await self._replayed.wait()
         if kind == "invoke":
             await self.pipeline.submit_invoke(payload)
         else:
-            await self.pipeline.submit_telemetry(payload)
+            await self.pipeline.submit_telemetry(payload, size)
 
     async def _submit_kept(self, kept: Sequence[Tuple[str, int, bytes]]) -> None:
         """Submit, in arrival order, the bodies the early responder answered (fgext._early), parsed and
@@ -195,7 +200,7 @@ class Agent:
                         self.stats["events_malformed"] += batch.malformed
                         self.log.warning("malformed telemetry events skipped", count=batch.malformed,
                                          kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
-                    await self.pipeline.submit_telemetry(batch.events)
+                    await self.pipeline.submit_telemetry(batch.events, len(body))
         finally:
             self._replayed.set()
 
@@ -252,7 +257,8 @@ class Agent:
         if self.boot.stop_requested:
             self.request_stop(signal.Signals(self.boot.stop_requested[0]).name)
 
-        self.pipeline = Pipeline(logger=self.log, strict=self.settings.strict, flush=self.settings.flush)
+        self.pipeline = Pipeline(logger=self.log, strict=self.settings.strict, flush=self.settings.flush,
+                                 lane_max_bytes=self.settings.lane_max_bytes)
         self.pipeline.on_fatal = lambda failure: self.request_stop(f"strict mode: {failure}", EXIT_PROBLEMS)
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_post("/extension/invoke", self.handle_invoke)

@@ -20,12 +20,16 @@ __all__ = [
     "PORT_RANGE",
     "TELEMETRY_TYPES",
     "AgentSettings",
+    "DeliverySettings",
     "ListenerLimits",
     "load_config_file",
     "parse_api_addr",
 ]
 
 PORT_RANGE: Tuple[int, int] = (8081, 8090)
+#: what one sink's lane holds at most, in raw bytes of telemetry (``FGEXT_LANE_MAX_BYTES``)
+DEFAULT_LANE_MAX_BYTES = 16 * 1024 * 1024
+MIN_LANE_MAX_BYTES = 64 * 1024
 TELEMETRY_TYPES: Tuple[str, ...] = ("platform", "function", "extension")
 DEFAULT_NAME = "extensionFgext.sh"
 
@@ -109,8 +113,9 @@ def load_config_file(path: Optional[str]) -> Dict[str, Any]:
 class AgentSettings:
     """Everything ``fgext run`` reads from its environment, validated; read-only after creation."""
 
-    __slots__ = ("api_host", "api_port", "config", "environ", "flush", "log_level", "max_body_bytes", "name",
-                 "plugins", "port", "register_timeout", "shutdown_timeout", "strict", "telemetry_types")
+    __slots__ = ("api_host", "api_port", "config", "environ", "flush", "lane_max_bytes", "log_level",
+                 "max_body_bytes", "name", "plugins", "port", "register_timeout", "shutdown_timeout", "strict",
+                 "telemetry_types")
 
     api_host: str
     api_port: int
@@ -123,6 +128,7 @@ class AgentSettings:
     plugins: Tuple[str, ...]
     strict: bool
     flush: FlushPolicy
+    lane_max_bytes: int
     log_level: str
     config: Mapping[str, Any]
     environ: Mapping[str, str]
@@ -132,13 +138,13 @@ class AgentSettings:
                  max_body_bytes: int = 6 * 1024 * 1024, shutdown_timeout: float = 2.0,
                  plugins: Tuple[str, ...] = ("otlp",), strict: bool = False, flush: Optional[FlushPolicy] = None,
                  log_level: str = "info", config: Optional[Mapping[str, Any]] = None,
-                 environ: Optional[Mapping[str, str]] = None) -> None:
+                 environ: Optional[Mapping[str, str]] = None, lane_max_bytes: int = DEFAULT_LANE_MAX_BYTES) -> None:
         values = {
             "api_host": api_host, "api_port": api_port, "name": name, "port": port,
             "register_timeout": register_timeout, "telemetry_types": telemetry_types,
             "max_body_bytes": max_body_bytes, "shutdown_timeout": shutdown_timeout, "plugins": plugins,
             "strict": strict, "flush": flush or FlushPolicy(), "log_level": log_level, "config": config or {},
-            "environ": environ or {},
+            "environ": environ or {}, "lane_max_bytes": lane_max_bytes,
         }
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -208,6 +214,9 @@ class AgentSettings:
 
         HeadSampler.from_environ(env)
         TailRule.from_environ(env)
+        if "otlp" in plugins:
+            # So are the delivery path's own settings: checked before registering, read again by the plugin.
+            DeliverySettings.from_environ(env, _otlp_file_settings(config, env))
 
         return cls(
             api_host=host,
@@ -221,6 +230,8 @@ class AgentSettings:
             plugins=plugins,
             strict=_bool(env, "FGEXT_STRICT"),
             flush=parse_flush(env.get("FGEXT_FLUSH")),
+            lane_max_bytes=_whole("FGEXT_LANE_MAX_BYTES", env.get("FGEXT_LANE_MAX_BYTES", "").strip() or None,
+                                  DEFAULT_LANE_MAX_BYTES, MIN_LANE_MAX_BYTES),
             log_level=level,
             config=config,
             environ=env,
@@ -250,3 +261,131 @@ class ListenerLimits:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value:g}")
         raw = environ.get("FGEXT_MAX_CONNECTIONS", "").strip()
         return cls(header, idle, _int(environ, "FGEXT_MAX_CONNECTIONS", 0, minimum=2) if raw else None)
+
+
+def _otlp_file_settings(config: Mapping[str, Any], env: Mapping[str, str]) -> Mapping[str, Any]:
+    """The config file's ``plugins.otlp`` settings that no ``FGEXT_OTLP_<KEY>`` overrides (as the plugin sees them)."""
+    plugins = config.get("plugins")
+    section = plugins.get("otlp") if isinstance(plugins, dict) else None
+    if not isinstance(section, dict):
+        return {}
+    return {str(key): value for key, value in section.items() if f"FGEXT_OTLP_{str(key).upper()}" not in env}
+
+
+# The delivery path's defaults (docs/otlp.md). Byte bounds: a request well under the OpenTelemetry
+# Collector's default 20 MiB body limit; pending data one request's worth, so that an early export fits
+# beside what the shipper may hold (it starts holding the platform back at 4 MiB and spills to disk past
+# 8 MiB: bigger bursts went to disk, and a request spilled while in flight was sent twice); one log line
+# small enough that many fit in a request. A request the collector has not acknowledged within
+# SPOOL_AFTER_MS is written ahead to the spool: well under a second, so a sandbox killed 1 s after an
+# invocation's report loses nothing. Metrics leave on the SDK's PeriodicExportingMetricReader default.
+DEFAULT_SPOOL_MAX_BYTES = 32 * 1024 * 1024
+DEFAULT_SPOOL_AFTER_MS = 250.0
+DEFAULT_QUEUE_MAX_BYTES = 8 * 1024 * 1024
+DEFAULT_CLOSE_MARGIN_MS = 10_000.0
+DEFAULT_METRICS_INTERVAL_MS = 60_000.0
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_PENDING_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_LOG_BYTES = 256 * 1024
+MIN_REQUEST_BYTES = 64 * 1024
+MIN_LOG_BYTES = 1024
+_SPOOL_SUBDIR = "fgext-spool"
+
+
+class DeliverySettings:
+    """The OTLP sink's delivery settings (``FGEXT_SPOOL_*``, ``FGEXT_OTLP_*``), each checked against its range.
+
+    The one reader of these variables: the agent calls :meth:`from_environ` before registering, so a bad
+    value is one line and exit 2 (the platform never sees a half-configured extension), and the OTLP
+    plugin calls it again for the values (``fgext.otlp._config``). ``given`` holds the plugin settings
+    the agent read (``FGEXT_OTLP_<KEY>``, else ``plugins.otlp.<key>`` in the config file), which win over
+    the variable read here. A :class:`ConfigError` names the variable and the accepted range.
+    """
+
+    __slots__ = ("close_margin_ms", "max_log_bytes", "max_pending_bytes", "max_request_bytes",
+                 "metrics_interval_ms", "queue_max_bytes", "report_log", "spool_after_ms", "spool_dir",
+                 "spool_max_bytes")
+
+    spool_dir: str
+    spool_max_bytes: int
+    spool_after_ms: float
+    queue_max_bytes: int
+    close_margin_ms: float
+    max_request_bytes: int
+    max_pending_bytes: int
+    max_log_bytes: int
+    metrics_interval_ms: float
+    report_log: bool
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], given: Optional[Mapping[str, Any]] = None,
+                     *, check_spool: bool = True) -> DeliverySettings:
+        self = cls()
+        given = given or {}
+
+        def raw(name: str, key: Optional[str] = None) -> Tuple[str, Optional[str]]:
+            if key is not None and given.get(key) is not None:
+                return f"{name} (or plugins.otlp.{key})", str(given[key]).strip()
+            return name, environ.get(name, "").strip() or None
+
+        explicit = environ.get("FGEXT_SPOOL_DIR", "").strip()
+        self.spool_dir = explicit or os.path.join(environ.get("TMPDIR", "").strip() or "/tmp", _SPOOL_SUBDIR)
+        if explicit and check_spool:
+            _check_directory("FGEXT_SPOOL_DIR", explicit)
+        self.spool_max_bytes = _whole(*raw("FGEXT_SPOOL_MAX_BYTES"), DEFAULT_SPOOL_MAX_BYTES, 0)
+        self.spool_after_ms = _millis(*raw("FGEXT_OTLP_SPOOL_AFTER_MS"), DEFAULT_SPOOL_AFTER_MS, zero=True)
+        self.queue_max_bytes = _whole(*raw("FGEXT_OTLP_QUEUE_MAX_BYTES"), DEFAULT_QUEUE_MAX_BYTES, 1)
+        self.close_margin_ms = _millis(*raw("FGEXT_OTLP_CLOSE_MARGIN_MS", "close_margin_ms"), DEFAULT_CLOSE_MARGIN_MS)
+        self.metrics_interval_ms = _millis(*raw("FGEXT_OTLP_METRICS_INTERVAL_MS", "metrics_interval_ms"),
+                                           DEFAULT_METRICS_INTERVAL_MS)
+        request = self.max_request_bytes = _whole(*raw("FGEXT_OTLP_MAX_REQUEST_BYTES", "max_request_bytes"),
+                                                  DEFAULT_MAX_REQUEST_BYTES, MIN_REQUEST_BYTES)
+        self.max_log_bytes = _whole(*raw("FGEXT_OTLP_MAX_LOG_BYTES", "max_log_bytes"),
+                                    min(DEFAULT_MAX_LOG_BYTES, request // 2), MIN_LOG_BYTES,
+                                    request // 2, "half of FGEXT_OTLP_MAX_REQUEST_BYTES")
+        self.max_pending_bytes = _whole(*raw("FGEXT_OTLP_MAX_PENDING_BYTES", "max_pending_bytes"),
+                                        max(DEFAULT_MAX_PENDING_BYTES, request), request,
+                                        floor_name="FGEXT_OTLP_MAX_REQUEST_BYTES")
+        self.report_log = _bool(environ, "FGEXT_OTLP_REPORT_LOG") if raw("FGEXT_OTLP_REPORT_LOG")[1] else True
+        return self
+
+
+def _whole(name: str, text: Optional[str], default: int, floor: int, ceiling: Optional[int] = None,
+           ceiling_name: str = "", floor_name: str = "") -> int:
+    """A whole number of bytes in [floor, ceiling]; the error names the variable and the range."""
+    if text is None:
+        return default
+    low = f"{floor_name} ({floor})" if floor_name else str(floor)
+    accepted = f"a whole number of bytes from {low}" + (
+        f" to {ceiling_name} ({ceiling})" if ceiling is not None else " up")
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not {accepted}") from None
+    if value < floor or (ceiling is not None and value > ceiling):
+        raise ConfigError(f"{name}={text!r} must be {accepted}")
+    return value
+
+
+def _millis(name: str, text: Optional[str], default: float, *, zero: bool = False) -> float:
+    """A finite number of milliseconds, positive (or, with ``zero``, at least 0)."""
+    if text is None:
+        return default
+    accepted = "a number of milliseconds >= 0" if zero else "a positive number of milliseconds"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not {accepted}") from None
+    if value != value or value == float("inf") or value < 0 or (value == 0 and not zero):
+        raise ConfigError(f"{name}={text!r} must be {accepted}")
+    return value
+
+
+def _check_directory(name: str, path: str) -> None:
+    """``path`` is a directory this process can write to (made if missing); else a ConfigError naming it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{name}={path!r} cannot be used as a directory: {error.strerror or error}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={path!r} cannot be used as a directory: not writable")

@@ -8,6 +8,10 @@
     ├── PluginError                 a plugin could not be loaded or configured → exit 2
     └── PackageError                the packager could not build or check a zip → exit 1
 
+``MalformedEvent`` (a ``ValueError``, not an ``FgextError``) is one object of a telemetry batch that is
+not an event: the parser counts and skips it, and the agent answers the platform 400 for a body that is
+not a JSON array; it never stops a command.
+
 ``DropEvent`` is not an error: a processor raises it to drop the event it was given, so it derives
 from ``BaseException`` the way structlog's does, and no ``except Exception`` swallows it by accident.
 """
@@ -22,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DropEvent",
     "FgextError",
+    "MalformedEvent",
     "PackageError",
     "PlatformError",
     "PluginError",
@@ -69,6 +74,10 @@ class PluginError(FgextError):
 
 class PackageError(FgextError):
     """The packager could not build or validate a dependency zip."""
+
+
+class MalformedEvent(ValueError):
+    """One object of a telemetry batch could not be read as an event; the message says why."""
 
 
 class DropEvent(BaseException):

@@ -31,7 +31,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from fgext._discovery import plugin_config
-from fgext._events import AnyEvent, Invoke, LogEvent, parse_event, parse_invoke
+from fgext._events import AnyEvent, Invoke, LogEvent
+from fgext._parse import parse_event, parse_invoke
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext, RegistrationInfo
 

@@ -8,11 +8,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fgext._events import parse_batch
+from fgext._parse import parse_batch
 from fgext.otlp._metrics import Metrics
+from fgext.otlp._pending import Pending
 from fgext.otlp._requests import encode_logs_requests
 from fgext.otlp._resource import ResourceBuilder
-from fgext.otlp._traces import Assembler, Pending
+from fgext.otlp._traces import Assembler
 
 INIT_ID = "69be64a7-0233-11e8-82e4-e5d37911193e"  # the spec's init examples
 INVOKE_ID = "3da1f2dc-3222-475e-9205-e2e6c6318895"  # the spec's invoke example

@@ -15,7 +15,7 @@ import pytest
 from tests.agentproc import AgentProcess, ready
 from tests.conftest import EXTENSION_PORTS, LAUNCHER, ROOT, free_extension_ports, port_free
 from tests.platform import RecordingPlatform, free_port
-from tests.test_events import DONE, EXTENSION_LOG, FUNCTION_LOG, REPORT, START, UUID
+from tests.test_parse import DONE, EXTENSION_LOG, FUNCTION_LOG, REPORT, START, UUID
 
 pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]

@@ -9,17 +9,9 @@ from typing import Any, Awaitable, Callable, Dict, List
 import pytest
 from aiohttp import web
 
-from fgext._events import (
-    InitReport,
-    InitRuntimeDone,
-    InitStart,
-    Report,
-    RestoreStart,
-    RuntimeDone,
-    Start,
-    parse_event,
-    parse_time,
-)
+from fgext._events import InitReport, InitRuntimeDone, InitStart, Report, RestoreStart, RuntimeDone, Start
+from fgext._parse import parse_event
+from fgext._time import parse_time
 from fgext.emulator._platform import Subscription
 from fgext.emulator._telemetry import EventFactory, TelemetrySender, iso_time
 

@@ -22,7 +22,7 @@ from fgext._plugintest import make_invocation, make_invoke, make_log, run_plugin
 from tests.agentproc import AgentProcess
 from tests.conftest import LAUNCHER, ROOT, agent_python
 from tests.platform import RecordingPlatform
-from tests.test_events import FUNCTION_LOG, REPORT, START
+from tests.test_parse import FUNCTION_LOG, REPORT, START
 
 
 class TestSlots:

@@ -7,8 +7,9 @@ from typing import Any, Dict, List
 import pytest
 
 from fgext._errors import ConfigError
-from fgext._events import AnyEvent, parse_event
+from fgext._events import AnyEvent
 from fgext._flush import FlushClock, FlushPolicy, InvocationTracker, parse_flush
+from fgext._parse import parse_event
 
 
 def platform(name: str, rid: str) -> AnyEvent:

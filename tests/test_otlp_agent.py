@@ -28,12 +28,10 @@ pytestmark = [pytest.mark.agent, pytest.mark.usefixtures("port_range_lock")]
 Start = Callable[..., AgentProcess]
 
 
-
 def otlp_env(platform: RecordingPlatform, collector_port: int, spool: Path, **extra: str) -> Dict[str, str]:
     """The agent with its default plugin (otlp) pointed at a collector by the standard variable."""
     return {"EXTENSION_API_ADDR": platform.addr, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
             "FGEXT_SPOOL_DIR": str(spool), "RUNTIME_TIMEOUT": "3", **extra}
-
 
 
 def wait(tap: OtelTap, kind: str, predicate: Callable[[List[Dict[str, Any]]], bool],
@@ -87,15 +85,6 @@ def test_metrics_leave_on_their_timer_and_at_shutdown_not_per_invocation(
     wait(timed, "metrics", lambda m: metric_value(m, "faas.invocations") == 1)  # the agent still runs
     assert agent.proc.poll() is None
     assert agent.stop() == 0
-
-
-def test_a_metrics_interval_that_is_not_a_number_is_one_line_and_exit_2(
-        platform: RecordingPlatform, agents: Start, tmp_path: Path) -> None:
-    """FGEXT_OTLP_METRICS_INTERVAL_MS=1m: the agent says so in one line naming the variable and exits 2."""
-    agent = agents(otlp_env(platform, free_port(), tmp_path / "spool", FGEXT_OTLP_METRICS_INTERVAL_MS="1m"))
-    assert agent.wait_exit(20) == 2
-    stderr = agent.stderr()
-    assert "FGEXT_OTLP_METRICS_INTERVAL_MS" in stderr and "Traceback" not in stderr
 
 
 def test_sigterm_flushes_what_is_pending(platform: RecordingPlatform, agents: Start,

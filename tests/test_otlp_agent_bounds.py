@@ -31,7 +31,6 @@ Start = Callable[..., AgentProcess]
 MIB = 1024 * 1024
 
 
-
 def post(agent: AgentProcess, port: int, events: List[Dict[str, Any]], malformed: int = 0) -> None:
     status, answer = agent.post(port, "/", json.dumps(events).encode(), timeout=60)
     assert status == 200 and answer["malformed"] == malformed, answer
@@ -271,29 +270,6 @@ def test_2000_lines_of_24_kb_arrive_in_several_requests_under_the_limit(
 
 
 # ------------------------------------------------------------------------------------ settings
-
-
-def test_a_byte_bound_that_is_not_a_whole_number_is_one_line_and_exit_2(platform: RecordingPlatform,
-                                                                       agents: Start, tmp_path: Path) -> None:
-    """FGEXT_OTLP_MAX_REQUEST_BYTES=4MB: the agent says so in one line naming the variable and exits 2."""
-    agent = agents(otlp_env(platform, free_port(), tmp_path / "spool", FGEXT_OTLP_MAX_REQUEST_BYTES="4MB"))
-    assert agent.wait_exit(20) == 2
-    stderr = agent.stderr()
-    assert "FGEXT_OTLP_MAX_REQUEST_BYTES" in stderr and "Traceback" not in stderr
-
-
-def test_a_byte_bound_out_of_range_is_refused_naming_the_variable(platform: RecordingPlatform, agents: Start,
-                                                                  tmp_path: Path) -> None:
-    """FGEXT_OTLP_MAX_LOG_BYTES above half the request limit: the OTLP plugin refuses to start with a line
-    naming both variables (as for every OTLP setting), and the agent keeps serving."""
-    agent = agents(otlp_env(platform, free_port(), tmp_path / "spool", FGEXT_OTLP_MAX_LOG_BYTES="3000000"))
-    failure = agent.wait_log("plugin failed")
-    assert failure["plugin"] == "otlp"
-    assert "FGEXT_OTLP_MAX_LOG_BYTES" in failure["error"] and "FGEXT_OTLP_MAX_REQUEST_BYTES" in failure["error"]
-    assert "Traceback" not in agent.stderr()
-    port = ready(agent)
-    post(agent, port, invocation("00000000-0000-4000-8000-000000000001", 0))
-    assert agent.stop() == 0
 
 
 def test_byte_bounds_set_by_variable_take_effect(platform: RecordingPlatform, agents: Start,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from fgext._events import parse_batch, parse_invoke
+from fgext._parse import parse_batch, parse_invoke
 from fgext._plugin import PluginContext, RegistrationInfo
 from fgext.otlp import OtlpPlugin
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from fgext._events import parse_batch
+from fgext._parse import parse_batch
 from fgext.otlp._report import is_oom
 from fgext.otlp._traces import Assembler
 from tests.otlp_helpers import INVOKE_ID, cold, events, invocation, make_assembler, report

@@ -11,7 +11,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from fgext._events import parse_batch
+from fgext._parse import parse_batch
 from fgext._sampling import HeadSampler, TailRule
 from fgext.otlp._ids import span_id_for, trace_id_for
 from fgext.otlp._metrics import Metrics

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
 from fgext._errors import DropEvent
-from fgext._events import AnyEvent, parse_batch
+from fgext._events import AnyEvent
+from fgext._parse import parse_batch
 from fgext._pipeline import Pipeline
 from fgext._plugin import Plugin, PluginContext, RegistrationInfo
 from fgext._selfstats import AgentStats, event_kind

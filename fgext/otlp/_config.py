@@ -3,7 +3,9 @@
 Nothing is invented where OpenTelemetry has a standard variable; the variable names are those of the SDK's
 ``opentelemetry.sdk.environment_variables``, kept in ``_env`` (tested against the SDK's own) so that the
 agent needs no SDK. Every bad value raises :class:`fgext.ConfigError` naming the variable, so the agent
-refuses to start with a clear message instead of exporting to the wrong place.
+refuses to start with a clear message instead of exporting to the wrong place. The ``FGEXT_SPOOL_*`` and
+``FGEXT_OTLP_*`` settings of the delivery path are read by :class:`fgext._config.DeliverySettings`, which
+the agent also runs before registering (a bad value there is exit 2 before the platform sees the agent).
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
+from fgext._config import (
+    DEFAULT_MAX_LOG_BYTES,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_METRICS_INTERVAL_MS,
+    DeliverySettings,
+)
 from fgext._errors import ConfigError
 from fgext._sampling import HeadSampler, TailRule
 from fgext.otlp import _env as env
 
-__all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config", "parse_headers", "spool_directory"]
+__all__ = ["SIGNALS", "OtlpConfig", "SignalConfig", "load_config", "parse_headers"]
 
 SIGNALS: Tuple[str, ...] = ("traces", "logs", "metrics")
 
@@ -28,27 +37,8 @@ GRPC = "grpc"
 _DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
 _DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
 _DEFAULT_TIMEOUT_MS = 10_000.0
-_SPOOL_SUBDIR = "fgext-spool"
-_DEFAULT_SPOOL_MAX_BYTES = 32 * 1024 * 1024
-# A request the collector has not acknowledged within this time is written to the spool (write-ahead):
-# well under a second, so a sandbox killed 1 s after an invocation's report loses nothing.
-_DEFAULT_SPOOL_AFTER_MS = 250.0
-_DEFAULT_QUEUE_MAX_BYTES = 8 * 1024 * 1024
 # FunctionGraph's largest synchronous timeout; used when RUNTIME_TIMEOUT is absent.
 _DEFAULT_FUNCTION_TIMEOUT_S = 900.0
-_DEFAULT_CLOSE_MARGIN_MS = 10_000.0
-# Cumulative FaaS metrics leave on their own timer (and at shutdown), not with every invocation's flush:
-# the SDK's PeriodicExportingMetricReader default.
-_DEFAULT_METRICS_INTERVAL_MS = 60_000.0
-# Byte bounds: a request well under the OpenTelemetry Collector's default 20 MiB body limit; pending data
-# one request's worth, so that an early export fits beside what the shipper may hold (it starts holding
-# the platform back at 4 MiB and spills to disk past 8 MiB: bigger bursts went to disk, and a request
-# spilled while in flight was sent twice); one log line small enough that many fit in a request.
-_DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-_DEFAULT_MAX_PENDING_BYTES = 4 * 1024 * 1024
-_DEFAULT_MAX_LOG_BYTES = 256 * 1024
-_MIN_REQUEST_BYTES = 64 * 1024
-_MIN_LOG_BYTES = 1024
 
 # Per-signal variable names (the SDK's): (endpoint, protocol, headers, compression, timeout,
 # insecure, exporter selector).
@@ -122,14 +112,14 @@ class OtlpConfig:
     function_timeout_s: float
     init_timeout_s: float
     close_margin_s: float
-    max_request_bytes: int = _DEFAULT_MAX_REQUEST_BYTES
-    max_pending_bytes: int = _DEFAULT_MAX_PENDING_BYTES
-    max_log_bytes: int = _DEFAULT_MAX_LOG_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
     report_log: bool = True  # FGEXT_OTLP_REPORT_LOG: one log record per invocation report
     #: OTEL_TRACES_SAMPLER/_ARG and the FGEXT_SAMPLE_KEEP_* tail rule (fgext._sampling), for fgext's own traces
     head: HeadSampler = field(default_factory=HeadSampler)
     tail: TailRule = field(default_factory=TailRule)
-    metrics_interval_s: float = _DEFAULT_METRICS_INTERVAL_MS / 1000  # FGEXT_OTLP_METRICS_INTERVAL_MS
+    metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_MS / 1000  # FGEXT_OTLP_METRICS_INTERVAL_MS
 
     @property
     def open_wait_s(self) -> float:
@@ -172,31 +162,6 @@ def _positive(environ: Mapping[str, str], name: str, default: float, *, unit: st
     if not math.isfinite(number) or number <= 0:
         raise ConfigError(f"{name}={value!r} must be a positive number of {unit}")
     return number
-
-
-def _bytes(environ: Mapping[str, str], name: str, default: int, *, minimum: int,
-           minimum_text: Optional[str] = None, given: Any = None) -> int:
-    """A whole number of bytes of at least ``minimum`` (``minimum_text`` names where it comes from);
-    ``given`` is the value the agent already read for this setting, if any."""
-    value = _get(environ, name) if given is None else str(given).strip()
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a whole number of bytes") from None
-    if number < minimum:
-        floor = f"{minimum_text} ({minimum})" if minimum_text else str(minimum)
-        raise ConfigError(f"{name}={value!r} must be at least {floor} bytes")
-    return number
-
-
-def spool_directory(environ: Mapping[str, str]) -> Path:
-    """``$FGEXT_SPOOL_DIR`` as given, else ``fgext-spool`` under ``$TMPDIR``, else under ``/tmp``."""
-    explicit = _get(environ, "FGEXT_SPOOL_DIR")
-    if explicit is not None:
-        return Path(explicit)
-    return Path(_get(environ, "TMPDIR") or "/tmp") / _SPOOL_SUBDIR
 
 
 def _exporter_enabled(environ: Mapping[str, str], name: str) -> bool:
@@ -369,11 +334,15 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
     """Read and validate the plugin's configuration; raise :class:`ConfigError` on any bad value.
 
     ``close_margin_ms`` and ``settings`` (``max_request_bytes``, ``max_pending_bytes``, ``max_log_bytes``,
-    ``metrics_interval_ms``)
-    are the plugin settings the agent already read (from the config file or ``FGEXT_OTLP_<KEY>``);
-    what is not given there is read from the variable here.
+    ``metrics_interval_ms``) are the plugin settings the agent already read (from the config file or
+    ``FGEXT_OTLP_<KEY>``). The ``FGEXT_SPOOL_*`` and ``FGEXT_OTLP_*`` settings are read by
+    :class:`fgext._config.DeliverySettings`, which the agent ran before registering; the standard
+    ``OTEL_*`` variables are read here, when the plugin starts.
     """
     given = dict(settings or {})
+    if close_margin_ms is not None:
+        given["close_margin_ms"] = close_margin_ms
+    delivery = DeliverySettings.from_environ(environ, given, check_spool=False)
     disabled = _bool(environ, env.OTEL_SDK_DISABLED)
     signals = {signal: _signal(environ, signal) for signal in SIGNALS}
     temporality_var = env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
@@ -383,57 +352,26 @@ def load_config(environ: Mapping[str, str], *, close_margin_ms: Optional[float] 
             f"{env.OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE}={temporality!r}: "
             "use cumulative, delta or lowmemory"
         )
-    spool_max_bytes = _bytes(environ, "FGEXT_SPOOL_MAX_BYTES", _DEFAULT_SPOOL_MAX_BYTES, minimum=0)
-    queue_max_bytes = _bytes(environ, "FGEXT_OTLP_QUEUE_MAX_BYTES", _DEFAULT_QUEUE_MAX_BYTES, minimum=1)
-    spool_after_ms = _DEFAULT_SPOOL_AFTER_MS
-    spool_after_text = _get(environ, "FGEXT_OTLP_SPOOL_AFTER_MS")
-    if spool_after_text is not None:
-        try:
-            spool_after_ms = float(spool_after_text)
-        except ValueError:
-            spool_after_ms = -1.0
-        if not math.isfinite(spool_after_ms) or spool_after_ms < 0:
-            raise ConfigError(
-                f"FGEXT_OTLP_SPOOL_AFTER_MS={spool_after_text!r} must be a number of milliseconds >= 0"
-            )
     function_timeout = _positive(environ, "RUNTIME_TIMEOUT", _DEFAULT_FUNCTION_TIMEOUT_S, unit="seconds")
-    max_request_bytes = _bytes(environ, "FGEXT_OTLP_MAX_REQUEST_BYTES", _DEFAULT_MAX_REQUEST_BYTES,
-                               minimum=_MIN_REQUEST_BYTES, given=given.get("max_request_bytes"))
-    max_log_bytes = _bytes(environ, "FGEXT_OTLP_MAX_LOG_BYTES", min(_DEFAULT_MAX_LOG_BYTES, max_request_bytes // 2),
-                           minimum=_MIN_LOG_BYTES, given=given.get("max_log_bytes"))
-    if max_log_bytes > max_request_bytes // 2:
-        raise ConfigError(
-            f"FGEXT_OTLP_MAX_LOG_BYTES={max_log_bytes} must be at most half of FGEXT_OTLP_MAX_REQUEST_BYTES "
-            f"({max_request_bytes}), so that a log line always fits in a request"
-        )
-    max_pending_bytes = _bytes(environ, "FGEXT_OTLP_MAX_PENDING_BYTES",
-                               max(_DEFAULT_MAX_PENDING_BYTES, max_request_bytes), minimum=max_request_bytes,
-                               minimum_text="FGEXT_OTLP_MAX_REQUEST_BYTES", given=given.get("max_pending_bytes"))
     return OtlpConfig(
         disabled=disabled,
         signals=signals,
         service_name=_get(environ, env.OTEL_SERVICE_NAME),
         resource_attributes=_resource_attributes(environ),
-        spool_dir=spool_directory(environ),
-        spool_max_bytes=spool_max_bytes,
-        spool_after_s=spool_after_ms / 1000,
-        queue_max_bytes=queue_max_bytes,
+        spool_dir=Path(delivery.spool_dir),
+        spool_max_bytes=delivery.spool_max_bytes,
+        spool_after_s=delivery.spool_after_ms / 1000,
+        queue_max_bytes=delivery.queue_max_bytes,
         # lowmemory means delta for counters and histograms, which is all fgext exports
         temporality="cumulative" if temporality == "cumulative" else "delta",
         function_timeout_s=function_timeout,
         init_timeout_s=_positive(environ, "RUNTIME_INITIALIZER_TIMEOUT", function_timeout, unit="seconds"),
-        close_margin_s=(
-            close_margin_ms if close_margin_ms is not None and close_margin_ms > 0
-            else _positive(environ, "FGEXT_OTLP_CLOSE_MARGIN_MS", _DEFAULT_CLOSE_MARGIN_MS, unit="milliseconds")
-        ) / 1000,
-        max_request_bytes=max_request_bytes,
-        max_pending_bytes=max_pending_bytes,
-        max_log_bytes=max_log_bytes,
-        report_log=_bool(environ, "FGEXT_OTLP_REPORT_LOG", True),
+        close_margin_s=delivery.close_margin_ms / 1000,
+        max_request_bytes=delivery.max_request_bytes,
+        max_pending_bytes=delivery.max_pending_bytes,
+        max_log_bytes=delivery.max_log_bytes,
+        report_log=delivery.report_log,
         head=HeadSampler.from_environ(environ),
         tail=TailRule.from_environ(environ),
-        metrics_interval_s=_positive(
-            {"FGEXT_OTLP_METRICS_INTERVAL_MS": str(given["metrics_interval_ms"])}
-            if given.get("metrics_interval_ms") is not None else environ,
-            "FGEXT_OTLP_METRICS_INTERVAL_MS", _DEFAULT_METRICS_INTERVAL_MS, unit="milliseconds") / 1000,
+        metrics_interval_s=delivery.metrics_interval_ms / 1000,
     )

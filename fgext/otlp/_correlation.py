@@ -1,9 +1,10 @@
 """Which phase was open at a log line's time: the correlation index of the OTLP sink.
 
-A step of the path (listener handler -> parse -> pipeline -> ``OtlpPlugin.on_telemetry`` -> assembler ->
-flush: take -> encode -> shipper -> transport): the assembler (``_traces``) indexes each phase when its
-start is known and asks this index, when it hands its log lines over at ``take``, which phase each line
-belongs to. The encoder never sees the index: it receives lines already correlated.
+A step of the path (listener handler -> parse -> pipeline -> chain -> lane -> ``OtlpPlugin.on_telemetry``
+-> assembler -> pending -> flush: take -> encode -> shipper -> transport): the assembler (``_traces``)
+indexes each phase when its start is known and asks this index (:meth:`CorrelationIndex.links`), when it
+hands its pending log lines over at ``take``, which phase each line belongs to. The encoder never sees
+the index: it receives lines already correlated.
 
 Logs carry no request ID field: a line is correlated with a phase when exactly one request had a phase
 open at the line's time. When several had (overlapping invocations), the line's text decides: if it
@@ -15,7 +16,9 @@ guessed. The text is searched only then, so the usual one-at-a-time sandbox pays
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from typing import Dict, Generic, List, Optional, Protocol, TypeVar
+from typing import Dict, Generic, List, Optional, Protocol, Sequence, TypeVar
+
+from fgext.otlp._logs import Link, LogLine
 
 __all__ = ["MAX_TEXT_CANDIDATES", "CorrelationIndex"]
 
@@ -37,6 +40,9 @@ class Interval(Protocol):
 
     @property
     def request(self) -> object: ...
+
+    @property
+    def link(self) -> Link: ...
 
 
 P = TypeVar("P", bound=Interval)
@@ -175,3 +181,25 @@ class CorrelationIndex(Generic[P]):
         if matched is None:
             return None
         return next((phase for phase in matched if phase.kind == "invoke"), matched[0])
+
+    def links(self, lines: Sequence[LogLine]) -> List[Optional[Link]]:
+        """The link of the phase each line belongs to (``None`` for a line that belongs to none surely)."""
+        correlate = self.correlate
+        links: List[Optional[Link]] = []
+        append = links.append
+        cached_at = -1
+        cached: Optional[Link] = None
+        ambiguous = False
+        for line in lines:
+            at = line[0]
+            if at != cached_at:  # lines of one moment share a look-up
+                phase = correlate(at)
+                cached = phase.link if phase is not None else None
+                ambiguous = self.ambiguous
+                cached_at = at
+            if ambiguous:  # overlapping invocations: the line's own text may name its request
+                named = self.by_text(at, line[3])
+                append(named.link if named is not None else None)
+            else:
+                append(cached)
+        return links

@@ -1,7 +1,8 @@
 """Log records: a log line as a plain record, its size bound, and its encoding into OTLP LogRecords.
 
-Two steps of the OTLP sink's path (listener handler -> parse -> pipeline -> ``OtlpPlugin.on_telemetry``
--> assembler -> flush: take -> encode -> shipper -> transport) use this module. The assembler
+Two steps of the OTLP sink's path (listener handler -> parse -> pipeline -> chain -> lane ->
+``OtlpPlugin.on_telemetry`` -> assembler -> pending -> flush: take -> encode -> shipper -> transport) use
+this module. The assembler
 (``_traces``) turns each ``function``/``extension``/unknown event into a :data:`LogLine` when it
 consumes it (:func:`log_line`: the text is cut to ``FGEXT_OTLP_MAX_LOG_BYTES`` there, so pending memory
 holds no more than that per line), and at ``take`` pairs each line with its :data:`Link` (the phase it

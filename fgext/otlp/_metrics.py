@@ -1,9 +1,10 @@
 """FaaS metric aggregation: each written phase is counted and measured here, a snapshot per flush.
 
-A step of the OTLP sink's path (listener handler -> parse -> pipeline -> ``OtlpPlugin.on_telemetry`` ->
-assembler -> flush: take -> encode -> shipper -> transport): the assembler (``_traces``) records each
-phase it writes; at a flush the plugin takes a snapshot, the encoder (``_requests``) serializes it, and
-only then is the snapshot committed (``Metrics.taken``), so a failed encode loses no delta.
+A step of the OTLP sink's path (listener handler -> parse -> pipeline -> chain -> lane ->
+``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> encode -> shipper -> transport): the assembler
+(``_traces``) records each phase it writes; at a flush the plugin takes a snapshot, the encoder
+(``_requests``) serializes it, and only then is the snapshot committed (``Metrics.taken``), so a failed
+encode loses no delta.
 """
 
 from __future__ import annotations

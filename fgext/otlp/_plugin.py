@@ -1,5 +1,11 @@
 """The OTLP sink plugin: telemetry events in, OTLP traces, logs and metrics out, nothing lost.
 
+The sink step of the path (listener handler -> parse -> pipeline -> chain -> lane -> **the plugin** ->
+assembler -> pending -> flush: take -> encode -> shipper -> transport). Batches come from the sink's
+lane (:mod:`fgext._lane`), one call of ``on_telemetry`` at a time; the plugin gives them to the
+assembler (``_traces``). At the pipeline's flush it takes what is pending, has ``_requests`` encode it
+and hands the bytes to the shipper (``_shipper``), which sends them through ``_transports``.
+
 Hot path (``on_telemetry``): events are sorted into per-request records and a list of pending log
 lines; no protobuf work happens per event until an export, where a whole batch is encoded straight
 into one request and serialized once. Exporting runs in a background task, so the hook returns at

@@ -1,9 +1,10 @@
 """Records to serialized ``Export*ServiceRequest`` bytes, each request at most a byte limit.
 
-The encode step of the OTLP sink's path (listener handler -> parse -> pipeline ->
-``OtlpPlugin.on_telemetry`` -> assembler -> flush: take -> **encode** -> shipper -> transport). It takes
-plain records (finished spans, log lines already correlated, a metrics snapshot) and returns the bytes
-the shipper sends, each request serialized once. It is the one owner of "how big may a request be":
+The encode step of the OTLP sink's path (listener handler -> parse -> pipeline -> chain -> lane ->
+``OtlpPlugin.on_telemetry`` -> assembler -> pending -> flush: take -> **encode** -> shipper -> transport).
+At the plugin's flush it takes plain records (the pending spans and log lines already correlated,
+``_pending``; a metrics snapshot, ``_metrics``) and returns the bytes the plugin hands to the shipper
+(``_shipper``), each request serialized once. It is the one owner of "how big may a request be":
 records are grouped by an estimate of their size, and a request that still comes out over
 ``max_bytes`` is split in half and encoded again. A record that cannot be encoded at all is isolated the
 same way and dropped alone (counted in :attr:`Encoded.unencodable`), so one bad value never costs its

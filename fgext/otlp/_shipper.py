@@ -1,8 +1,10 @@
 """The shipper: serialized requests out in order, written ahead to disk, backed off, replayed.
 
 It is the last step of the OTLP sink (consume -> take -> encode -> *ship*) and never calls up: the
-plugin hands it bytes with :meth:`Shipper.submit`, asks for them to leave with :meth:`Shipper.flush`,
-puts everything on disk with :meth:`Shipper.spill` and stops it with :meth:`Shipper.close`.
+plugin hands it bytes encoded by ``_requests`` with :meth:`Shipper.submit`, asks for them to leave with
+:meth:`Shipper.flush`, puts everything on disk with :meth:`Shipper.spill` and stops it with
+:meth:`Shipper.close`. The bytes go next to the collector through a transport (``_transports``), and to
+disk through the spool (``_spool``).
 
 One ordered queue holds every request not yet acknowledged; each is in memory, on disk, or both:
 

@@ -1,10 +1,12 @@
-"""Trace assembly: typed events to finished spans, one record per request; the sink's pending state.
+"""Trace assembly: typed events to finished spans, one record per request.
 
-The assembler step of the OTLP sink's path (listener handler -> parse -> pipeline ->
-``OtlpPlugin.on_telemetry`` -> **assembler** -> flush: take -> encode -> shipper -> transport).
-:meth:`Assembler.consume` sorts events into per-request records, writes a request's spans when it is
-complete, keeps log lines as plain records and feeds the FaaS metrics; :meth:`Assembler.pending` hands
-what is finished to the encoder, each log line already correlated with its phase; :meth:`Assembler.taken`
+The assembler step of the OTLP sink's path (listener handler -> parse -> pipeline -> chain -> lane ->
+``OtlpPlugin.on_telemetry`` -> **assembler** -> pending -> flush: take -> encode -> shipper -> transport).
+Events come from the plugin's ``on_telemetry``. :meth:`Assembler.consume` sorts them into per-request
+records, writes a request's spans when it is complete (how a phase becomes a span: ``_spans``), keeps
+log lines as plain records and feeds the FaaS metrics (``_metrics``); what is finished goes to the
+pending state (``_pending``). At the plugin's flush, :meth:`Assembler.pending` hands it to the encoder
+(``_requests``), each log line already linked to its phase (``_correlation``), and :meth:`Assembler.taken`
 lets it go once its requests are encoded. No I/O, no asyncio, and nothing here decides when data leaves.
 
 One trace per request (IDs: ``_ids``)::
@@ -31,23 +33,23 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fgext._events import AnyEvent, LogEvent, PlatformEvent, ReportEvent, RuntimeDoneEvent, StartEvent, UnknownEvent
 from fgext._sampling import HeadSampler, TailRule
 from fgext.otlp._correlation import CorrelationIndex
-from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, Attribute, put_attributes, span_id, span_id_for, trace_id_for
+from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, span_id, span_id_for, trace_id_for
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
 from fgext.otlp._metrics import Metrics
+from fgext.otlp._pending import Finished, Pending
 from fgext.otlp._report import REPORT_ESTIMATE, report_record
 from fgext.otlp._requests import SPAN_ESTIMATE
 from fgext.otlp._resource import ResourceBuilder, safe_text
+from fgext.otlp._spans import phase_attributes, root_attributes, write_span
 
-__all__ = ["Assembler", "Pending"]
+__all__ = ["Assembler"]
 
 #: The default bound of one log line's body (``FGEXT_OTLP_MAX_LOG_BYTES``).
 DEFAULT_MAX_LOG_BYTES = 256 * 1024
@@ -159,35 +161,7 @@ class _Closed:
         self.emitted = set(emitted)
 
 
-def _write(span: Span, trace_id: bytes, span_id: bytes, name: str, kind: int, begin: int, end: int,
-           attributes: List[Attribute], error: Optional[str]) -> None:
-    """Fill a span added in place to the pending spans (the fastest way to make one)."""
-    span.trace_id = trace_id
-    span.span_id = span_id
-    span.name = name
-    span.kind = kind  # type: ignore[assignment]
-    span.start_time_unix_nano = begin
-    span.end_time_unix_nano = end
-    span.flags = TRACE_FLAG_SAMPLED
-    put_attributes(span.attributes, attributes)
-    if error:
-        span.status.code = Status.STATUS_CODE_ERROR
-        span.status.message = safe_text(error)
-
-
 # --------------------------------------------------------------------------------------- assembler
-
-
-@dataclass
-class Pending:
-    """What is finished and waits for the encoder: spans, log lines with their links, and how many."""
-
-    spans: Sequence[Span]
-    span_count: int
-    lines: List[LogLine]
-    links: List[Optional[Link]]
-    #: one report record per invocation closed with its report (``_report``), when enabled
-    records: List[LogRecord] = field(default_factory=list)
 
 
 class Assembler:
@@ -229,13 +203,8 @@ class Assembler:
         self._inits: Dict[str, _Request] = {}
         self._closed: OrderedDict[str, _Closed] = OrderedDict()
         self._index: CorrelationIndex[_Phase] = CorrelationIndex(max_intervals)
-        # Finished spans are built in place inside this message (the fastest way to make them).
-        self._pending_spans = ScopeSpans()
-        self.lines: List[LogLine] = []
+        self._finished = Finished()
         self._report_log = report_log
-        self.reports: List[LogRecord] = []  # report records of closed invocations, waiting like lines
-        #: an estimate of the bytes that pending spans and lines will take once encoded
-        self.pending_bytes = 0
         self.late_events = 0
         self.closed_incomplete = 0
         #: events that could not be assembled (a value no check caught): each dropped alone, counted
@@ -262,12 +231,13 @@ class Assembler:
         """
         observed = self._clock_ns()
         completed = 0
-        lines = self.lines
+        finished = self._finished
+        lines = finished.lines
         max_log_bytes = self._max_log_bytes
         added = 0
         for event in events:
             if isinstance(event, PlatformEvent):
-                spans = self._pending_spans.spans
+                spans = finished.scope.spans
                 before = len(spans)
                 try:
                     if self._platform(event):
@@ -297,12 +267,12 @@ class Assembler:
         if len(self._open) > self._max_open:
             # Memory stays bounded whatever the platform sends: the oldest open requests are written
             # out as incomplete rather than kept forever.
-            spans = self._pending_spans.spans
+            spans = finished.scope.spans
             before = len(spans)
             for request in list(self._open.values())[: len(self._open) - self._max_open]:
                 self._close(request, "capacity")
             added += (len(spans) - before) * SPAN_ESTIMATE
-        self.pending_bytes += added
+        finished.bytes += added
         return completed
 
     def _platform(self, event: PlatformEvent) -> bool:
@@ -440,8 +410,9 @@ class Assembler:
             self._adopt_init(request)
         now_ns = self._clock_ns()
         complete = reason == "complete"
-        written_before = len(self._pending_spans.spans)
-        add_span = self._pending_spans.spans.add
+        finished = self._finished
+        written_before = len(finished.scope.spans)
+        add_span = finished.scope.spans.add
         tid = request.trace_id
         rid = request.request_id
         first_begin: Optional[int] = None
@@ -467,7 +438,7 @@ class Assembler:
             end = max(end, begin)
             first_begin = begin if first_begin is None else min(first_begin, begin)
             last_end = end if last_end is None else max(last_end, end)
-            attributes = self._phase_attributes(phase)
+            attributes = phase_attributes(kind, phase.status, phase.report, request.adopted_init_id)
             status = phase.status
             error = status if status and status.lower() != "success" else None
             if error is not None and (root_error is None or kind == "invoke"):
@@ -476,7 +447,7 @@ class Assembler:
                 attributes.append(("fgext.incomplete", True))
             span = add_span()
             span.parent_span_id = request.root_span_id
-            _write(span, tid, phase.span_id, kind, Span.SPAN_KIND_INTERNAL, begin, end, attributes, error)
+            write_span(span, tid, phase.span_id, kind, Span.SPAN_KIND_INTERNAL, begin, end, attributes, error)
             self.metrics.record_phase(kind, status, phase.report.metrics if phase.report is not None else None,
                                       begin, end, kind in incomplete_phases)
             if kind == "invoke":
@@ -484,29 +455,25 @@ class Assembler:
             phase.settle(begin, end)
         coldstart = "init" in request.phases or "restore" in request.phases
         if not request.late and first_begin is not None and last_end is not None:
-            root_attributes: List[Attribute] = [
-                ("faas.invocation_id", rid), ("faas.coldstart", coldstart), ("faas.trigger", "other"),
-            ]
-            if request.adopted_init_id is not None:
-                root_attributes.append(("fgext.init.request_id", request.adopted_init_id))
-            if not complete or incomplete_phases:
-                root_attributes.append(("fgext.incomplete", True))
-                root_attributes.append(("fgext.close_reason", reason))
+            incomplete = not complete or bool(incomplete_phases)
+            if incomplete:
                 self.closed_incomplete += 1
-            _write(add_span(), tid, request.root_span_id, safe_text(self.resource.function_name),
-                   Span.SPAN_KIND_SERVER, first_begin, last_end, root_attributes, root_error)
+            write_span(add_span(), tid, request.root_span_id, safe_text(self.resource.function_name),
+                       Span.SPAN_KIND_SERVER, first_begin, last_end,
+                       root_attributes(rid, coldstart, request.adopted_init_id, reason if incomplete else None),
+                       root_error)
             if "invoke" in request.phases:
                 self.metrics.count("faas.invocations")
                 if coldstart:
                     self.metrics.count("faas.coldstarts")
                 if self._report_log and invoke_report is not None:
-                    self.reports.append(report_record(rid, tid, request.phases["invoke"].span_id, invoke_report,
+                    finished.reports.append(report_record(rid, tid, request.phases["invoke"].span_id, invoke_report,
                                                       coldstart=coldstart, observed_ns=now_ns,
                                                       sampled=request.sampled))
-                    self.pending_bytes += REPORT_ESTIMATE
+                    finished.bytes += REPORT_ESTIMATE
         if not self._kept(request, coldstart):
             # Written, then let go: metrics above still count the invocation, its spans are not exported.
-            spans = self._pending_spans.spans
+            spans = finished.scope.spans
             self.unsampled_traces += 1
             self.unsampled_spans += len(spans) - written_before
             del spans[written_before:]
@@ -517,84 +484,29 @@ class Assembler:
         else:
             self._remember(rid, tid, request.root_span_id, request.phases)
 
-    def _phase_attributes(self, phase: _Phase) -> List[Attribute]:
-        attributes: List[Attribute] = []
-        if phase.request.adopted_init_id is not None and phase.kind in ("init", "restore"):
-            attributes.append(("faas.invocation_id", phase.request.adopted_init_id))
-        status = phase.status
-        if status:
-            attributes.append(("fgext.status", status))
-        report = phase.report
-        if report is not None:
-            metrics = report.metrics
-            if metrics.duration_ms is not None:
-                attributes.append(("fgext.report.duration_ms", metrics.duration_ms))
-            if metrics.billing_duration_ms is not None:
-                attributes.append(("fgext.report.billed_duration_ms", metrics.billing_duration_ms))
-            if metrics.memory_used_mb is not None:
-                attributes.append(("fgext.report.memory_used_mb", metrics.memory_used_mb))
-            if metrics.memory_size_mb is not None:
-                attributes.append(("fgext.report.memory_size_mb", metrics.memory_size_mb))
-            if metrics.pod_name:
-                attributes.append(("fgext.report.pod_name", metrics.pod_name))
-            for key, value in metrics.extra.items():
-                if isinstance(value, (str, bool, int, float)):
-                    attributes.append((f"fgext.report.{key}", value))
-        return attributes
-
     # ---------------------------------------------------------------------------- logs out
 
-    def correlate(self, at_ns: int) -> Optional[_Phase]:
-        """The phase open at ``at_ns`` when exactly one request had one open then; else ``None``."""
-        return self._index.correlate(at_ns)
+    @property
+    def lines(self) -> List[LogLine]:
+        """The log lines that wait to be taken."""
+        return self._finished.lines
+
+    @property
+    def pending_bytes(self) -> int:
+        """An estimate of the bytes that what waits to be taken will take once encoded."""
+        return self._finished.bytes
 
     @property
     def pending_spans(self) -> int:
         """How many finished spans wait to be taken."""
-        return len(self._pending_spans.spans)
+        return len(self._finished.scope.spans)
 
     def pending(self) -> Pending:
         """Everything finished, for the encoder: spans, and log lines each with the phase open at its
         time (correlated now, so platform events that came after the line count). Nothing is removed:
         call :meth:`taken` once it is encoded, before anything else is consumed."""
-        index = self._index
-        correlate = index.correlate
-        links: List[Optional[Link]] = []
-        append = links.append
-        cached_at = -1
-        cached: Optional[Link] = None
-        ambiguous = False
-        for line in self.lines:
-            at = line[0]
-            if at != cached_at:  # lines of one moment share a look-up
-                phase = correlate(at)
-                cached = phase.link if phase is not None else None
-                ambiguous = index.ambiguous
-                cached_at = at
-            if ambiguous:  # overlapping invocations: the line's own text may name its request
-                named = index.by_text(at, line[3])
-                append(named.link if named is not None else None)
-            else:
-                append(cached)
-        spans = self._pending_spans.spans
-        return Pending(spans=spans, span_count=len(spans), lines=self.lines, links=links, records=self.reports)
+        return self._finished.hand_over(self._index.links(self._finished.lines))
 
     def taken(self, pending: Pending) -> None:
         """``pending`` was encoded: let it go (anything finished since stays)."""
-        spans = self._pending_spans.spans
-        if pending.span_count == len(spans):
-            self._pending_spans = ScopeSpans()  # references the encoder kept stay valid
-        else:
-            del spans[:pending.span_count]
-        count = len(pending.links)  # how many lines there were when they were handed over
-        if count == len(self.lines):
-            self.lines = []
-        else:
-            del self.lines[:count]
-        reports = len(pending.records)
-        if reports == len(self.reports):
-            self.reports = []
-        else:
-            del self.reports[:reports]
-        self.pending_bytes = (len(self._pending_spans.spans) * SPAN_ESTIMATE + len(self.reports) * REPORT_ESTIMATE
-                              + sum(len(line[3]) + LINE_OVERHEAD for line in self.lines))
+        self._finished.taken(pending)

@@ -1,0 +1,183 @@
+"""A sink's lane (fgext._lane): its own queue, bounded in batches and bytes, and task; drops for a full lane."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar, Optional, Sequence
+
+from fgext._events import AnyEvent
+from fgext._lane import estimate_bytes
+from fgext._pipeline import Pipeline
+from fgext._plugin import Plugin
+from tests.test_pipeline import Collect, Log, Stuck, context, log_event, run, started, until
+
+
+class Gate(Plugin):
+    """A sink whose on_telemetry waits until the test opens the gate; ``batches`` counts what it was handed."""
+
+    name: ClassVar[str] = "gate"
+
+    def __init__(self) -> None:
+        self.gate: Optional[asyncio.Event] = None  # made in the running loop (3.9 binds it at creation)
+        self.batches = 0
+
+    async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self.batches += 1
+        assert self.gate is not None
+        await self.gate.wait()
+
+
+class TestBackpressure:
+    def test_full_queues_make_submit_wait(self) -> None:
+        """With the sink's hook busy, its lane full and the dispatcher's queue full, submit_telemetry waits
+        instead of growing memory, and goes on once the sink moves."""
+        gate = Gate()
+
+        async def go() -> int:
+            gate.gate = asyncio.Event()
+            pipeline = Pipeline([gate], logger=Log(), max_pending=2, lane_capacity=1, lane_wait=30)
+            await pipeline.start(context)
+            accepted = 0
+            for i in range(10):
+                submit = asyncio.ensure_future(pipeline.submit_telemetry([log_event(str(i))]))
+                await asyncio.sleep(0.05)
+                if not submit.done():
+                    break
+                accepted += 1
+            gate.gate.set()
+            await asyncio.wait_for(submit, 5)
+            await pipeline.shutdown(2)
+            assert pipeline.stats["lane_batches_dropped"] == 0 and gate.batches == accepted + 1
+            return accepted
+
+        # One in the hook, one in the lane, one held by the dispatcher at the full lane, two queued.
+        assert run(go()) == 5
+
+
+class TestLanes:
+    def test_a_stuck_sink_does_not_delay_another(self) -> None:
+        """While one sink is stuck in a synchronous hook, the other gets every batch."""
+        stuck, fast = Stuck(), Collect()
+
+        async def go() -> None:
+            pipeline = await started([stuck, fast])
+            for i in range(10):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: len(fast.batches) == 10)
+            assert stuck.batches == 1
+            stuck.release.set()
+            await until(lambda: stuck.batches == 10)
+            await pipeline.shutdown(2)
+
+        try:
+            run(go())
+        finally:
+            stuck.release.set()
+
+    def test_a_full_lane_waits_then_drops_for_that_sink_only(self) -> None:
+        """A full lane holds the dispatcher for lane_wait, then that sink's batches are dropped and counted
+        while the other sink still gets all of them."""
+        stuck, fast, log = Stuck(), Collect(), Log()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, fast], logger=log, lane_capacity=2, lane_wait=0.1)
+            for i in range(10):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: len(fast.batches) == 10)
+            assert pipeline.stats["lane_batches_dropped"] == 7  # one in the hook, two in the lane
+            stuck.release.set()
+            await until(lambda: stuck.batches == 3)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            pipeline = run(go())
+        finally:
+            stuck.release.set()
+        assert pipeline.stats["lane_events_dropped"] == 7
+        full = [f for _, ev, f in log.lines if ev == "sink lane full: batches for this sink are dropped"]
+        assert full and full[0]["plugin"] == "stuck"
+
+    def test_default_lane_holds_32_batches_and_waits_2_seconds(self) -> None:
+        """By default a lane holds 32 batches; past that the dispatcher waits (2 s) and then drops for that sink."""
+        stuck, fast = Stuck(), Collect()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, fast])
+            for i in range(40):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: len(fast.batches) == 40, timeout=15)
+            stuck.release.set()
+            await until(lambda: stuck.batches == 33)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            assert run(go()).stats["lane_batches_dropped"] == 40 - 1 - 32
+        finally:
+            stuck.release.set()
+
+    def test_a_lane_with_room_again_takes_batches_again(self) -> None:
+        """Once the stuck sink has drained its lane to half, its batches are queued again, not dropped."""
+        stuck = Stuck()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck], lane_capacity=2, lane_wait=0.1)
+            for i in range(4):
+                await pipeline.submit_telemetry([log_event(str(i))])
+            await until(lambda: pipeline.stats["lane_batches_dropped"] == 1)
+            stuck.release.set()
+            await until(lambda: stuck.batches == 3)
+            await pipeline.submit_telemetry([log_event("after")])
+            await until(lambda: stuck.batches == 4)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            assert run(go()).stats["lane_batches_dropped"] == 1
+        finally:
+            stuck.release.set()
+
+
+class TestBytes:
+    def test_a_lane_is_bounded_in_bytes_too(self) -> None:
+        """With room for batches but not for their bytes, the lane waits lane_wait and then drops for that
+        sink, counted as for a full lane; the other sink gets every batch."""
+        stuck, fast = Stuck(), Collect()
+
+        async def go() -> Pipeline:
+            pipeline = await started([stuck, fast], lane_capacity=32, lane_wait=0.1, lane_max_bytes=100_000)
+            for i in range(6):
+                await pipeline.submit_telemetry([log_event(str(i)), log_event(f"{i}b")], 40_000)
+            await until(lambda: len(fast.batches) == 6)
+            # one in the hook, two queued (80,000 bytes), three more did not fit in 100,000
+            assert pipeline.stats["lane_batches_dropped"] == 3 and pipeline.stats["lane_events_dropped"] == 6
+            stuck.release.set()
+            await until(lambda: stuck.batches == 3)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        try:
+            pipeline = run(go())
+        finally:
+            stuck.release.set()
+        assert pipeline.lane_drops() == {"stuck": 6}
+
+    def test_a_batch_over_the_byte_bound_still_enters_an_empty_lane(self) -> None:
+        """A single batch bigger than the bound is not refused for its size: an empty lane takes it."""
+        sink = Collect()
+
+        async def go() -> Pipeline:
+            pipeline = await started([sink], lane_max_bytes=1000, lane_wait=0.1)
+            await pipeline.submit_telemetry([log_event("big")], 10_000_000)
+            await until(lambda: len(sink.batches) == 1)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        assert run(go()).stats["lane_batches_dropped"] == 0
+
+    def test_a_batch_of_unknown_size_is_estimated_from_its_events(self) -> None:
+        """Without the body's size, a batch weighs about its log text plus a fixed amount per event."""
+        small = estimate_bytes([log_event("x")])
+        assert estimate_bytes([log_event("x" * 10_000)]) >= small + 9_999
+        assert estimate_bytes([log_event("x"), log_event("y")]) == 2 * small
