@@ -270,17 +270,22 @@ class Agent:
         assert runner.server is not None
         self.guard = ConnectionGuard(runner.server, self.limits, self.log)
         site = GuardedSockSite(runner, self.boot.sock, self.guard, _LISTEN_BACKLOG)
+        handed: Sequence[Tuple[Any, bytes, Optional[float]]] = ()
         if self.boot.early is not None:
             early, self.boot.early = self.boot.early, None
-            kept = early.stop()  # finishes the connection in hand; the socket is ours again
-            if early.answered:
+            kept = early.stop()  # at once: the socket is ours again, with the connections it had not finished
+            handed = early.handed
+            if early.answered or handed:
                 first = early.first_answer
                 self.log.info("answered before the listener started", answered=early.answered, kept=len(kept),
+                              handed_over=len(handed),
                               first_answer_ms=round((first - self.boot.exec_monotonic) * 1000, 1) if first else None)
             if kept:
                 self._replayed = asyncio.Event()
                 self._replay = asyncio.ensure_future(self._submit_kept(kept))
         await site.start()
+        for sock, read, head_timeout in handed:
+            await self.guard.adopt(sock, read, head_timeout)
         self.log.info("listening", address=self.registration.address,
                       subscribed=self.registration.subscribed)
         agent_file = self._write_agent_file()
