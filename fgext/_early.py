@@ -30,6 +30,7 @@ logged as rejected when it is submitted.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
@@ -222,12 +223,13 @@ class EarlyResponder:
             sock, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        if len(self._connections) >= MAX_CONNECTIONS:
+        idle = [c for c in self._connections.values() if c.state == _HEAD]
+        if len(self._connections) >= MAX_CONNECTIONS and idle:
             # Who has been quiet longest without a complete head goes: a hostile peer holds a connection
-            # without using it, the platform sends its request at once (as fgext._listener decides).
+            # without using it, the platform sends its request at once (as fgext._listener decides). With
+            # none (a read just completed a head), this one is taken over the cap and accepting pauses.
             self.evicted += 1
-            self._close(selector, min((c for c in self._connections.values() if c.state == _HEAD),
-                                      key=lambda c: c.active_at))
+            self._close(selector, min(idle, key=lambda c: c.active_at))
         self.accepted += 1
         sock.setblocking(False)
         conn = _Connection(sock, time.monotonic(), self._header_timeout)
@@ -249,9 +251,10 @@ class EarlyResponder:
         try:
             self._advance(selector, conn)
         except _Refuse as refusal:
-            self._answer(conn, refusal.status, b'{"error": "%s"}' % refusal.message.encode())
+            with contextlib.suppress(OSError):  # a client that left is owed no answer
+                self._answer(conn, refusal.status, b'{"error": "%s"}' % refusal.message.encode())
             self._close(selector, conn)
-        except OSError:
+        except OSError:  # the client left before its answer (a body kept is still delivered)
             self._close(selector, conn)
 
     def _advance(self, selector: selectors.BaseSelector, conn: _Connection) -> None:
