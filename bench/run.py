@@ -13,16 +13,18 @@ repeated runs):
    pass``, ``python -c "import aiohttp.web"`` and the same plus the OTLP plugin's protobuf modules.
 2. ``cpu``: a load generator posts realistic batches to the agent (OTLP on, exporting to a local sink);
    events/s and agent CPU us/event (``/proc/<pid>/stat``) against a bare aiohttp JSON-parsing handler.
-3. ``memory``: agent RSS after start, after 1,000 and after 10,000 invocations with logs.
+3. ``memory``: agent RSS after start, after 1,000, 10,000 and 20,000 invocations with logs (``--memory-checkpoints``),
+   and the floor's RSS after the same invocations in the same run.
 4. ``latency``: ``/extension/invoke`` answer p50/p99 under concurrent load (and the floor's), and the end
    flush: ``platform.report`` POSTed -> the invocation's spans and logs answered by the sink (metrics
    leave on their own timer).
 5. ``zip``: size of the default Python3.9 build, and its cold start with and without shipped byte code
    (built once per source tree with the packager, cached under /tmp; needs PyPI or a warm pip cache).
 6. ``peer``: the issue's workload (one invocation at a time: invoke POST, then one telemetry POST) with no
-   log line, 7 and 50 lines, against the floor, fgext and ``bench/peer_sdk_extension.py`` (the extension
-   a user would write with the OpenTelemetry SDK), back to back in each round: CPU us/event, RSS, and
-   the ratios' min and max over rounds.
+   log line, 7 and 50 lines, against the floor, fgext (``end`` flush, the default, and
+   ``periodically,1000``: keys ``periodic_*``) and ``bench/peer_sdk_extension.py`` (the extension a user
+   would write with the OpenTelemetry SDK), back to back in each round: CPU us/event, RSS, and the
+   ratios' min and max over rounds.
 
 The agent runs as a subprocess on ``--python`` (``FGEXT_PYTHON``), so the harness stays on 3.11. Ports
 8081-8090 are held under the tests' lock. Nothing here asserts; the targets are evaluated in the table.
@@ -34,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -281,10 +284,28 @@ def _invocations(first: int, count: int, lines: int) -> List[Tuple[str, bytes]]:
     return bodies
 
 
+def _floor_rss(python: str, checkpoints: Sequence[int], lines: int) -> Dict[int, float]:
+    """The floor's RSS (MB) at each checkpoint, driven by the same invocations as the agent."""
+    floor = FloorServer(python)
+    try:
+        rss: Dict[int, float] = {}
+        done = 0
+        for checkpoint in checkpoints:
+            asyncio.run(post_all(floor.port, _invocations(done, checkpoint - done, lines), 2))
+            done = checkpoint
+            rss[checkpoint] = rss_kib(floor.pid)[0] / 1024
+        return rss
+    finally:
+        floor.stop()
+
+
 def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[str, float]:
-    """RSS after start and at each checkpoint (invocations so far); the first two are the targets' 1,000 and
-    10,000, later ones show whether growth levels off once the bounded caches are full."""
-    progress(f"memory: RSS at {', '.join(map(str, checkpoints))} invocations with {lines} log lines each")
+    """RSS after start and at each checkpoint (invocations so far), beside the floor's at the same counts in
+    the same run; the first two are the targets' 1,000 and 10,000, later ones show whether growth levels off
+    once the bounded caches are full."""
+    progress(f"memory: floor RSS at {', '.join(map(str, checkpoints))} invocations with {lines} log lines each")
+    floor = _floor_rss(python, checkpoints, lines)
+    progress(f"memory: agent RSS at {', '.join(map(str, checkpoints))} invocations with {lines} log lines each")
     out: Dict[str, float] = {}
     with otlp_agent(python) as (agent, sink):
         out["rss_start_mb"] = rss_kib(agent.pid)[0] / 1024
@@ -294,10 +315,13 @@ def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[st
             done = checkpoint
             sink.wait_quiet()
             out[f"rss_after_{checkpoint}_mb"] = rss_kib(agent.pid)[0] / 1024
+            out[f"floor_rss_after_{checkpoint}_mb"] = floor[checkpoint]
+            out[f"over_floor_after_{checkpoint}_mb"] = out[f"rss_after_{checkpoint}_mb"] - floor[checkpoint]
         out["rss_peak_mb"] = rss_kib(agent.pid)[1] / 1024
     first, second = checkpoints[0], checkpoints[1]
     out["growth_first_to_second_mb"] = out[f"rss_after_{second}_mb"] - out[f"rss_after_{first}_mb"]
     out["rss_steady_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"]
+    out["rss_steady_over_floor_mb"] = out[f"over_floor_after_{checkpoints[-1]}_mb"]
     if len(checkpoints) > 2:
         out["growth_second_to_last_mb"] = out[f"rss_after_{checkpoints[-1]}_mb"] - out[f"rss_after_{second}_mb"]
     return out
@@ -308,7 +332,8 @@ def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[st
 
 def _peer_round(python: str, lines: int, first: int, count: int) -> Dict[str, float]:
     """One round of the issue's workload (one invocation at a time: an invoke POST, then one telemetry POST
-    of start, ``lines`` log lines, runtimeDone and report) against the floor, fgext and the peer, in turn."""
+    of start, ``lines`` log lines, runtimeDone and report) against the floor, fgext (end flush, then periodic)
+    and the peer, in turn."""
     warm = _invocations(first + 10_000_000, 20, lines)
     bodies = _invocations(first, count, lines)
     events = count * (lines + 3)
@@ -320,11 +345,14 @@ def _peer_round(python: str, lines: int, first: int, count: int) -> Dict[str, fl
         out["floor_cpu_us"], out["floor_rss_mb"] = cpu / events * 1e6, rss_kib(floor.pid)[0] / 1024
     finally:
         floor.stop()
-    with otlp_agent(python) as (agent, sink):
-        asyncio.run(post_all(agent.port, warm, 1))
-        sink.wait_quiet()
-        _, cpu = _drive(agent.pid, agent.port, bodies, 1, sink.wait_quiet)
-        out["fgext_cpu_us"], out["fgext_rss_mb"] = cpu / events * 1e6, rss_kib(agent.pid)[0] / 1024
+    for label, flush in (("fgext", "end"), ("periodic", "periodically,1000")):
+        # the drain waits for the sink to go quiet: longer than a periodic flush's interval
+        quiet = 0.5 if flush == "end" else 1.5
+        with otlp_agent(python, {"FGEXT_FLUSH": flush}) as (agent, sink):
+            asyncio.run(post_all(agent.port, warm, 1))
+            sink.wait_quiet(quiet=quiet)
+            _, cpu = _drive(agent.pid, agent.port, bodies, 1, functools.partial(sink.wait_quiet, quiet=quiet))
+            out[f"{label}_cpu_us"], out[f"{label}_rss_mb"] = cpu / events * 1e6, rss_kib(agent.pid)[0] / 1024
     sink = Sink()
     platform = RecordingPlatform().start()
     try:
@@ -344,9 +372,9 @@ def _peer_round(python: str, lines: int, first: int, count: int) -> Dict[str, fl
 
 
 def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
-    """CPU per telemetry event and RSS of fgext (default ``end`` flush), the floor and the peer, per variant
-    (no log line; the issue's 6 function lines and 1 extension line; 50 lines); ratios as min and max over
-    rounds, each round measuring all three back to back."""
+    """CPU per telemetry event and RSS of fgext (default ``end`` flush, and ``periodically,1000``), the floor
+    and the peer, per variant (no log line; the issue's 6 function lines and 1 extension line; 50 lines);
+    ratios as min and max over rounds, each round measuring all four back to back."""
     out: Dict[str, float] = {}
     for lines in (0, 7, 50):
         progress(f"peer: {rounds} rounds of {count} invocations with {lines} log lines (floor, fgext, peer)")
@@ -354,11 +382,12 @@ def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
         ratios = {
             # a smoke run's counts can stay under one clock tick of CPU
             "fgext_over_floor": [s["fgext_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
+            "periodic_over_floor": [s["periodic_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
             "peer_over_floor": [s["peer_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
             "peer_over_fgext": [s["peer_cpu_us"] / max(s["fgext_cpu_us"], 1e-9) for s in samples],
         }
-        for key in ("floor_cpu_us", "fgext_cpu_us", "peer_cpu_us", "floor_rss_mb", "fgext_rss_mb", "peer_rss_mb",
-                    "peer_exports"):
+        for key in ("floor_cpu_us", "fgext_cpu_us", "periodic_cpu_us", "peer_cpu_us", "floor_rss_mb", "fgext_rss_mb",
+                    "periodic_rss_mb", "peer_rss_mb", "peer_exports"):
             out[f"l{lines}_{key}"] = statistics.median(s[key] for s in samples)
         for key, values in ratios.items():
             out[f"l{lines}_{key}_min"], out[f"l{lines}_{key}_max"] = min(values), max(values)
@@ -497,6 +526,7 @@ TARGETS: List[Tuple[str, str, str, float, str]] = [
      "ready for telemetry within 1.2x import floor (aiohttp.web + OTLP protobuf)"),
     ("cpu", "agent_over_floor_events_per_s", ">=", 0.5, "at least half the floor's events/s"),
     ("memory", "rss_steady_mb", "<", 45.0, "RSS under 45 MB at steady state"),
+    ("memory", "rss_steady_over_floor_mb", "<=", 4.0, "RSS at most the floor's + 4 MB at steady state"),
     ("memory", "growth_first_to_second_mb", "<", 2.0, "RSS growth 1,000 -> 10,000 under 2 MB"),
     ("latency", "agent_invoke_p99_ms", "<", 2.0, "p99 invoke answer under 2 ms"),
     ("latency", "end_flush_p99_ms", "<", 20.0, "end flush p99 under 20 ms (100 events)"),
@@ -576,6 +606,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", dest="json_out", type=Path, help="write the results as JSON here")
     parser.add_argument("--only", help="comma-separated sections to run")
     parser.add_argument("--runs", type=int, help="repetitions for medians (default 15, smoke 2)")
+    parser.add_argument("--memory-checkpoints", help="comma-separated invocation counts at which the memory "
+                                                     "section reads RSS, at least two (default 1000,10000,20000)")
     args = parser.parse_args(argv)
     only = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     unknown = [s for s in only if s not in SECTIONS]
@@ -587,6 +619,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not (os.path.isfile(python) and os.access(python, os.X_OK)):
             parser.error(f"--python {python}: not an executable file")
     smoke = args.smoke
+    checkpoints: Tuple[int, ...] = (20, 60) if smoke else (1000, 10_000, 20_000)
+    if args.memory_checkpoints:
+        try:
+            checkpoints = tuple(int(c) for c in args.memory_checkpoints.split(","))
+        except ValueError:
+            checkpoints = ()
+        if len(checkpoints) < 2 or any(b <= a for a, b in zip((0, *checkpoints), checkpoints)):
+            parser.error(f"--memory-checkpoints {args.memory_checkpoints}: give at least two increasing counts")
     runs = args.runs or (2 if smoke else 15)
     result: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -603,8 +643,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "cpu" in only:
             sections["cpu"] = bench_cpu(python, 30 if smoke else 1500, 20, 4)
         if "memory" in only:
-            sections["memory"] = (bench_memory(python, (20, 60), 5) if smoke else
-                                  bench_memory(python, (1000, 10_000, 20_000), 5))
+            sections["memory"] = bench_memory(python, checkpoints, 5)
         if "latency" in only:
             sections["latency"] = (bench_latency(python, 100, 8, 5) if smoke else
                                    bench_latency(python, 5000, 8, 100))

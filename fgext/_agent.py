@@ -23,7 +23,7 @@ import json
 import signal
 import time
 import zlib
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 from aiohttp import web
 
@@ -39,6 +39,9 @@ from fgext._parse import parse_batch, parse_invoke
 from fgext._pipeline import Pipeline, PluginFailure
 from fgext._plugin import Plugin, PluginContext
 from fgext._selfstats import AgentStats, event_kind
+
+if TYPE_CHECKING:
+    from fgext.otlp._receiver import Receiver
 
 __all__ = ["Agent", "serve"]
 
@@ -98,6 +101,7 @@ class Agent:
         # Set once what the early responder kept is submitted: requests aiohttp serves wait for it (order).
         self._replayed: Optional[asyncio.Event] = None
         self._replay: Optional[asyncio.Task[None]] = None
+        self._receiver: Optional[Receiver] = None  # made by the first export
 
     # ------------------------------------------------------------------------------ HTTP handlers
 
@@ -167,6 +171,16 @@ class Agent:
             self.stats["otlp_refused"] += 1
             raise Refused("the agent's queue is full", retry_after_s=1)
         self.stats["otlp_requests"] += 1
+
+    async def _handle_export(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/{traces,logs,metrics}``: the receiver (fgext.otlp._receiver) answers. It is made on the
+        first export: with it comes protobuf, a megabyte kept for the process's life, which an agent whose
+        function never exports (and whose plugins do not speak OTLP) does without."""
+        if self._receiver is None:
+            from fgext.otlp._receiver import Receiver
+
+            self._receiver = Receiver(self._on_export)
+        return await self._receiver.handle(request.match_info["signal"], request)
 
     async def _submit(self, kind: str, payload: Any, size: Optional[int] = None) -> None:
         assert self.pipeline is not None  # made before the listener starts
@@ -264,9 +278,7 @@ class Agent:
         app.router.add_post("/extension/invoke", self.handle_invoke)
         app.router.add_post("/", self.handle_telemetry)
         # The function's own OTLP/HTTP exports (fgext.function, or any exporter) on the same listener.
-        from fgext.otlp._receiver import Receiver
-
-        app.router.add_routes(Receiver(self._on_export).routes())
+        app.router.add_post("/v1/{signal:traces|logs|metrics}", self._handle_export)
         # In-flight requests get a short grace period at shutdown; the flush deadline matters more.
         # auto_decompress=False: the receiver and _read_json bound gzip themselves (aiohttp's own turns
         # a body that is not gzip into an empty one).
@@ -276,17 +288,22 @@ class Agent:
         assert runner.server is not None
         self.guard = ConnectionGuard(runner.server, self.limits, self.log)
         site = GuardedSockSite(runner, self.boot.sock, self.guard, _LISTEN_BACKLOG)
+        handed: Sequence[Tuple[Any, bytes, Optional[float]]] = ()
         if self.boot.early is not None:
             early, self.boot.early = self.boot.early, None
-            kept = early.stop()  # finishes the connection in hand; the socket is ours again
-            if early.answered:
+            kept = early.stop()  # at once: the socket is ours again, with the connections it had not finished
+            handed = early.handed
+            if early.answered or handed:
                 first = early.first_answer
                 self.log.info("answered before the listener started", answered=early.answered, kept=len(kept),
+                              handed_over=len(handed),
                               first_answer_ms=round((first - self.boot.exec_monotonic) * 1000, 1) if first else None)
             if kept:
                 self._replayed = asyncio.Event()
                 self._replay = asyncio.ensure_future(self._submit_kept(kept))
         await site.start()
+        for sock, read, head_timeout in handed:
+            await self.guard.adopt(sock, read, head_timeout)
         self.log.info("listening", address=self.registration.address,
                       subscribed=self.registration.subscribed)
         agent_file = self._write_agent_file()

@@ -305,7 +305,7 @@ def main_run(plugins: Optional[Sequence[Plugin]] = None) -> int:
     # The platform may wait for the first invoke's answer: give it one while the heavy imports run.
     from fgext._early import EarlyResponder
 
-    boot.early = EarlyResponder(boot.sock, boot.settings.max_body_bytes)
+    boot.early = EarlyResponder(boot.sock, boot.settings.max_body_bytes, header_timeout=boot.limits.header_timeout)
     boot.early.start()
     from fgext._agent import serve  # heavy: aiohttp, structlog, plugins
 

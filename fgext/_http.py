@@ -69,7 +69,10 @@ def post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
              "Connection: close"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    # An ASCII host as bytes: for a str, getaddrinfo loads the idna codec (and stringprep, ~100 KiB kept for
+    # the process's life) even for an IP address.
+    address = host.encode("ascii") if host.isascii() else host
+    with socket.create_connection((address, port), timeout=timeout) as sock:  # type: ignore[arg-type]
         sock.sendall(request)
         chunks = []
         received = 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
 from typing import Any, Callable, Dict, Optional, Set
 
 from aiohttp import web
@@ -46,7 +47,8 @@ def max_connections(limits: ListenerLimits) -> int:
 class _Guarded(asyncio.Protocol):
     """aiohttp's protocol for one connection, with the guard's bookkeeping around it."""
 
-    def __init__(self, guard: ConnectionGuard, inner: Any) -> None:
+    def __init__(self, guard: ConnectionGuard, inner: Any, read: bytes = b"",
+                 head_timeout: Optional[float] = None) -> None:
         self.guard = guard
         self.inner = inner
         self.transport: Optional[asyncio.Transport] = None
@@ -54,15 +56,22 @@ class _Guarded(asyncio.Protocol):
         self.active_at = 0.0
         self._tail = b""
         self._deadline: Optional[asyncio.TimerHandle] = None
+        self._read = read  # bytes an earlier owner read from this connection (ConnectionGuard.adopt)
+        self._head_timeout = guard.limits.header_timeout if head_timeout is None else head_timeout
 
     # asyncio.Protocol, forwarded to aiohttp
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
         self.active_at = loop.time()
-        self._deadline = loop.call_later(self.guard.limits.header_timeout, self._header_timeout)
+        if not self.head_seen:
+            self._deadline = loop.call_later(self._head_timeout, self._header_timeout)
         self.guard.opened(self)
         self.inner.connection_made(transport)
+        if self._read:
+            # Before the transport reads anything more: aiohttp parses the request from its first byte.
+            read, self._read = self._read, b""
+            self.data_received(read)
 
     def data_received(self, data: bytes) -> None:
         self.active_at = asyncio.get_running_loop().time()
@@ -125,6 +134,22 @@ class ConnectionGuard:
 
     def __call__(self) -> _Guarded:
         return _Guarded(self, self.factory())
+
+    async def adopt(self, sock: socket.socket, read: bytes, head_timeout: Optional[float]) -> None:
+        """Serve a connection an earlier owner accepted (fgext._early), ``read`` being what it already read
+        from it; ``head_timeout`` is what is left of its header deadline (None: its head was complete)."""
+        loop = asyncio.get_running_loop()
+        head_seen = head_timeout is None
+
+        def protocol() -> _Guarded:
+            guarded = _Guarded(self, self.factory(), read, head_timeout)
+            guarded.head_seen = head_seen
+            return guarded
+
+        try:
+            await loop.connect_accepted_socket(protocol, sock)
+        except OSError:
+            sock.close()  # the client left meanwhile
 
     def count(self, reason: str) -> None:
         self.stats[reason] = self.stats.get(reason, 0) + 1

@@ -55,7 +55,6 @@ Standard library only: ``fgext.function`` imports this module in the user's sand
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 
@@ -101,7 +100,11 @@ def sampling_value(trace_id: Union[bytes, int]) -> int:
         trace_id = trace_id.to_bytes(16, "big")
     elif len(trace_id) != 16:
         raise ValueError(f"a trace ID has 16 bytes, got {len(trace_id)}")
-    return int.from_bytes(hashlib.sha256(trace_id).digest()[:8], "big")
+    # Imported here: hashlib loads OpenSSL, milliseconds this module would add before registration
+    # (fgext._config validates the sampling settings there); fgext._ids has it loaded by the first trace.
+    from hashlib import sha256
+
+    return int.from_bytes(sha256(trace_id).digest()[:8], "big")
 
 
 class HeadSampler:

@@ -25,14 +25,16 @@ EXPECTED = {
     "cpu": {"events", "floor_events_per_s", "floor_cpu_us_per_event", "agent_events_per_s",
             "agent_cpu_us_per_event", "agent_over_floor_events_per_s", "periodic_cpu_us_per_event"},
     "memory": {"rss_start_mb", "rss_after_20_mb", "rss_after_60_mb", "rss_peak_mb", "growth_first_to_second_mb",
-               "rss_steady_mb"},
+               "rss_steady_mb", "floor_rss_after_20_mb", "floor_rss_after_60_mb", "over_floor_after_60_mb",
+               "rss_steady_over_floor_mb"},
     "latency": {"floor_invoke_p50_ms", "floor_invoke_p99_ms", "agent_invoke_p50_ms", "agent_invoke_p99_ms",
                 "agent_sequential_p99_ms", "end_flush_p50_ms", "end_flush_p99_ms"},
     "zip": {"zip_bytes", "unpacked_bytes", "files", "pyc_register_ms", "pyc_first_batch_ms",
             "source_register_ms", "source_first_batch_ms", "pyc_files_pyc", "source_files_pyc"},
     "peer": {f"l{lines}_{key}" for lines in (0, 7, 50) for key in (
-        "floor_cpu_us", "fgext_cpu_us", "peer_cpu_us", "fgext_rss_mb", "peer_rss_mb", "peer_exports",
-        "fgext_over_floor_min", "fgext_over_floor_max", "peer_over_fgext_min", "peer_over_fgext_max")},
+        "floor_cpu_us", "fgext_cpu_us", "periodic_cpu_us", "peer_cpu_us", "fgext_rss_mb", "periodic_rss_mb",
+        "peer_rss_mb", "peer_exports", "fgext_over_floor_min", "fgext_over_floor_max", "periodic_over_floor_min",
+        "periodic_over_floor_max", "peer_over_fgext_min", "peer_over_fgext_max")},
 }
 
 
@@ -63,7 +65,7 @@ def test_smoke_run_produces_every_key(tmp_path: Path) -> None:
             assert not missing, (version, section, missing)
             assert all(isinstance(v, (int, float)) for v in sections[section].values())
     verdicts = {(v["python"], v["key"]) for v in result["targets"]}
-    assert len(verdicts) == 11 * len(pythons)
+    assert len(verdicts) == 12 * len(pythons)
     assert all(isinstance(v["met"], bool) for v in result["targets"])
 
 
@@ -72,3 +74,12 @@ def test_unknown_section_is_a_usage_error() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "speed"], cwd=str(ROOT),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "coldstart" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["1000", "10000,1000", "1000,x"])
+def test_memory_checkpoints_must_be_two_increasing_counts(value: str) -> None:
+    """--memory-checkpoints with fewer than two counts, counts that do not increase, or a word exits 2 with a
+    clear line, no traceback."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "memory",
+                           "--memory-checkpoints", value], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "at least two increasing counts" in done.stderr and "Traceback" not in done.stderr

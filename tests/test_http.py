@@ -73,6 +73,13 @@ class TestPost:
         assert "Connection: close\r\n" in head and "X-Name: extensionA.sh\r\n" in head
         assert head.endswith('\r\n\r\n{"a": 1}')
 
+    def test_a_host_name_is_resolved(self, server) -> None:  # type: ignore[no-untyped-def]
+        """A name (not only an IP address) reaches the server, and the Host header carries the name."""
+        srv = server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        assert post("localhost", srv.port, "/extension/register", b"{}", {}, timeout=5) == (200, b"{}")
+        srv.close()
+        assert f"Host: localhost:{srv.port}\r\n" in srv.requests[0].decode()
+
     def test_chunked(self, server) -> None:  # type: ignore[no-untyped-def]
         """A chunked answer is reassembled."""
         srv = server(b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n"
