@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Deque, Dict, Iterable, Optional, Se
 from fgext._config import DEFAULT_LANE_MAX_BYTES
 from fgext._deadline import Deadline
 from fgext._flush import FlushClock, FlushPolicy
-from fgext._hooks import Hooks, PluginFailure, PluginState, overrides
+from fgext._hooks import Hooks, PluginFailure, PluginState, overrides, within
 from fgext._plugin import Plugin
 
 __all__ = ["STOP", "Lane", "estimate_bytes", "gather_all", "until"]
@@ -64,7 +64,7 @@ async def gather_all(calls: Iterable[Awaitable[Any]]) -> None:
 async def until(call: Awaitable[Any], deadline: Deadline) -> bool:
     """Await ``call`` until ``deadline``; whether it finished (it is cancelled if not)."""
     try:
-        await asyncio.wait_for(call, timeout=deadline.timeout())
+        await within(call, deadline.timeout())
     except asyncio.TimeoutError:
         return False
     return True

@@ -148,6 +148,23 @@ def magic_number(python: str) -> bytes:
     return bytes.fromhex(done.stdout)
 
 
+class TestAgentRoots:
+    REQUIRES = ["aiohttp>=3.9", "structlog>=23.1", "opentelemetry-proto>=1.25", "opentelemetry-sdk>=1.25",
+                "async-timeout>=4.0; python_version < '3.11'"]
+
+    @pytest.mark.parametrize("runtime, wanted", [("Python3.9", True), ("Python3.10", True), ("Python3.12", False)])
+    def test_a_requirement_marked_for_older_pythons_only_follows_its_marker(self, runtime: str, wanted: bool,
+                                                                          ) -> None:
+        """async-timeout (the agent's hook timeouts before 3.11) is a root for 3.9 and 3.10 and left out of a
+        3.12 zip, instead of being taken unpinned for every target."""
+        from fgext.packager._build import _agent_roots
+
+        roots = _agent_roots(self.REQUIRES, RUNTIMES[runtime], "x86_64", with_grpc=False)
+        assert ("async-timeout>=4.0" in roots) is wanted
+        assert not [r for r in roots if r.startswith("async-timeout") and r != "async-timeout>=4.0"]
+        assert {"aiohttp>=3.9", "structlog>=23.1", "opentelemetry-proto>=1.25"} <= set(roots)
+
+
 class TestTargetResolution:
     def test_wheel_tags_match_python39_x86_64(self, zip39: Built) -> None:
         """Every wheel is pure Python or built for CPython 3.9 (or abi3) on manylinux x86_64."""

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from fgext._errors import ConfigError, PackageError
 from fgext.packager import _assets
@@ -42,7 +42,7 @@ LAUNCHER_NAME = re.compile(r"^extension[A-Za-z0-9_.\-]*\.sh$")
 # are fgext.otlp._env's) - never the SDK, the API or the OTLP exporters fgext's own dependency list carries
 # for its users' function-side helper (with requests, urllib3 and googleapis-common-protos). gRPC export
 # calls grpcio directly.
-AGENT_RUNTIME = ("aiohttp", "structlog", "opentelemetry-proto")
+AGENT_RUNTIME = ("aiohttp", "structlog", "opentelemetry-proto", "async-timeout")
 AGENT_GRPC = ("grpcio",)
 # Parts of fgext the sandbox never imports (the developer tools and the test helpers); shipping them would
 # only add files to every zip.
@@ -240,14 +240,19 @@ def _agent_roots(requires: Sequence[str], runtime: Runtime, arch: str, with_grpc
     wanted = [*AGENT_RUNTIME, *(AGENT_GRPC if with_grpc else ())]
     environment = {**marker_environment(runtime, arch), "extra": ""}
     roots: Dict[str, str] = {}
+    not_for_target: Set[str] = set()
     for text in requires:
         requirement = Requirement(text)
         name = _canonical(requirement.name)
-        if name in wanted and (requirement.marker is None or requirement.marker.evaluate(environment)):
+        if name not in wanted:
+            continue
+        if requirement.marker is None or requirement.marker.evaluate(environment):
             requirement.marker = None
             roots[name] = str(requirement)
+        else:
+            not_for_target.add(name)  # async-timeout: only before Python 3.11
     # A name fgext does not list itself (grpcio comes with the gRPC exporter): the newest the target takes.
-    return [roots.get(name, name) for name in wanted]
+    return [roots.get(name, name) for name in wanted if name in roots or name not in not_for_target]
 
 
 def _wheel_requires(wheel: Path) -> List[str]:
