@@ -238,6 +238,18 @@ class TestOrdering:
         assert all(attrs(s)["fgext.close_reason"] == "capacity" for s in roots)
 
 
+    def test_remembered_traces_share_their_phase_sets(self) -> None:
+        """The closed traces kept for late events (up to a thousand) share one phase-set object per
+        combination instead of a set each, and a late phase still joins its trace exactly once."""
+        assembler = make_assembler()
+        assembler.consume(events(*[e for i in range(4) for e in invocation(f"req-{i}", 100 * i, 100 * i + 50)]))
+        take_spans(assembler)
+        remembered = [assembler._closed[f"req-{i}"].emitted for i in range(4)]
+        assert all(kinds == frozenset({"invoke"}) and kinds is remembered[0] for kinds in remembered)
+        assembler.consume(events(*invocation("req-0", 1000, 1050)))  # the same phase again: nothing new
+        assert not take_spans(assembler)
+        assert assembler.late_events == 3
+
 
 # ------------------------------------------------------------------------------ values at the boundary
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -158,7 +158,17 @@ class _Closed:
     def __init__(self, trace_id: bytes, root_span_id: bytes, emitted: Iterable[str]) -> None:
         self.trace_id = trace_id
         self.root_span_id = root_span_id
-        self.emitted = set(emitted)
+        self.emitted = _kinds(emitted)
+
+
+# A thousand closed traces share a handful of phase combinations: one frozenset each, not a set per trace
+# (216 bytes apiece, most of what a remembered trace costs).
+_KINDS: Dict[FrozenSet[str], FrozenSet[str]] = {}
+
+
+def _kinds(kinds: Iterable[str]) -> FrozenSet[str]:
+    key = frozenset(kinds)
+    return _KINDS.setdefault(key, key)
 
 
 # --------------------------------------------------------------------------------------- assembler
@@ -480,7 +490,7 @@ class Assembler:
         if request.late:
             closed = self._closed.get(rid)
             if closed is not None:
-                closed.emitted.update(request.phases)
+                closed.emitted = _kinds(closed.emitted.union(request.phases))
         else:
             self._remember(rid, tid, request.root_span_id, request.phases)
 
