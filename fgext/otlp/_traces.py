@@ -26,14 +26,14 @@ the first invocation that starts after that init adopts it as its ``init`` child
 init no invocation adopts becomes a trace of its own.
 
 Log lines are correlated (``_correlation``) when they are handed over, not when they arrive, so
-platform events that arrive after the log line (in a later POST) still count.
+platform events that arrive after the log line (in a later POST) still count. A written trace is
+remembered (``_written``) so that its late events join it or are counted late.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -48,6 +48,7 @@ from fgext.otlp._report import REPORT_ESTIMATE, report_record
 from fgext.otlp._requests import SPAN_ESTIMATE
 from fgext.otlp._resource import ResourceBuilder, safe_text
 from fgext.otlp._spans import phase_attributes, root_attributes, write_span
+from fgext.otlp._written import WrittenTraces
 
 __all__ = ["Assembler"]
 
@@ -150,27 +151,6 @@ class _Request:
         return not self.late and "invoke" not in self.phases
 
 
-class _Closed:
-    """What stays of a written trace, so late events join it instead of starting a new one."""
-
-    __slots__ = ("emitted", "root_span_id", "trace_id")
-
-    def __init__(self, trace_id: bytes, root_span_id: bytes, emitted: Iterable[str]) -> None:
-        self.trace_id = trace_id
-        self.root_span_id = root_span_id
-        self.emitted = _kinds(emitted)
-
-
-# A thousand closed traces share a handful of phase combinations: one frozenset each, not a set per trace
-# (216 bytes apiece, most of what a remembered trace costs).
-_KINDS: Dict[FrozenSet[str], FrozenSet[str]] = {}
-
-
-def _kinds(kinds: Iterable[str]) -> FrozenSet[str]:
-    key = frozenset(kinds)
-    return _KINDS.setdefault(key, key)
-
-
 # --------------------------------------------------------------------------------------- assembler
 
 
@@ -206,12 +186,11 @@ class Assembler:
         self._clock_ns = clock_ns
         self._monotonic = monotonic
         self._max_open = max_open
-        self._closed_memory = closed_memory
         self._max_log_bytes = max_log_bytes
         self._open: Dict[str, _Request] = {}
         # open requests holding only an init or restore phase: candidates for adoption (usually 0 or 1)
         self._inits: Dict[str, _Request] = {}
-        self._closed: OrderedDict[str, _Closed] = OrderedDict()
+        self._written = WrittenTraces(closed_memory)
         self._index: CorrelationIndex[_Phase] = CorrelationIndex(max_intervals)
         self._finished = Finished()
         self._report_log = report_log
@@ -290,12 +269,12 @@ class Assembler:
         request = self._open.get(rid)
         kind = event.phase
         if request is None or (request.late and kind not in request.phases):
-            closed = self._closed.get(rid)
+            closed = self._written.get(rid)
             if closed is not None and kind in closed.emitted:
                 self.late_events += 1  # its span is written already; nothing new to say
                 return False
         if request is None:
-            closed = self._closed.get(rid)
+            closed = self._written.get(rid)
             if closed is not None:
                 request = _Request(rid, closed.trace_id, closed.root_span_id, late=True,
                                    sampled=self._head_sampled(closed.trace_id))
@@ -386,13 +365,8 @@ class Assembler:
                     phase.request = request
                     request.phases[kind] = phase
                 request.adopted_init_id = other.request_id
-                self._remember(other.request_id, request.trace_id, request.root_span_id, other.phases)
+                self._written.remember(other.request_id, request.trace_id, request.root_span_id, other.phases)
                 return
-
-    def _remember(self, rid: str, trace_id: bytes, root: bytes, kinds: Iterable[str]) -> None:
-        self._closed[rid] = _Closed(trace_id, root, kinds)
-        while len(self._closed) > self._closed_memory:
-            self._closed.popitem(last=False)
 
     def _head_sampled(self, trace_id: bytes) -> bool:
         return self._head is None or self._head.sampled(trace_id)
@@ -488,11 +462,9 @@ class Assembler:
             self.unsampled_spans += len(spans) - written_before
             del spans[written_before:]
         if request.late:
-            closed = self._closed.get(rid)
-            if closed is not None:
-                closed.emitted = _kinds(closed.emitted.union(request.phases))
+            self._written.add(rid, request.phases)
         else:
-            self._remember(rid, tid, request.root_span_id, request.phases)
+            self._written.remember(rid, tid, request.root_span_id, request.phases)
 
     # ---------------------------------------------------------------------------- logs out
 
