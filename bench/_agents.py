@@ -160,6 +160,11 @@ class Sink:
         self._reader.join(5)
 
 
+# Settings every agent of a run gets (``bench/run.py --agent-env``): to compare commits with a later
+# feature switched off, say. A section's own settings (extra) still win.
+AGENT_EXTRA_ENV: Dict[str, str] = {}
+
+
 def agent_env(python: str, platform_addr: str, plugins: str, extra: Optional[Dict[str, str]] = None,
               ) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items()
@@ -168,6 +173,7 @@ def agent_env(python: str, platform_addr: str, plugins: str, extra: Optional[Dic
                 "FGEXT_PORT": str(AGENT_PORT), "FGEXT_LOG_LEVEL": "warning",
                 # an OTLP plugin with no collector configured exports to a closed port: start-up cost only
                 "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "RUNTIME_TIMEOUT": "3"})
+    env.update(AGENT_EXTRA_ENV)
     env.update(extra or {})
     return env
 

@@ -54,6 +54,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._agents import (
+    AGENT_EXTRA_ENV,
     AGENT_PORT,
     LAUNCHER,
     ROOT,
@@ -608,7 +609,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--runs", type=int, help="repetitions for medians (default 15, smoke 2)")
     parser.add_argument("--memory-checkpoints", help="comma-separated invocation counts at which the memory "
                                                      "section reads RSS, at least two (default 1000,10000,20000)")
+    parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every agent of the run (repeatable), e.g. FGEXT_OTLP_REPORT_LOG=0")
     args = parser.parse_args(argv)
+    for item in args.agent_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--agent-env {item}: give NAME=VALUE")
+        AGENT_EXTRA_ENV[name] = value
     only = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
@@ -632,7 +640,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(), "smoke": smoke, "runs_per_median": runs, "runs": {}, "targets": [],
-        "launcher": str(LAUNCHER)}
+        "launcher": str(LAUNCHER), "agent_env": dict(AGENT_EXTRA_ENV)}
     for python in pythons:
         version = python_version(python)
         result["machine"].setdefault("pythons", {})[version] = python

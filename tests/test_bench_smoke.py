@@ -83,3 +83,19 @@ def test_memory_checkpoints_must_be_two_increasing_counts(value: str) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "memory",
                            "--memory-checkpoints", value], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "at least two increasing counts" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_agent_env_must_be_name_equals_value() -> None:
+    """--agent-env without NAME=VALUE exits 2 with a clear line, no traceback."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "cpu", "--agent-env", "X"],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "give NAME=VALUE" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_agent_env_reaches_every_agent_and_a_sections_own_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run-wide setting is in every agent's environment; what a section sets itself takes precedence."""
+    from bench import _agents
+
+    monkeypatch.setattr(_agents, "AGENT_EXTRA_ENV", {"FGEXT_OTLP_REPORT_LOG": "0", "FGEXT_FLUSH": "end"})
+    env = _agents.agent_env("python3", "127.0.0.1:1", "otlp", {"FGEXT_FLUSH": "periodically,1000"})
+    assert env["FGEXT_OTLP_REPORT_LOG"] == "0" and env["FGEXT_FLUSH"] == "periodically,1000"
