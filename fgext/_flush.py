@@ -24,7 +24,7 @@ from fgext._errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, Optional, Tuple
+    from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
     from fgext._events import AnyEvent
 
@@ -124,6 +124,9 @@ class FlushClock:
         self._last = self._clock()
 
 
+_OTHER, _REPORT, _START, _DONE, _LOG = range(5)
+
+
 class InvocationTracker:
     """Which invocations are open, by phase and request id, to tell when a batch ends one.
 
@@ -137,6 +140,7 @@ class InvocationTracker:
         from fgext._events import LogEvent, ReportEvent, RuntimeDoneEvent, StartEvent
 
         self._classes = (ReportEvent, StartEvent, RuntimeDoneEvent, LogEvent)
+        self._roles: Dict[type, int] = {}
         self._open: OrderedDict[Tuple[str, str], None] = OrderedDict()
         self._reported: OrderedDict[Tuple[str, str], None] = OrderedDict()
         self._max_open = max_open
@@ -150,27 +154,39 @@ class InvocationTracker:
     def ends_invocation(self, events: Iterable[AnyEvent]) -> bool:
         """Note the batch's platform events; whether it holds a report, or log lines that came after
         their invocation's report (none open, one already reported)."""
-        report_class, start_class, done_class, log_class = self._classes
+        roles = self._roles
         report = logs = False
-        for event in events:
-            if isinstance(event, report_class):
+        typed: Iterable[Any] = events  # each event's role, by its class, says which fields it has
+        for event in typed:
+            role = roles.get(event.__class__)
+            if role is None:
+                role = self._role(event.__class__)
+            if role == _LOG:
+                logs = True
+            elif role == _REPORT:
                 key = (event.phase, event.request_id)
                 self._open.pop(key, None)
                 self._remember(self._reported, key, self._max_reported)
                 self.ever_reported = report = True
-            elif isinstance(event, start_class):
+            elif role == _START:
                 key = (event.phase, event.request_id)
                 self._reported.pop(key, None)  # a start is authoritative: the request runs (again)
                 self._remember(self._open, key, self._max_open)
-            elif isinstance(event, done_class):
+            elif role == _DONE:
                 # A runtimeDone whose start was missed still means the invocation runs until its report;
                 # one arriving after its report must not reopen it.
                 key = (event.phase, event.request_id)
                 if key not in self._reported:
                     self._remember(self._open, key, self._max_open)
-            elif isinstance(event, log_class):
-                logs = True
         return report or (logs and not self._open and self.ever_reported)
+
+    def _role(self, cls: type) -> int:
+        """What a class of event means to the tracker, decided once per class (a dict lookup after)."""
+        report_class, start_class, done_class, log_class = self._classes
+        role = (_REPORT if issubclass(cls, report_class) else _START if issubclass(cls, start_class)
+                else _DONE if issubclass(cls, done_class) else _LOG if issubclass(cls, log_class) else _OTHER)
+        self._roles[cls] = role
+        return role
 
     @staticmethod
     def _remember(table: OrderedDict[Tuple[str, str], None], key: Tuple[str, str], bound: int) -> None:

@@ -152,7 +152,7 @@ class OtlpPlugin(Plugin):
             # pipeline's bounded queue, the platform's POST) instead of spilling to a spool that fills.
             await shipper.drained(_BACKPRESSURE_WAIT_S)
         platform: Sequence[AnyEvent] = events
-        if any(isinstance(event, OtlpPayload) for event in events):
+        if OtlpPayload in set(map(type, events)):  # the function's own exports (fgext._events.OtlpPayload)
             platform = [event for event in events if not isinstance(event, OtlpPayload)]
             for event in events:
                 if isinstance(event, OtlpPayload):
