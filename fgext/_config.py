@@ -333,8 +333,9 @@ class DeliverySettings:
         if explicit and check_spool:
             _check_directory("FGEXT_SPOOL_DIR", explicit)
         self.spool_max_bytes = _whole(*raw("FGEXT_SPOOL_MAX_BYTES"), DEFAULT_SPOOL_MAX_BYTES, 0)
-        self.spool_after_ms = _millis(*raw("FGEXT_OTLP_SPOOL_AFTER_MS"), DEFAULT_SPOOL_AFTER_MS, zero=True)
-        self.queue_max_bytes = _whole(*raw("FGEXT_OTLP_QUEUE_MAX_BYTES"), DEFAULT_QUEUE_MAX_BYTES, 1)
+        self.spool_after_ms = _millis(*raw("FGEXT_OTLP_SPOOL_AFTER_MS", "spool_after_ms"), DEFAULT_SPOOL_AFTER_MS,
+                                     zero=True)
+        self.queue_max_bytes = _whole(*raw("FGEXT_OTLP_QUEUE_MAX_BYTES", "queue_max_bytes"), DEFAULT_QUEUE_MAX_BYTES, 1)
         self.close_margin_ms = _millis(*raw("FGEXT_OTLP_CLOSE_MARGIN_MS", "close_margin_ms"), DEFAULT_CLOSE_MARGIN_MS)
         self.metrics_interval_ms = _millis(*raw("FGEXT_OTLP_METRICS_INTERVAL_MS", "metrics_interval_ms"),
                                            DEFAULT_METRICS_INTERVAL_MS)
@@ -346,7 +347,8 @@ class DeliverySettings:
         self.max_pending_bytes = _whole(*raw("FGEXT_OTLP_MAX_PENDING_BYTES", "max_pending_bytes"),
                                         max(DEFAULT_MAX_PENDING_BYTES, request), request,
                                         floor_name="FGEXT_OTLP_MAX_REQUEST_BYTES")
-        self.report_log = _bool(environ, "FGEXT_OTLP_REPORT_LOG") if raw("FGEXT_OTLP_REPORT_LOG")[1] else True
+        name, text = raw("FGEXT_OTLP_REPORT_LOG", "report_log")
+        self.report_log = _bool({name: text}, name) if text else True
         return self
 
 

@@ -132,6 +132,52 @@ def test_killed_agent_leaves_spool_that_a_restarted_agent_delivers(
     assert second.stop() == 0
 
 
+# A valid value, other than the default, for every fgext setting docs/otlp.md documents.
+GOOD_SETTINGS = {
+    "FGEXT_FLUSH": "periodically,200",
+    "FGEXT_SPOOL_DIR": "{tmp}/spool-set",
+    "FGEXT_SPOOL_MAX_BYTES": "1048576",
+    "FGEXT_OTLP_SPOOL_AFTER_MS": "100",
+    "FGEXT_OTLP_QUEUE_MAX_BYTES": "1048576",
+    "FGEXT_OTLP_CLOSE_MARGIN_MS": "5000",
+    "FGEXT_OTLP_MAX_REQUEST_BYTES": "1048576",
+    "FGEXT_OTLP_MAX_PENDING_BYTES": "2097152",
+    "FGEXT_OTLP_REPORT_LOG": "0",
+    "FGEXT_OTLP_METRICS_INTERVAL_MS": "600000",
+    "FGEXT_OTLP_MAX_LOG_BYTES": "4096",
+}
+
+
+def documented_settings() -> List[str]:
+    """The FGEXT_* rows of docs/otlp.md's table of fgext's own settings."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "otlp.md").read_text()
+    table = text.split("fgext's own:", 1)[1].split("\n\n", 2)[1]
+    return [row.split("`")[1] for row in table.splitlines() if row.startswith("| `FGEXT_")]
+
+
+def test_every_documented_setting_is_taken_by_the_real_agent(
+        platform: RecordingPlatform, agents: Start, taps: Callable[[int], OtelTap], tmp_path: Path) -> None:
+    """Each FGEXT_* setting docs/otlp.md lists, set to a valid value, is accepted by the agent process (the
+    agent maps every FGEXT_OTLP_<KEY> to a setting of the plugin and refuses unknown ones) and takes effect:
+    no report record, a long line cut at FGEXT_OTLP_MAX_LOG_BYTES, spans on the periodic flush."""
+    assert sorted(documented_settings()) == sorted(GOOD_SETTINGS)
+    tap = taps(free_port())
+    settings = {key: value.format(tmp=tmp_path) for key, value in GOOD_SETTINGS.items()}
+    agent = agents(otlp_env(platform, tap.port, tmp_path / "spool", **settings))
+    port = ready(agent)
+    events = invocation("req-settings", 0, logs=1)
+    events.insert(1, {"name": "function", "startTime": events[0]["startTime"], "logs": "x" * 10_000})
+    post_events(agent, port, events)
+    wait(tap, "spans", lambda s: len(roots(s)) >= 1)
+    logs = wait(tap, "logs", lambda items: len(items) >= 2)
+    assert agent.stop() == 0
+    assert not [line for line in agent.logs() if line.get("level") in ("error", "warning")]
+    bodies = [item["body"]["stringValue"] for item in tap.items("logs")]
+    assert not [body for body in bodies if body.startswith("REPORT ")]
+    assert [len(body.encode()) <= 4096 and attr(item, "fgext.log.truncated") is True
+            for item, body in zip(logs, bodies) if body.startswith("xxx")] == [True]
+
+
 def test_bad_otlp_setting_is_reported_with_the_variable(platform: RecordingPlatform, agents: Start,
                                                         tmp_path: Path) -> None:
     """An unsupported OTEL_EXPORTER_OTLP_PROTOCOL is logged naming the variable; the agent keeps serving."""

@@ -63,9 +63,12 @@ class OtlpPlugin(Plugin):
     #: ``FGEXT_OTLP_<KEY>`` or ``plugins.otlp.<key>`` in the config file. ``close_margin_ms``: how long past
     #: the function timeout an unfinished request waits before it is closed as incomplete; the byte bounds
     #: of one request, of pending data and of one log line; how often the metrics leave (``docs/otlp.md``)
+    # Every FGEXT_OTLP_<KEY> the agent reads must be here: the agent maps each such variable to a setting
+    # of this plugin and refuses the unknown ones (docs/otlp.md's table is tested against this).
     config_schema: ClassVar[Dict[str, type]] = {"close_margin_ms": float, "max_request_bytes": int,
                                                 "max_pending_bytes": int, "max_log_bytes": int,
-                                                "metrics_interval_ms": float}
+                                                "metrics_interval_ms": float, "spool_after_ms": float,
+                                                "queue_max_bytes": int, "report_log": bool}
 
     def __init__(self) -> None:
         self.config: Optional[OtlpConfig] = None
