@@ -224,8 +224,21 @@ class Assembler:
         lines = finished.lines
         max_log_bytes = self._max_log_bytes
         added = 0
+        short = 0  # lines taken on the hot path: their overhead is added once, after the loop
+        append = lines.append
         for event in events:
-            if isinstance(event, PlatformEvent):
+            if isinstance(event, LogEvent):  # most events are log lines
+                message = event.message.rstrip("\r\n")
+                size = len(message)
+                if size * 4 <= max_log_bytes:  # the hot path: surely within the bound
+                    append((event.start_ns, observed, event.category, message, None, 0))
+                    added += size
+                    short += 1
+                    continue
+                line = log_line(event, observed, max_log_bytes)
+                append(line)
+                added += len(line[3]) + LINE_OVERHEAD
+            elif isinstance(event, PlatformEvent):
                 spans = finished.scope.spans
                 before = len(spans)
                 try:
@@ -236,15 +249,6 @@ class Assembler:
                     self.rejected_events += 1
                 else:
                     added += (len(spans) - before) * SPAN_ESTIMATE
-            elif isinstance(event, LogEvent):
-                message = event.message.rstrip("\r\n")
-                if len(message) * 4 <= max_log_bytes:  # the hot path: surely within the bound
-                    lines.append((event.start_ns, observed, event.category, message, None, 0))
-                    added += len(message) + LINE_OVERHEAD
-                    continue
-                line = log_line(event, observed, max_log_bytes)
-                lines.append(line)
-                added += len(line[3]) + LINE_OVERHEAD
             elif isinstance(event, UnknownEvent):
                 try:
                     line = log_line(event, observed, max_log_bytes)
@@ -261,7 +265,7 @@ class Assembler:
             for request in list(self._open.values())[: len(self._open) - self._max_open]:
                 self._close(request, "capacity")
             added += (len(spans) - before) * SPAN_ESTIMATE
-        finished.bytes += added
+        finished.bytes += added + short * LINE_OVERHEAD
         return completed
 
     def _platform(self, event: PlatformEvent) -> bool:
