@@ -153,13 +153,14 @@ class TestAgentRoots:
                 "async-timeout>=4.0; python_version < '3.11'"]
 
     @pytest.mark.parametrize("runtime, wanted", [("Python3.9", True), ("Python3.10", True), ("Python3.12", False)])
-    def test_a_requirement_marked_for_older_pythons_only_follows_its_marker(self, runtime: str, wanted: bool,
-                                                                          ) -> None:
-        """async-timeout (the agent's hook timeouts before 3.11) is a root for 3.9 and 3.10 and left out of a
-        3.12 zip, instead of being taken unpinned for every target."""
-        from fgext.packager._build import _agent_roots
+    def test_a_requirement_marked_for_older_pythons_only_follows_its_marker(
+            self, runtime: str, wanted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A runtime root whose requirement carries a marker (async-timeout, were it one) is a root for 3.9 and
+        3.10 and left out of a 3.12 zip, instead of being taken unpinned for every target."""
+        from fgext.packager import _build
 
-        roots = _agent_roots(self.REQUIRES, RUNTIMES[runtime], "x86_64", with_grpc=False)
+        monkeypatch.setattr(_build, "AGENT_RUNTIME", (*_build.AGENT_RUNTIME, "async-timeout"))
+        roots = _build._agent_roots(self.REQUIRES, RUNTIMES[runtime], "x86_64", with_grpc=False)
         assert ("async-timeout>=4.0" in roots) is wanted
         assert not [r for r in roots if r.startswith("async-timeout") and r != "async-timeout>=4.0"]
         assert {"aiohttp>=3.9", "structlog>=23.1", "opentelemetry-proto>=1.25"} <= set(roots)

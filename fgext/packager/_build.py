@@ -42,7 +42,8 @@ LAUNCHER_NAME = re.compile(r"^extension[A-Za-z0-9_.\-]*\.sh$")
 # are fgext.otlp._env's) - never the SDK, the API or the OTLP exporters fgext's own dependency list carries
 # for its users' function-side helper (with requests, urllib3 and googleapis-common-protos). gRPC export
 # calls grpcio directly.
-AGENT_RUNTIME = ("aiohttp", "structlog", "opentelemetry-proto", "async-timeout")
+# async-timeout, which fgext._hooks imports below Python 3.11, comes with aiohttp's own dependency there.
+AGENT_RUNTIME = ("aiohttp", "structlog", "opentelemetry-proto")
 AGENT_GRPC = ("grpcio",)
 # Parts of fgext the sandbox never imports (the developer tools and the test helpers); shipping them would
 # only add files to every zip.
