@@ -175,42 +175,40 @@ async def _take(protocol: _Protocol, count: int, body: Optional[_Body]) -> None:
         count -= step
 
 
-async def _line(protocol: _Protocol, limit: int, what: str) -> bytes:
-    """One CRLF-terminated line (without the CRLF), at most ``limit`` bytes."""
+async def _until(protocol: _Protocol, delimiter: bytes, limit: int, overhang: int) -> Optional[bytes]:
+    """The bytes before ``delimiter`` (taken from the buffer with it), or None when there are more than
+    ``limit`` of them; ``overhang``: how far past ``limit`` the buffer may grow while the delimiter is
+    awaited (a line's CR may come without its LF)."""
     buffer = protocol.buffer
     start = 0
     while True:
-        end = buffer.find(b"\r\n", start)
+        end = buffer.find(delimiter, start)
         if end >= 0:
             if end > limit:
-                break
-            line = bytes(buffer[:end])
-            del buffer[:end + 2]
-            return line
-        if len(buffer) > limit + 1:  # + 1: the line's CR may have come without its LF
-            break
-        start = max(0, len(buffer) - 1)
+                return None
+            found = bytes(buffer[:end])
+            del buffer[:end + len(delimiter)]
+            return found
+        if len(buffer) > limit + overhang:
+            return None
+        start = max(0, len(buffer) - len(delimiter) + 1)  # a delimiter cut between two reads
         await protocol.more()
-    raise ProtocolError(f"{what} longer than {limit} bytes")
+
+
+async def _line(protocol: _Protocol, limit: int, what: str) -> bytes:
+    """One CRLF-terminated line (without the CRLF), at most ``limit`` bytes."""
+    line = await _until(protocol, b"\r\n", limit, 1)
+    if line is None:
+        raise ProtocolError(f"{what} longer than {limit} bytes")
+    return line
 
 
 async def _head(protocol: _Protocol) -> bytes:
     """The status line and header block, without the blank line that ends them."""
-    buffer = protocol.buffer
-    start = 0
-    while True:
-        end = buffer.find(b"\r\n\r\n", start)
-        if end >= 0:
-            if end > MAX_HEAD:
-                break
-            head = bytes(buffer[:end])
-            del buffer[:end + 4]
-            return head
-        if len(buffer) > MAX_HEAD:
-            break
-        start = max(0, len(buffer) - 3)
-        await protocol.more()
-    raise ProtocolError(f"answer header block larger than {MAX_HEAD} bytes")
+    head = await _until(protocol, b"\r\n\r\n", MAX_HEAD, 0)
+    if head is None:
+        raise ProtocolError(f"answer header block larger than {MAX_HEAD} bytes")
+    return head
 
 
 def _parse_head(head: bytes) -> Tuple[int, bool, Dict[str, str]]:
