@@ -131,8 +131,13 @@ class Shipper:
         if self._queue:
             self._wakeup.set()  # an earlier run left requests: try them now
 
-    def submit(self, signal: str, data: bytes, items: int) -> None:
-        """Queue one serialized request (requests of a switched-off signal are ignored)."""
+    def submit(self, signal: str, data: bytes, items: int, *, send: bool = True) -> None:
+        """Queue one serialized request (requests of a switched-off signal are ignored).
+
+        ``send=False``: the caller flushes right after, and that flush sends it; waking the background
+        sender as well would only make it contend for the queue (a wake-up, a task and a timer per
+        request, for nothing to do).
+        """
         if signal not in self._transports:
             return
         request = _Request(signal, items, len(data), self._monotonic(), data, None)
@@ -142,7 +147,8 @@ class Shipper:
             self._persist(request, release=self._down)
         self._bound_memory()
         self._arm_write_ahead()
-        self.wake()
+        if send:
+            self.wake()
 
     async def flush(self, timeout: Union[float, Deadline, None] = None) -> bool:
         """Try to send everything within ``timeout`` seconds (or the deadline); True when all was
@@ -420,6 +426,9 @@ class Shipper:
             self._log.warning("otlp export failed; spooling and retrying with backoff", signal=signal,
                               detail=outcome.detail, retry_in_s=round(delay, 3))
         self.spill()
+        # The retries are the background sender's, at the backoff's time: a flush's send (submitted with
+        # send=False) may be the first it hears of this queue.
+        self.wake()
         return False
 
     def requests_on_disk(self) -> List[SpoolEntry]:
