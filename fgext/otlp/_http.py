@@ -229,8 +229,9 @@ def _parse_head(head: bytes) -> Tuple[int, bool, Dict[str, str]]:
             if key == "content-length" and fields.get(key, value) != value:
                 raise ProtocolError("conflicting Content-Length in the answer")
             fields[key] = value
-    tokens = {token.strip().lower() for token in fields.get("connection", "").split(",")}
-    keep = parts[0] == "HTTP/1.1" and "close" not in tokens
+    connection = fields.get("connection")
+    keep = parts[0] == "HTTP/1.1" and (
+        connection is None or "close" not in {token.strip().lower() for token in connection.split(",")})
     return int(parts[1]), keep, fields
 
 
