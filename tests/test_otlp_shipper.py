@@ -262,6 +262,28 @@ def test_a_flush_that_runs_out_of_time_does_not_cancel_the_send(tmp_path: Path) 
     asyncio.run(go())
 
 
+def test_a_flush_after_prompt_flushes_still_ends_at_its_timeout(tmp_path: Path) -> None:
+    """Flushes share one kept timer: after prompt flushes, one whose collector hangs still returns False at
+    its timeout with the request on disk, and the late answer still removes it."""
+
+    async def go() -> None:
+        async with Collector() as collector:
+            shipper, drops, stop = await shipper_for(collector.port, tmp_path, spool_after_s=60.0)
+            for index in range(3):
+                shipper.submit("traces", b"prompt%d" % index, 1, send=False)
+                assert await shipper.flush(10)
+            collector.hold.clear()
+            shipper.submit("traces", b"hung", 1, send=False)
+            assert not await shipper.flush(0.3)
+            assert [path.read_bytes() for path in files(tmp_path)] == [b"hung"]
+            collector.hold.set()
+            await until(lambda: shipper.pending == 0)
+            assert files(tmp_path) == [] and drops == [] and collector.bodies[-1] == b"hung"
+            await stop()
+
+    asyncio.run(go())
+
+
 def test_requests_of_an_agent_that_is_gone_are_replayed_first(tmp_path: Path) -> None:
     """At start the shipper claims a gone agent's spooled requests and sends them before new ones."""
     gone = Spool(tmp_path, 10**6, lambda *a: None, RecordingLogger(), owner=GONE)

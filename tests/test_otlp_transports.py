@@ -20,7 +20,15 @@ from aiohttp import web
 
 from fgext._errors import ConfigError
 from fgext.otlp._config import load_config
-from fgext.otlp._transports import AwakeTimer, Outcome, Transport, build_transports, safe_location, wait_awake
+from fgext.otlp._transports import (
+    AwakeTimer,
+    KeptTimer,
+    Outcome,
+    Transport,
+    build_transports,
+    safe_location,
+    wait_awake,
+)
 from tests.test_otlp_http import OK, RawServer, Say, until
 from tests.test_otlp_plugin import free_port
 
@@ -387,6 +395,28 @@ class TestWaitAwake:
 
         fired = asyncio.run(go())
         assert [name for name, _ in fired] == ["second"] and fired[0][1] >= 0.5 + 0.3 - 1e-9
+
+    def test_a_kept_timer_serves_one_wait_at_a_time(self) -> None:
+        """KeptTimer restarts its one timer for waits that come one after another; a wait started while it is
+        busy gets a timer of its own, and each wait's expiry calls only its own callback."""
+
+        async def go() -> Tuple[bool, bool, List[str]]:
+            fired: List[str] = []
+            kept = KeptTimer()
+            first = kept.start(10.0, lambda: fired.append("first"))
+            kept.stop(first)
+            again = kept.start(10.0, lambda: fired.append("again"))
+            beside = kept.start(0.05, lambda: fired.append("beside"))
+            reused, separate = again is first, beside is not again
+            for _ in range(100):
+                if fired:
+                    break
+                await asyncio.sleep(0.01)
+            kept.stop(again)
+            kept.stop(beside)
+            return reused, separate, fired
+
+        assert asyncio.run(go()) == (True, True, ["beside"])
 
     def test_awake_time_runs_out(self) -> None:
         """Without a freeze, the wait ends after ``timeout`` and reports the task unfinished."""

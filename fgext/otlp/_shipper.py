@@ -37,7 +37,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tup
 from fgext._deadline import Deadline
 from fgext._retry import Backoff
 from fgext.otlp._spool import Spool, SpoolEntry
-from fgext.otlp._transports import Outcome, Transport, wait_awake
+from fgext.otlp._transports import KeptTimer, Outcome, Transport, wait_awake
 
 __all__ = ["DropCounter", "Shipper"]
 
@@ -101,6 +101,7 @@ class Shipper:
         self._last_claim = monotonic()
         self._drained: Optional[asyncio.Event] = None
         self._flushes: Set[asyncio.Task[bool]] = set()  # flushes' sends, which outlive a flush's timeout
+        self._flush_timer = KeptTimer()  # the awake-time bound of flushes, which come one after another
         #: export requests sent, by (signal, outcome): ``success``, ``retry`` (failed, kept to retry),
         #: ``rejected`` (refused for good); coalesced requests count as the one request sent
         self.requests: Dict[Tuple[str, str], int] = {}
@@ -168,7 +169,7 @@ class Shipper:
                 await asyncio.wait({pump})
                 finished = True
             else:
-                finished = await wait_awake(pump, timeout)
+                finished = await wait_awake(pump, timeout, kept=self._flush_timer)
         except asyncio.CancelledError:
             self.spill()  # the caller's own deadline hit: keep the data on disk, then let go
             raise

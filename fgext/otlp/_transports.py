@@ -12,8 +12,8 @@ therefore cut into short slices; a slice that took far longer than asked means t
 (frozen, or starved), and that gap is not counted (:class:`AwakeTimer`, the one clock for this rule).
 gRPC runs each attempt as a task waited on with :func:`wait_awake`; HTTP runs it in the caller's task,
 interrupted by the timer, over the kept-alive client of :mod:`fgext.otlp._http` (cheaper per POST); its
-timer is kept between sends and restarted for each (:meth:`AwakeTimer.restart`), so back-to-back sends
-share one armed slice instead of scheduling and cancelling a timer each.
+timer is kept between sends and restarted for each (:class:`KeptTimer`), so back-to-back sends share one
+armed slice instead of scheduling and cancelling a timer each.
 
 Redirects are never followed: a 3xx is a rejection, reported with its ``Location`` stripped of
 credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``/``CLIENT_KEY`` files.
@@ -38,7 +38,7 @@ from fgext._retry import retry_after, retryable_grpc, retryable_http
 from fgext.otlp._config import GRPC, OtlpConfig, SignalConfig
 from fgext.otlp._http import Connection, Expired, Interrupt
 
-__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports",
+__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "KeptTimer", "Outcome", "Transport", "build_transports",
            "safe_location", "wait_awake"]
 
 _USER_AGENT = "fgext-otlp/0.1.0"
@@ -150,9 +150,38 @@ class AwakeTimer:
             self._handle = None
 
 
+class KeptTimer:
+    """The :class:`AwakeTimer` of one owner whose waits come one after another (a transport's sends, a
+    shipper's flushes): restarted for each wait instead of made, armed and cancelled each time. A wait that
+    starts while the kept timer is busy gets a timer of its own."""
+
+    __slots__ = ("_timer",)
+
+    def __init__(self) -> None:
+        self._timer: Optional[AwakeTimer] = None
+
+    def start(self, timeout: float, expire: Callable[[], None]) -> AwakeTimer:
+        timer = self._timer
+        if timer is not None and not timer.busy and timer.loop is asyncio.get_running_loop():
+            timer.restart(timeout, expire)
+            return timer
+        timer = AwakeTimer(timeout, expire)
+        if self._timer is None or not self._timer.busy:
+            self._timer = timer
+        return timer
+
+    def stop(self, timer: AwakeTimer) -> None:
+        """The wait ``timer`` was started for is over."""
+        if timer is self._timer:
+            timer.idle()
+        else:
+            timer.cancel()
+
+
 async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[], float] = time.monotonic,
-                     slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> bool:
-    """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended."""
+                     slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S, kept: Optional[KeptTimer] = None) -> bool:
+    """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended.
+    ``kept``: the caller's timer for its waits (then with the default clock, slice and gap)."""
     future = asyncio.ensure_future(task)
     if future.done():
         return True
@@ -162,12 +191,18 @@ async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[]
         if not woke.done():
             woke.set_result(None)
 
-    timer = AwakeTimer(timeout, wake, clock=clock, slice_s=slice_s, gap_s=gap_s)
+    if kept is not None:
+        timer = kept.start(timeout, wake)
+    else:
+        timer = AwakeTimer(timeout, wake, clock=clock, slice_s=slice_s, gap_s=gap_s)
     future.add_done_callback(wake)
     try:
         await woke
     finally:
-        timer.cancel()
+        if kept is not None:
+            kept.stop(timer)
+        else:
+            timer.cancel()
         future.remove_done_callback(wake)
     return future.done()
 
@@ -240,7 +275,7 @@ class HttpTransport(Transport):
         self.timeout_s = config.timeout_s
         self._config = config
         self._connection = connection
-        self._timer: Optional[AwakeTimer] = None  # kept between sends (AwakeTimer.restart)
+        self._timer = KeptTimer()
         self._gzip = config.compression == "gzip"
         parts = urlsplit(config.endpoint)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -279,15 +314,7 @@ class HttpTransport(Transport):
         request's waits instead (fgext/otlp/_http.py); a cancel of the caller still propagates.
         """
         interrupt = Interrupt()
-        timer = self._timer
-        shared = timer is not None and not timer.busy and timer.loop is asyncio.get_running_loop()
-        if shared:
-            assert timer is not None
-            timer.restart(self.timeout_s, interrupt.fire)
-        else:  # the first send, or one beside a send in flight: a timer of its own
-            timer = AwakeTimer(self.timeout_s, interrupt.fire)
-            if self._timer is None or not self._timer.busy:
-                self._timer, shared = timer, True
+        timer = self._timer.start(self.timeout_s, interrupt.fire)
         try:
             return await self._attempt(data, interrupt)
         except Expired:
@@ -295,10 +322,7 @@ class HttpTransport(Transport):
         except Exception as error:  # an unforeseen failure: keep the data, back off, try again
             return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
         finally:
-            if shared:
-                timer.idle()
-            else:
-                timer.cancel()
+            self._timer.stop(timer)
 
     async def _attempt(self, data: bytes, interrupt: Optional[Interrupt] = None) -> Outcome:
         body = data
