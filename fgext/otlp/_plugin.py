@@ -177,7 +177,11 @@ class OtlpPlugin(Plugin):
         if self._shipper is None or self._stopped:
             return
         assert self.config is not None
-        self._export_pending(send=False)
+        try:
+            self._export_pending(send=False)
+        except BaseException:
+            self._shipper.wake()  # what was handed over before the failure leaves in the background
+            raise
         limit = _DEFAULT_FLUSH_TIMEOUT_S if timeout is None else max(0.0, timeout)
         await self._shipper.flush(min(limit, max(self.config.spool_after_s, _MIN_FLUSH_WAIT_S)))
 
