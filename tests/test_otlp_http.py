@@ -110,6 +110,18 @@ def run(scenario: Callable[..., Awaitable[Any]], *answers: Say) -> Any:
 
 
 class TestFraming:
+    def test_a_repeated_header_block_reads_the_same_and_a_changed_one_afresh(self) -> None:
+        """Answers on one connection whose header blocks repeat are read as the first was; one that differs
+        (another status, a Retry-After, Connection: close) is parsed on its own."""
+        busy = b"HTTP/1.1 503 Busy\r\nRetry-After: 3\r\nContent-Length: 2\r\n\r\nno"
+
+        async def scenario(server: RawServer, connection: Connection) -> List[Tuple[int, str, bytes]]:
+            answers = [await post(connection) for _ in range(5)]
+            return [(a.status, a.fields.get("retry-after", ""), a.body) for a in answers]
+
+        seen = run(scenario, Say(OK), Say(OK), Say(busy), Say(busy), Say(OK))
+        assert seen == [(200, "", b"ok"), (200, "", b"ok"), (503, "3", b"no"), (503, "3", b"no"), (200, "", b"ok")]
+
     def test_content_length_answers_keep_one_connection(self) -> None:
         """Answers framed by Content-Length leave the connection open: three requests, one connection."""
 

@@ -553,6 +553,33 @@ def test_retry_after_is_honoured_and_gzip_and_headers_are_sent(tmp_path: Path) -
     asyncio.run(scenario())
 
 
+def test_a_flush_that_fails_midway_still_sends_what_it_handed_over(tmp_path: Path) -> None:
+    """A flush whose export fails after the traces were handed to the shipper (here the function's own
+    telemetry cannot be encoded) raises, and those traces still leave, without another flush."""
+
+    async def scenario() -> None:
+        async with Recorder([(200, {})]) as server:
+            env = environ(server.port, tmp_path, OTEL_LOGS_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+            plugin = await started(env)
+            await plugin.on_telemetry(parsed(invocation(INVOKE_ID, 0)))
+
+            def broken(*args: Any) -> Any:
+                raise RuntimeError("cannot encode")
+
+            plugin._foreign.pending_items = lambda signal: 1  # type: ignore[method-assign]
+            plugin._foreign.encode = broken  # type: ignore[method-assign]
+            with pytest.raises(RuntimeError):
+                await plugin.flush(2)
+            deadline = time.monotonic() + 10
+            while not server.requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert [request[1] for request in server.requests] == ["/v1/traces"]
+            del plugin._foreign.pending_items, plugin._foreign.encode
+            await plugin.shutdown(2)
+
+    asyncio.run(scenario())
+
+
 def test_permanent_rejection_is_counted_not_retried(tmp_path: Path) -> None:
     """A 400 is not retried: the request is dropped, counted and reported."""
 

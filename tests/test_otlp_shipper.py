@@ -135,6 +135,40 @@ def test_a_prompt_answer_writes_nothing(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_a_request_submitted_for_a_flush_leaves_with_that_flush(tmp_path: Path) -> None:
+    """submit(send=False) leaves the background sender asleep: the request stays queued until the flush
+    that follows sends it."""
+
+    async def go() -> None:
+        async with Collector() as collector:
+            shipper, _, stop = await shipper_for(collector.port, tmp_path, spool_after_s=30.0)
+            shipper.submit("logs", b"held", 1, send=False)
+            for _ in range(20):  # many loop turns: a woken sender would have sent it by now
+                await asyncio.sleep(0)
+            assert shipper.pending == 1 and collector.bodies == []
+            assert await shipper.flush(10)
+            assert collector.bodies == [b"held"] and shipper.pending == 0
+            await stop()
+
+    asyncio.run(go())
+
+
+def test_a_flush_that_fails_hands_the_retries_to_the_background_sender(tmp_path: Path) -> None:
+    """A flush's send refused with a 503 is retried after the backoff without another flush."""
+
+    async def go() -> None:
+        async with Collector([503, 200]) as collector:
+            shipper, drops, stop = await shipper_for(collector.port, tmp_path,
+                                                     backoff=Backoff(0.05, 0.2, jitter=0.0))
+            shipper.submit("traces", b"again", 1, send=False)
+            assert not await shipper.flush(10)
+            await until(lambda: shipper.pending == 0)
+            assert collector.bodies == [b"again", b"again"] and drops == [] and files(tmp_path) == []
+            await stop()
+
+    asyncio.run(go())
+
+
 def test_memory_is_bounded_in_bytes(tmp_path: Path) -> None:
     """Past max_queue_bytes the oldest requests go to the spool and their memory is released; all are sent,
     in order, once the collector answers."""
@@ -223,6 +257,28 @@ def test_a_flush_that_runs_out_of_time_does_not_cancel_the_send(tmp_path: Path) 
             await until(lambda: shipper.pending == 0)
             assert await shipper.flush(5)
             assert collector.bodies == [b"late"] and files(tmp_path) == [] and drops == []
+            await stop()
+
+    asyncio.run(go())
+
+
+def test_a_flush_after_prompt_flushes_still_ends_at_its_timeout(tmp_path: Path) -> None:
+    """Flushes share one kept timer: after prompt flushes, one whose collector hangs still returns False at
+    its timeout with the request on disk, and the late answer still removes it."""
+
+    async def go() -> None:
+        async with Collector() as collector:
+            shipper, drops, stop = await shipper_for(collector.port, tmp_path, spool_after_s=60.0)
+            for index in range(3):
+                shipper.submit("traces", b"prompt%d" % index, 1, send=False)
+                assert await shipper.flush(10)
+            collector.hold.clear()
+            shipper.submit("traces", b"hung", 1, send=False)
+            assert not await shipper.flush(0.3)
+            assert [path.read_bytes() for path in files(tmp_path)] == [b"hung"]
+            collector.hold.set()
+            await until(lambda: shipper.pending == 0)
+            assert files(tmp_path) == [] and drops == [] and collector.bodies[-1] == b"hung"
             await stop()
 
     asyncio.run(go())

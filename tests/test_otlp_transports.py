@@ -20,7 +20,15 @@ from aiohttp import web
 
 from fgext._errors import ConfigError
 from fgext.otlp._config import load_config
-from fgext.otlp._transports import Outcome, Transport, build_transports, safe_location, wait_awake
+from fgext.otlp._transports import (
+    AwakeTimer,
+    KeptTimer,
+    Outcome,
+    Transport,
+    build_transports,
+    safe_location,
+    wait_awake,
+)
 from tests.test_otlp_http import OK, RawServer, Say, until
 from tests.test_otlp_plugin import free_port
 
@@ -123,6 +131,30 @@ class TestHttp:
 
         outcome = asyncio.run(go())
         assert not outcome.ok and outcome.retryable and "no answer within 0.3 s" in outcome.detail
+
+
+    def test_a_timeout_after_prompt_answers_on_the_kept_timer(self) -> None:
+        """Sends on one transport share a kept timer: after prompt answers, a send with no answer still gives up
+        after OTEL_EXPORTER_OTLP_TIMEOUT, and the next prompt answer is accepted again."""
+
+        async def go() -> List[Outcome]:
+            async with Server() as server:
+                transports, close = build_transports(load_config(only_traces(
+                    f"http://127.0.0.1:{server.port}/v1/traces", OTEL_EXPORTER_OTLP_TIMEOUT="300")))
+                send = transports["traces"].send
+                try:
+                    outcomes = [await send(b"\x0a\x00"), await send(b"\x0a\x00")]
+                    server.delay = 5
+                    outcomes.append(await send(b"\x0a\x00"))
+                    server.delay = 0
+                    outcomes.append(await send(b"\x0a\x00"))
+                    return outcomes
+                finally:
+                    await close()
+
+        outcomes = asyncio.run(go())
+        assert [outcome.ok for outcome in outcomes] == [True, True, False, True]
+        assert outcomes[2].retryable and "no answer within 0.3 s" in outcomes[2].detail
 
 
 TOKEN = "tok-SECRET-9876"
@@ -338,6 +370,53 @@ class TestWaitAwake:
                 ticker.cancel()
 
         assert asyncio.run(go()) is True
+
+    def test_a_restarted_timer_counts_from_the_restart(self) -> None:
+        """AwakeTimer.restart on a timer whose slice is still armed counts the timeout afresh: the time before
+        the restart is not charged to the new count; an idle timer never calls the expire it had before."""
+
+        async def go() -> List[Tuple[str, float]]:
+            clock = [0.0]
+            fired: List[Tuple[str, float]] = []
+            timer = AwakeTimer(0.3, lambda: fired.append(("first", clock[0])), clock=lambda: clock[0],
+                               slice_s=0.05, gap_s=1.0)
+            timer.idle()
+            clock[0] += 0.5  # awake time before the restart (under the freeze gap): not the new count's
+            timer.restart(0.3, lambda: fired.append(("second", clock[0])))
+            for _ in range(200):
+                if fired:
+                    break
+                clock[0] += 0.01
+                await asyncio.sleep(0.01)
+            timer.idle()
+            for _ in range(10):  # the idle timer lets its handle go, and calls nothing
+                await asyncio.sleep(0.01)
+            return fired
+
+        fired = asyncio.run(go())
+        assert [name for name, _ in fired] == ["second"] and fired[0][1] >= 0.5 + 0.3 - 1e-9
+
+    def test_a_kept_timer_serves_one_wait_at_a_time(self) -> None:
+        """KeptTimer restarts its one timer for waits that come one after another; a wait started while it is
+        busy gets a timer of its own, and each wait's expiry calls only its own callback."""
+
+        async def go() -> Tuple[bool, bool, List[str]]:
+            fired: List[str] = []
+            kept = KeptTimer()
+            first = kept.start(10.0, lambda: fired.append("first"))
+            kept.stop(first)
+            again = kept.start(10.0, lambda: fired.append("again"))
+            beside = kept.start(0.05, lambda: fired.append("beside"))
+            reused, separate = again is first, beside is not again
+            for _ in range(100):
+                if fired:
+                    break
+                await asyncio.sleep(0.01)
+            kept.stop(again)
+            kept.stop(beside)
+            return reused, separate, fired
+
+        assert asyncio.run(go()) == (True, True, ["beside"])
 
     def test_awake_time_runs_out(self) -> None:
         """Without a freeze, the wait ends after ``timeout`` and reports the task unfinished."""

@@ -69,7 +69,8 @@ class Interrupt:
 
 
 class Answer:
-    """A response: status, header fields (names lower-case; a repeated field keeps its last value), body."""
+    """A response: status, header fields (names lower-case; a repeated field keeps its last value; read-only:
+    answers with the same header block share them), body."""
 
     __slots__ = ("body", "fields", "status", "truncated")
 
@@ -91,6 +92,9 @@ class _Protocol(asyncio.Protocol):
         self.answered = False  # a byte arrived since the current request was written
         self.paused = False
         self.interrupt: Optional[Interrupt] = None  # the current request's
+        # The last answer's header block and what _parse_head made of it (its fields are shared, read-only)
+        self.last_head = b""
+        self.last_parsed: Tuple[int, bool, Dict[str, str]] = (0, False, {})
         self._waiter: Optional[asyncio.Future[None]] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -229,8 +233,9 @@ def _parse_head(head: bytes) -> Tuple[int, bool, Dict[str, str]]:
             if key == "content-length" and fields.get(key, value) != value:
                 raise ProtocolError("conflicting Content-Length in the answer")
             fields[key] = value
-    tokens = {token.strip().lower() for token in fields.get("connection", "").split(",")}
-    keep = parts[0] == "HTTP/1.1" and "close" not in tokens
+    connection = fields.get("connection")
+    keep = parts[0] == "HTTP/1.1" and (
+        connection is None or "close" not in {token.strip().lower() for token in connection.split(",")})
     return int(parts[1]), keep, fields
 
 
@@ -265,7 +270,12 @@ async def _chunked(protocol: _Protocol, body: _Body) -> None:
 async def _read_answer(protocol: _Protocol) -> Tuple[Answer, bool]:
     """One answer, and whether the connection may carry the next request."""
     while True:
-        status, keep, fields = _parse_head(await _head(protocol))
+        head = await _head(protocol)
+        if head == protocol.last_head:  # a collector's answers differ at most in Date, once a second
+            status, keep, fields = protocol.last_parsed
+        else:
+            status, keep, fields = protocol.last_parsed = _parse_head(head)
+            protocol.last_head = head
         if status >= 200:
             break
         if status == 101:

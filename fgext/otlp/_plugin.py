@@ -177,7 +177,11 @@ class OtlpPlugin(Plugin):
         if self._shipper is None or self._stopped:
             return
         assert self.config is not None
-        self._export_pending()
+        try:
+            self._export_pending(send=False)
+        except BaseException:
+            self._shipper.wake()  # what was handed over before the failure leaves in the background
+            raise
         limit = _DEFAULT_FLUSH_TIMEOUT_S if timeout is None else max(0.0, timeout)
         await self._shipper.flush(min(limit, max(self.config.spool_after_s, _MIN_FLUSH_WAIT_S)))
 
@@ -195,8 +199,8 @@ class OtlpPlugin(Plugin):
         assert self._assembler is not None
         try:
             self._assembler.expire(everything=True)
-            self._export_pending()
-            self._export_metrics()
+            self._export_pending(send=False)
+            self._export_metrics(send=False)
             # Keep time for writing leftovers to disk and closing connections.
             await self._shipper.flush(deadline.before(_SHUTDOWN_MARGIN_S).remaining())
         finally:
@@ -326,7 +330,7 @@ class OtlpPlugin(Plugin):
         self.early_exports += 1
         self._export_pending()
 
-    def _export_pending(self) -> None:
+    def _export_pending(self, *, send: bool = True) -> None:
         """Take -> encode -> ship: what is finished is encoded into byte-bounded requests, let go once
         encoded (a record that cannot be encoded is dropped alone and counted), and handed to the shipper."""
         assembler, shipper, resource = self._assembler, self._shipper, self._resource
@@ -343,17 +347,17 @@ class OtlpPlugin(Plugin):
         logs = (encode_logs_requests(message, pending.lines, pending.links, max_bytes, pending.records)
                 if signals["logs"].enabled else None)
         assembler.taken(pending)
-        self._submit("traces", traces)
-        self._submit("logs", logs)
+        self._submit("traces", traces, send)
+        self._submit("logs", logs, send)
         # The function's own telemetry: its resource kept, fgext's attributes added where missing.
         for signal in ("traces", "logs", "metrics"):
             if self._foreign.pending_items(signal):
                 if signals[signal].enabled:
-                    self._submit(signal, self._foreign.encode(signal, message, max_bytes))
+                    self._submit(signal, self._foreign.encode(signal, message, max_bytes), send)
                 else:
                     self._foreign.drop(signal)
 
-    def _export_metrics(self) -> None:
+    def _export_metrics(self, *, send: bool = True) -> None:
         """One snapshot of the FaaS metrics, encoded and handed to the shipper (timer and shutdown only)."""
         metrics, resource = self._metrics, self._resource
         assert metrics is not None and resource is not None and self.config is not None
@@ -364,16 +368,17 @@ class OtlpPlugin(Plugin):
         if points:
             encoded = encode_metrics_request(resource.message(), points)
             metrics.taken(now)
-            self._submit("metrics", encoded)
+            self._submit("metrics", encoded, send)
 
-    def _submit(self, signal: str, encoded: Optional[Encoded]) -> None:
+    def _submit(self, signal: str, encoded: Optional[Encoded], send: bool) -> None:
+        """Hand one signal's requests to the shipper; ``send=False`` when a flush of the shipper follows."""
         if encoded is None:
             return
         assert self._shipper is not None
         if encoded.unencodable:
             self._count_drop(signal, "unencodable", encoded.unencodable)
         for data, items in encoded.requests:
-            self._shipper.submit(signal, data, items)
+            self._shipper.submit(signal, data, items, send=send)
 
     async def _metrics_loop(self, interval_s: float) -> None:
         """Export the metrics every ``interval_s`` (``FGEXT_OTLP_METRICS_INTERVAL_MS``).

@@ -37,7 +37,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tup
 from fgext._deadline import Deadline
 from fgext._retry import Backoff
 from fgext.otlp._spool import Spool, SpoolEntry
-from fgext.otlp._transports import Outcome, Transport, wait_awake
+from fgext.otlp._transports import KeptTimer, Outcome, Transport, wait_awake
 
 __all__ = ["DropCounter", "Shipper"]
 
@@ -101,6 +101,7 @@ class Shipper:
         self._last_claim = monotonic()
         self._drained: Optional[asyncio.Event] = None
         self._flushes: Set[asyncio.Task[bool]] = set()  # flushes' sends, which outlive a flush's timeout
+        self._flush_timer = KeptTimer()  # the awake-time bound of flushes, which come one after another
         #: export requests sent, by (signal, outcome): ``success``, ``retry`` (failed, kept to retry),
         #: ``rejected`` (refused for good); coalesced requests count as the one request sent
         self.requests: Dict[Tuple[str, str], int] = {}
@@ -131,8 +132,13 @@ class Shipper:
         if self._queue:
             self._wakeup.set()  # an earlier run left requests: try them now
 
-    def submit(self, signal: str, data: bytes, items: int) -> None:
-        """Queue one serialized request (requests of a switched-off signal are ignored)."""
+    def submit(self, signal: str, data: bytes, items: int, *, send: bool = True) -> None:
+        """Queue one serialized request (requests of a switched-off signal are ignored).
+
+        ``send=False``: the caller flushes right after, and that flush sends it; waking the background
+        sender as well would only make it contend for the queue (a wake-up, a task and a timer per
+        request, for nothing to do).
+        """
         if signal not in self._transports:
             return
         request = _Request(signal, items, len(data), self._monotonic(), data, None)
@@ -142,7 +148,8 @@ class Shipper:
             self._persist(request, release=self._down)
         self._bound_memory()
         self._arm_write_ahead()
-        self.wake()
+        if send:
+            self.wake()
 
     async def flush(self, timeout: Union[float, Deadline, None] = None) -> bool:
         """Try to send everything within ``timeout`` seconds (or the deadline); True when all was
@@ -162,7 +169,7 @@ class Shipper:
                 await asyncio.wait({pump})
                 finished = True
             else:
-                finished = await wait_awake(pump, timeout)
+                finished = await wait_awake(pump, timeout, kept=self._flush_timer)
         except asyncio.CancelledError:
             self.spill()  # the caller's own deadline hit: keep the data on disk, then let go
             raise
@@ -420,6 +427,9 @@ class Shipper:
             self._log.warning("otlp export failed; spooling and retrying with backoff", signal=signal,
                               detail=outcome.detail, retry_in_s=round(delay, 3))
         self.spill()
+        # The retries are the background sender's, at the backoff's time: a flush's send (submitted with
+        # send=False) may be the first it hears of this queue.
+        self.wake()
         return False
 
     def requests_on_disk(self) -> List[SpoolEntry]:

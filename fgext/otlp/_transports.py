@@ -11,7 +11,9 @@ may well have answered meanwhile - is given up and sent again after the thaw: a 
 therefore cut into short slices; a slice that took far longer than asked means the process did not run
 (frozen, or starved), and that gap is not counted (:class:`AwakeTimer`, the one clock for this rule).
 gRPC runs each attempt as a task waited on with :func:`wait_awake`; HTTP runs it in the caller's task,
-interrupted by the timer, over the kept-alive client of :mod:`fgext.otlp._http` (cheaper per POST).
+interrupted by the timer, over the kept-alive client of :mod:`fgext.otlp._http` (cheaper per POST); its
+timer is kept between sends and restarted for each (:class:`KeptTimer`), so back-to-back sends share one
+armed slice instead of scheduling and cancelling a timer each.
 
 Redirects are never followed: a 3xx is a rejection, reported with its ``Location`` stripped of
 credentials and query. TLS uses the standard ``OTEL_EXPORTER_OTLP_*CERTIFICATE``/``CLIENT_KEY`` files.
@@ -36,7 +38,7 @@ from fgext._retry import retry_after, retryable_grpc, retryable_http
 from fgext.otlp._config import GRPC, OtlpConfig, SignalConfig
 from fgext.otlp._http import Connection, Expired, Interrupt
 
-__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "Outcome", "Transport", "build_transports",
+__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "KeptTimer", "Outcome", "Transport", "build_transports",
            "safe_location", "wait_awake"]
 
 _USER_AGENT = "fgext-otlp/0.1.0"
@@ -66,6 +68,9 @@ class Outcome:
     rejected_items: int = 0  # partial success: items the collector refused although it answered OK
 
 
+_ACCEPTED = Outcome(ok=True)  # the usual answer, made once (a frozen dataclass is slow to build)
+
+
 class AwakeTimer:
     """Calls ``expire`` once ``timeout`` seconds of time this process was running have passed.
 
@@ -73,7 +78,9 @@ class AwakeTimer:
     frozen (or starved) and is not counted. :meth:`cancel` before it fires stops it.
     """
 
-    __slots__ = ("_before", "_clock", "_expire", "_gap", "_handle", "_left", "_loop", "_slice", "_step")
+    __slots__ = ("_before", "_clock", "_expire", "_gap", "_handle", "_left", "_slice", "_step", "loop")
+
+    _expire: Optional[Callable[[], None]]
 
     def __init__(self, timeout: float, expire: Callable[[], None], *, clock: Callable[[], float] = time.monotonic,
                  slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> None:
@@ -82,21 +89,47 @@ class AwakeTimer:
         self._clock = clock
         self._slice = slice_s
         self._gap = gap_s
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # the one this timer runs on
         self._handle: Optional[asyncio.Handle] = None
         self._step = 0.0
         self._before = 0.0
         if timeout > 0:
             self._arm()
         else:
-            self._handle = self._loop.call_soon(self._fire)
+            self._handle = self.loop.call_soon(self._fire)
 
     def _arm(self) -> None:
         self._step = min(self._left, self._slice)
         self._before = self._clock()
-        self._handle = self._loop.call_later(self._step, self._tick)
+        self._handle = self.loop.call_later(self._step, self._tick)
+
+    @property
+    def busy(self) -> bool:
+        """Counting for someone (not yet fired, cancelled or let go by :meth:`idle`)."""
+        return self._expire is not None
+
+    def restart(self, timeout: float, expire: Callable[[], None]) -> None:
+        """Count ``timeout`` afresh from now, for ``expire``. The slice armed for the last count is kept:
+        back-to-back requests share one timer handle instead of scheduling and cancelling one each."""
+        self._expire = expire
+        self._left = timeout
+        if timeout <= 0:
+            self.cancel()
+            self._expire = expire
+            self._handle = self.loop.call_soon(self._fire)
+        elif self._handle is None:
+            self._arm()
+        else:
+            self._before = self._clock()  # the running slice counts from now: shorter, never frozen time
+
+    def idle(self) -> None:
+        """Stop counting but keep the armed slice for :meth:`restart`; unless restarted, it ends at its tick."""
+        self._expire = None
 
     def _tick(self) -> None:
+        if self._expire is None:  # idle: let the handle go
+            self._handle = None
+            return
         took = self._clock() - self._before
         self._left -= self._step if took - self._step > self._gap else took
         if self._left > 0:
@@ -106,17 +139,49 @@ class AwakeTimer:
 
     def _fire(self) -> None:
         self._handle = None
-        self._expire()
+        expire, self._expire = self._expire, None
+        if expire is not None:
+            expire()
 
     def cancel(self) -> None:
+        self._expire = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
 
 
+class KeptTimer:
+    """The :class:`AwakeTimer` of one owner whose waits come one after another (a transport's sends, a
+    shipper's flushes): restarted for each wait instead of made, armed and cancelled each time. A wait that
+    starts while the kept timer is busy gets a timer of its own."""
+
+    __slots__ = ("_timer",)
+
+    def __init__(self) -> None:
+        self._timer: Optional[AwakeTimer] = None
+
+    def start(self, timeout: float, expire: Callable[[], None]) -> AwakeTimer:
+        timer = self._timer
+        if timer is not None and not timer.busy and timer.loop is asyncio.get_running_loop():
+            timer.restart(timeout, expire)
+            return timer
+        timer = AwakeTimer(timeout, expire)
+        if self._timer is None or not self._timer.busy:
+            self._timer = timer
+        return timer
+
+    def stop(self, timer: AwakeTimer) -> None:
+        """The wait ``timer`` was started for is over."""
+        if timer is self._timer:
+            timer.idle()
+        else:
+            timer.cancel()
+
+
 async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[], float] = time.monotonic,
-                     slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S) -> bool:
-    """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended."""
+                     slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S, kept: Optional[KeptTimer] = None) -> bool:
+    """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended.
+    ``kept``: the caller's timer for its waits (then with the default clock, slice and gap)."""
     future = asyncio.ensure_future(task)
     if future.done():
         return True
@@ -126,12 +191,18 @@ async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[]
         if not woke.done():
             woke.set_result(None)
 
-    timer = AwakeTimer(timeout, wake, clock=clock, slice_s=slice_s, gap_s=gap_s)
+    if kept is not None:
+        timer = kept.start(timeout, wake)
+    else:
+        timer = AwakeTimer(timeout, wake, clock=clock, slice_s=slice_s, gap_s=gap_s)
     future.add_done_callback(wake)
     try:
         await woke
     finally:
-        timer.cancel()
+        if kept is not None:
+            kept.stop(timer)
+        else:
+            timer.cancel()
         future.remove_done_callback(wake)
     return future.done()
 
@@ -204,6 +275,7 @@ class HttpTransport(Transport):
         self.timeout_s = config.timeout_s
         self._config = config
         self._connection = connection
+        self._timer = KeptTimer()
         self._gzip = config.compression == "gzip"
         parts = urlsplit(config.endpoint)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -242,7 +314,7 @@ class HttpTransport(Transport):
         request's waits instead (fgext/otlp/_http.py); a cancel of the caller still propagates.
         """
         interrupt = Interrupt()
-        timer = AwakeTimer(self.timeout_s, interrupt.fire)
+        timer = self._timer.start(self.timeout_s, interrupt.fire)
         try:
             return await self._attempt(data, interrupt)
         except Expired:
@@ -250,7 +322,7 @@ class HttpTransport(Transport):
         except Exception as error:  # an unforeseen failure: keep the data, back off, try again
             return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
         finally:
-            timer.cancel()
+            self._timer.stop(timer)
 
     async def _attempt(self, data: bytes, interrupt: Optional[Interrupt] = None) -> Outcome:
         body = data
@@ -266,6 +338,8 @@ class HttpTransport(Transport):
             return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
         status = answer.status
         if 200 <= status < 300:
+            if not answer.body:
+                return _ACCEPTED
             rejected, message = _rejected(self.signal, answer.body)
             return Outcome(ok=True, rejected_items=rejected, detail=message)
         if 300 <= status < 400:
