@@ -396,6 +396,25 @@ class TestWaitAwake:
         fired = asyncio.run(go())
         assert [name for name, _ in fired] == ["second"] and fired[0][1] >= 0.5 + 0.3 - 1e-9
 
+    def test_a_restart_shorter_than_the_armed_slice_is_not_held_late(self) -> None:
+        """A restart whose timeout ends before the slice armed for the last count re-arms: a 50 ms count on a
+        timer whose 10 s slice is still armed fires at about 50 ms, not at the old slice's end."""
+
+        async def go() -> bool:
+            fired = asyncio.Event()
+            timer = AwakeTimer(10.0, lambda: None, slice_s=10.0)
+            timer.idle()
+            timer.restart(0.05, fired.set)
+            try:
+                await asyncio.wait_for(fired.wait(), 5.0)
+                return True
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                timer.cancel()
+
+        assert asyncio.run(go())
+
     def test_a_kept_timer_serves_one_wait_at_a_time(self) -> None:
         """KeptTimer restarts its one timer for waits that come one after another; a wait started while it is
         busy gets a timer of its own, and each wait's expiry calls only its own callback."""

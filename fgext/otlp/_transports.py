@@ -117,7 +117,10 @@ class AwakeTimer:
             self.cancel()
             self._expire = expire
             self._handle = self.loop.call_soon(self._fire)
-        elif self._handle is None:
+        elif not isinstance(self._handle, asyncio.TimerHandle) or self._handle.when() > self.loop.time() + timeout:
+            # none armed, a pending fire, or a slice that would end after this count (not held late)
+            if self._handle is not None:
+                self._handle.cancel()
             self._arm()
         else:
             self._before = self._clock()  # the running slice counts from now: shorter, never frozen time
