@@ -248,6 +248,17 @@ class TestOrdering:
         assert not take_spans(assembler)
         assert assembler.late_events == 3
 
+    def test_the_last_256_written_requests_are_remembered(self) -> None:
+        """What docs/otlp.md promises: a phase of the 256th-last written request is late; of the 257th-last, a new
+        trace (the memory is bounded)."""
+        assembler = make_assembler()
+        assembler.consume(events(*[e for i in range(257) for e in invocation(f"req-{i}", 10 * i, 10 * i + 5)]))
+        assert len(take_spans(assembler)) == 2 * 257
+        assembler.consume(events(*invocation("req-1", 5000, 5005)))
+        assert not take_spans(assembler) and assembler.late_events == 3
+        assembler.consume(events(*invocation("req-0", 6000, 6005)))
+        assert len(take_spans(assembler)) == 2 and assembler.late_events == 3
+
 # ------------------------------------------------------------------------------ values at the boundary
 
 JSONISH = st.recursive(
