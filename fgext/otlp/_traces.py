@@ -469,6 +469,10 @@ class Assembler:
             self._written.add(rid, request.phases)
         else:
             self._written.remember(rid, tid, request.root_span_id, request.phases)
+        # Phase and request point at each other: without this, every written request waited for the cyclic
+        # collector, and such survivors spread over pymalloc's arenas (RSS grew ~0.9 MB from 1,000 to 10,000
+        # invocations). An indexed phase still reaches its request; nothing reads a written request's phases.
+        request.phases.clear()
 
     # ---------------------------------------------------------------------------- logs out
 
