@@ -476,6 +476,16 @@ class TestBytecode:
         assert seen["kept"] == repr(("The module's docstring.", "Nothing but a docstring.", "Doubles x.", 4,
                                      "x must be positive"))
 
+    def test_relative_interpreter_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """--python given relative to the current folder compiles too (the compiler runs in another folder)."""
+        from fgext.packager._compile import compile_tree
+
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "lib" / "sample.py").write_text(self.SOURCE)
+        monkeypatch.chdir("/")
+        result = compile_tree(os.path.relpath(sys.executable, "/"), [(tmp_path / "lib", "lib", True)])
+        assert result["compiled"] == 1 and result["failed"] == []
+
     @needs_py39
     def test_zip_libraries_without_docstrings_plugins_with(self, zip39: Built, tmp_path: Path) -> None:
         """In the zip, fgext-lib's modules (fgext, aiohttp) load without docstrings; a fgext-plugins module keeps

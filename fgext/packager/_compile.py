@@ -78,6 +78,8 @@ def compile_tree(python: str, roots: Sequence[Tuple[Path, str, bool]]) -> Dict[s
     # Constant sets are marshalled in hash order: a fixed seed makes the .pyc bytes reproducible.
     environ["PYTHONHASHSEED"] = "0"
     payload = json.dumps([[str(folder), shown, strip] for folder, shown, strip in roots])
+    if os.sep in python:  # runs in another folder (below): --python .venv39/bin/python was not found there
+        python = os.path.abspath(python)
     try:
         done = subprocess.run([python, "-s", "-c", _SCRIPT, payload], capture_output=True, text=True,
                               env=environ, cwd=str(roots[0][0].parent), timeout=600, check=False)
