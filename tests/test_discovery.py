@@ -175,6 +175,93 @@ class TestEntryPoints:
         with pytest.raises(PluginError, match="'shout': unknown setting 'volume'"):
             plugin_config(plugin, {"plugins": {"shout": {"volume": 11}}}, {})
 
+    def test_scan_agrees_with_importlib_metadata(self, installed: Path) -> None:
+        """The agent's own read of entry_points.txt finds what importlib.metadata finds, installed plugin included."""
+        from fgext._discovery import _entry_points, _metadata_entry_points
+
+        assert _entry_points() == _metadata_entry_points()
+        assert _entry_points()["twofold"] == "fgext_tinyplug:ext"
+
+
+def _dist_info(folder: Path, dirname: str, entry_points: bytes) -> None:
+    (folder / dirname).mkdir(parents=True)
+    (folder / dirname / "entry_points.txt").write_bytes(entry_points)
+
+
+@pytest.fixture
+def on_path(tmp_path: Path) -> Iterator[list[str]]:
+    """Folders put at the front of sys.path by a test, taken off again afterwards."""
+    added: list[str] = []
+    yield added
+    for entry in added:
+        sys.path.remove(entry)
+
+
+class TestEntryPointScan:
+    def test_first_distribution_on_path_wins(self, tmp_path: Path, on_path: list[str]) -> None:
+        """Of two installs of one distribution the first on sys.path is read; names keep their first value."""
+        from fgext._discovery import _entry_points
+
+        first, second = tmp_path / "first", tmp_path / "second"
+        _dist_info(first, "fgext_dup-2.0.dist-info", b"[fgext.plugins]\nnew = dup_new:P\n")
+        _dist_info(second, "Fgext.Dup-1.0.dist-info", b"[fgext.plugins]\nold = dup_old:P\n")
+        _dist_info(second, "other-1.0.dist-info", b"[fgext.plugins]\nnew = other:P\nkept = other:Q\n")
+        sys.path[:0] = [str(first), str(second)]
+        on_path.extend([str(first), str(second)])
+        found = _entry_points()
+        assert found["new"] == "dup_new:P" and found["kept"] == "other:Q"
+        assert "old" not in found
+
+    def test_only_the_plugin_group_and_no_comments(self, tmp_path: Path, on_path: list[str]) -> None:
+        """Other groups, comments and lines without '=' are not entry points; values lose their padding."""
+        from fgext._discovery import _entry_points
+
+        _dist_info(tmp_path, "mixed-1.0.egg-info",
+                   b"[console_scripts]\nnotme = mixed:main\n\n# a comment\n[ fgext.plugins ]\n"
+                   b"; another = comment:X\nspaced   =   mixed.mod:Plug  \nnot an entry\n[other]\nlate = x:y\n")
+        sys.path.insert(0, str(tmp_path))
+        on_path.append(str(tmp_path))
+        found = _entry_points()
+        assert found["spaced"] == "mixed.mod:Plug"
+        assert not {"notme", "another", "late", "not an entry"} & set(found)
+
+    def test_unreadable_entry_points_skipped(self, tmp_path: Path, on_path: list[str]) -> None:
+        """A distribution whose entry_points.txt is not UTF-8 is skipped; the others are still found."""
+        from fgext._discovery import _entry_points
+
+        _dist_info(tmp_path, "broken-1.0.dist-info", b"[fgext.plugins]\nbad = \xff\xfe:X\n")
+        _dist_info(tmp_path, "good-1.0.dist-info", b"[fgext.plugins]\ngood = good:P\n")
+        sys.path.insert(0, str(tmp_path))
+        on_path.append(str(tmp_path))
+        found = _entry_points()
+        assert found["good"] == "good:P" and "bad" not in found
+
+    def test_zip_on_path_read_through_importlib_metadata(self, tmp_path: Path, on_path: list[str]) -> None:
+        """A zip on sys.path is not a folder: its distributions' entry points come from importlib.metadata."""
+        import zipfile
+
+        from fgext._discovery import _entry_points
+
+        archive = tmp_path / "plugins.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("zipped_plug-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: zipped-plug\n"
+                            "Version: 1.0\n")
+            zipped.writestr("zipped_plug-1.0.dist-info/entry_points.txt", "[fgext.plugins]\nzipped = zp:P\n")
+        sys.path.insert(0, str(archive))
+        on_path.append(str(archive))
+        assert _entry_points()["zipped"] == "zp:P"
+        assert _entry_points()["jsonl"] == "fgext.plugins.jsonl:JsonlPlugin"
+
+    def test_agent_plugins_load_without_importlib_metadata(self) -> None:
+        """Loading the agent's plugins by name leaves importlib.metadata unimported (it stays ~0.5 MB of RSS)."""
+        import subprocess
+
+        code = ("import sys\nfrom fgext._discovery import load_plugins\n"
+                "names = [p.name for p in load_plugins(['otlp', 'jsonl', 'redact'])]\n"
+                "print(names, 'importlib.metadata' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        assert done.stdout.split() == ["['otlp',", "'jsonl',", "'redact']", "False"]
+
 
 class TestBuiltins:
     @pytest.mark.parametrize("name", ["jsonl", "redact", "filter", "webhook"])

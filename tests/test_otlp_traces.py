@@ -248,6 +248,34 @@ class TestOrdering:
         assert not take_spans(assembler)
         assert assembler.late_events == 3
 
+    def test_the_last_256_written_requests_are_remembered(self) -> None:
+        """What docs/otlp.md promises: a phase of the 256th-last written request is late; of the 257th-last, a new
+        trace (the memory is bounded)."""
+        assembler = make_assembler()
+        assembler.consume(events(*[e for i in range(257) for e in invocation(f"req-{i}", 10 * i, 10 * i + 5)]))
+        assert len(take_spans(assembler)) == 2 * 257
+        assembler.consume(events(*invocation("req-1", 5000, 5005)))
+        assert not take_spans(assembler) and assembler.late_events == 3
+        assembler.consume(events(*invocation("req-0", 6000, 6005)))
+        assert len(take_spans(assembler)) == 2 and assembler.late_events == 3
+
+    def test_written_requests_leave_nothing_for_the_cyclic_collector(self) -> None:
+        """Written requests are freed by reference counting alone: no request-phase cycle is left for gc (such
+        survivors kept pymalloc's arenas, and RSS grew with the invocation count)."""
+        import gc
+
+        assembler = make_assembler()
+        assembler.consume(events(*invocation("warm", 0, 5)))
+        take_spans(assembler)
+        gc.collect()
+        gc.disable()
+        try:
+            assembler.consume(events(*[e for i in range(200) for e in invocation(f"req-{i}", 10 * i, 10 * i + 5)]))
+            assert len(take_spans(assembler)) == 2 * 200
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+
 # ------------------------------------------------------------------------------ values at the boundary
 
 JSONISH = st.recursive(

@@ -441,6 +441,66 @@ def test_with_grpc_adds_grpcio_that_the_agent_imports(pip_cache: None, tmp_path:
                           text=True, timeout=120, check=False, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and done.stdout.strip() == "grpc", done.stderr
 
+class TestBytecode:
+    SOURCE = (
+        '"""The module\'s docstring."""\n'
+        "from __future__ import annotations\n"
+        "class OnlyDoc:\n    \"\"\"Nothing but a docstring.\"\"\"\n"
+        "def checked(x: int) -> int:\n    \"\"\"Doubles x.\"\"\"\n"
+        "    assert x > 0, 'x must be positive'\n    return 2 * x\n"
+    )
+
+    def test_docstrings_left_out_asserts_kept(self, tmp_path: Path) -> None:
+        """Stripped byte code runs without docstrings (module, class, function) and still raises on a failed assert;
+        unstripped keeps them; the .pyc is used although the source says otherwise."""
+        from fgext.packager._compile import compile_tree
+
+        stripped, kept = tmp_path / "stripped", tmp_path / "kept"
+        for folder in (stripped, kept):
+            folder.mkdir()
+            (folder / "sample.py").write_text(self.SOURCE)
+        result = compile_tree(sys.executable, [(stripped, "lib", True), (kept, "plugins", False)])
+        assert result["compiled"] == 2 and result["failed"] == []
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); import sample\n"
+                "try:\n    sample.checked(0)\nexcept AssertionError as error:\n    failed = str(error)\n"
+                "print(repr((sample.__doc__, sample.OnlyDoc.__doc__, sample.checked.__doc__, sample.checked(2),"
+                " failed)))")
+        seen = {}
+        for folder in (stripped, kept):
+            (folder / "sample.py").write_text("raise RuntimeError('the source was compiled')\n")
+            done = subprocess.run([sys.executable, "-B", "-c", code, str(folder)], capture_output=True, text=True,
+                                  timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+            seen[folder.name] = done.stdout.strip()
+        assert seen["stripped"] == repr((None, None, None, 4, "x must be positive"))
+        assert seen["kept"] == repr(("The module's docstring.", "Nothing but a docstring.", "Doubles x.", 4,
+                                     "x must be positive"))
+
+    def test_relative_interpreter_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """--python given relative to the current folder compiles too (the compiler runs in another folder)."""
+        from fgext.packager._compile import compile_tree
+
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "lib" / "sample.py").write_text(self.SOURCE)
+        monkeypatch.chdir("/")
+        result = compile_tree(os.path.relpath(sys.executable, "/"), [(tmp_path / "lib", "lib", True)])
+        assert result["compiled"] == 1 and result["failed"] == []
+
+    @needs_py39
+    def test_zip_libraries_without_docstrings_plugins_with(self, zip39: Built, tmp_path: Path) -> None:
+        """In the zip, fgext-lib's modules (fgext, aiohttp) load without docstrings; a fgext-plugins module keeps
+        its own."""
+        assert PY39 is not None
+        extension = unpack(zip39, tmp_path)
+        code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+                "import fgext._agent, aiohttp.web, acme_plugins\n"
+                "print(repr((fgext._agent.__doc__, aiohttp.web.run_app.__doc__, acme_plugins.__doc__)))")
+        done = subprocess.run([PY39, "-S", "-E", "-B", "-c", code, str(extension / "fgext-lib"),
+                               str(extension / "fgext-plugins")], capture_output=True, text=True, timeout=60,
+                              check=False, env={"PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == repr((None, None, "A plugin package."))
+
 
 class TestCommandLine:
     @pytest.mark.parametrize("runtime, words", [

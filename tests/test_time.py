@@ -83,3 +83,15 @@ class TestTimeFastPath:
         parse_time("2023-02-01T00:03:50.000Z")
         with pytest.raises(MalformedEvent):
             parse_time("2023-02-01T00:03:75.000Z")
+
+    def test_caches_stay_within_their_bounds(self) -> None:
+        """Thousands of distinct seconds and minutes keep both caches at their bounds; each still parses right."""
+        from fgext import _time
+
+        start = datetime(2023, 2, 1, tzinfo=timezone.utc)
+        for second in range(0, 3 * _time._SECONDS_MAX * 61, 61):
+            moment = datetime.fromtimestamp(start.timestamp() + second, timezone.utc)
+            text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + "007Z"
+            assert parse_time_ns(text) == int(moment.timestamp()) * 10**9 + 7 * 10**6
+            assert len(_time._SECONDS) <= _time._SECONDS_MAX and len(_time._MINUTES) <= _time._MINUTES_MAX
+        assert _time._SECONDS and _time._MINUTES

@@ -459,9 +459,9 @@ def build(options: BuildOptions) -> BuildResult:
         if python is not None and options.compile:
             if log:
                 log(f"compiling byte code with {python}")
-            roots_to_compile = [(lib, "extension/fgext-lib")]
+            roots_to_compile = [(lib, "extension/fgext-lib", True)]
             if plugins_dir.is_dir():
-                roots_to_compile.append((plugins_dir, "extension/fgext-plugins"))
+                roots_to_compile.append((plugins_dir, "extension/fgext-plugins", False))
             compiled = compile_tree(python, roots_to_compile)
             bytecode = {"compiled": compiled["compiled"], "python": python, "tag": compiled["tag"],
                         "invalidation": "unchecked-hash", "failed": compiled["failed"]}

@@ -3,6 +3,12 @@
 The sandbox unpacks the zip with new timestamps and its code directory is read-only. A timestamp-based
 ``.pyc`` would not match the unpacked sources and could not be rewritten, so every cold start would
 compile every module again. An unchecked-hash ``.pyc`` (PEP 552) is used without looking at the source.
+
+The libraries' byte code leaves out docstrings (as ``python -OO`` does, but keeping ``assert`` statements):
+the agent imports them once and holds them for its life, and their docstrings were ~0.6 MB of its resident
+memory. The interpreter is not run with ``-OO`` instead: that looks for ``.opt-2.pyc`` files, which the
+runtime's own standard library may not have, and it would also strip ``assert`` statements. The user's
+plugins (fgext-plugins) are compiled as written.
 """
 
 from __future__ import annotations
@@ -20,10 +26,23 @@ __all__ = ["compile_tree"]
 # Runs under the target interpreter (-s, not -I: -I would ignore PYTHONHASHSEED): compile every .py
 # below each root, in a fixed order.
 _SCRIPT = r"""
-import importlib.util, json, os, py_compile, sys
+import ast, importlib.util, json, marshal, os, sys
+
+def without_docstrings(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                # A module may start with an empty body; a def or class needs a statement. A module keeps
+                # no placeholder: "from __future__" must stay its first statement.
+                node.body[:1] = [] if isinstance(node, ast.Module) or len(node.body) > 1 \
+                    else [ast.copy_location(ast.Pass(), first)]
+    return tree
+
 roots = json.loads(sys.argv[1])
 count, failed = 0, []
-for root, shown in roots:
+for root, shown, strip in roots:
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
@@ -31,23 +50,36 @@ for root, shown in roots:
                 continue
             source = os.path.join(folder, name)
             relative = os.path.relpath(source, root)
+            with open(source, "rb") as file:
+                data = file.read()
+            shown_as = shown + "/" + relative.replace(os.sep, "/")
             try:
-                py_compile.compile(source, cfile=importlib.util.cache_from_source(source),
-                                   dfile=shown + "/" + relative.replace(os.sep, "/"), doraise=True,
-                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-                count += 1
-            except py_compile.PyCompileError as error:
-                failed.append([relative, str(error.exc_value).splitlines()[0] if str(error.exc_value) else ""])
+                tree = ast.parse(data, shown_as)
+                code = compile(without_docstrings(tree) if strip else tree, shown_as, "exec", dont_inherit=True)
+            except Exception as error:  # what py_compile reports as PyCompileError: the module ships as source
+                failed.append([relative, str(error).splitlines()[0] if str(error) else ""])
+                continue
+            # PEP 552: magic, flags 0b01 (hash-based, unchecked), the source's hash, the marshalled code.
+            pyc = importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little") + importlib.util.source_hash(data) \
+                + marshal.dumps(code)
+            target = importlib.util.cache_from_source(source)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as file:
+                file.write(pyc)
+            count += 1
 print(json.dumps({"compiled": count, "failed": failed, "tag": sys.implementation.cache_tag}))
 """
 
 
-def compile_tree(python: str, roots: Sequence[Tuple[Path, str]]) -> Dict[str, object]:
-    """Compile the ``.py`` files under each (folder, name shown in tracebacks) root with ``python``."""
+def compile_tree(python: str, roots: Sequence[Tuple[Path, str, bool]]) -> Dict[str, object]:
+    """Compile the ``.py`` files under each (folder, name shown in tracebacks, strip docstrings) root with
+    ``python``."""
     environ = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
     # Constant sets are marshalled in hash order: a fixed seed makes the .pyc bytes reproducible.
     environ["PYTHONHASHSEED"] = "0"
-    payload = json.dumps([[str(folder), shown] for folder, shown in roots])
+    payload = json.dumps([[str(folder), shown, strip] for folder, shown, strip in roots])
+    if os.sep in python:  # runs in another folder (below): --python .venv39/bin/python was not found there
+        python = os.path.abspath(python)
     try:
         done = subprocess.run([python, "-s", "-c", _SCRIPT, payload], capture_output=True, text=True,
                               env=environ, cwd=str(roots[0][0].parent), timeout=600, check=False)
