@@ -24,7 +24,18 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 # FGEXT_BENCH_LAUNCHER runs another checkout's agent under this harness: "same bench, before and after"
 # compares two commits with one load generator, one floor and one way of counting.
+# bench/run.py --packaged replaces it with the launcher of the built zip, unpacked (``use_launcher``).
 LAUNCHER = Path(os.environ.get("FGEXT_BENCH_LAUNCHER") or ROOT / "extension" / "extensionFgext.sh").resolve()
+_launcher = [LAUNCHER]
+
+
+def launcher() -> Path:
+    """The launcher every agent of this run starts from."""
+    return _launcher[0]
+
+
+def use_launcher(path: Path) -> None:
+    _launcher[0] = path.resolve()
 AGENT_PORT = 8090  # the platform fixes extension ports to 8081-8090; held under the tests' lock
 
 
@@ -184,13 +195,14 @@ class AgentUnderTest:
     port = AGENT_PORT
 
     def __init__(self, python: str, platform_addr: str, plugins: str, extra: Optional[Dict[str, str]] = None,
-                 launcher: Path = LAUNCHER) -> None:
+                 launcher: Optional[Path] = None) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="fgext-bench-")
         env = agent_env(python, platform_addr, plugins,
                         {"FGEXT_SPOOL_DIR": str(Path(self.tmp.name) / "spool"), **(extra or {})})
         self.stderr_path = Path(self.tmp.name) / "agent.stderr"
         with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen([str(launcher)], env=env, cwd=self.tmp.name, stdout=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([str(launcher or _launcher[0])], env=env, cwd=self.tmp.name,
+                                         stdout=subprocess.DEVNULL,
                                          stderr=err, stdin=subprocess.DEVNULL)
 
     @property

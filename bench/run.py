@@ -56,7 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._agents import (
     AGENT_EXTRA_ENV,
     AGENT_PORT,
-    LAUNCHER,
     ROOT,
     AgentUnderTest,
     FloorServer,
@@ -64,9 +63,11 @@ from bench._agents import (
     Sink,
     cpu_seconds,
     dumps,
+    launcher,
     port_range_lock,
     python_version,
     rss_kib,
+    use_launcher,
 )
 from bench._workload import invocation, invoke_body
 from tests.platform import RecordingPlatform
@@ -100,7 +101,7 @@ def floor_ms(python: str, code: str, runs: int, args: Sequence[str] = ()) -> flo
     return statistics.median(samples)
 
 
-def one_launch(python: str, platform: RecordingPlatform, plugins: str, launcher: Path = LAUNCHER,
+def one_launch(python: str, platform: RecordingPlatform, plugins: str, launcher: Optional[Path] = None,
                extra: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     before = len(platform.requests)
     start = time.monotonic()
@@ -125,7 +126,7 @@ def one_launch(python: str, platform: RecordingPlatform, plugins: str, launcher:
             "first_invoke_ms": (invoked - start) * 1000, "first_batch_ms": (answered - start) * 1000}
 
 
-def launches(python: str, plugins: str, runs: int, launcher: Path = LAUNCHER,
+def launches(python: str, plugins: str, runs: int, launcher: Optional[Path] = None,
              extra: Optional[Dict[str, str]] = None, floor: Optional[Tuple[str, str, Sequence[str]]] = None,
              ) -> Dict[str, float]:
     """Medians of ``runs`` launches; with ``floor`` (interpreter, code, its flags), that import floor is timed
@@ -596,7 +597,7 @@ def compile_agent(python: str) -> None:
     without ``__pycache__`` - a fresh clone, another commit's worktree - compiles every fgext module at
     every launch: tens of milliseconds of cold start and the compiler's memory in the RSS, which would
     measure the checkout rather than the agent. A packaged zip ships its byte code (``zip`` section)."""
-    tree = LAUNCHER.parent.parent / "fgext"
+    tree = launcher().parent.parent / "fgext"
     if tree.is_dir():
         subprocess.run([python, "-m", "compileall", "-q", "-j", "0", str(tree)], check=True, timeout=300,
                        stdout=subprocess.DEVNULL)
@@ -622,6 +623,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--runs", type=int, help="repetitions for medians (default 15, smoke 2)")
     parser.add_argument("--memory-checkpoints", help="comma-separated invocation counts at which the memory "
                                                      "section reads RSS, at least two (default 1000,10000,20000)")
+    parser.add_argument("--packaged", action="store_true",
+                        help="run every agent from the default Python3.9 zip, built by the packager and unpacked "
+                             "read-only, as the sandbox runs it (every --python must be a 3.9)")
     parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for every agent of the run (repeatable), e.g. FGEXT_OTLP_REPORT_LOG=0")
     args = parser.parse_args(argv)
@@ -648,12 +652,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             checkpoints = ()
         if len(checkpoints) < 2 or any(b <= a for a, b in zip((0, *checkpoints), checkpoints)):
             parser.error(f"--memory-checkpoints {args.memory_checkpoints}: give at least two increasing counts")
+    if args.packaged:
+        wrong = [p for p in pythons if not python_version(p).startswith("3.9.")]
+        if wrong:
+            parser.error(f"--packaged builds the default Python3.9 zip: {', '.join(wrong)} is not a Python 3.9")
+    with contextlib.ExitStack() as stack:
+        if args.packaged:
+            use_launcher(stack.enter_context(_unpacked_zip(pythons[0])) / "extension" / "extensionFgext.sh")
+        return _run(args, argv, only, pythons, checkpoints)
+
+
+@contextlib.contextmanager
+def _unpacked_zip(python39: str) -> Iterator[Path]:
+    """The default Python3.9 zip, unpacked read-only (as the sandbox's code directory is) for the run."""
+    archive = build_zip(python39)
+    with tempfile.TemporaryDirectory(prefix="fgext-bench-packaged-") as scratch:
+        code = Path(scratch) / "code"
+        code.mkdir()
+        subprocess.run(["unzip", "-q", str(archive), "-d", str(code)], check=True)
+        subprocess.run(["chmod", "-R", "a-w", str(code)], check=True)
+        try:
+            print(f"agents run from {archive} (unpacked read-only)", file=sys.stderr, flush=True)
+            yield code
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(code)], check=True)
+
+
+def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], only: List[str], pythons: List[str],
+         checkpoints: Tuple[int, ...]) -> int:
+    smoke = args.smoke
     runs = args.runs or (2 if smoke else 15)
     result: Dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(), "smoke": smoke, "runs_per_median": runs, "runs": {}, "targets": [],
-        "launcher": str(LAUNCHER), "agent_env": dict(AGENT_EXTRA_ENV)}
+        "launcher": str(launcher()), "agent_env": dict(AGENT_EXTRA_ENV)}
     for python in pythons:
         version = python_version(python)
         result["machine"].setdefault("pythons", {})[version] = python

@@ -99,3 +99,37 @@ def test_agent_env_reaches_every_agent_and_a_sections_own_setting_wins(monkeypat
     monkeypatch.setattr(_agents, "AGENT_EXTRA_ENV", {"FGEXT_OTLP_REPORT_LOG": "0", "FGEXT_FLUSH": "end"})
     env = _agents.agent_env("python3", "127.0.0.1:1", "otlp", {"FGEXT_FLUSH": "periodically,1000"})
     assert env["FGEXT_OTLP_REPORT_LOG"] == "0" and env["FGEXT_FLUSH"] == "periodically,1000"
+
+
+def test_packaged_needs_python_39() -> None:
+    """--packaged with an interpreter that is not a 3.9 exits 2 naming it (the default zip is Python3.9's)."""
+    if sys.version_info[:2] == (3, 9):
+        pytest.skip("the harness runs on 3.9 here: there is no other interpreter at hand to refuse")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--packaged", "--only", "memory",
+                           "--python", sys.executable], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "is not a Python 3.9" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_packaged_run_starts_the_agents_from_the_unpacked_zip(tmp_path: Path) -> None:
+    """--packaged builds the default zip, and the agents of the run start from its launcher, unpacked: the
+    memory section's figures come from that agent, and nothing of the unpacked copy is left behind."""
+    from bench._agents import AGENT_PORT, port_range_lock
+
+    python = agent_python()
+    version = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2] == (3, 9))"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    if version != "True":
+        pytest.skip("--packaged needs a Python 3.9 agent interpreter (FGEXT_TEST_PYTHON, as CI's 3.9 leg sets)")
+    with port_range_lock():
+        require_free_ports([AGENT_PORT])
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--packaged", "--only",
+                           "memory", "--python", python, "--json", str(out)], cwd=str(ROOT), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    launcher = Path(result["launcher"])
+    assert launcher.name == "extensionFgext.sh" and "fgext-bench-packaged-" in str(launcher)
+    assert not launcher.exists()  # the unpacked copy went with the run
+    (sections,) = result["runs"].values()
+    assert EXPECTED["memory"] <= set(sections["memory"])
