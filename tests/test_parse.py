@@ -17,6 +17,7 @@ from fgext._events import (
     InitRuntimeDone,
     InitStart,
     Report,
+    ReportMetrics,
     RestoreReport,
     RestoreRuntimeDone,
     RestoreStart,
@@ -131,6 +132,23 @@ class TestContradictions:
         assert event.metrics.billing_duration_ms == 12.5
         assert event.metrics.memory_size_mb == 256
         assert event.metrics.extra == {"cpuMs": 3}
+
+    def test_lines_that_must_not_take_the_platform_fast_paths(self) -> None:
+        """A blank or non-text traceId falls back to the other keys, a numeric status and metric keys in other
+        cases are normalised, and a non-finite float metric is left out, exactly as the general path does."""
+        start = parse_event({"name": "platform.start", "startTime": START["startTime"], "traceId": "  ",
+                             "tracelId": UUID})
+        assert isinstance(start, Start) and start.request_id == UUID
+        numeric = parse_event({"name": "platform.start", "startTime": START["startTime"], "traceId": 42})
+        assert numeric.request_id == "42"  # type: ignore[union-attr]
+        done = parse_event({**DONE, "name": "platform.runtimeDone", "status": 500})
+        assert isinstance(done, RuntimeDone) and done.status == "500"
+        report = parse_event({**REPORT, "name": "platform.report", "status": None,
+                              "reportMetrics": {" DurationMS ": 1.5, "memoryUsed": float("inf"),
+                                                "billingDurationMS": float("nan"), "podName": " pod "}})
+        assert isinstance(report, Report) and report.status == ""
+        assert report.metrics == ReportMetrics(duration_ms=1.5, pod_name="pod")
+        assert vars(report.metrics) == vars(ReportMetrics(duration_ms=1.5, pod_name="pod"))
 
     def test_stray_spaces_trimmed(self) -> None:
         """Huawei's pages show values like ``" success "``: they compare as ``success``."""
@@ -260,6 +278,10 @@ class TestProperties:
         again = type(event)(**values)
         assert event == again and vars(event) == vars(again) and hash(event) == hash(again)
         assert repr(event) == repr(again)
+        metrics = getattr(event, "metrics", None)
+        if metrics is not None:  # built on the fast path too
+            fields = {f.name: getattr(metrics, f.name) for f in dataclasses.fields(metrics)}
+            assert vars(metrics) == vars(type(metrics)(**fields)) and repr(metrics) == repr(type(metrics)(**fields))
         with pytest.raises(dataclasses.FrozenInstanceError):
             event.name = "changed"  # type: ignore[misc]
 
