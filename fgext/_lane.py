@@ -127,6 +127,14 @@ class Lane:
             self._took = self._took or asyncio.Event()
             await self._took.wait()
 
+    def offer_now(self, item: Tuple[str, Any], size: int) -> bool:
+        """Put ``item`` in a sink's lane if it has room now (no coroutine for the usual case); else False,
+        and the caller awaits :meth:`offer`."""
+        if self._has_room(size):
+            self._put(item, size)
+            return True
+        return False
+
     async def offer(self, item: Tuple[str, Any], events: int, size: int = 0) -> None:
         """Put ``item`` (``events`` events, ``size`` raw bytes) in a sink's lane: wait up to ``lane_wait``
         for room, else drop it for this lane."""

@@ -313,6 +313,10 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
+_URNS: Dict[str, FunctionUrn] = {}
+_URNS_MAX = 16
+
+
 def parse_invoke(obj: Any, received_ns: int) -> Invoke:
     """Read an invoke body; only a non-object is refused, a missing field stays empty."""
     if not isinstance(obj, dict):
@@ -321,8 +325,15 @@ def parse_invoke(obj: Any, received_ns: int) -> Invoke:
     function_urn = _text(obj.get("invokedFunctionUrn")) or ""
     urn: Optional[FunctionUrn] = None
     if function_urn:
-        try:
-            urn = parse_urn(function_urn)
-        except ValueError:
-            urn = None
+        # Every invoke of a sandbox names the same function: its URN is parsed once, the object reused.
+        urn = _URNS.get(function_urn)
+        if urn is None:
+            try:
+                urn = parse_urn(function_urn)
+            except ValueError:
+                urn = None
+            else:
+                if len(_URNS) >= _URNS_MAX:
+                    _URNS.clear()
+                _URNS[function_urn] = urn
     return Invoke(request_id=request_id, function_urn=function_urn, urn=urn, received_ns=received_ns, raw=obj)

@@ -139,12 +139,19 @@ class Pipeline:
             self._timer = asyncio.ensure_future(self._tick(interval))
 
     async def submit_invoke(self, invoke: Invoke) -> None:
-        await self._queue.put(("invoke", invoke))
+        await self._put(("invoke", invoke))
 
     async def submit_telemetry(self, events: Sequence[AnyEvent], size: Optional[int] = None) -> None:
         """Queue a batch; ``size`` is its raw body's size in bytes when known (else it is estimated)."""
         if events:
-            await self._queue.put(("telemetry", (events, size)))
+            await self._put(("telemetry", (events, size)))
+
+    async def _put(self, item: Tuple[str, Any]) -> None:
+        # With room (the usual case) no Queue.put coroutine is made: the caller waits only for room.
+        if self._queue.full():
+            await self._queue.put(item)
+        else:
+            self._queue.put_nowait(item)
 
     def offer_telemetry(self, events: Sequence[AnyEvent]) -> bool:
         """Queue a batch without waiting; False when the queue is full (the caller answers "retry later":
@@ -258,16 +265,22 @@ class Pipeline:
 
     async def _dispatch_invoke(self, invoke: Invoke) -> None:
         self.stats["invokes"] += 1
-        await gather_all(self._hooks.call(lane.state, "on_invoke", invoke) for lane in self._processors
-                   if lane.invokes and not lane.state.disabled)
+        if self._processors:
+            await gather_all(self._hooks.call(lane.state, "on_invoke", invoke) for lane in self._processors
+                             if lane.invokes and not lane.state.disabled)
         for lane in self._sinks:
-            if lane.invokes and not lane.state.disabled:
+            if lane.invokes and not lane.state.disabled and not lane.offer_now(("on_invoke", invoke), 0):
                 await lane.offer(("on_invoke", invoke), 0)
 
     async def _dispatch_telemetry(self, events: Sequence[AnyEvent], size: Optional[int] = None) -> List[AnyEvent]:
         self.stats["batches"] += 1
         self.stats["events"] += len(events)
-        survivors = await self._chain.run(self._processors, list(events))
+        # With no processors the batch goes on as it came (the chain would copy it to give it back).
+        survivors: List[AnyEvent]
+        if self._processors:
+            survivors = await self._chain.run(self._processors, list(events))
+        else:
+            survivors = events if events.__class__ is list else list(events)
         if survivors:
             # Each sink's lane counts its share of the batch's raw bytes (by events, after the processors).
             per_event = (estimate_bytes(events) if size is None else size) / len(events)
@@ -278,7 +291,9 @@ class Pipeline:
                 # ``accepts`` narrows what a sink sees; a batch with nothing for it is not delivered at all.
                 wanted = survivors if not plugin.accepts else [e for e in survivors if plugin.wants(e)]
                 if wanted:
-                    await lane.offer(("on_telemetry", wanted), len(wanted), int(per_event * len(wanted)))
+                    item, size = ("on_telemetry", wanted), int(per_event * len(wanted))
+                    if not lane.offer_now(item, size):
+                        await lane.offer(item, len(wanted), size)
         # The original batch: a processor may have dropped the report, the invocation still ended.
         if self._tracker.ends_invocation(events):
             for lane in self._lanes:

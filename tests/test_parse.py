@@ -226,6 +226,22 @@ class TestInvoke:
         invoke = parse_invoke({"traceId": "r", "invokedFunctionUrn": "a:b:c:d:e"}, 5)
         assert invoke.urn is None and invoke.function_urn == "a:b:c:d:e"
 
+    def test_the_same_urn_is_parsed_once_and_its_object_reused(self) -> None:
+        """Invokes naming the same URN share one parsed object (equal to a fresh parse); another URN gets its own,
+        a bad one stays None every time, and the cache stays bounded."""
+        from fgext._parse import _URNS, _URNS_MAX
+        from fgext._urn import parse_urn
+
+        text = "sn:cn:yrk:1111:function:0@test@hello:latest"
+        first, second = (parse_invoke({"traceId": "r", "invokedFunctionUrn": text}, 5) for _ in range(2))
+        assert first.urn is second.urn and first.urn == parse_urn(text)
+        other = parse_invoke({"traceId": "r", "invokedFunctionUrn": text.replace("hello", "bye")}, 5)
+        assert other.urn is not None and other.urn.function_name == "bye"
+        assert all(parse_invoke({"invokedFunctionUrn": "a:b:c:d:e"}, 5).urn is None for _ in range(2))
+        for index in range(3 * _URNS_MAX):
+            parse_invoke({"invokedFunctionUrn": text.replace("hello", f"f{index}")}, 5)
+        assert len(_URNS) <= _URNS_MAX
+
     def test_non_object_refused(self) -> None:
         """An invoke body that is not an object is malformed."""
         with pytest.raises(MalformedEvent, match="JSON object"):
