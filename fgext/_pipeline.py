@@ -11,7 +11,9 @@ The HTTP handlers hand invokes and parsed telemetry batches to :meth:`Pipeline.s
 agent's first request, before any plugin is loaded): the platform gets its answer at once. One
 dispatcher task takes items in arrival order and has the chain run every processor over the batch,
 in ``order``. Then each sink gets what survived through its own lane: a bounded queue and a task of
-its own, so a slow or failing sink delays nobody else.
+its own, so a slow or failing sink delays nobody else. When there is no processor, nothing is queued
+or being dispatched and every lane has room, the handler puts the item in the lanes itself, which is
+what the dispatcher would do next, without waking it.
 
 When plugins flush is decided here, for every plugin alike, by the flush policy (``FGEXT_FLUSH``,
 :mod:`fgext._flush`): after a batch that ends an invocation (a report, or log lines arriving after
