@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "serve"]
 
 _MAX_ERROR_DETAILS = 5
+_INVOKE_OK = json.dumps({"status": "ok"})  # the invoke answer, the same every time
 # At shutdown, the longest the listener may take to close (in-flight requests get aiohttp's own 0.2 s).
 _LISTENER_CLOSE_S = 0.5
 
@@ -135,7 +136,7 @@ class Agent:
             return self._rejected("invoke", reject)
         self.stats["invokes_received"] += 1
         await self._submit("invoke", invoke)
-        return web.json_response({"status": "ok"})
+        return web.Response(text=_INVOKE_OK, content_type="application/json")
 
     async def handle_telemetry(self, request: web.Request) -> web.Response:
         try:
@@ -150,6 +151,9 @@ class Agent:
             self.log.warning("malformed telemetry events skipped", count=batch.malformed,
                              kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
         await self._submit("telemetry", batch.events, request.content_length)
+        if not batch.errors:  # the usual answer, written without json.dumps (the same JSON)
+            return web.Response(text=f'{{"accepted": {len(batch.events)}, "malformed": 0, "errors": []}}',
+                                content_type="application/json")
         return web.json_response({"accepted": len(batch.events), "malformed": batch.malformed,
                                   "errors": batch.errors[:_MAX_ERROR_DETAILS]})
 

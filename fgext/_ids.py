@@ -36,10 +36,19 @@ def _encode(request_id: str) -> bytes:
 
 def trace_id_for(request_id: str) -> bytes:
     """The trace ID of a request: its UUID's bytes, else the first 16 bytes of its SHA-256."""
-    try:
-        value = uuid.UUID(request_id).bytes
-    except ValueError:
-        value = b""
+    value = b""
+    if len(request_id) == 36 and request_id[8] == request_id[13] == request_id[18] == request_id[23] == "-":
+        # The canonical form (every platform request ID): 32 hex digits are exactly what uuid.UUID reads,
+        # at a fifth of its cost; anything else (spaces, signs, underscores) is left to uuid.UUID below.
+        try:
+            value = bytes.fromhex(request_id.replace("-", ""))
+        except ValueError:
+            value = b""
+    if len(value) != 16:
+        try:
+            value = uuid.UUID(request_id).bytes
+        except ValueError:
+            value = b""
     if len(value) != 16 or value == bytes(16):
         value = hashlib.sha256(_encode(request_id)).digest()[:16]
     return value

@@ -118,20 +118,29 @@ class Lane:
 
     # ------------------------------------------------------------------------------------ queue
 
-    def _has_room(self, size: int) -> bool:
+    def has_room(self, size: int) -> bool:
+        """Whether an item of ``size`` raw bytes would be put at once."""
         assert self.queue is not None
         return not self.queue.full() and (self.queued_bytes == 0 or self.queued_bytes + size <= self._max_bytes)
 
     async def _room(self, size: int) -> None:
-        while not self._has_room(size):
+        while not self.has_room(size):
             self._took = self._took or asyncio.Event()
             await self._took.wait()
+
+    def offer_now(self, item: Tuple[str, Any], size: int) -> bool:
+        """Put ``item`` in a sink's lane if it has room now (no coroutine for the usual case); else False,
+        and the caller awaits :meth:`offer`."""
+        if self.has_room(size):
+            self._put(item, size)
+            return True
+        return False
 
     async def offer(self, item: Tuple[str, Any], events: int, size: int = 0) -> None:
         """Put ``item`` (``events`` events, ``size`` raw bytes) in a sink's lane: wait up to ``lane_wait``
         for room, else drop it for this lane."""
         assert self.queue is not None
-        if not self._has_room(size):
+        if not self.has_room(size):
             if not self.congested:
                 try:
                     await asyncio.wait_for(self._room(size), self._wait)

@@ -37,7 +37,6 @@ from fgext._events import (
     LogEvent,
     PlatformEvent,
     Report,
-    ReportEvent,
     ReportMetrics,
     RestoreReport,
     RestoreRuntimeDone,
@@ -68,7 +67,15 @@ _BY_NAME["extension"] = ExtensionLog
 _EXACT: Dict[str, Type[Event]] = {t.canonical_name: t for t in _PLATFORM_TYPES}
 _EXACT.update({"platform.RuntimeDone": RuntimeDone, "function": FunctionLog, "extension": ExtensionLog})
 
+# What each platform class is made from, decided once per class instead of by issubclass per event.
+_START, _DONE, _REPORT = range(3)
+_SHAPES: Dict[Type[Event], int] = {
+    t: _START if issubclass(t, StartEvent) else _DONE if issubclass(t, RuntimeDoneEvent) else _REPORT
+    for t in _PLATFORM_TYPES
+}
+
 _MAX_MEMORY_MB = (2**63 - 1) // (1024 * 1024)
+_INF = float("inf")
 _REQUEST_ID_KEYS = ("traceId", "tracelId", "requestId", "request_id")
 _METRIC_KEYS = {
     "durationms": "duration_ms",
@@ -76,6 +83,12 @@ _METRIC_KEYS = {
     "memoryused": "memory_used_mb",
     "memorysize": "memory_size_mb",
     "podname": "pod_name",
+}
+# The spellings the platform document uses, looked up as they come (no normalising for them).
+_METRIC_SPELLINGS = {
+    "durationMs": "duration_ms", "durationMS": "duration_ms", "billingDurationMS": "billing_duration_ms",
+    "billingDurationMs": "billing_duration_ms", "memoryUsed": "memory_used_mb", "memorySize": "memory_size_mb",
+    "podName": "pod_name",
 }
 
 
@@ -88,6 +101,8 @@ def _text(value: Any) -> Optional[str]:
 
 
 def _number(value: Any) -> Optional[float]:
+    if value.__class__ is float:  # the usual case, decided by one comparison
+        return value if -_INF < value < _INF else None
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -108,10 +123,13 @@ def _metrics(obj: JSONObject) -> ReportMetrics:
         source = obj.get("reportMetrics")
     if not isinstance(source, dict):
         return ReportMetrics()
-    values: Dict[str, Any] = {}
     extra: Dict[str, Any] = {}
+    values: Dict[str, Any] = {"duration_ms": None, "billing_duration_ms": None, "memory_used_mb": None,
+                              "memory_size_mb": None, "pod_name": None, "extra": extra}
     for key, value in source.items():
-        target = _METRIC_KEYS.get(str(key).strip().lower())
+        target = _METRIC_SPELLINGS.get(key)
+        if target is None:
+            target = _METRIC_KEYS.get(str(key).strip().lower())
         if target is None:
             extra[str(key)] = value
         elif target == "pod_name":
@@ -122,10 +140,15 @@ def _metrics(obj: JSONObject) -> ReportMetrics:
             values[target] = int(number) if number is not None and 0 <= number <= _MAX_MEMORY_MB else None
         else:
             values[target] = _number(value)
-    return ReportMetrics(extra=extra, **values)
+    return _build(ReportMetrics, values)
 
 
 def _request_id(obj: JSONObject) -> Optional[str]:
+    value = obj.get("traceId")
+    if value.__class__ is str:  # the platform's own spelling and type: one look-up
+        value = value.strip()
+        if value:
+            return value
     for key in _REQUEST_ID_KEYS:
         value = _text(obj.get(key))
         if value:
@@ -143,7 +166,7 @@ def _log_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-_E = TypeVar("_E", bound="Event")
+_E = TypeVar("_E")
 
 
 def _no_start(name: Any) -> int:
@@ -151,7 +174,8 @@ def _no_start(name: Any) -> int:
 
 
 def _build(cls: Type[_E], fields: Dict[str, Any]) -> _E:
-    """An instance of a frozen event dataclass from all of its fields, without its generated ``__init__``.
+    """An instance of a frozen dataclass (an event, report metrics) from all of its fields, without its
+    generated ``__init__``.
 
     The generated ``__init__`` sets each field through ``object.__setattr__`` (that is what frozen costs),
     which was a third of the time of parsing a log line. The result is the same object: the classes have
@@ -183,47 +207,50 @@ def parse_event(obj: Any) -> AnyEvent:
             message = message[len(marker):]
         return _build(cls, {"name": cls.category, "start_ns": start_ns, "raw": obj, "logs": logs,
                             "message": message})
-    if raw_name is None:
-        raw_name = obj.get("type")
-    name = _text(raw_name)
-    if name:
-        # The document's own table lists "platform.initRuntimeDone," with a stray comma.
-        name = name.rstrip(",").strip()
-    if not name:
-        raise MalformedEvent("event has no name")
-    if cls is None:
+    if cls is not None:
+        name = raw_name  # a platform event in the platform's own spelling: nothing to normalise
+    else:
+        if raw_name is None:
+            raw_name = obj.get("type")
+        name = _text(raw_name)
+        if name:
+            # The document's own table lists "platform.initRuntimeDone," with a stray comma.
+            name = name.rstrip(",").strip()
+        if not name:
+            raise MalformedEvent("event has no name")
         cls = _BY_NAME.get(name.lower())
-    if cls is None:
-        start: Optional[int]
-        try:
-            start = parse_time_ns(obj.get("startTime"))
-        except MalformedEvent:
-            start = None
-        return UnknownEvent(name=name, raw=obj, start_ns=start)
+        if cls is None:
+            start: Optional[int]
+            try:
+                start = parse_time_ns(obj.get("startTime"))
+            except MalformedEvent:
+                start = None
+            return UnknownEvent(name=name, raw=obj, start_ns=start)
 
     if "startTime" not in obj:
         raise MalformedEvent(f"{name}: no startTime")
     start_ns = parse_time_ns(obj["startTime"])
 
-    if issubclass(cls, LogEvent):
+    shape = _SHAPES.get(cls)
+    if shape is None:  # a log line by another spelling of its name
+        assert issubclass(cls, LogEvent)
         logs = _log_text(obj.get("logs"))
         message = logs.lstrip()
         if message.startswith(cls.marker):
             message = message[len(cls.marker):]
         return cls(name=cls.category, start_ns=start_ns, raw=obj, logs=logs, message=message)
 
-    assert issubclass(cls, PlatformEvent)
     request_id = _request_id(obj)
     if request_id is None:
         raise MalformedEvent(f"{name}: no traceId (or tracelId)")
-    name = cls.canonical_name
-    if issubclass(cls, StartEvent):
+    name = cls.canonical_name  # type: ignore[attr-defined]
+    if shape == _START:
         return _build(cls, {"name": name, "start_ns": start_ns, "raw": obj, "request_id": request_id})
-    status = _text(obj.get("status")) or ""
-    if issubclass(cls, RuntimeDoneEvent):
+    status = obj.get("status")
+    status = status.strip() if status.__class__ is str else _text(status) or ""
+    if shape == _DONE:
         return _build(cls, {"name": name, "start_ns": start_ns, "raw": obj, "request_id": request_id,
                             "status": status})
-    assert issubclass(cls, ReportEvent)
     end_ns: Optional[int] = None
     if obj.get("endTime") is not None:
         try:
@@ -286,6 +313,10 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
+_URNS: Dict[str, FunctionUrn] = {}
+_URNS_MAX = 16
+
+
 def parse_invoke(obj: Any, received_ns: int) -> Invoke:
     """Read an invoke body; only a non-object is refused, a missing field stays empty."""
     if not isinstance(obj, dict):
@@ -294,8 +325,15 @@ def parse_invoke(obj: Any, received_ns: int) -> Invoke:
     function_urn = _text(obj.get("invokedFunctionUrn")) or ""
     urn: Optional[FunctionUrn] = None
     if function_urn:
-        try:
-            urn = parse_urn(function_urn)
-        except ValueError:
-            urn = None
+        # Every invoke of a sandbox names the same function: its URN is parsed once, the object reused.
+        urn = _URNS.get(function_urn)
+        if urn is None:
+            try:
+                urn = parse_urn(function_urn)
+            except ValueError:
+                urn = None
+            else:
+                if len(_URNS) >= _URNS_MAX:
+                    _URNS.clear()
+                _URNS[function_urn] = urn
     return Invoke(request_id=request_id, function_urn=function_urn, urn=urn, received_ns=received_ns, raw=obj)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import pytest
 
 from fgext._deadline import Deadline
-from fgext._hooks import Hooks, PluginFailure, PluginState, overrides
+from fgext._hooks import Hooks, PluginFailure, PluginState, bounded, overrides
 from fgext._plugin import Plugin
 
 
@@ -100,6 +100,65 @@ class TestCall:
             asyncio.run(hooks(strict=True).call(state, "on_telemetry", []))
         assert (info.value.plugin, info.value.hook) == ("mixed", "on_telemetry")
         assert isinstance(info.value.__cause__, RuntimeError)
+
+
+class TestBounded:
+    def test_a_hook_that_never_suspends_returns_its_value_with_no_time_left(self) -> None:
+        """A coroutine that returns without suspending is not timed out, even with no time left (it cannot be)."""
+
+        async def quick() -> int:
+            return 7
+
+        async def go() -> int:
+            return await bounded(quick(), 0.0)
+
+        assert asyncio.run(go()) == 7
+
+    def test_a_hook_that_suspends_gets_results_and_raises_its_own_errors(self) -> None:
+        """After its first suspension the hook still receives what it awaits and its exception reaches the caller."""
+
+        async def slow() -> str:
+            await asyncio.sleep(0)
+            value = await asyncio.sleep(0.01, result="late")
+            raise ValueError(value)
+
+        async def go() -> None:
+            await bounded(slow(), 5.0)
+
+        with pytest.raises(ValueError, match="late"):
+            asyncio.run(go())
+
+    def test_a_hook_that_suspends_past_its_limit_is_cancelled_and_can_clean_up(self) -> None:
+        """Past the limit the hook sees CancelledError at its await (its finally runs); the caller a TimeoutError."""
+        seen: List[str] = []
+
+        async def stuck() -> None:
+            await asyncio.sleep(0)
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        async def go() -> None:
+            await bounded(stuck(), 0.05)
+
+        with pytest.raises(asyncio.TimeoutError):
+            asyncio.run(asyncio.wait_for(go(), 5))
+        assert seen == ["cancelled"]
+
+    def test_a_hook_that_does_not_suspend_costs_no_timer(self) -> None:
+        """A hook that returns at once schedules nothing on the loop (no timeout scope was entered)."""
+
+        async def quick() -> None:
+            return None
+
+        async def go() -> int:
+            loop = asyncio.get_running_loop()
+            await bounded(quick(), 5.0)
+            return len(loop._scheduled)  # type: ignore[attr-defined]
+
+        assert asyncio.run(go()) == 0
 
 
 class TestOverrides:

@@ -24,6 +24,22 @@ class TestTraceId:
         """The function side's trace ID is the one the agent's OTLP mapping has always used."""
         assert trace_id_for(request_id) == otlp_ids.trace_id_for(request_id)
 
+    @given(st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper())
+           | st.text(alphabet="0123456789abcdefABCDEF-_+ {}g", min_size=32, max_size=40)
+           | st.lists(st.sampled_from("0123456789abcdef _+g"), min_size=32, max_size=32).map(
+               lambda c: "".join(c[:8]) + "-" + "".join(c[8:12]) + "-" + "".join(c[12:16]) + "-"
+               + "".join(c[16:20]) + "-" + "".join(c[20:])))
+    def test_the_canonical_fast_path_agrees_with_uuid(self, request_id: str) -> None:
+        """Any ID, canonical or nearly (spaces, signs, underscores where uuid.UUID may accept them), gets
+        uuid.UUID's bytes when it reads it as a non-nil UUID, else the SHA-256 prefix."""
+        try:
+            expected = uuid.UUID(request_id).bytes
+        except ValueError:
+            expected = bytes(16)
+        if expected == bytes(16):
+            expected = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).digest()[:16]
+        assert trace_id_for(request_id) == expected
+
     def test_a_uuid_request_id_is_its_own_trace_id(self) -> None:
         """A UUID request ID gives its 16 bytes, so the trace is found by the request ID's hex."""
         assert trace_id_for(REQUEST_ID).hex() == REQUEST_ID.replace("-", "")

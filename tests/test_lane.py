@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar, Optional, Sequence
 
-from fgext._events import AnyEvent
+from fgext._events import AnyEvent, FunctionLog, Invoke
 from fgext._lane import estimate_bytes
 from fgext._pipeline import Pipeline
 from fgext._plugin import Plugin
@@ -53,6 +53,41 @@ class TestBackpressure:
         # One in the hook, one in the lane, one held by the dispatcher at the full lane, two queued.
         assert run(go()) == 5
 
+
+    def test_batches_dispatched_at_once_and_queued_ones_keep_arrival_order(self) -> None:
+        """Batches are handed over in the submitter's task while the way is clear, queued once a lane is full;
+        the sink gets them all, in the order they were submitted, and invokes in their place among them."""
+        seen: list = []  # type: ignore[type-arg]
+
+        class Ordered(Gate):
+            async def on_invoke(self, invoke: Invoke) -> None:
+                seen.append(invoke.request_id)
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                seen.extend(e.message for e in events if isinstance(e, FunctionLog))
+                await super().on_telemetry(events)
+
+        sink = Ordered()
+
+        async def go() -> None:
+            sink.gate = asyncio.Event()
+            pipeline = Pipeline([sink], logger=Log(), max_pending=64, lane_capacity=2, lane_wait=30)
+            await pipeline.start(context)
+            submits = []
+            for i in range(12):
+                submits.append(asyncio.ensure_future(pipeline.submit_invoke(Invoke(f"r{i}", "", None, 0, {}))))
+                submits.append(asyncio.ensure_future(pipeline.submit_telemetry([log_event(str(i))])))
+                if i == 1:
+                    await asyncio.sleep(0.05)  # the sink is in its hook now: the lane fills, the rest queue
+            await asyncio.sleep(0.05)
+            assert pipeline.pending > 0  # some had to wait in the dispatcher's queue
+            sink.gate.set()
+            await asyncio.wait_for(asyncio.gather(*submits), 5)
+            await pipeline.dispatch_telemetry([])  # waits until the sink took everything
+            await pipeline.shutdown(2)
+
+        run(go())
+        assert seen == [x for i in range(12) for x in (f"r{i}", str(i))]
 
 class TestLanes:
     def test_a_stuck_sink_does_not_delay_another(self) -> None:

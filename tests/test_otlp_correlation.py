@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import List, Optional, Tuple
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fgext.otlp._correlation import CorrelationIndex
 from tests.otlp_helpers import (
     INIT_ID,
     INVOKE_ID,
@@ -131,3 +137,46 @@ class TestCorrelation:
         old, recent = encoded_logs(assembler)
         assert old.trace_id == b""
         assert attrs(recent)["faas.invocation_id"] == f"00000000-0000-4000-8000-{199:012d}"
+
+
+class _Request:
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+
+
+class _Phase:
+    """What the index needs of a phase (the Interval protocol), with a fixed extent."""
+
+    def __init__(self, request: _Request, kind: str, begin: int, end: Optional[int]) -> None:
+        self.request, self.kind, self.begin_ns, self.end_ns = request, kind, begin, end
+        self.link = (request.request_id.encode(), kind.encode(), request.request_id, 1)
+
+
+_phases = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["init", "restore", "invoke"]),
+                             st.integers(0, 100), st.none() | st.integers(0, 60)), max_size=10)
+_lines = st.lists(st.tuples(st.integers(0, 170), st.sampled_from(["x", "r0", "r1 r2", "r3"])), max_size=30)
+
+
+class TestLinksProperties:
+    @settings(max_examples=400, deadline=None)
+    @given(_phases, _lines, st.booleans())
+    def test_links_equal_one_lookup_per_line(self, phases: List[Tuple[int, str, int, Optional[int]]],
+                                             lines: List[Tuple[int, str]], ordered: bool) -> None:
+        """Lines that share a look-up (nothing starts or ends between them) get the link a look-up of their own
+        gives: the one phase open then, none, or for overlapping requests the one the text names."""
+        index: CorrelationIndex[_Phase] = CorrelationIndex(max_intervals=64)
+        requests = [_Request(f"r{n}") for n in range(4)]
+        for request_index, kind, begin, length in phases:
+            phase = _Phase(requests[request_index], kind, begin, None if length is None else begin + length)
+            index.add(phase, begin)
+            index.extent_known(phase)
+        log_lines = [(at, 0, "function", text, None, 0) for at, text in (sorted(lines) if ordered else lines)]
+        expected = []
+        for line in log_lines:
+            phase = index.correlate(line[0])
+            if index.ambiguous:
+                named = index.by_text(line[0], line[3])
+                expected.append(named.link if named is not None else None)
+            else:
+                expected.append(phase.link if phase is not None else None)
+        assert index.links(log_lines) == expected  # type: ignore[arg-type]

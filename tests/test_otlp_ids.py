@@ -40,6 +40,30 @@ class TestAttributes:
         assert values["edge"].int_value == 2**63 - 1
         assert values["flag"].bool_value is True
 
+    def test_values_of_subclasses_take_the_general_path_and_keep_their_kind(self) -> None:
+        """Values whose class is not exactly str/float/bool/int (an IntEnum, a str subclass, a float subclass,
+        None) are written by their kind, or as text, like exact ones; a bool is never an int."""
+        import enum
+
+        class Level(enum.IntEnum):
+            HIGH = 3
+
+        class Name(str):
+            pass
+
+        class Ratio(float):
+            pass
+
+        span = Span()
+        put_attributes(span.attributes, [("level", Level.HIGH), ("name", Name("n")), ("ratio", Ratio(0.5)),
+                                         ("none", None), ("no", False), ("surrogate", Name("a\ud800"))])  # type: ignore[list-item]
+        values = {kv.key: kv.value for kv in span.attributes}
+        assert values["level"].WhichOneof("value") == "int_value" and values["level"].int_value == 3
+        assert values["name"].string_value == "n" and values["ratio"].double_value == 0.5
+        assert values["none"].string_value == "None"
+        assert values["no"].WhichOneof("value") == "bool_value" and values["no"].bool_value is False
+        assert values["surrogate"].string_value == "a\\ud800"
+
     def test_text_utf8_cannot_encode_is_escaped(self) -> None:
         """A lone surrogate in an attribute value is written as its escape."""
         span = Span()

@@ -430,6 +430,19 @@ class TestSampling:
         assembler.consume(events(*invocation(quick, 0, 50), *invocation(slow, 100, 300)))
         assert {span.trace_id for span in take_spans(assembler)} == {trace_id_for(slow)}
 
+    @pytest.mark.parametrize(("name", "ratio"), [("always_on", None), ("traceidratio", 1.0),
+                                                 ("parentbased_traceidratio", 1.0)])
+    def test_a_head_that_keeps_everything_is_not_asked_per_trace(self, name: str, ratio: Optional[float],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """A ratio of 1 keeps every trace without a sampling value computed per request; its lines say sampled."""
+        monkeypatch.setattr(HeadSampler, "sampled", lambda self, trace_id: pytest.fail("asked"))
+        assembler = self.sampled_assembler(name, ratio)
+        rids = [f"00000000-0000-4000-8000-{index:012d}" for index in range(20)]
+        for index, rid in enumerate(rids):
+            assembler.consume(events(*invocation(rid, index * 20, index * 20 + 10)))
+        assert {span.trace_id for span in take_spans(assembler)} == {trace_id_for(rid) for rid in rids}
+        assert assembler.unsampled_traces == 0
+
     def test_a_ratio_keeps_exactly_the_traces_the_head_sampler_samples(self) -> None:
         """traceidratio 0.5 over 40 request IDs: the exported traces are those HeadSampler.sampled says."""
         head = HeadSampler("traceidratio", 0.5)

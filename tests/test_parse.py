@@ -17,6 +17,7 @@ from fgext._events import (
     InitRuntimeDone,
     InitStart,
     Report,
+    ReportMetrics,
     RestoreReport,
     RestoreRuntimeDone,
     RestoreStart,
@@ -132,6 +133,23 @@ class TestContradictions:
         assert event.metrics.memory_size_mb == 256
         assert event.metrics.extra == {"cpuMs": 3}
 
+    def test_lines_that_must_not_take_the_platform_fast_paths(self) -> None:
+        """A blank or non-text traceId falls back to the other keys, a numeric status and metric keys in other
+        cases are normalised, and a non-finite float metric is left out, exactly as the general path does."""
+        start = parse_event({"name": "platform.start", "startTime": START["startTime"], "traceId": "  ",
+                             "tracelId": UUID})
+        assert isinstance(start, Start) and start.request_id == UUID
+        numeric = parse_event({"name": "platform.start", "startTime": START["startTime"], "traceId": 42})
+        assert numeric.request_id == "42"  # type: ignore[union-attr]
+        done = parse_event({**DONE, "name": "platform.runtimeDone", "status": 500})
+        assert isinstance(done, RuntimeDone) and done.status == "500"
+        report = parse_event({**REPORT, "name": "platform.report", "status": None,
+                              "reportMetrics": {" DurationMS ": 1.5, "memoryUsed": float("inf"),
+                                                "billingDurationMS": float("nan"), "podName": " pod "}})
+        assert isinstance(report, Report) and report.status == ""
+        assert report.metrics == ReportMetrics(duration_ms=1.5, pod_name="pod")
+        assert vars(report.metrics) == vars(ReportMetrics(duration_ms=1.5, pod_name="pod"))
+
     def test_stray_spaces_trimmed(self) -> None:
         """Huawei's pages show values like ``" success "``: they compare as ``success``."""
         event = parse_event({**DONE, "status": " success ", "tracelId": f" {UUID} "})
@@ -208,6 +226,22 @@ class TestInvoke:
         invoke = parse_invoke({"traceId": "r", "invokedFunctionUrn": "a:b:c:d:e"}, 5)
         assert invoke.urn is None and invoke.function_urn == "a:b:c:d:e"
 
+    def test_the_same_urn_is_parsed_once_and_its_object_reused(self) -> None:
+        """Invokes naming the same URN share one parsed object (equal to a fresh parse); another URN gets its own,
+        a bad one stays None every time, and the cache stays bounded."""
+        from fgext._parse import _URNS, _URNS_MAX
+        from fgext._urn import parse_urn
+
+        text = "sn:cn:yrk:1111:function:0@test@hello:latest"
+        first, second = (parse_invoke({"traceId": "r", "invokedFunctionUrn": text}, 5) for _ in range(2))
+        assert first.urn is second.urn and first.urn == parse_urn(text)
+        other = parse_invoke({"traceId": "r", "invokedFunctionUrn": text.replace("hello", "bye")}, 5)
+        assert other.urn is not None and other.urn.function_name == "bye"
+        assert all(parse_invoke({"invokedFunctionUrn": "a:b:c:d:e"}, 5).urn is None for _ in range(2))
+        for index in range(3 * _URNS_MAX):
+            parse_invoke({"invokedFunctionUrn": text.replace("hello", f"f{index}")}, 5)
+        assert len(_URNS) <= _URNS_MAX
+
     def test_non_object_refused(self) -> None:
         """An invoke body that is not an object is malformed."""
         with pytest.raises(MalformedEvent, match="JSON object"):
@@ -260,6 +294,10 @@ class TestProperties:
         again = type(event)(**values)
         assert event == again and vars(event) == vars(again) and hash(event) == hash(again)
         assert repr(event) == repr(again)
+        metrics = getattr(event, "metrics", None)
+        if metrics is not None:  # built on the fast path too
+            fields = {f.name: getattr(metrics, f.name) for f in dataclasses.fields(metrics)}
+            assert vars(metrics) == vars(type(metrics)(**fields)) and repr(metrics) == repr(type(metrics)(**fields))
         with pytest.raises(dataclasses.FrozenInstanceError):
             event.name = "changed"  # type: ignore[misc]
 

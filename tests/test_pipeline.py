@@ -127,6 +127,45 @@ class TestOrdering:
         assert sink.batches == [[str(i)] for i in range(20)]
 
 
+    def test_a_full_queue_holds_the_submitter_and_loses_nothing(self) -> None:
+        """With the pipeline's queue full, submitting waits for room (it does not drop or raise); all arrive."""
+        sink = Collect()
+
+        async def go() -> None:
+            pipeline = Pipeline([sink], logger=Log(), max_pending=1)
+            for i in range(5):  # not started yet: the first fills the queue, the next waits for room
+                submit = asyncio.ensure_future(pipeline.submit_telemetry([log_event(str(i))]))
+                await asyncio.sleep(0)
+                if i == 1:
+                    assert not submit.done()
+                    await pipeline.start(context)
+                await asyncio.wait_for(submit, 5)
+            await pipeline.shutdown(2)
+
+        run(go())
+        assert sink.batches == [[str(i)] for i in range(5)]
+
+    def test_with_no_processors_a_sink_gets_the_batch_as_a_list(self) -> None:
+        """A batch given as a tuple reaches a sink as a list of the same events when no processor copies it."""
+        got: List[Any] = []
+
+        class Keep(Plugin):
+            name: ClassVar[str] = "keep"
+
+            async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                got.append(events)
+
+        events = (log_event("a"), log_event("b"))
+
+        async def go() -> None:
+            pipeline = Pipeline([Keep()], logger=Log())
+            await pipeline.start(context)
+            await pipeline.dispatch_telemetry(events)
+            await pipeline.shutdown(1)
+
+        run(go())
+        assert len(got) == 1 and isinstance(got[0], list) and got[0] == list(events)
+
 def report_event(rid: str = "3da1f2dc-3222-475e-9205-e2e6c6318895") -> AnyEvent:
     return parse_event({"name": "platform.report", "startTime": "2023-02-01T00:03:50Z", "traceId": rid,
                         "endTime": "2023-02-01T00:03:51Z", "status": "success"})

@@ -16,7 +16,7 @@ guessed. The text is searched only then, so the usual one-at-a-time sandbox pays
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from typing import Dict, Generic, List, Optional, Protocol, Sequence, TypeVar
+from typing import Dict, Generic, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from fgext.otlp._logs import Link, LogLine
 
@@ -24,6 +24,7 @@ __all__ = ["MAX_TEXT_CANDIDATES", "CorrelationIndex"]
 
 #: The most requests open at one moment whose IDs a line's text is searched for (bounds the cost).
 MAX_TEXT_CANDIDATES = 16
+_FOREVER = 2**64  # beyond any time OTLP carries
 
 
 class Interval(Protocol):
@@ -110,9 +111,15 @@ class CorrelationIndex(Generic[P]):
 
     def correlate(self, at_ns: int) -> Optional[P]:
         """The phase open at ``at_ns`` when exactly one request had one open then; else ``None``."""
+        return self._correlate(at_ns)[0]
+
+    def _correlate(self, at_ns: int) -> Tuple[Optional[P], int]:
+        """:meth:`correlate`, and the last time up to which its answer holds as it is: before the next start
+        and the first end of a phase open at ``at_ns`` (``at_ns`` itself when the answer is ambiguous)."""
         starts = self._starts
         phases = self._phases
         index = bisect_right(starts, at_ns)
+        holds = starts[index] - 1 if index < len(starts) else _FOREVER
         # No ended phase that began before the horizon can reach ``at_ns``; running ones are checked apart.
         horizon = at_ns - self._longest_ns
         lowest = index - 64 if index > 64 else 0
@@ -128,11 +135,13 @@ class CorrelationIndex(Generic[P]):
                 scanned_running += 1
             elif end < at_ns:
                 continue
+            elif end < holds:
+                holds = end
             if found is None:
                 found = phase
             elif phase.request is not found.request:
                 self.ambiguous = True
-                return None
+                return None, at_ns
             elif phase.kind == "invoke":
                 found = phase
         if scanned_running < len(self._running):
@@ -146,10 +155,10 @@ class CorrelationIndex(Generic[P]):
                     found = phase
                 elif phase.request is not found.request:
                     self.ambiguous = True
-                    return None
+                    return None, at_ns
                 elif phase.kind == "invoke":
                     found = phase
-        return found
+        return found, holds
 
     def by_text(self, at_ns: int, text: str) -> Optional[P]:
         """Of the requests with a phase open at ``at_ns`` (the first :data:`MAX_TEXT_CANDIDATES`, latest
@@ -184,16 +193,17 @@ class CorrelationIndex(Generic[P]):
 
     def links(self, lines: Sequence[LogLine]) -> List[Optional[Link]]:
         """The link of the phase each line belongs to (``None`` for a line that belongs to none surely)."""
-        correlate = self.correlate
+        correlate = self._correlate
         links: List[Optional[Link]] = []
         append = links.append
         cached_at = -1
+        holds = -2
         cached: Optional[Link] = None
         ambiguous = False
         for line in lines:
             at = line[0]
-            if at != cached_at:  # lines of one moment share a look-up
-                phase = correlate(at)
+            if not cached_at <= at <= holds:  # lines while nothing starts or ends share a look-up
+                phase, holds = correlate(at)
                 cached = phase.link if phase is not None else None
                 ambiguous = self.ambiguous
                 cached_at = at

@@ -53,17 +53,35 @@ def put_attributes(container: Any, attributes: Iterable[Attribute]) -> None:
     for key, value in attributes:
         entry = add()
         entry.key = key
-        if isinstance(value, bool):
-            entry.value.bool_value = value
-        elif isinstance(value, int):
-            if INT64_MIN <= value <= INT64_MAX:
-                entry.value.int_value = value
-            else:
-                entry.value.double_value = float(value)
-        elif isinstance(value, float):
-            entry.value.double_value = value
-        else:
+        kind = value.__class__  # the exact class first: one comparison for the usual values
+        if kind is str:
             try:
                 entry.value.string_value = value
-            except (UnicodeEncodeError, TypeError):  # rare: only ever pay for the check when it fails
-                entry.value.string_value = safe_text(str(value))
+            except UnicodeEncodeError:  # rare: only ever pay for the check when it fails
+                entry.value.string_value = safe_text(value)  # type: ignore[arg-type]
+        elif kind is float:
+            entry.value.double_value = value
+        elif kind is bool:
+            entry.value.bool_value = value
+        elif kind is int and INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+            entry.value.int_value = value
+        else:
+            _put_other(entry.value, value)
+
+
+def _put_other(target: Any, value: Any) -> None:
+    """A value of a subclass (an IntEnum, a str subclass), an int beyond int64, or anything else as text."""
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            target.int_value = value
+        else:
+            target.double_value = float(value)
+    elif isinstance(value, float):
+        target.double_value = value
+    else:
+        try:
+            target.string_value = value
+        except (UnicodeEncodeError, TypeError):
+            target.string_value = safe_text(str(value))

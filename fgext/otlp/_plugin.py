@@ -25,6 +25,7 @@ from fgext._events import AnyEvent, Invoke, OtlpPayload
 from fgext._logging import redact_url
 from fgext._plugin import Plugin, PluginContext
 from fgext._selfstats import AgentStats
+from fgext._urn import FunctionUrn
 from fgext.otlp._config import OtlpConfig, load_config
 from fgext.otlp._foreign import ForeignTelemetry
 from fgext.otlp._metrics import Metrics
@@ -76,6 +77,7 @@ class OtlpPlugin(Plugin):
         self.invokes = 0
         self._log: Any = None
         self._resource: Optional[ResourceBuilder] = None
+        self._noted_urn: Optional[FunctionUrn] = None  # the URN last noted: every invoke of a sandbox has it
         self._metrics: Optional[Metrics] = None
         self._assembler: Optional[Assembler] = None
         self._foreign = ForeignTelemetry()  # what the function exported to the agent's receiver
@@ -139,8 +141,10 @@ class OtlpPlugin(Plugin):
     async def on_invoke(self, invoke: Invoke) -> None:
         """Learn the region and project from the invoked URN (resource attributes)."""
         self.invokes += 1
-        if self._resource is not None and invoke.urn is not None:
-            self._resource.note_urn(invoke.urn)
+        urn = invoke.urn
+        if self._resource is not None and urn is not None and urn is not self._noted_urn:
+            self._resource.note_urn(urn)  # the same URN again (parse_invoke reuses it) would change nothing
+            self._noted_urn = urn
 
     async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
         """Consume a batch: sort it into requests, log lines and metrics. Exports nothing, except when
