@@ -69,3 +69,11 @@ class TestMetrics:
         metric = next(m for m in assembler.metrics.snapshot(5) if m.name == "faas.invoke_duration")
         assert list(metric.histogram.data_points[0].bucket_counts)[:3] == [0, 1, 0]
 
+    def test_histogram_min_and_max_are_the_extremes_recorded(self) -> None:
+        """A histogram's min and max are the smallest and largest values recorded, in any order."""
+        assembler = make_assembler()
+        for value in (0.5, 0.01, 2.0, 0.7):
+            assembler.metrics.record("faas.invoke_duration", value)
+        metric = next(m for m in assembler.metrics.snapshot(5) if m.name == "faas.invoke_duration")
+        point = metric.histogram.data_points[0]
+        assert (point.min, point.max) == (0.01, 2.0)

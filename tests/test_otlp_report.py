@@ -49,6 +49,18 @@ def test_a_report_becomes_one_record_correlated_to_the_invoke_span() -> None:
     assert _records(assembler) == []
 
 
+def test_report_metrics_that_are_absent_are_not_attributes() -> None:
+    """A report without durations or memory writes none of those attributes, and "-" in the body."""
+    assembler = make_assembler()
+    bare = report(INVOKE_ID, 20, 30)
+    bare["reportMetrics"] = {}
+    assembler.consume(events(*invocation(INVOKE_ID, 20, 30)[:-1], bare))
+    (record,) = assembler.pending().records
+    values = _attrs(record)
+    assert not [key for key in values if key.startswith("fgext.report.") and key != "fgext.report.status"]
+    assert "Duration: - Billed Duration: - Memory Size: - Max Memory Used: -" in record.body.string_value
+
+
 @pytest.mark.parametrize("status, used, oom", [
     ("success", 23.4, False),
     ("Out of Memory", 23.4, True),
