@@ -209,6 +209,35 @@ class Hooks:
         self.succeeded(state, hook)
         return True
 
+    def call_inline(self, state: PluginState, hook: str, *args: Any) -> Optional[Awaitable[bool]]:
+        """Start a coroutine hook in the caller's task (a plugin's ``inline`` declaration): None once it ended,
+        counted like :meth:`call`; if it suspends, the rest, bounded by what is left of the hook timeout,
+        to be awaited in a task of its own (it returns whether the hook succeeded).
+
+        With ``strict`` a failure before the first suspension raises :class:`PluginFailure` here.
+        """
+        began = asyncio.get_running_loop().time()
+        try:
+            coro = getattr(state.plugin, hook)(*args)
+            first = coro.send(None)
+        except StopIteration:
+            self.succeeded(state, hook)
+            return None
+        except Exception as error:
+            self.failed(state, hook, error)
+            return None
+        return self._rest(state, hook, _Started(coro, first), began)
+
+    async def _rest(self, state: PluginState, hook: str, rest: _Started, began: float) -> bool:
+        limit = self.hook_timeout - (asyncio.get_running_loop().time() - began)
+        try:
+            await within(rest, limit)
+        except (Exception, asyncio.TimeoutError) as error:
+            self.failed(state, hook, error)
+            return False
+        self.succeeded(state, hook)
+        return True
+
     async def call_until(self, state: PluginState, hook: str, deadline: Deadline) -> bool:
         """``flush`` or ``shutdown``: the plugin is told the seconds it has (its public contract takes float
         seconds) and is held to them."""

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Deque, Dict, Iterable, Optional, Se
 from fgext._config import DEFAULT_LANE_MAX_BYTES
 from fgext._deadline import Deadline
 from fgext._flush import FlushClock, FlushPolicy
-from fgext._hooks import Hooks, PluginFailure, PluginState, overrides, within
+from fgext._hooks import Hooks, PluginFailure, PluginState, is_async, overrides, within
 from fgext._plugin import Plugin
 
 __all__ = ["STOP", "Lane", "estimate_bytes", "gather_all", "until"]
@@ -83,6 +83,11 @@ class Lane:
         self.invokes = overrides(plugin, "on_invoke")
         self.telemetry = overrides(plugin, "on_telemetry" if is_sink else "process")
         self.flushes = overrides(plugin, "flush")
+        # The hooks a sink declared ``inline`` (coroutines that only consume): called in the offering task
+        # when the lane is idle, without waking the lane's own task.
+        self.inline = frozenset(hook for hook in ("on_invoke", "on_telemetry") if is_sink and plugin.inline
+                                and overrides(plugin, hook) and is_async(getattr(plugin, hook)))
+        self.rest: Optional[asyncio.Task[None]] = None  # an inline hook that suspended, going on in its own task
         self.clock = FlushClock(policy)
         self.received = False  # something reached the plugin since its last flush began
         self.enqueued = 0  # items put in the queue, and taken by the plugin: flush targets count in these
@@ -130,7 +135,11 @@ class Lane:
 
     def offer_now(self, item: Tuple[str, Any], size: int) -> bool:
         """Put ``item`` in a sink's lane if it has room now (no coroutine for the usual case); else False,
-        and the caller awaits :meth:`offer`."""
+        and the caller awaits :meth:`offer`. An ``inline`` hook of an idle lane is called at once instead."""
+        if item[0] in self.inline and self.done == self.enqueued and self.task is not None \
+                and not self.stopping and not self.state.disabled:
+            self._call_inline(item)
+            return True
         if self.has_room(size):
             self._put(item, size)
             return True
@@ -170,6 +179,41 @@ class Lane:
                               capacity=self._capacity, max_bytes=self._max_bytes,
                               dropped_batches=self.dropped_batches, dropped_events=self.dropped_events)
 
+    def _call_inline(self, item: Tuple[str, Any]) -> None:
+        # Counted as queued and taken, as the lane's task would: flush targets and ``taken`` see it.
+        hook, payload = item
+        self.enqueued += 1
+        self.received = True
+        try:
+            rest = self._hooks.call_inline(self.state, hook, payload)
+        except PluginFailure as failure:
+            self._fatal(failure)
+            rest = None
+        if rest is None:
+            self._took_one()
+        else:  # it suspended: the lane is busy (what comes next is queued behind it) until it ends
+            self.rest = asyncio.ensure_future(self._finish(rest))
+
+    async def _finish(self, rest: Awaitable[bool]) -> None:
+        try:
+            await rest
+        except PluginFailure as failure:
+            self._fatal(failure)
+        finally:
+            self.rest = None
+            self.done += 1
+        self._flush_if_due()
+
+    def _took_one(self) -> None:
+        self.done += 1
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
+        if self.flush_at and self.done >= self.flush_at[0]:
+            while self.flush_at and self.done >= self.flush_at[0]:
+                self.flush_at.popleft()
+            self.request_flush(None)
+
     async def run(self) -> None:
         """A sink's own task: take its queue in order, and start its flushes once it took what they follow."""
         lane_queue = self.queue
@@ -190,6 +234,8 @@ class Lane:
                     self.congested = False
                     self._log.info("sink lane has room again", plugin=self.state.name,
                                    dropped_batches=self.dropped_batches)
+                if self.rest is not None:  # an inline hook that suspended comes first
+                    await asyncio.wait((self.rest,))
                 if not self.state.disabled:
                     hook, payload = item
                     self.received = True
@@ -200,16 +246,15 @@ class Lane:
             finally:
                 self.done += 1
                 lane_queue.task_done()
-            if self.flush_at and self.done >= self.flush_at[0]:
-                while self.flush_at and self.done >= self.flush_at[0]:
-                    self.flush_at.popleft()
-                self.request_flush(None)
+            self._flush_if_due()
             if self.stopping and lane_queue.empty():
                 return
 
     async def taken(self) -> None:
         """Wait until the sink has taken everything queued so far."""
         if self.queue is not None and self.enqueued > self.done:
+            if self.rest is not None:
+                await asyncio.wait((self.rest,))
             await self.queue.join()
 
     # ---------------------------------------------------------------------------------- flushes
@@ -257,7 +302,7 @@ class Lane:
     async def flush_now(self, deadline: Deadline) -> None:
         """Flush once what is queued has been taken, and wait for that flush, all by ``deadline``."""
         if self.queue is not None and self.enqueued > self.done:
-            await until(self.queue.join(), deadline)  # what is queued leaves with this flush
+            await until(self.taken(), deadline)  # what is queued leaves with this flush
         answered = self.request_flush(deadline)
         while self.completed < answered and not deadline.expired():
             await until(self.progress.wait(), deadline)
@@ -279,6 +324,12 @@ class Lane:
                 self._stats["lane_batches_dropped"] += left
                 self._log.warning("sink did not take its queued telemetry before the shutdown deadline",
                                   plugin=state.name, batches=left)
+        rest = self.rest
+        if rest is not None and not rest.done() and not await until(asyncio.shield(rest), drain):
+            rest.cancel()
+            self._stats["lane_batches_dropped"] += 1
+            self._log.warning("sink did not take its queued telemetry before the shutdown deadline",
+                              plugin=state.name, batches=1)
         flusher = self.flusher
         if flusher is not None and not flusher.done() and not await until(asyncio.shield(flusher), drain):
             flusher.cancel()

@@ -117,6 +117,10 @@ class Plugin:
     config_schema: ClassVar[Dict[str, type]] = {}
     #: event classes this plugin receives (``isinstance``); empty means every event
     accepts: ClassVar[EventTypes] = ()
+    #: a sink whose coroutine ``on_invoke`` and ``on_telemetry`` only consume what they are given: they may
+    #: be started in the task that delivers the batch when the sink's lane is idle, saving a task switch;
+    #: such a hook must not enter a timeout scope or set a context variable before its first ``await``
+    inline: ClassVar[bool] = False
 
     def wants(self, event: AnyEvent) -> bool:
         """Whether ``accepts`` lets ``event`` reach this plugin."""

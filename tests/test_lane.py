@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import ClassVar, Optional, Sequence
+
+import pytest
 
 from fgext._events import AnyEvent, FunctionLog, Invoke
 from fgext._lane import estimate_bytes
 from fgext._pipeline import Pipeline
 from fgext._plugin import Plugin
-from tests.test_pipeline import Collect, Log, Stuck, context, log_event, run, started, until
+from tests.test_pipeline import Collect, Log, Stuck, context, log_event, report_event, run, started, until
 
 
 class Gate(Plugin):
@@ -216,3 +219,191 @@ class TestBytes:
         small = estimate_bytes([log_event("x")])
         assert estimate_bytes([log_event("x" * 10_000)]) >= small + 9_999
         assert estimate_bytes([log_event("x"), log_event("y")]) == 2 * small
+
+
+class Inline(Plugin):
+    """A sink declaring ``inline``: records the task each hook ran in; the batch marked ``wait`` suspends
+    until the test opens the gate, one marked ``fail`` raises (``fail-late``: after suspending)."""
+
+    name: ClassVar[str] = "inline"
+    inline: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.gate: Optional[asyncio.Event] = None
+        self.seen: list = []  # type: ignore[type-arg]
+        self.tasks: list = []  # type: ignore[type-arg]
+        self.flushed: list = []  # type: ignore[type-arg]
+
+    async def on_invoke(self, invoke: Invoke) -> None:
+        self.tasks.append(asyncio.current_task())
+        self.seen.append(invoke.request_id)
+
+    async def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+        self.tasks.append(asyncio.current_task())
+        messages = [e.message for e in events if isinstance(e, FunctionLog)]
+        if "fail" in messages:
+            raise RuntimeError("refused")
+        if "wait" in messages or "fail-late" in messages:
+            assert self.gate is not None
+            await self.gate.wait()
+            if "fail-late" in messages:
+                raise RuntimeError("refused late")
+        self.seen.extend(messages or ["report"])
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        self.flushed.append(list(self.seen))
+
+
+class TestInline:
+    def test_an_idle_lanes_inline_hooks_run_in_the_submitting_task(self) -> None:
+        """A sink declaring ``inline`` has on_invoke and on_telemetry called in the submitter's task while its
+        lane is idle; a sink that does not declare it is called in its lane's task."""
+        sink, other = Inline(), Collect()
+        tasks: list = []  # type: ignore[type-arg]
+
+        async def on_telemetry(events: Sequence[AnyEvent]) -> None:
+            tasks.append(asyncio.current_task())
+
+        other.on_telemetry = on_telemetry  # type: ignore[method-assign]
+
+        async def go() -> object:
+            pipeline = await started([sink, other])
+            await pipeline.submit_invoke(Invoke("r1", "", None, 0, {}))
+            await pipeline.submit_telemetry([log_event("a")])
+            await until(lambda: len(tasks) == 1)
+            await pipeline.shutdown(2)
+            return asyncio.current_task()
+
+        me = run(go())
+        assert sink.seen == ["r1", "a"] and sink.tasks == [me, me]
+        assert tasks and tasks[0] is not me
+
+    def test_a_plain_function_hook_declared_inline_still_runs_in_its_thread(self) -> None:
+        """``inline`` applies to coroutine hooks only: a plain-function on_telemetry keeps its own thread."""
+        threads: list = []  # type: ignore[type-arg]
+
+        class Plain(Plugin):
+            name: ClassVar[str] = "plain"
+            inline: ClassVar[bool] = True
+
+            def on_telemetry(self, events: Sequence[AnyEvent]) -> None:
+                threads.append(threading.current_thread())
+
+        async def go() -> None:
+            pipeline = await started([Plain()])
+            await pipeline.submit_telemetry([log_event("a")])
+            await until(lambda: len(threads) == 1)
+            await pipeline.shutdown(2)
+
+        run(go())
+        assert threads[0] is not threading.main_thread()
+
+    def test_a_suspended_inline_hook_goes_on_alone_and_later_batches_keep_their_order(self) -> None:
+        """An inline hook that suspends does not hold the submitter; the lane is busy until it ends: what
+        arrives meanwhile is queued behind it and reaches the sink in order, in the lane's task."""
+        sink = Inline()
+
+        async def go() -> object:
+            sink.gate = asyncio.Event()
+            pipeline = await started([sink])
+            await pipeline.submit_telemetry([log_event("wait")])  # returns: the gate is still shut
+            for text in ("b", "c"):
+                await pipeline.submit_telemetry([log_event(text)])
+            await asyncio.sleep(0.05)
+            assert sink.seen == []
+            sink.gate.set()
+            await until(lambda: len(sink.seen) == 3)
+            await pipeline.submit_telemetry([log_event("d")])  # idle again: inline again
+            await pipeline.shutdown(2)
+            return asyncio.current_task()
+
+        me = run(go())
+        assert sink.seen == ["wait", "b", "c", "d"]
+        assert sink.tasks[0] is me and sink.tasks[-1] is me and me not in sink.tasks[1:3]
+
+    def test_a_flush_after_a_suspended_inline_hook_waits_for_it(self) -> None:
+        """The end-of-invocation flush starts only once the inline hook that took the report has ended."""
+        sink = Inline()
+
+        async def go() -> None:
+            sink.gate = asyncio.Event()
+            pipeline = await started([sink])
+            await pipeline.submit_telemetry([log_event("wait"), report_event()])
+            await asyncio.sleep(0.05)
+            assert sink.flushed == []
+            sink.gate.set()
+            await until(lambda: len(sink.flushed) == 1)
+            await pipeline.flush(2)  # an explicit flush waits for what the lane took
+            await pipeline.shutdown(2)
+
+        run(go())
+        assert sink.flushed[0] == ["wait"]
+
+    def test_inline_failures_are_counted_per_hook_and_disable_the_sink(self) -> None:
+        """An inline hook raising, before or after suspending, is counted like any hook's failure; after
+        ``max_failures`` in a row the sink is disabled, and another sink gets every batch."""
+        sink, other = Inline(), Collect()
+        sink.max_failures = 3  # type: ignore[misc]
+
+        async def go() -> Pipeline:
+            sink.gate = asyncio.Event()
+            sink.gate.set()
+            pipeline = await started([sink, other])
+            for text in ("fail", "fail-late", "fail", "after"):
+                await pipeline.submit_telemetry([log_event(text)])
+                await until(lambda: pipeline.stats["plugin_failures"] >= 1)
+            await until(lambda: len(other.batches) == 4)
+            await pipeline.shutdown(2)
+            return pipeline
+
+        pipeline = run(go())
+        assert pipeline.hook_failures() == {("inline", "on_telemetry"): 3}
+        assert pipeline.disabled_plugins()["inline"] and "after" not in sink.seen
+
+    def test_a_suspended_inline_hook_is_bounded_by_the_hook_timeout(self) -> None:
+        """An inline hook that suspends past the hook timeout counts as a failure, and the lane moves on."""
+        sink = Inline()
+
+        async def go() -> Pipeline:
+            sink.gate = asyncio.Event()
+            pipeline = await started([sink], hook_timeout=0.2)
+            await pipeline.submit_telemetry([log_event("wait")])
+            await pipeline.submit_telemetry([log_event("b")])
+            await until(lambda: sink.seen == ["b"])
+            await pipeline.shutdown(2)
+            return pipeline
+
+        assert run(go()).hook_failures() == {("inline", "on_telemetry"): 1}
+
+    @pytest.mark.parametrize("text", ["fail", "fail-late"])
+    def test_strict_mode_stops_on_an_inline_failure(self, text: str) -> None:
+        """With ``strict``, an inline hook's failure (before or after suspending) stops the pipeline."""
+        sink = Inline()
+        stopped: list = []  # type: ignore[type-arg]
+
+        async def go() -> Pipeline:
+            sink.gate = asyncio.Event()
+            sink.gate.set()
+            pipeline = await started([sink], strict=True)
+            pipeline.on_fatal = stopped.append
+            await pipeline.submit_telemetry([log_event(text)])
+            await until(lambda: bool(stopped))
+            await pipeline.shutdown(2)
+            return pipeline
+
+        pipeline = run(go())
+        assert pipeline.failure is not None and pipeline.failure.hook == "on_telemetry"
+
+    def test_a_stuck_inline_hook_is_cancelled_at_the_shutdown_deadline(self) -> None:
+        """An inline hook still suspended when the shutdown's drain time ends is cancelled and counted."""
+        sink = Inline()
+
+        async def go() -> Pipeline:
+            sink.gate = asyncio.Event()
+            pipeline = await started([sink])
+            await pipeline.submit_telemetry([log_event("wait")])
+            await pipeline.shutdown(0.8)
+            return pipeline
+
+        pipeline = run(go())
+        assert pipeline.stats["lane_batches_dropped"] == 1 and sink.seen == []

@@ -357,6 +357,26 @@ def test_on_telemetry_only_consumes_and_flush_exports(tap: OtelTap, tmp_path: Pa
     asyncio.run(scenario())
 
 
+def test_declared_inline_its_invoke_and_telemetry_hooks_end_without_suspending(tap: OtelTap,
+                                                                               tmp_path: Path) -> None:
+    """The sink declares ``inline``, and with the collector keeping up its on_invoke and on_telemetry end at
+    their first step (so the pipeline runs them in the listener's task, with no task of their own)."""
+    assert OtlpPlugin.inline
+
+    async def scenario() -> None:
+        plugin = await started(environ(tap.port, tmp_path))
+        objects = invocation(INVOKE_ID, 0, logs=2)
+        invoke = parse_invoke({"traceId": INVOKE_ID, "invokedFunctionUrn": URN}, 0)
+        for coro in (plugin.on_invoke(invoke), plugin.on_telemetry(parsed(objects))):
+            with pytest.raises(StopIteration):
+                coro.send(None)
+        await plugin.flush(3)
+        await tap.wait("spans", lambda s: len(s) >= 2, timeout=5)
+        await plugin.shutdown(3)
+
+    asyncio.run(scenario())
+
+
 def test_pending_bytes_budget_is_the_one_early_export(tap: OtelTap, tmp_path: Path) -> None:
     """Pending data reaching FGEXT_OTLP_MAX_PENDING_BYTES is exported without a flush (and counted), so a
     long invocation printing without end keeps memory bounded."""

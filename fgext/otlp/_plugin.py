@@ -61,6 +61,9 @@ class OtlpPlugin(Plugin):
 
     name: ClassVar[str] = "otlp"
     role: ClassVar[str] = "sink"
+    # on_invoke and on_telemetry only consume (on_telemetry's one wait, for a backlogged collector, enters
+    # no timeout scope): called in the listener's task when the lane is idle.
+    inline: ClassVar[bool] = True
     #: ``FGEXT_OTLP_<KEY>`` or ``plugins.otlp.<key>`` in the config file. ``close_margin_ms``: how long past
     #: the function timeout an unfinished request waits before it is closed as incomplete; the byte bounds
     #: of one request, of pending data and of one log line; how often the metrics leave (``docs/otlp.md``)
