@@ -264,6 +264,8 @@ class Shipper:
             self._queue_bytes -= request.size
 
     def _bound_memory(self) -> None:
+        if self._queue_bytes <= self._max_queue_bytes:  # the usual case: no copy of the queue to walk
+            return
         for request in list(self._queue):
             if self._queue_bytes <= self._max_queue_bytes:
                 break
