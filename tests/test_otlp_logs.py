@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import LogsData
 
-from fgext.otlp._logs import truncate_utf8
+from fgext.otlp._logs import encode_logs, truncate_utf8
 from fgext.otlp._requests import encode_trace_requests
 from tests.otlp_helpers import (
     attrs,
@@ -37,6 +38,29 @@ class TestLogs:
         assert attrs(first) == {"fgext.log.source": "function"}
         assert second.severity_number == 0 and attrs(second) == {"fgext.log.source": "extension"}
         assert first.trace_id == b"" and first.span_id == b""
+
+    def test_shared_parts_follow_each_line_in_mixed_runs(self) -> None:
+        """Lines alternating source, level and phase each get their own severity, source and correlation:
+        the shared parts merged per run of alike lines never leak into a neighbour."""
+        link_a = (b"\x01" * 16, b"\x02" * 8, "request-a", 1)
+        link_b = (b"\x03" * 16, b"\x04" * 8, "request-b", 0)
+        plan = [("function", "ERROR a", link_a), ("extension", "INFO b", link_a), ("function", "ERROR c", link_a),
+                ("function", "ERROR d", link_b), ("function", "plain e", None), ("function", "ERROR f", link_a)]
+        lines = [(ns(i), ns(100), source, body, None, 0) for i, (source, body, _) in enumerate(plan)]
+        container = LogsData().resource_logs.add().scope_logs.add().log_records
+        encode_logs(container, lines, [link for _, _, link in plan])
+        for i, ((source, body, link), record) in enumerate(zip(plan, container)):
+            assert record.body.string_value == body and record.time_unix_nano == ns(i)
+            assert record.observed_time_unix_nano == ns(100)
+            word = body.split()[0]
+            assert record.severity_text == (word if word.isupper() else "")
+            assert attrs(record)["fgext.log.source"] == source
+            if link is None:
+                assert (record.trace_id, record.span_id, record.flags) == (b"", b"", 0)
+                assert "faas.invocation_id" not in attrs(record)
+            else:
+                assert (record.trace_id, record.span_id, record.flags) == (link[0], link[1], link[3])
+                assert attrs(record)["faas.invocation_id"] == link[2]
 
     def test_severity_words(self) -> None:
         """Each level word maps to the OTel severity number; lower-case words inside text do not."""

@@ -437,6 +437,40 @@ class TestWaitAwake:
 
         assert asyncio.run(go()) == (True, True, ["beside"])
 
+    def test_a_task_resolving_woke_ends_the_wait_before_its_done_callbacks(self) -> None:
+        """With ``woke``, the wait ends as the task resolves it, ahead of the task's done callbacks; without,
+        only through them, a loop turn later."""
+
+        async def go(use_woke: bool) -> Tuple[bool, List[str]]:
+            order: List[str] = []
+            woke: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            async def work() -> None:
+                await asyncio.sleep(0)
+                woke.set_result(None)
+
+            task = asyncio.ensure_future(work())
+            task.add_done_callback(lambda _: order.append("done callback"))
+            ended = await wait_awake(task, 30.0, woke=woke if use_woke else None)
+            order.append("wait over")
+            await asyncio.sleep(0)
+            return ended, order
+
+        assert asyncio.run(go(True)) == (True, ["wait over", "done callback"])
+        assert asyncio.run(go(False)) == (True, ["done callback", "wait over"])
+
+    def test_a_task_that_never_resolves_woke_still_ends_the_wait(self) -> None:
+        """A task cancelled before it ran (so it never resolved ``woke``) ends the wait through its done
+        callbacks, not at the timeout."""
+
+        async def go() -> bool:
+            woke: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(asyncio.sleep(60))
+            task.cancel()
+            return await asyncio.wait_for(wait_awake(task, 60.0, woke=woke), 10.0)
+
+        assert asyncio.run(go()) is True
+
     def test_awake_time_runs_out(self) -> None:
         """Without a freeze, the wait ends after ``timeout`` and reports the task unfinished."""
 

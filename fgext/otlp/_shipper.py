@@ -161,7 +161,8 @@ class Shipper:
         """
         if isinstance(timeout, Deadline):
             timeout = timeout.timeout()
-        pump = asyncio.ensure_future(self._pump(force=True))
+        woke = asyncio.get_running_loop().create_future()
+        pump = asyncio.ensure_future(self._flush_pump(woke))
         self._flushes.add(pump)
         pump.add_done_callback(self._flush_done)
         try:
@@ -169,7 +170,7 @@ class Shipper:
                 await asyncio.wait({pump})
                 finished = True
             else:
-                finished = await wait_awake(pump, timeout, kept=self._flush_timer)
+                finished = await wait_awake(pump, timeout, kept=self._flush_timer, woke=woke)
         except asyncio.CancelledError:
             self.spill()  # the caller's own deadline hit: keep the data on disk, then let go
             raise
@@ -177,6 +178,15 @@ class Shipper:
         if not done:
             self.spill()
         return done
+
+    async def _flush_pump(self, woke: asyncio.Future[None]) -> bool:
+        """A flush's send; its end wakes the waiting flush at once, not a loop turn later through the
+        task's done callbacks."""
+        try:
+            return await self._pump(force=True)
+        finally:
+            if not woke.done():
+                woke.set_result(None)
 
     def _flush_done(self, pump: asyncio.Task[bool]) -> None:
         self._flushes.discard(pump)
@@ -254,6 +264,8 @@ class Shipper:
             self._queue_bytes -= request.size
 
     def _bound_memory(self) -> None:
+        if self._queue_bytes <= self._max_queue_bytes:  # the usual case: no copy of the queue to walk
+            return
         for request in list(self._queue):
             if self._queue_bytes <= self._max_queue_bytes:
                 break
@@ -281,7 +293,10 @@ class Shipper:
     def _forget(self, request: _Request) -> None:
         """The request is done with (acknowledged, refused for good or dropped): out of queue and spool."""
         with contextlib.suppress(ValueError):
-            self._queue.remove(request)
+            if self._queue and self._queue[0] is request:  # the usual case: acknowledged in order
+                self._queue.popleft()
+            else:
+                self._queue.remove(request)
             if request.data is not None:
                 self._queue_bytes -= request.size
         request.data = None
@@ -335,7 +350,7 @@ class Shipper:
                     self._drained.set()
 
     async def _pump_locked(self, force: bool) -> bool:
-        sent_before = self.sent_requests
+        sent_before = self.sent_requests if self._down else 0  # only asked when the collector was down
         now = self._monotonic()
         if now < self._not_before or (self._down and not force and now < self._next_attempt):
             self.spill()
@@ -359,7 +374,8 @@ class Shipper:
             if outcome.ok:
                 signal = request.signal
                 self.sent_bytes[signal] = self.sent_bytes.get(signal, 0) + len(body)
-                self.sent_items[signal] = self.sent_items.get(signal, 0) + sum(r.items for r in batch)
+                items = batch[0].items if len(batch) == 1 else sum(r.items for r in batch)
+                self.sent_items[signal] = self.sent_items.get(signal, 0) + items
             if not self._handle(outcome, batch):
                 return False
         if self._down:
@@ -382,6 +398,8 @@ class Shipper:
         leave together, with no re-encoding and nothing asked of the plugin.
         """
         batch, parts, size = [first], [data], len(data)
+        if len(self._queue) == 1:  # the usual flush: nothing queued behind it
+            return batch, parts
         for request in list(self._queue)[1:]:
             if len(batch) >= _COALESCE_REQUESTS or size >= self._max_request_bytes:
                 break
@@ -398,7 +416,6 @@ class Shipper:
     def _handle(self, outcome: Outcome, batch: List[_Request]) -> bool:
         """Account for one send; return False when the collector is down (stop sending for now)."""
         signal = batch[0].signal
-        items = sum(request.items for request in batch)
         if outcome.ok:
             self._count(signal, "success")
             for request in batch:
@@ -409,6 +426,7 @@ class Shipper:
                 self._on_drop(signal, "rejected", outcome.rejected_items)
             return True
         self._count(signal, "retry" if outcome.retryable else "rejected")
+        items = sum(request.items for request in batch)
         if not outcome.retryable:
             self._log.warning("otlp collector rejected a request for good; dropped", signal=signal,
                               items=items, detail=outcome.detail)

@@ -182,17 +182,22 @@ class KeptTimer:
 
 
 async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[], float] = time.monotonic,
-                     slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S, kept: Optional[KeptTimer] = None) -> bool:
+                     slice_s: float = _SLICE_S, gap_s: float = _FROZEN_GAP_S, kept: Optional[KeptTimer] = None,
+                     woke: Optional[asyncio.Future[None]] = None) -> bool:
     """Wait for ``task`` at most ``timeout`` seconds of time this process was running; True if it ended.
-    ``kept``: the caller's timer for its waits (then with the default clock, slice and gap)."""
+    ``kept``: the caller's timer for its waits (then with the default clock, slice and gap). ``woke``: a
+    future the task resolves itself as its last act: the wait ends a loop turn sooner than through the
+    task's done callbacks, which are still what ends it should the task end otherwise (cancelled first)."""
     future = asyncio.ensure_future(task)
     if future.done():
         return True
-    woke: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if woke is None:
+        woke = asyncio.get_running_loop().create_future()
+    waiter = woke
 
     def wake(_: Any = None) -> None:
-        if not woke.done():
-            woke.set_result(None)
+        if not waiter.done():
+            waiter.set_result(None)
 
     if kept is not None:
         timer = kept.start(timeout, wake)
@@ -200,7 +205,7 @@ async def wait_awake(task: Awaitable[Any], timeout: float, *, clock: Callable[[]
         timer = AwakeTimer(timeout, wake, clock=clock, slice_s=slice_s, gap_s=gap_s)
     future.add_done_callback(wake)
     try:
-        await woke
+        await waiter
     finally:
         if kept is not None:
             kept.stop(timer)
