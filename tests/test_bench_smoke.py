@@ -7,9 +7,11 @@ The zip section builds the default Python3.9 zip once per source tree (pip, cach
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -133,3 +135,16 @@ def test_packaged_run_starts_the_agents_from_the_unpacked_zip(tmp_path: Path) ->
     assert not launcher.exists()  # the unpacked copy went with the run
     (sections,) = result["runs"].values()
     assert EXPECTED["memory"] <= set(sections["memory"])
+
+
+@pytest.mark.parametrize("script,args", [
+    ("hook_call.py", ["--calls", "20", "--rounds", "1"]),
+    ("inline_hooks.py", ["--invocations", "20", "--rounds", "1"]),
+    ("http_client.py", ["--posts", "20", "--rounds", "1"]),
+])
+def test_micro_benchmarks_run(script: str, args: List[str]) -> None:
+    """The micro-benchmarks bench/RESULTS.md quotes still run with tiny counts and print their figures."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"\bus\b", done.stdout), done.stdout  # figures in microseconds
