@@ -54,6 +54,11 @@ def _as_deadline(timeout: Union[Deadline, float, None], default: float) -> Deadl
     return Deadline.after(default if timeout is None else timeout)
 
 
+def _as_list(events: Sequence[AnyEvent]) -> List[AnyEvent]:
+    """With no processors a batch goes on as it came (the chain would copy it to give it back)."""
+    return events if events.__class__ is list else list(events)
+
+
 class Pipeline:
     """Runs plugins over invokes and telemetry; owns their lifecycle (start, flush, shutdown) and when they flush."""
 
@@ -271,7 +276,7 @@ class Pipeline:
         self._raise_failure()
 
     async def _dispatch_invoke(self, invoke: Invoke) -> None:
-        self.stats["invokes"] += 1
+        self._count_dispatch("invoke", invoke)
         if self._processors:
             await gather_all(self._hooks.call(lane.state, "on_invoke", invoke) for lane in self._processors
                              if lane.invokes and not lane.state.disabled)
@@ -280,19 +285,21 @@ class Pipeline:
                 await lane.offer(item, events, share)
 
     async def _dispatch_telemetry(self, events: Sequence[AnyEvent], size: Optional[int] = None) -> List[AnyEvent]:
-        self.stats["batches"] += 1
-        self.stats["events"] += len(events)
-        # With no processors the batch goes on as it came (the chain would copy it to give it back).
-        survivors: List[AnyEvent]
-        if self._processors:
-            survivors = await self._chain.run(self._processors, list(events))
-        else:
-            survivors = events if events.__class__ is list else list(events)
+        self._count_dispatch("telemetry", events)
+        survivors = await self._chain.run(self._processors, list(events)) if self._processors else _as_list(events)
         for lane, item, count, share in self._telemetry_offers(events, survivors, size):
             if not lane.offer_now(item, share):
                 await lane.offer(item, count, share)
         self._batch_done(events)
         return survivors
+
+    def _count_dispatch(self, kind: str, payload: Any) -> None:
+        """The dispatch counters, by the dispatcher or by :meth:`_dispatch_now` alike."""
+        if kind == "invoke":
+            self.stats["invokes"] += 1
+        else:
+            self.stats["batches"] += 1
+            self.stats["events"] += len(payload)
 
     def _invoke_offers(self, invoke: Invoke) -> List[Tuple[Lane, Tuple[str, Any], int, int]]:
         return [(lane, ("on_invoke", invoke), 0, 0) for lane in self._sinks
@@ -329,18 +336,11 @@ class Pipeline:
         if self._processors or self._busy or not self._started or self._closing or self.failure is not None \
                 or not self._queue.empty():
             return False
-        if kind == "invoke":
-            offers = self._invoke_offers(payload)
-        else:
-            survivors = payload if payload.__class__ is list else list(payload)
-            offers = self._telemetry_offers(payload, survivors, size)
+        offers = (self._invoke_offers(payload) if kind == "invoke"
+                  else self._telemetry_offers(payload, _as_list(payload), size))
         if not all(lane.has_room(share) for lane, _, _, share in offers):
             return False
-        if kind == "invoke":
-            self.stats["invokes"] += 1
-        else:
-            self.stats["batches"] += 1
-            self.stats["events"] += len(payload)
+        self._count_dispatch(kind, payload)
         for lane, item, _, share in offers:
             lane.offer_now(item, share)
         if kind != "invoke":
