@@ -110,7 +110,7 @@ def sampling_value(trace_id: Union[bytes, int]) -> int:
 class HeadSampler:
     """The head decision configured by ``OTEL_TRACES_SAMPLER``/``_ARG``: :meth:`sampled` of a trace ID."""
 
-    __slots__ = ("bound", "name", "ratio")
+    __slots__ = ("bound", "keeps_all", "name", "ratio")
 
     def __init__(self, name: str = DEFAULT_SAMPLER, ratio: Optional[float] = None) -> None:
         if name not in SAMPLERS:
@@ -126,6 +126,8 @@ class HeadSampler:
         self.name = name
         self.ratio = float(ratio)
         self.bound = ratio_bound(self.ratio)
+        #: every trace is sampled (no sampling value reaches the bound): asking per trace would decide nothing
+        self.keeps_all = self.bound > _LOWER_64
 
     @classmethod
     def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> HeadSampler:

@@ -72,6 +72,15 @@ class TestHeadSampler:
         assert not HeadSampler("traceidratio", 0.0).sampled(trace_id)
         assert HeadSampler("traceidratio", 1.0).sampled(trace_id)
 
+    @given(trace_ids)
+    def test_keeps_all_only_when_every_trace_is_sampled(self, trace_id: int) -> None:
+        """keeps_all says the sampler samples every trace: always_on, parent-based or not, and a ratio of 1;
+        never a ratio just below 1 or always_off (the assembler then does not ask per trace)."""
+        for sampler in (HeadSampler("always_on"), HeadSampler(), HeadSampler("traceidratio", 1.0)):
+            assert sampler.keeps_all and sampler.sampled(trace_id)
+        for sampler in (HeadSampler("traceidratio", 1 - 2**-53), HeadSampler("always_off")):
+            assert not sampler.keeps_all
+
     @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.9])
     @pytest.mark.parametrize("make_ids", [uuid4_request_ids, uuid1_request_ids])
     def test_the_kept_share_of_uuid_request_ids_is_the_ratio(self, ratio: float,

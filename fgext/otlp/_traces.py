@@ -52,8 +52,6 @@ from fgext.otlp._written import WrittenTraces
 
 __all__ = ["Assembler"]
 
-_MAX_SAMPLING_VALUE = 2**64 - 1  # fgext._sampling.sampling_value: 8 bytes, unsigned
-
 #: The default bound of one log line's body (``FGEXT_OTLP_MAX_LOG_BYTES``).
 DEFAULT_MAX_LOG_BYTES = 256 * 1024
 
@@ -203,7 +201,7 @@ class Assembler:
         # Sampling (fgext._sampling): the head decision by trace ID, the tail rule when a trace closes.
         # A head decision that keeps every trace (always_on, the default) is not asked trace by trace: a
         # sampling value never reaches its bound, and computing one is a SHA-256 per request.
-        self._head = head if head is not None and head.bound <= _MAX_SAMPLING_VALUE else None
+        self._head = None if head is None or head.keeps_all else head
         self._tail = tail or TailRule()
         #: traces (and their spans) that neither the head decision nor the tail rule kept: not exported
         self.unsampled_traces = 0
