@@ -84,12 +84,10 @@ _METRIC_KEYS = {
     "memorysize": "memory_size_mb",
     "podname": "pod_name",
 }
-# The spellings the platform document uses, looked up as they come (no normalising for them).
-_METRIC_SPELLINGS = {
-    "durationMs": "duration_ms", "durationMS": "duration_ms", "billingDurationMS": "billing_duration_ms",
-    "billingDurationMs": "billing_duration_ms", "memoryUsed": "memory_used_mb", "memorySize": "memory_size_mb",
-    "podName": "pod_name",
-}
+# The spellings the platform document uses, looked up as they come (no normalising for them); what each
+# means is _METRIC_KEYS' answer.
+_METRIC_SPELLINGS = {spelling: _METRIC_KEYS[spelling.lower()] for spelling in (
+    "durationMs", "durationMS", "billingDurationMS", "billingDurationMs", "memoryUsed", "memorySize", "podName")}
 
 
 def _text(value: Any) -> Optional[str]:
