@@ -7,8 +7,6 @@ the harness's own interpreter, so one 3.11 harness measures a 3.9 agent.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -19,7 +17,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from tests.ports import port_free, port_range_lock  # noqa: F401 (port_range_lock: for the bench sections)
 
 ROOT = Path(__file__).resolve().parent.parent
 # FGEXT_BENCH_LAUNCHER runs another checkout's agent under this harness: "same bench, before and after"
@@ -36,6 +36,8 @@ def launcher() -> Path:
 
 def use_launcher(path: Path) -> None:
     _launcher[0] = path.resolve()
+
+
 AGENT_PORT = 8090  # the platform fixes extension ports to 8081-8090; held under the tests' lock
 
 
@@ -43,17 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def port_range_lock() -> Iterator[None]:
-    """The machine-wide lock the tests hold on 127.0.0.1:8081-8090 (see tests/conftest.py)."""
-    with open(os.environ.get("FGEXT_TEST_LOCK", "/tmp/fgext-test-ports.lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
@@ -189,6 +180,10 @@ def agent_env(python: str, platform_addr: str, plugins: str, extra: Optional[Dic
     return env
 
 
+class PortTaken(RuntimeError):
+    """The port the bench gives its agent is held by other software."""
+
+
 class AgentUnderTest:
     """The agent started by its launcher (``exec`` keeps the PID), ready to take POSTs on AGENT_PORT."""
 
@@ -196,6 +191,8 @@ class AgentUnderTest:
 
     def __init__(self, python: str, platform_addr: str, plugins: str, extra: Optional[Dict[str, str]] = None,
                  launcher: Optional[Path] = None) -> None:
+        if not port_free(self.port):  # whoever answered there would be measured instead of our agent
+            raise PortTaken(f"127.0.0.1:{self.port} is taken by other software: the bench's agent listens there")
         self.tmp = tempfile.TemporaryDirectory(prefix="fgext-bench-")
         env = agent_env(python, platform_addr, plugins,
                         {"FGEXT_SPOOL_DIR": str(Path(self.tmp.name) / "spool"), **(extra or {})})

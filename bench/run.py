@@ -60,6 +60,7 @@ from bench._agents import (
     AgentUnderTest,
     FloorServer,
     PeerServer,
+    PortTaken,
     Sink,
     cpu_seconds,
     dumps,
@@ -659,7 +660,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with contextlib.ExitStack() as stack:
         if args.packaged:
             use_launcher(stack.enter_context(_unpacked_zip(pythons[0])) / "extension" / "extensionFgext.sh")
-        return _run(args, argv, only, pythons, checkpoints)
+        try:
+            return _run(args, argv, only, pythons, checkpoints)
+        except PortTaken as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return 2
 
 
 @contextlib.contextmanager

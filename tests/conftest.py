@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import pytest
+
+from tests.ports import EXTENSION_PORTS, port_free
+from tests.ports import port_range_lock as range_lock
 
 if TYPE_CHECKING:
     from tests.agentproc import AgentProcess
@@ -19,18 +20,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "extension" / "extensionFgext.sh"
-EXTENSION_PORTS = range(8081, 8091)  # the platform's fixed range for extension listeners
-
-
-def port_free(port: int) -> bool:
-    """Whether 127.0.0.1:``port`` can be bound now (as the agent binds: SO_REUSEADDR, so TIME_WAIT is free)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_extension_ports(count: int = 1) -> List[int]:
@@ -67,13 +56,8 @@ def port_range_lock() -> Iterator[None]:
     The platform fixes extension ports to that range, so two test runs on one machine (or two test
     processes) would take each other's ports; every test that binds in the range holds this lock.
     """
-    path = Path(os.environ.get("FGEXT_TEST_LOCK", "/tmp/fgext-test-ports.lock"))
-    with path.open("a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with range_lock():
+        yield
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,25 @@ def test_micro_benchmarks_run(script: str, args: List[str]) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"\bus\b", done.stdout), done.stdout  # figures in microseconds
+
+
+def test_a_taken_agent_port_is_one_line_and_exit_2() -> None:
+    """When other software listens on the port the bench gives its agent, the run stops with one line naming
+    the port and exit 2, rather than measuring whoever answers there."""
+    from bench._agents import AGENT_PORT
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            holder.bind(("127.0.0.1", AGENT_PORT))
+        except OSError:
+            pytest.skip(f"127.0.0.1:{AGENT_PORT} is taken already: this test needs to hold it itself")
+        holder.listen()
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--only", "cpu",
+                               "--python", sys.executable], cwd=str(ROOT), capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        holder.close()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"127.0.0.1:{AGENT_PORT} is taken by other software" in done.stderr
+    assert "Traceback" not in done.stderr
