@@ -6,6 +6,7 @@ cache lives under /tmp so reruns are fast; the first run downloads about 5 MB pe
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import json
@@ -92,7 +93,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     package = folder / "acme_plugins"
     package.mkdir()
     (package / "__init__.py").write_text('"""A plugin package."""\nVALUE = 42\n')
-    (package / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    (package / "helpers.py").write_text("def double(x: int) -> int:\n    return 2 * x\n")
     (package / "notes.txt~").write_text("an editor backup that must not ship\n")
     marker = folder / "marker.txt"
     (folder / "fgext.json").write_text(json.dumps({"plugins": {"marker": {"path": str(marker)}}}))
@@ -476,6 +477,51 @@ class TestBytecode:
         assert seen["kept"] == repr(("The module's docstring.", "Nothing but a docstring.", "Doubles x.", 4,
                                      "x must be positive"))
 
+    ANNOTATED = (
+        "from __future__ import annotations\n"
+        "import dataclasses\n"
+        "LIMIT: int = 3\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class Point:\n    x: int\n    y: int = 0\n"
+        "    def moved(self, dx: int, *rest: int, by: float = 1.0, **more: str) -> Point:\n"
+        "        return Point(self.x + dx, self.y)\n"
+        "async def fetch(url: str) -> bytes:\n    return b''\n"
+        "def run(a: int, /, b: str) -> None:\n    pass\n"
+    )
+    REPORT = ("import sys; sys.path.insert(0, sys.argv[1]); import sample, dataclasses\n"
+              "print(repr((sample.Point.moved.__annotations__, sample.fetch.__annotations__,"
+              " sample.run.__annotations__, sample.Point.__annotations__, sample.__annotations__,"
+              " [f.name for f in dataclasses.fields(sample.Point)], str(sample.Point(1).moved(2)))))")
+
+    def test_listed_files_lose_function_annotations_not_class_ones(self, tmp_path: Path) -> None:
+        """A file listed in ``bare`` of a stripped root loses its functions' parameter and return annotations and
+        keeps its class and module variable annotations (a dataclass still has its fields); a file not listed,
+        or listed under an unstripped root, keeps them all."""
+        from fgext.packager._compile import compile_tree
+
+        roots = {name: tmp_path / name for name in ("bare", "listed_unstripped", "unlisted")}
+        for folder in roots.values():
+            folder.mkdir()
+            (folder / "sample.py").write_text(self.ANNOTATED)
+        (roots["unlisted"] / "other.py").write_text("")
+        result = compile_tree(sys.executable, [(roots["bare"], "lib", True), (roots["listed_unstripped"], "plugins",
+                                                                              False)], bare={"sample.py"})
+        assert result["compiled"] == 2 and result["failed"] == []
+        assert compile_tree(sys.executable, [(roots["unlisted"], "lib", True)], bare={"other.py"})["compiled"] == 2
+        seen = {}
+        for name, folder in roots.items():
+            (folder / "sample.py").write_text("raise RuntimeError('the source was compiled')\n")
+            done = subprocess.run([sys.executable, "-B", "-c", self.REPORT, str(folder)], capture_output=True,
+                                  text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+            seen[name] = done.stdout.strip()
+        fields = ({"x": "int", "y": "int"}, {"LIMIT": "int"}, ["x", "y"], "Point(x=3, y=0)")
+        assert ast.literal_eval(seen["bare"]) == ({}, {}, {}, *fields)
+        annotated = ({"dx": "int", "rest": "int", "by": "float", "more": "str", "return": "Point"},
+                     {"url": "str", "return": "bytes"}, {"a": "int", "b": "str", "return": "None"})
+        for name in ("listed_unstripped", "unlisted"):
+            assert ast.literal_eval(seen[name]) == (*annotated, *fields), name
+
     def test_relative_interpreter_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """--python given relative to the current folder compiles too (the compiler runs in another folder)."""
         from fgext.packager._compile import compile_tree
@@ -500,6 +546,56 @@ class TestBytecode:
                               check=False, env={"PATH": "/usr/bin:/bin"})
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == repr((None, None, "A plugin package."))
+
+
+    @needs_py39
+    def test_zip_agent_functions_without_annotations_plugins_with(self, zip39: Built, tmp_path: Path) -> None:
+        """In the zip, the functions of fgext and of aiohttp have no annotations while fgext's events keep their
+        dataclass fields; a fgext-plugins function keeps its annotations."""
+        assert PY39 is not None
+        extension = unpack(zip39, tmp_path)
+        code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+                "import dataclasses, fgext._agent, fgext._events, aiohttp.web, acme_plugins.helpers\n"
+                "print(repr((fgext._agent.serve.__annotations__, aiohttp.web.run_app.__annotations__,"
+                " [f.name for f in dataclasses.fields(fgext._events.Start)],"
+                " acme_plugins.helpers.double.__annotations__)))")
+        done = subprocess.run([PY39, "-S", "-E", "-B", "-c", code, str(extension / "fgext-lib"),
+                               str(extension / "fgext-plugins")], capture_output=True, text=True, timeout=60,
+                              check=False, env={"PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+        fields = ["name", "start_ns", "raw", "request_id"]
+        assert done.stdout.strip() == repr(({}, {}, fields, {"x": int, "return": int}))
+
+
+def test_agent_sources_are_the_agent_runtimes_closure(tmp_path: Path) -> None:
+    """The files whose annotations go are fgext's and those of AGENT_RUNTIME's distributions and their
+    requirements for the target (markers evaluated for it, extras not followed); a --requirement's own
+    distribution and fgext's own requirements are not among them, nor are files that are not Python."""
+    from fgext.packager._build import _agent_sources
+
+    requires = {
+        "aiohttp-3.13.5": ["multidict<7,>=4.5", "async-timeout<6,>=4; python_version < '3.11'",
+                           "brotli; extra == 'speedups'"],
+        "multidict-6.7.1": ["typing-extensions>=4.1; python_version < '3.11'"],
+        "structlog-25.5.0": [], "opentelemetry_proto-1.41.1": ["protobuf<7,>=5"], "protobuf-6.33.6": [],
+        "async_timeout-5.0.1": [], "typing_extensions-4.16.0": [], "Brotli-1.1": [],
+        "fgext-0.1.0": ["opentelemetry-sdk>=1.41"], "opentelemetry_sdk-1.41.1": [],
+        "six-1.17.0": ["typing-extensions"],
+    }
+    installed: Dict[str, str] = {}
+    for dist, lines in requires.items():
+        info = tmp_path / f"{dist}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\n" + "".join(f"Requires-Dist: {line}\n"
+                                                                             for line in lines))
+        name, _, version = dist.partition("-")
+        installed[f"{name.lower()}/__init__.py"] = f"{name} {version}"
+        installed[f"{name.lower()}/data.json"] = f"{name} {version}"
+    got = {path.split("/")[0] for path in _agent_sources(tmp_path, installed, RUNTIMES["Python3.9"], "x86_64", False)}
+    assert got == {"aiohttp", "multidict", "structlog", "opentelemetry_proto", "protobuf", "async_timeout",
+                   "typing_extensions", "fgext"}
+    assert all(path.endswith(".py") for path in _agent_sources(tmp_path, installed, RUNTIMES["Python3.9"],
+                                                                "x86_64", False))
 
 
 class TestCommandLine:

@@ -256,6 +256,39 @@ def _agent_roots(requires: Sequence[str], runtime: Runtime, arch: str, with_grpc
     return [roots.get(name, name) for name in wanted if name in roots or name not in not_for_target]
 
 
+def _agent_sources(lib: Path, installed: Dict[str, str], runtime: Runtime, arch: str,
+                   with_grpc: bool) -> Set[str]:
+    """The ``.py`` files (relative to ``lib``) of fgext and of the distributions the agent's runtime pulls in:
+    AGENT_RUNTIME's and their requirements for the target, read from the installed ``METADATA``. A
+    ``--requirement`` distribution is not among them unless the agent needs it too."""
+    import email.parser
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    environment = {**marker_environment(runtime, arch), "extra": ""}
+    requires: Dict[str, List[str]] = {}
+    for metadata in lib.glob("*.dist-info/METADATA"):
+        with metadata.open("rb") as handle:
+            headers = email.parser.BytesHeaderParser().parse(handle)
+        requires[_canonical(metadata.parent.name.partition("-")[0])] = headers.get_all("Requires-Dist") or []
+    agent = {"fgext"}  # fgext's own requirements are its developers' (the SDK...): not followed
+    pending = [_canonical(name) for name in (*AGENT_RUNTIME, *(AGENT_GRPC if with_grpc else ()))]
+    while pending:
+        name = pending.pop()
+        if name in agent or name not in requires:
+            continue
+        agent.add(name)
+        for text in requires[name]:
+            try:
+                requirement = Requirement(text)
+            except InvalidRequirement:
+                continue
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                pending.append(_canonical(requirement.name))
+    return {path for path, owner in installed.items()
+            if path.endswith(".py") and _canonical(owner.partition(" ")[0]) in agent}
+
+
 def _wheel_requires(wheel: Path) -> List[str]:
     """The Requires-Dist lines of a wheel's METADATA."""
     import email.parser
@@ -462,7 +495,8 @@ def build(options: BuildOptions) -> BuildResult:
             roots_to_compile = [(lib, "extension/fgext-lib", True)]
             if plugins_dir.is_dir():
                 roots_to_compile.append((plugins_dir, "extension/fgext-plugins", False))
-            compiled = compile_tree(python, roots_to_compile)
+            compiled = compile_tree(python, roots_to_compile,
+                                    bare=_agent_sources(lib, installed, runtime, options.arch, options.with_grpc))
             bytecode = {"compiled": compiled["compiled"], "python": python, "tag": compiled["tag"],
                         "invalidation": "unchecked-hash", "failed": compiled["failed"]}
             failed: List[str] = compiled["failed"]  # type: ignore[assignment]
