@@ -81,17 +81,20 @@ def plain_head(head: bytes, max_body: int) -> Optional[Tuple[bool, int]]:
     if len(fields) > _FIELDS_MAX:
         return None
     length: Optional[int] = None
+    hosts = 0
     for name, value in fields:
         name = name.lower()
         if name == b"content-length":
             if length is not None or not value.isdigit() or len(value) > 12:
                 return None
             length = int(value)
+        elif name == b"host":
+            hosts += 1  # HTTP/1.1 requires one; aiohttp refuses a request without
         elif name in _FORBIDDEN:
             wanted = _FORBIDDEN[name]
             if wanted is None or value.lower() != wanted:
                 return None
-    if length is None or length > max_body:
+    if length is None or length > max_body or hosts != 1:
         return None
     return invoke, length
 
@@ -146,6 +149,8 @@ class _Guarded(asyncio.Protocol):
         self._invoke = False  # the request read is an invoke (else telemetry)
         self._pending: Optional[asyncio.Future[None]] = None  # the submission the answer waits for
         self.answered_at: Optional[float] = None  # the last fast-path answer (the idle limit counts from it)
+        self._made = False  # aiohttp's protocol has the connection (from the first request it serves)
+        self._stopping = False  # the listener is stopping: close once the request in flight is answered
 
     # asyncio.Protocol, forwarded to aiohttp
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,8 +160,10 @@ class _Guarded(asyncio.Protocol):
         if not self.head_seen:
             self._deadline = loop.call_later(self._head_timeout, self._header_timeout)
         self.guard.opened(self)
-        # aiohttp knows the connection from the start: its shutdown closes every connection, fast or not.
-        self.inner.connection_made(transport)
+        if self._fast is None:
+            self._make_inner()
+        # else aiohttp sees the connection only if it is handed one: its keep-alive timer, which starts with
+        # the connection, would close one the fast path is using (the guard's sweep and stop close those).
         if self._read:
             # Before the transport reads anything more: aiohttp parses the request from its first byte.
             read, self._read = self._read, b""
@@ -182,20 +189,29 @@ class _Guarded(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> Optional[bool]:
-        return self.inner.eof_received()  # type: ignore[no-any-return]
+        if self._made:
+            return self.inner.eof_received()  # type: ignore[no-any-return]
+        return None  # as aiohttp's: the transport closes
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._cancel_deadline()
         self.guard.closed(self)
         self._fast = None
         self._buf = b""
-        self.inner.connection_lost(exc)
+        if self._made:
+            self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self._made:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self._made:
+            self.inner.resume_writing()
+
+    def _make_inner(self) -> None:
+        self._made = True
+        self.inner.connection_made(self.transport)
 
     # the fast path
     def _serve(self) -> None:
@@ -239,6 +255,9 @@ class _Guarded(asyncio.Protocol):
     def _answered(self, transport: asyncio.Transport, text: str) -> None:
         transport.write(_answer(text))
         self._end = 0
+        if self._stopping:
+            transport.close()
+            return
         self.answered_at = asyncio.get_running_loop().time()
         self.guard.watch_idle()
 
@@ -258,6 +277,7 @@ class _Guarded(asyncio.Protocol):
         """The connection is aiohttp's from the current request on, for good: its keep-alive bookkeeping
         would otherwise close a connection the fast path is using."""
         buf, self._buf, self._fast, self._end = self._buf, b"", None, 0
+        self._make_inner()
         self._to_inner(buf)
 
     # the guard's side
@@ -272,6 +292,15 @@ class _Guarded(asyncio.Protocol):
         if self._fast is None or self._end or self._pending is not None:
             return None
         return self.answered_at
+
+    def stop(self) -> None:
+        """The listener stops: a fast-path connection closes now, or once its request in flight is answered
+        (aiohttp's shutdown closes the connections it was handed)."""
+        if self._made or self.transport is None:
+            return
+        self._stopping = True
+        if self._pending is None:
+            self.transport.close()
 
     def close(self, reason: str) -> None:
         self.guard.count(reason)
@@ -351,6 +380,15 @@ class ConnectionGuard:
     def closed(self, conn: _Guarded) -> None:
         self.connections.discard(conn)
 
+    def stop(self) -> None:
+        """No more fast-path requests; every connection aiohttp was not handed closes (:meth:`_Guarded.stop`)."""
+        self.fast = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for conn in list(self.connections):
+            conn.stop()
+
     def watch_idle(self) -> None:
         """Have the idle sweep run (a fast-path connection has answered and waits for its next request)."""
         if self._sweep is None:
@@ -392,3 +430,7 @@ class GuardedSockSite(web.SockSite):
         await web.BaseSite.start(self)  # registers the site with its runner, which stops it at cleanup
         loop = asyncio.get_event_loop()
         self._server = await loop.create_server(self._guard, sock=self._sock, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._guard.stop()  # aiohttp's shutdown, which follows, closes only the connections it knows
