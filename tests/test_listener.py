@@ -8,7 +8,7 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 from aiohttp import http_parser
@@ -361,3 +361,85 @@ def test_fast_path_setting() -> None:
     with pytest.raises(ConfigError, match="FGEXT_FAST_PATH"):
         ListenerLimits.from_environ({"FGEXT_FAST_PATH": "maybe"})
 
+
+
+# ------------------------------------------------------------- in process: a submission that must wait
+class _Inner:
+    """Stands in for aiohttp's protocol: records what it is handed."""
+
+    def __init__(self) -> None:
+        self.made = False
+        self.data = b""
+
+    def connection_made(self, _transport: Any) -> None:
+        self.made = True
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, _exc: Any) -> None:
+        pass
+
+
+class _Log:
+    def warning(self, *_args: Any, **_fields: Any) -> None:
+        pass
+
+
+def test_answers_wait_for_their_submission_in_order() -> None:
+    """A request whose submission must wait is answered only once submitted, the connection is busy meanwhile,
+    and a pipelined request behind it is neither read nor answered before it; a non-plain one goes to the
+    inner protocol from its first byte, and the connection stays the inner protocol's."""
+    from fgext._config import ListenerLimits
+    from fgext._listener import ConnectionGuard
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        gates: List[asyncio.Future[None]] = []
+        taken: List[bytes] = []
+
+        def fast(invoke: bool, body: bytes) -> Tuple[str, Optional[asyncio.Future[None]]]:
+            taken.append(body)
+            if body == b"wait":
+                gates.append(loop.create_future())
+                return '"first"', gates[-1]
+            return '"second"', None
+
+        inners: List[_Inner] = []
+
+        def factory() -> _Inner:
+            inners.append(_Inner())
+            return inners[-1]
+
+        guard = ConnectionGuard(factory, ListenerLimits(), _Log(), fast=fast, max_body=100)
+        server = await loop.create_server(guard, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            other = request("/v1/traces", b"x")
+            writer.write(request("/", b"wait") + request("/", b"next") + other)
+            await asyncio.wait_for(_until(lambda: bool(gates)), 5)
+            (conn,) = guard.connections
+            assert conn.busy and taken == [b"wait"]
+            await asyncio.sleep(0.05)
+            assert taken == [b"wait"]  # the pipelined request waits behind the first
+            gates[0].set_result(None)
+            first = await asyncio.wait_for(reader.readuntil(b'"first"'), 5)
+            second = await asyncio.wait_for(reader.readuntil(b'"second"'), 5)
+            assert first.startswith(b"HTTP/1.1 200 OK\r\n") and second.startswith(b"HTTP/1.1 200 OK\r\n")
+            await asyncio.wait_for(_until(lambda: inners[0].data == other), 5)
+            assert inners[0].made and taken == [b"wait", b"next"]
+            writer.write(request("/", b"more"))
+            await asyncio.wait_for(_until(lambda: inners[0].data == other + request("/", b"more")), 5)
+            assert taken == [b"wait", b"next"]  # the connection stays the inner protocol's
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
