@@ -39,6 +39,7 @@ from email.utils import formatdate
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from aiohttp import web
+from aiohttp.http_parser import SINGLETON_HEADERS
 
 from fgext._config import ListenerLimits
 
@@ -62,8 +63,10 @@ _PREFIX = b"POST /"
 _TARGETS = {b"POST / HTTP/1.1": False, b"POST /extension/invoke HTTP/1.1": True}
 # RFC 9110: field-name is a token; the value holds visible ASCII, SP and HTAB only (no CR, LF, NUL, DEL,
 # obs-text); OWS around it. A head is plain only if every line after the request line is one of these.
-_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e]*?)[ \t]*\r\n")
+_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e]*?)([ \t]*)\r\n")
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*\r\n)*")
+#: fields aiohttp refuses to see twice in one head (its http_parser.SINGLETON_HEADERS)
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 #: a header among these makes a request not plain unless its value is the one given (None: any value does)
 _FORBIDDEN: Dict[bytes, Optional[bytes]] = {
     b"transfer-encoding": None, b"expect": None, b"upgrade": None, b"connection": b"keep-alive",
@@ -82,10 +85,16 @@ def plain_head(head: bytes, max_body: int) -> Optional[Tuple[bool, int]]:
         return None
     length: Optional[int] = None
     hosts = 0
-    for name, value in fields:
+    singletons: Set[bytes] = set()
+    for name, value, trailing in fields:
         name = name.lower()
+        if name in _SINGLETONS:
+            if name in singletons:
+                return None  # aiohttp refuses a request that repeats one of these
+            singletons.add(name)
         if name == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 12:
+            # Whitespace after the number: llhttp 9.1 (aiohttp 3.13) refuses a tab there, 9.2 does not.
+            if length is not None or not value.isdigit() or len(value) > 12 or trailing:
                 return None
             length = int(value)
         elif name == b"host":
