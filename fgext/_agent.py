@@ -11,8 +11,10 @@ Lifecycle, in order (each step undone in reverse at the end):
    dispatch, flush and shut plugins down, and exit 0.
 
 The first step of every event's path (**listener handler** -> parse -> pipeline -> chain -> a lane per
-sink -> the sink): :meth:`Agent.handle_telemetry` reads a POST's body, has :mod:`fgext._parse` turn it
-into typed events and submits the batch to the pipeline (:mod:`fgext._pipeline`), which answers at once.
+sink -> the sink): :meth:`Agent._take` has :mod:`fgext._parse` turn a POST's body into typed events and
+submits the batch to the pipeline (:mod:`fgext._pipeline`), which answers at once. The body comes from
+aiohttp (:meth:`Agent.handle_telemetry`) or, for the platform's plain requests, from the listener's fast
+path (:mod:`fgext._listener`, :meth:`Agent.fast_request`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class _Reject(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class _NotPlain(Exception):
+    """A body the fast path hands to aiohttp: its answer is not the usual one."""
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
@@ -145,14 +151,15 @@ class Agent:
         listener then hands the request to aiohttp, which answers it through :meth:`_handle`."""
         try:
             return self._take("invoke" if invoke else "telemetry", body, time.time_ns(), len(body), plain=True)
-        except _Reject:
+        except (_Reject, _NotPlain):
             return None
 
     def _take(self, kind: str, body: bytes, received_ns: int, size: Optional[int],
               plain: bool = False) -> Tuple[str, Optional[asyncio.Future[None]]]:
         """A body's bytes -> parsed, counted, submitted: the JSON answer, and what to wait for before sending
-        it (None: submitted already). Raises :class:`_Reject` for a body refused; with ``plain``, also for
-        one whose answer is not the usual one (some events malformed), before anything is counted."""
+        it (None: submitted already). Raises :class:`_Reject` for a body refused; with ``plain``,
+        :class:`_NotPlain` for one whose answer is not the usual one (some events malformed), before anything
+        is counted."""
         try:
             data = json.loads(body)
         except (ValueError, RecursionError) as error:
@@ -169,7 +176,7 @@ class Agent:
             return _INVOKE_OK, self._submit("invoke", invoke)
         if batch.errors:
             if plain:
-                raise _Reject(200, "some events malformed")
+                raise _NotPlain  # aiohttp answers it: its warning and answer have one owner
             self._count(batch.events)
             self.stats["events_malformed"] += batch.malformed
             self.log.warning("malformed telemetry events skipped", count=batch.malformed,

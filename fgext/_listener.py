@@ -36,7 +36,7 @@ import resource
 import socket
 import time
 from email.utils import formatdate
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
 
 from aiohttp import web
 from aiohttp.http_parser import SINGLETON_HEADERS
@@ -152,7 +152,9 @@ class _Guarded(asyncio.Protocol):
         self._head_timeout = guard.limits.header_timeout if head_timeout is None else head_timeout
         # The fast path's state: None once the connection is aiohttp's (for good).
         self._fast: Optional[FastHandler] = guard.fast
-        self._buf = b""  # what is read and not yet answered or handed over, from a request's first byte
+        # what is read and not yet answered or handed over, from a request's first byte (a bytearray once
+        # a request spans reads: a body of many reads is not copied whole for each)
+        self._buf: Union[bytes, bytearray] = b""
         self._body_at = 0  # where the body starts in _buf, once a plain head is read
         self._end = 0  # where the request ends in _buf; 0: no complete head yet
         self._invoke = False  # the request read is an invoke (else telemetry)
@@ -181,7 +183,13 @@ class _Guarded(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.active_at = asyncio.get_running_loop().time()
         if self._fast is not None:
-            self._buf = self._buf + data if self._buf else data
+            if not self._buf:
+                self._buf = data
+            elif isinstance(self._buf, bytearray):
+                self._buf += data
+            else:
+                self._buf = bytearray(self._buf)
+                self._buf += data
             if self._pending is None:
                 self._serve()
             return
@@ -231,11 +239,11 @@ class _Guarded(asyncio.Protocol):
             buf = self._buf
             if not self._end:
                 head_end = buf.find(b"\r\n\r\n")
-                if head_end < 0:
+                if head_end < 0 or head_end > _HEAD_MAX:
                     if len(buf) > _HEAD_MAX or buf[:6] != _PREFIX[:len(buf)] or b"\n\n" in buf:
                         self._hand_over()
                     return
-                taken = plain_head(buf[:head_end + 2], self.guard.max_body)
+                taken = plain_head(bytes(buf[:head_end + 2]), self.guard.max_body)
                 if taken is None:
                     self._hand_over()
                     return
@@ -247,7 +255,7 @@ class _Guarded(asyncio.Protocol):
                 self._end = self._body_at + length
             if len(buf) < self._end:
                 return  # busy: the body is on its way
-            result = fast(self._invoke, buf[self._body_at:self._end])
+            result = fast(self._invoke, bytes(buf[self._body_at:self._end]))
             if result is None:
                 self._hand_over()  # aiohttp answers it (an error, or malformed events), nothing was submitted
                 return
@@ -287,7 +295,7 @@ class _Guarded(asyncio.Protocol):
         would otherwise close a connection the fast path is using."""
         buf, self._buf, self._fast, self._end = self._buf, b"", None, 0
         self._make_inner()
-        self._to_inner(buf)
+        self._to_inner(bytes(buf))
 
     # the guard's side
     @property
