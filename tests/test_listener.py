@@ -372,6 +372,23 @@ class TestProtection:
                     sock.close()
 
 
+    def test_stop_closes_fast_path_connections(self, platform: RecordingPlatform, agents: Start,
+                                               tmp_path: Path) -> None:
+        """At SIGTERM with a kept-alive connection the fast path served still open, the agent exits 0 without
+        the listener's timeout warning, having delivered what it answered, and the connection is closed."""
+        out = tmp_path / "out.jsonl"
+        agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": str(out)})
+        port = ready(agent)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(INVOKE_REQ + BATCH_REQ)
+            assert read_answers(sock, 2) == [(200, b'{"status": "ok"}'), (200, ACCEPTED_4)]
+            assert agent.stop() == 0
+            sock.settimeout(5)
+            assert sock.recv(100) == b""
+        assert "listener did not close in time" not in agent.stderr()
+        assert len(recorded(out)) == 5
+
+
 def test_fast_path_setting() -> None:
     """FGEXT_FAST_PATH is on by default, 0 turns it off, and a value that is not a boolean is refused."""
     from fgext._config import ListenerLimits
