@@ -11,8 +11,10 @@ Lifecycle, in order (each step undone in reverse at the end):
    dispatch, flush and shut plugins down, and exit 0.
 
 The first step of every event's path (**listener handler** -> parse -> pipeline -> chain -> a lane per
-sink -> the sink): :meth:`Agent.handle_telemetry` reads a POST's body, has :mod:`fgext._parse` turn it
-into typed events and submits the batch to the pipeline (:mod:`fgext._pipeline`), which answers at once.
+sink -> the sink): :meth:`Agent._take` has :mod:`fgext._parse` turn a POST's body into typed events and
+submits the batch to the pipeline (:mod:`fgext._pipeline`), which answers at once. The body comes from
+aiohttp (:meth:`Agent.handle_telemetry`) or, for the platform's plain requests, from the listener's fast
+path (:mod:`fgext._listener`, :meth:`Agent.fast_request`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class _Reject(Exception):
         self.message = message
 
 
+class _NotPlain(Exception):
+    """A body the fast path hands to aiohttp: its answer is not the usual one."""
+
+
 def _gunzip(body: bytes, limit: int) -> bytes:
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
@@ -103,12 +109,13 @@ class Agent:
         # Set once what the early responder kept is submitted: requests aiohttp serves wait for it (order).
         self._replayed: Optional[asyncio.Event] = None
         self._replay: Optional[asyncio.Task[None]] = None
+        self._waiting: Optional[asyncio.Future[None]] = None  # the last submission waiting its turn (_submit)
         self._receiver: Optional[Receiver] = None  # made by the first export
 
     # ------------------------------------------------------------------------------ HTTP handlers
 
-    async def _read_json(self, request: web.Request) -> Any:
-        """Read and decode a body, or raise the 4xx response that explains why not."""
+    async def _read_body(self, request: web.Request) -> bytes:
+        """Read a body (gunzipped), or raise the 4xx response that explains why not."""
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise _Reject(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes "
@@ -121,41 +128,66 @@ class Agent:
             # The server runs with auto_decompress=False (the OTLP receiver bounds its own gzip): a gzip
             # body here is decompressed by the same limit, so a bomb stops at it.
             body = _gunzip(body, limit)
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as error:
-            raise _Reject(400, f"body is not valid JSON: {error}") from None
+        return body
 
     async def handle_invoke(self, request: web.Request) -> web.Response:
-        received_ns = time.time_ns()
-        try:
-            invoke = parse_invoke(await self._read_json(request), received_ns)
-        except MalformedEvent as error:
-            return self._rejected("invoke", _Reject(400, str(error)))
-        except _Reject as reject:
-            return self._rejected("invoke", reject)
-        self.stats["invokes_received"] += 1
-        await self._submit("invoke", invoke)
-        return web.Response(text=_INVOKE_OK, content_type="application/json")
+        return await self._handle("invoke", request, time.time_ns())
 
     async def handle_telemetry(self, request: web.Request) -> web.Response:
+        return await self._handle("telemetry", request, 0)
+
+    async def _handle(self, kind: str, request: web.Request, received_ns: int) -> web.Response:
         try:
-            batch = parse_batch(await self._read_json(request))
-        except MalformedEvent as error:
-            return self._rejected("telemetry", _Reject(400, str(error)))
+            answer, wait = self._take(kind, await self._read_body(request), received_ns, request.content_length)
         except _Reject as reject:
-            return self._rejected("telemetry", reject)
-        self._count(batch.events)
+            return self._rejected(kind, reject)
+        if wait is not None:
+            await wait
+        return web.Response(text=answer, content_type="application/json")
+
+    def fast_request(self, invoke: bool, body: bytes) -> Optional[Tuple[str, Optional[asyncio.Future[None]]]]:
+        """The listener's fast path (fgext._listener): take a plain request's body as :meth:`_handle` would,
+        or None - nothing counted or submitted - when the answer would be anything but the usual 200: the
+        listener then hands the request to aiohttp, which answers it through :meth:`_handle`."""
+        try:
+            return self._take("invoke" if invoke else "telemetry", body, time.time_ns(), len(body), plain=True)
+        except (_Reject, _NotPlain):
+            return None
+
+    def _take(self, kind: str, body: bytes, received_ns: int, size: Optional[int],
+              plain: bool = False) -> Tuple[str, Optional[asyncio.Future[None]]]:
+        """A body's bytes -> parsed, counted, submitted: the JSON answer, and what to wait for before sending
+        it (None: submitted already). Raises :class:`_Reject` for a body refused; with ``plain``,
+        :class:`_NotPlain` for one whose answer is not the usual one (some events malformed), before anything
+        is counted."""
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise _Reject(400, f"body is not valid JSON: {error}") from None
+        try:
+            if kind == "invoke":
+                invoke = parse_invoke(data, received_ns)
+            else:
+                batch = parse_batch(data)
+        except MalformedEvent as error:
+            raise _Reject(400, str(error)) from None
+        if kind == "invoke":
+            self.stats["invokes_received"] += 1
+            return _INVOKE_OK, self._submit("invoke", invoke)
         if batch.errors:
+            if plain:
+                raise _NotPlain  # aiohttp answers it: its warning and answer have one owner
+            self._count(batch.events)
             self.stats["events_malformed"] += batch.malformed
             self.log.warning("malformed telemetry events skipped", count=batch.malformed,
                              kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
-        await self._submit("telemetry", batch.events, request.content_length)
-        if not batch.errors:  # the usual answer, written without json.dumps (the same JSON)
-            return web.Response(text=f'{{"accepted": {len(batch.events)}, "malformed": 0, "errors": []}}',
-                                content_type="application/json")
-        return web.json_response({"accepted": len(batch.events), "malformed": batch.malformed,
-                                  "errors": batch.errors[:_MAX_ERROR_DETAILS]})
+            answer = json.dumps({"accepted": len(batch.events), "malformed": batch.malformed,
+                                 "errors": batch.errors[:_MAX_ERROR_DETAILS]})
+            return answer, self._submit("telemetry", batch.events, size)
+        self._count(batch.events)
+        # the usual answer, written without json.dumps (the same JSON)
+        return f'{{"accepted": {len(batch.events)}, "malformed": 0, "errors": []}}', \
+            self._submit("telemetry", batch.events, size)
 
     def _count(self, events: Sequence[Any]) -> None:
         """A telemetry POST's events in the counters, by kind (:func:`event_kind`)."""
@@ -192,8 +224,22 @@ class Agent:
             self._receiver = Receiver(self._on_export)
         return await self._receiver.handle(request.match_info["signal"], request)
 
-    async def _submit(self, kind: str, payload: Any, size: Optional[int] = None) -> None:
+    def _submit(self, kind: str, payload: Any, size: Optional[int] = None) -> Optional[asyncio.Future[None]]:
+        """Submit now, or return what to await until submitted: while the early responder's bodies are being
+        replayed, or a submission waits for room in the queue, the next waits behind it (arrival order)."""
         assert self.pipeline is not None  # made before the listener starts
+        waiting = self._waiting
+        if (waiting is None or waiting.done()) and (self._replayed is None or self._replayed.is_set()) \
+                and self.pipeline.submit_now(kind, payload, size):
+            return None
+        self._waiting = task = asyncio.ensure_future(self._submit_after(waiting, kind, payload, size))
+        return task
+
+    async def _submit_after(self, before: Optional[asyncio.Future[None]], kind: str, payload: Any,
+                            size: Optional[int]) -> None:
+        assert self.pipeline is not None
+        if before is not None and not before.done():
+            await asyncio.wait((before,))
         if self._replayed is not None and not self._replayed.is_set():
             await self._replayed.wait()
         if kind == "invoke":
@@ -295,7 +341,9 @@ class Agent:
                                keepalive_timeout=self.limits.idle_timeout, auto_decompress=False)
         await runner.setup()
         assert runner.server is not None
-        self.guard = ConnectionGuard(runner.server, self.limits, self.log)
+        self.guard = ConnectionGuard(runner.server, self.limits, self.log,
+                                     fast=self.fast_request if self.limits.fast_path else None,
+                                     max_body=self.settings.max_body_bytes)
         site = GuardedSockSite(runner, self.boot.sock, self.guard, _LISTEN_BACKLOG)
         handed: Sequence[Tuple[Any, bytes, Optional[float]]] = ()
         if self.boot.early is not None:
@@ -362,11 +410,13 @@ class Agent:
             await asyncio.wait_for(runner.cleanup(), timeout=deadline.earliest(_LISTENER_CLOSE_S).remaining())
         except asyncio.TimeoutError:
             self.log.warning("listener did not close in time")
-        if self._replay is not None and not self._replay.done():
-            # Kept bodies still waiting for room in the pipeline's queue (its plugins never started).
-            done, _ = await asyncio.wait({self._replay}, timeout=deadline.remaining())
-            if not done:
-                self._replay.cancel()
+        for pending in (self._replay, self._waiting):
+            if pending is not None and not pending.done():
+                # Kept bodies still waiting for room in the pipeline's queue (its plugins never started), or
+                # a fast-path request's (fgext._listener) whose connection aiohttp's shutdown closed.
+                done, _ = await asyncio.wait({pending}, timeout=deadline.remaining())
+                if not done:
+                    pending.cancel()
         if self.pipeline is not None:
             # The pipeline holds every lane and hook to the deadline itself; a hook stuck in a thread
             # does not hold the process either (fgext._hooks.HookThread).

@@ -239,18 +239,20 @@ class AgentSettings:
 
 
 class ListenerLimits:
-    """The listener's limits (``FGEXT_HEADER_TIMEOUT``, ``FGEXT_IDLE_TIMEOUT``, ``FGEXT_MAX_CONNECTIONS``).
+    """The listener's limits (``FGEXT_HEADER_TIMEOUT``, ``FGEXT_IDLE_TIMEOUT``, ``FGEXT_MAX_CONNECTIONS``)
+    and whether it answers the platform's plain requests itself (``FGEXT_FAST_PATH``, fgext._listener).
 
     ``max_connections`` None means the default the listener derives from the file-descriptor limit.
     """
 
-    __slots__ = ("header_timeout", "idle_timeout", "max_connections")
+    __slots__ = ("fast_path", "header_timeout", "idle_timeout", "max_connections")
 
     def __init__(self, header_timeout: float = 10.0, idle_timeout: float = 30.0,
-                 max_connections: Optional[int] = None) -> None:
+                 max_connections: Optional[int] = None, fast_path: bool = True) -> None:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.fast_path = fast_path
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> ListenerLimits:
@@ -260,7 +262,8 @@ class ListenerLimits:
             if not value > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value:g}")
         raw = environ.get("FGEXT_MAX_CONNECTIONS", "").strip()
-        return cls(header, idle, _int(environ, "FGEXT_MAX_CONNECTIONS", 0, minimum=2) if raw else None)
+        fast = environ.get("FGEXT_FAST_PATH", "").strip() == "" or _bool(environ, "FGEXT_FAST_PATH")
+        return cls(header, idle, _int(environ, "FGEXT_MAX_CONNECTIONS", 0, minimum=2) if raw else None, fast)
 
 
 def _otlp_file_settings(config: Mapping[str, Any], env: Mapping[str, str]) -> Mapping[str, Any]:

@@ -155,6 +155,16 @@ class Pipeline:
         if events and not self._dispatch_now("telemetry", events, size):
             await self._put(("telemetry", (events, size)))
 
+    def submit_now(self, kind: str, payload: Any, size: Optional[int] = None) -> bool:
+        """:meth:`submit_invoke` (kind ``invoke``) or :meth:`submit_telemetry` without a coroutine; False,
+        with nothing submitted, when it would have to wait for room in the queue."""
+        if (kind != "invoke" and not payload) or self._dispatch_now(kind, payload, size):
+            return True
+        if self._queue.full():
+            return False
+        self._queue.put_nowait((kind, payload) if kind == "invoke" else (kind, (payload, size)))
+        return True
+
     async def _put(self, item: Tuple[str, Any]) -> None:
         # With room (the usual case) no Queue.put coroutine is made: the caller waits only for room.
         if self._queue.full():
