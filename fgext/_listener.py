@@ -19,7 +19,7 @@ platform's two hot requests - ``POST /extension/invoke`` and ``POST /`` with a J
 here, without aiohttp's request, stream, task and writer per request (docs/security.md has the measured
 gain). Only a request whose head is unambiguously plain (:func:`plain_head`) is taken, so the fast path can
 never disagree with aiohttp about where a request ends; anything else - another path or method, a chunked
-or compressed body, ``Expect``, ``Upgrade``, a lenient spelling of any header, a head larger than
+or compressed body, ``Expect``, ``Upgrade``, a lenient spelling or a repeat of any header, a head larger than
 ``_HEAD_MAX`` - and any body whose answer is not the usual 200 (invalid JSON, malformed events) is handed
 to aiohttp unchanged from the request's first byte, and the connection stays aiohttp's for good. The agent's
 one owner of "body -> parsed, counted, submitted, answer" (fgext._agent.Agent._take) serves both paths. A
@@ -39,7 +39,6 @@ from email.utils import formatdate
 from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
 
 from aiohttp import web
-from aiohttp.http_parser import SINGLETON_HEADERS
 
 from fgext._config import ListenerLimits
 
@@ -65,8 +64,6 @@ _TARGETS = {b"POST / HTTP/1.1": False, b"POST /extension/invoke HTTP/1.1": True}
 # obs-text); OWS around it. A head is plain only if every line after the request line is one of these.
 _FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e]*?)([ \t]*)\r\n")
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e]*\r\n)*")
-#: fields aiohttp refuses to see twice in one head (its http_parser.SINGLETON_HEADERS)
-_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 #: a header among these makes a request not plain unless its value is the one given (None: any value does)
 _FORBIDDEN: Dict[bytes, Optional[bytes]] = {
     b"transfer-encoding": None, b"expect": None, b"upgrade": None, b"connection": b"keep-alive",
@@ -85,13 +82,14 @@ def plain_head(head: bytes, max_body: int) -> Optional[Tuple[bool, int]]:
         return None
     length: Optional[int] = None
     hosts = 0
-    singletons: Set[bytes] = set()
+    seen: Set[bytes] = set()
     for name, value, trailing in fields:
         name = name.lower()
-        if name in _SINGLETONS:
-            if name in singletons:
-                return None  # aiohttp refuses a request that repeats one of these
-            singletons.add(name)
+        if name in seen:
+            # aiohttp refuses some fields repeated (its private SINGLETON_HEADERS, which differ between
+            # versions); the platform repeats none, so any repeat goes to aiohttp to decide.
+            return None
+        seen.add(name)
         if name == b"content-length":
             # Whitespace after the number: llhttp 9.1 (aiohttp 3.13) refuses a tab there, 9.2 does not.
             if length is not None or not value.isdigit() or len(value) > 12 or trailing:

@@ -58,6 +58,7 @@ class TestPlainHead:
         head(b"Content-Length: 1", host=b""),
         head(b"Content-Length: 1", b"host: y"),
         head(b"Content-Length: 1", b"Content-Type: a", b"content-type: a"),
+        head(b"Content-Length: 1", b"X-A: a", b"x-a: b"),
         head(b"Content-Length: 1", b"Content-Length: 1"),
         head(b"Content-Length: +1"),
         head(b"Content-Length: 1, 1"),
@@ -84,7 +85,7 @@ class TestPlainHead:
     ])
     def test_hands_over_anything_else(self, raw: bytes) -> None:
         """Another target, method or version, a missing, repeated, signed, listed, oversize or space-trailed
-        Content-Length, no Host or two, a repeated singleton field, any transfer coding, Expect, Upgrade,
+        Content-Length, no Host or two, any repeated field, any transfer coding, Expect, Upgrade,
         Connection other than keep-alive, a content coding, obs-fold, CR, LF, NUL or obs-text in a value, a
         non-token name or too many fields: not taken."""
         assert plain_head(raw, LIMIT) is None
