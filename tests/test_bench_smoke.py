@@ -142,6 +142,7 @@ def test_packaged_run_starts_the_agents_from_the_unpacked_zip(tmp_path: Path) ->
     ("hook_call.py", ["--calls", "20", "--rounds", "1"]),
     ("inline_hooks.py", ["--invocations", "20", "--rounds", "1"]),
     ("http_client.py", ["--posts", "20", "--rounds", "1"]),
+    ("flush_path.py", ["--flushes", "20", "--rounds", "1"]),
 ])
 def test_micro_benchmarks_run(script: str, args: List[str]) -> None:
     """The micro-benchmarks bench/RESULTS.md quotes still run with tiny counts and print their figures."""
