@@ -3,7 +3,7 @@
 Between two steps of the OTLP sink's path (listener handler -> parse -> pipeline ->
 ``OtlpPlugin.on_telemetry`` -> assembler (``_traces``) -> **pending** -> flush: take -> encode
 (``_requests``) -> shipper -> transport). The assembler adds to a :class:`Finished`: spans, built in place
-in one ``ScopeSpans`` message (the fastest way to make them), log lines as plain records, one report
+in one ``ScopeSpans`` message (the fastest way to make them), log lines as plain records, one plain report
 record per invocation, and an estimate of their encoded size (what ``FGEXT_OTLP_MAX_PENDING_BYTES``
 bounds). At ``take`` it hands them over as one :class:`Pending`, log lines already paired with their
 links; they leave only once their requests are encoded (:meth:`Finished.taken`), so an export that
@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine
-from fgext.otlp._report import REPORT_ESTIMATE
+from fgext.otlp._report import REPORT_ESTIMATE, ReportLine
 from fgext.otlp._requests import SPAN_ESTIMATE
 
 __all__ = ["Finished", "Pending"]
@@ -33,8 +32,8 @@ class Pending:
     span_count: int
     lines: List[LogLine]
     links: List[Optional[Link]]
-    #: one report record per invocation closed with its report (``_report``), when enabled
-    records: List[LogRecord] = field(default_factory=list)
+    #: one report record per invocation closed with its report (``_report``), when enabled, plain until encoded
+    records: List[ReportLine] = field(default_factory=list)
 
 
 class Finished:
@@ -46,7 +45,7 @@ class Finished:
         # Finished spans are built in place inside this message (the fastest way to make them).
         self.scope = ScopeSpans()
         self.lines: List[LogLine] = []
-        self.reports: List[LogRecord] = []  # report records of closed invocations, waiting like lines
+        self.reports: List[ReportLine] = []  # report records of closed invocations, waiting like lines
         #: an estimate of the bytes that pending spans, lines and records will take once encoded
         self.bytes = 0
 

@@ -1,65 +1,119 @@
 """The per-invocation report record: the platform's report of an invocation as one OTLP log record.
 
-Written by the assembler (``_traces``) when it closes an invocation whose report arrived, correlated to
-the invocation's trace and invoke span, so a backend shows the report line beside the function's logs.
+Noted by the assembler (``_traces``) when it closes an invocation whose report arrived, as a plain
+:data:`ReportLine` (:func:`report_line`), correlated to the invocation's trace and invoke span, so a backend
+shows the report line beside the function's logs. The encoder (``_requests``) writes it straight into the
+request (:func:`write_report`): a record built on its own would be copied there once more.
 Off with ``FGEXT_OTLP_REPORT_LOG=0``.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+import struct
+from typing import Any, List, Optional, Tuple
 
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from fgext._events import ReportEvent
+from fgext._events import ReportEvent, ReportMetrics
 from fgext.otlp._ids import TRACE_FLAG_SAMPLED, Attribute, put_attributes
 from fgext.otlp._resource import safe_text
 
-__all__ = ["REPORT_ESTIMATE", "is_oom", "report_record"]
+__all__ = ["REPORT_ESTIMATE", "ReportLine", "is_oom", "record_of", "report_line", "report_record", "write_report"]
 
 #: bytes a report record takes once encoded, for the pending-memory estimate
 REPORT_ESTIMATE = 400
 _INFO, _ERROR = 9, 17
 
+#: A report record, plain until it is encoded: (request ID, trace ID, invoke span ID, trace flags, cold start,
+#: observed time ns, time ns, the report's status, its metrics). The report event itself (raw JSON included)
+#: is not kept.
+ReportLine = Tuple[str, bytes, bytes, int, bool, int, int, str, ReportMetrics]
+
+
+def _oom(status: str, metrics: ReportMetrics) -> bool:
+    if "memory" in status.lower():
+        return True
+    used, size = metrics.memory_used_mb, metrics.memory_size_mb
+    return used is not None and size is not None and size > 0 and used >= size
+
 
 def is_oom(report: ReportEvent) -> bool:
     """Whether the function died of (or reached) its memory limit: the status names memory (the platform
     documents no status text but ``success``, so any case and wording), or memory used reached the size."""
-    if "memory" in report.status.lower():
-        return True
-    used, size = report.metrics.memory_used_mb, report.metrics.memory_size_mb
-    return used is not None and size is not None and size > 0 and used >= size
+    return _oom(report.status, report.metrics)
 
 
 def _number(value: Optional[float], unit: str) -> str:
     return "-" if value is None else f"{value:g} {unit}"
 
 
-def report_record(request_id: str, trace_id: bytes, span_id: bytes, report: ReportEvent, *, coldstart: bool,
-                  observed_ns: int, sampled: bool = True) -> LogRecord:
-    """One log record like the platform's report line, with the report's values as attributes; its trace flags
-    say what the invocation's log lines say (the head sampling decision)."""
-    metrics = report.metrics
-    oom = is_oom(report)
-    body = (f"REPORT RequestId: {request_id} Duration: {_number(metrics.duration_ms, 'ms')} "
-            f"Billed Duration: {_number(metrics.billing_duration_ms, 'ms')} "
-            f"Memory Size: {_number(metrics.memory_size_mb, 'MB')} "
-            f"Max Memory Used: {_number(metrics.memory_used_mb, 'MB')} Status: {report.status or '-'}")
-    ok = report.status.lower() == "success" and not oom
-    record = LogRecord(time_unix_nano=report.end_ns or report.start_ns, observed_time_unix_nano=observed_ns,
-                       trace_id=trace_id, span_id=span_id, flags=TRACE_FLAG_SAMPLED if sampled else 0,
-                       severity_number=_INFO if ok else _ERROR,  # type: ignore[arg-type]
-                       severity_text="INFO" if ok else "ERROR")
-    record.body.string_value = safe_text(body)
+def report_line(request_id: str, trace_id: bytes, span_id: bytes, report: ReportEvent, *, coldstart: bool,
+                observed_ns: int, sampled: bool = True) -> ReportLine:
+    """The plain report record of an invocation; its trace flags say what the invocation's log lines say (the
+    head sampling decision)."""
+    return (request_id, trace_id, span_id, TRACE_FLAG_SAMPLED if sampled else 0, coldstart, observed_ns,
+            report.end_ns or report.start_ns, report.status, report.metrics)
+
+
+def _constant(ok: bool) -> bytes:
+    """Severity and the two attributes every report record has, serialized once."""
+    record = LogRecord(severity_number=_INFO if ok else _ERROR,  # type: ignore[arg-type]
+                       severity_text="INFO" if ok else "ERROR",
+                       attributes=[KeyValue(key="fgext.log.source", value=AnyValue(string_value="platform")),
+                                   KeyValue(key="fgext.event.name", value=AnyValue(string_value="platform.report"))])
+    data: bytes = record.SerializeToString()
+    return data
+
+
+_CONSTANT = {True: _constant(True), False: _constant(False)}
+#: time_unix_nano (field 1) and observed_time_unix_nano (field 11), both fixed64, with their tags.
+_TIMES = struct.Struct("<BQBQ")
+
+
+def write_report(record: Any, line: ReportLine) -> None:
+    """Fill ``record`` (a LogRecord just added to a request) like the platform's report line, with the report's
+    values as attributes. The constant part is merged from bytes; serialized fragments of one message
+    concatenate into the message they make together, so the record is the one field-by-field writes make."""
+    request_id, trace_id, span_id, flags, coldstart, observed_ns, time_ns, status, metrics = line
+    oom = _oom(status, metrics)
+    ok = not oom and status.lower() == "success"
+    # a negative or too large time raises here (struct.error); both were checked when the event was parsed
+    record.MergeFromString(_TIMES.pack(0x09, time_ns, 0x59, observed_ns) + _CONSTANT[ok])
+    record.trace_id = trace_id
+    record.span_id = span_id
+    record.flags = flags
+    duration, billed, size, used = (metrics.duration_ms, metrics.billing_duration_ms, metrics.memory_size_mb,
+                                    metrics.memory_used_mb)
+    record.body.string_value = safe_text(
+        f"REPORT RequestId: {request_id} Duration: {_number(duration, 'ms')} "
+        f"Billed Duration: {_number(billed, 'ms')} Memory Size: {_number(size, 'MB')} "
+        f"Max Memory Used: {_number(used, 'MB')} Status: {status or '-'}")
     attributes: List[Attribute] = [
-        ("fgext.log.source", "platform"), ("fgext.event.name", "platform.report"),
-        ("faas.invocation_id", request_id), ("faas.coldstart", coldstart), ("fgext.report.status", report.status),
+        ("faas.invocation_id", request_id), ("faas.coldstart", coldstart), ("fgext.report.status", status),
     ]
-    for key, value in (("duration_ms", metrics.duration_ms), ("billed_duration_ms", metrics.billing_duration_ms),
-                       ("memory_used_mb", metrics.memory_used_mb), ("memory_size_mb", metrics.memory_size_mb)):
-        if value is not None:
-            attributes.append((f"fgext.report.{key}", value))
+    if duration is not None:
+        attributes.append(("fgext.report.duration_ms", duration))
+    if billed is not None:
+        attributes.append(("fgext.report.billed_duration_ms", billed))
+    if used is not None:
+        attributes.append(("fgext.report.memory_used_mb", used))
+    if size is not None:
+        attributes.append(("fgext.report.memory_size_mb", size))
     if oom:
         attributes.append(("fgext.oom", True))
     put_attributes(record.attributes, attributes)
+
+
+def record_of(line: ReportLine) -> LogRecord:
+    """The report record of ``line`` as a message of its own (what the encoder writes into a request)."""
+    record = LogRecord()
+    write_report(record, line)
     return record
+
+
+def report_record(request_id: str, trace_id: bytes, span_id: bytes, report: ReportEvent, *, coldstart: bool,
+                  observed_ns: int, sampled: bool = True) -> LogRecord:
+    """One log record like the platform's report line, with the report's values as attributes."""
+    return record_of(report_line(request_id, trace_id, span_id, report, coldstart=coldstart,
+                                 observed_ns=observed_ns, sampled=sampled))

@@ -44,7 +44,7 @@ from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, span_id, span_id_for,
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._pending import Finished, Pending
-from fgext.otlp._report import REPORT_ESTIMATE, report_record
+from fgext.otlp._report import REPORT_ESTIMATE, report_line
 from fgext.otlp._requests import SPAN_ESTIMATE
 from fgext.otlp._resource import ResourceBuilder, safe_text
 from fgext.otlp._spans import phase_attributes, root_attributes, write_span
@@ -457,9 +457,9 @@ class Assembler:
                 if coldstart:
                     self.metrics.count("faas.coldstarts")
                 if self._report_log and invoke_report is not None:
-                    finished.reports.append(report_record(rid, tid, request.phases["invoke"].span_id, invoke_report,
-                                                      coldstart=coldstart, observed_ns=now_ns,
-                                                      sampled=request.sampled))
+                    finished.reports.append(report_line(rid, tid, request.phases["invoke"].span_id, invoke_report,
+                                                    coldstart=coldstart, observed_ns=now_ns,
+                                                    sampled=request.sampled))
                     finished.bytes += REPORT_ESTIMATE
         if not self._kept(request, coldstart):
             # Written, then let go: metrics above still count the invocation, its spans are not exported.
