@@ -39,6 +39,29 @@ class TestRequests:
         assert len(scope_spans.spans) == 2
         assert attrs(request.resource_spans[0].resource)["faas.name"] == "hello"
 
+    def test_spans_built_in_the_pending_message_are_sent_as_it_is(self) -> None:
+        """Given the pending message the spans were built in, the request is that message with the resource
+        and scope set: the same request as copying the spans into a new one."""
+        assembler = make_assembler()
+        assembler.consume(events(*invocation(INVOKE_ID, 0, 10), *invocation(OTHER_ID, 20, 30)))
+        pending = assembler.pending()
+        assert pending.message is not None
+        resource = assembler.resource.message()
+        ((data, items),) = encode_trace_requests(resource, pending.spans, message=pending.message).requests
+        ((copied, _),) = encode_trace_requests(resource, list(pending.spans)).requests
+        assert items == 4 and ExportTraceServiceRequest.FromString(data) == ExportTraceServiceRequest.FromString(copied)
+
+    def test_pending_spans_over_one_request_are_still_split(self) -> None:
+        """Spans in the pending message that do not fit one request are split by bytes as without it."""
+        assembler = make_assembler()
+        for index in range(40):
+            request_id = f"{index:08d}-0000-4000-8000-000000000000"
+            assembler.consume(events(*invocation(request_id, index * 10, index * 10 + 5)))
+        pending = assembler.pending()
+        encoded = encode_trace_requests(Resource(), pending.spans, 8 * 1024, pending.message)
+        assert len(encoded.requests) > 1 and all(len(data) <= 8 * 1024 for data, _ in encoded.requests)
+        assert sum(items for _, items in encoded.requests) == 80
+
 
 def decoded_logs(encoded: Encoded) -> List[str]:
     bodies = []

@@ -96,10 +96,29 @@ def _encode_split(first: int, last: int, build: Callable[[int, int], bytes], max
     _encode_split(middle, last, build, max_bytes, out)
 
 
-def encode_trace_requests(resource: Resource, spans: Sequence[Span],
-                          max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Encoded:
-    """Serialized ``ExportTraceServiceRequest``s of at most ``max_bytes`` each."""
+def encode_trace_requests(resource: Resource, spans: Sequence[Span], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                          message: Optional[ExportTraceServiceRequest] = None) -> Encoded:
+    """Serialized ``ExportTraceServiceRequest``s of at most ``max_bytes`` each.
+
+    ``message``, when given, is a request whose one scope holds exactly ``spans`` (``_pending`` builds them in
+    it): when they fit one request it gets the resource and scope and is serialized as it is, without copying
+    the spans into another message (that copy was most of the cost of encoding them).
+    """
     scope = _scope()
+    out = Encoded()
+    per_request = max(1, (max_bytes - _ENVELOPE_ROOM) // SPAN_ESTIMATE)
+    if message is not None and 0 < len(spans) <= per_request:
+        resource_spans = message.resource_spans[0]
+        resource_spans.resource.CopyFrom(resource)
+        resource_spans.scope_spans[0].scope.CopyFrom(scope)
+        try:
+            data: bytes = message.SerializeToString()
+        except Exception:  # never expected: the general path below finds the record and drops it alone
+            pass
+        else:
+            if len(data) <= max_bytes:
+                out.requests.append((data, len(spans)))
+                return out
 
     def build(first: int, last: int) -> bytes:
         request = ExportTraceServiceRequest()
@@ -111,8 +130,6 @@ def encode_trace_requests(resource: Resource, spans: Sequence[Span],
         data: bytes = request.SerializeToString()
         return data
 
-    out = Encoded()
-    per_request = max(1, (max_bytes - _ENVELOPE_ROOM) // SPAN_ESTIMATE)
     for first in range(0, len(spans), per_request):
         _encode_split(first, min(first + per_request, len(spans)), build, max_bytes, out)
     return out
