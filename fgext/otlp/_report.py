@@ -10,9 +10,8 @@ Off with ``FGEXT_OTLP_REPORT_LOG=0``.
 from __future__ import annotations
 
 import struct
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from fgext._events import ReportEvent, ReportMetrics
@@ -56,52 +55,60 @@ def report_line(request_id: str, trace_id: bytes, span_id: bytes, report: Report
             report.end_ns or report.start_ns, report.status, report.metrics)
 
 
-def _constant(ok: bool) -> bytes:
-    """Severity and the two attributes every report record has, serialized once."""
-    record = LogRecord(severity_number=_INFO if ok else _ERROR,  # type: ignore[arg-type]
-                       severity_text="INFO" if ok else "ERROR",
-                       attributes=[KeyValue(key="fgext.log.source", value=AnyValue(string_value="platform")),
-                                   KeyValue(key="fgext.event.name", value=AnyValue(string_value="platform.report"))])
-    data: bytes = record.SerializeToString()
-    return data
-
-
-_CONSTANT = {True: _constant(True), False: _constant(False)}
+#: The serialized part of a record that its invocation shares with most others: severity, and the attributes
+#: that take a handful of values (source, event name, cold start, status, memory size, out of memory).
+_SHARED: Dict[Tuple[str, bool, Optional[int], bool], bytes] = {}
+_SHARED_MAX = 64
 #: time_unix_nano (field 1) and observed_time_unix_nano (field 11), both fixed64, with their tags.
 _TIMES = struct.Struct("<BQBQ")
 
 
+def _shared(status: str, coldstart: bool, size: Optional[int], oom: bool) -> bytes:
+    ok = not oom and status.lower() == "success"
+    record = LogRecord(severity_number=_INFO if ok else _ERROR,  # type: ignore[arg-type]
+                       severity_text="INFO" if ok else "ERROR")
+    attributes: List[Attribute] = [
+        ("fgext.log.source", "platform"), ("fgext.event.name", "platform.report"), ("faas.coldstart", coldstart),
+        ("fgext.report.status", status),
+    ]
+    if size is not None:
+        attributes.append(("fgext.report.memory_size_mb", size))
+    if oom:
+        attributes.append(("fgext.oom", True))
+    put_attributes(record.attributes, attributes)
+    data: bytes = record.SerializeToString()
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    _SHARED[(status, coldstart, size, oom)] = data
+    return data
+
+
 def write_report(record: Any, line: ReportLine) -> None:
     """Fill ``record`` (a LogRecord just added to a request) like the platform's report line, with the report's
-    values as attributes. The constant part is merged from bytes; serialized fragments of one message
-    concatenate into the message they make together, so the record is the one field-by-field writes make."""
+    values as attributes. The part most records share is merged from bytes made once; serialized fragments
+    of one message concatenate into the message they make together, so the record is the one that
+    field-by-field writes make."""
     request_id, trace_id, span_id, flags, coldstart, observed_ns, time_ns, status, metrics = line
+    duration, billed, size, used = (metrics.duration_ms, metrics.billing_duration_ms, metrics.memory_size_mb,
+                                    metrics.memory_used_mb)
     oom = _oom(status, metrics)
-    ok = not oom and status.lower() == "success"
+    shared = _SHARED.get((status, coldstart, size, oom)) or _shared(status, coldstart, size, oom)
     # a negative or too large time raises here (struct.error); both were checked when the event was parsed
-    record.MergeFromString(_TIMES.pack(0x09, time_ns, 0x59, observed_ns) + _CONSTANT[ok])
+    record.MergeFromString(_TIMES.pack(0x09, time_ns, 0x59, observed_ns) + shared)
     record.trace_id = trace_id
     record.span_id = span_id
     record.flags = flags
-    duration, billed, size, used = (metrics.duration_ms, metrics.billing_duration_ms, metrics.memory_size_mb,
-                                    metrics.memory_used_mb)
     record.body.string_value = safe_text(
         f"REPORT RequestId: {request_id} Duration: {_number(duration, 'ms')} "
         f"Billed Duration: {_number(billed, 'ms')} Memory Size: {_number(size, 'MB')} "
         f"Max Memory Used: {_number(used, 'MB')} Status: {status or '-'}")
-    attributes: List[Attribute] = [
-        ("faas.invocation_id", request_id), ("faas.coldstart", coldstart), ("fgext.report.status", status),
-    ]
+    attributes: List[Attribute] = [("faas.invocation_id", request_id)]
     if duration is not None:
         attributes.append(("fgext.report.duration_ms", duration))
     if billed is not None:
         attributes.append(("fgext.report.billed_duration_ms", billed))
     if used is not None:
         attributes.append(("fgext.report.memory_used_mb", used))
-    if size is not None:
-        attributes.append(("fgext.report.memory_size_mb", size))
-    if oom:
-        attributes.append(("fgext.oom", True))
     put_attributes(record.attributes, attributes)
 
 
