@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-from fgext._events import ReportEvent, ReportMetrics
+from fgext._events import ReportEvent
 from fgext.otlp._ids import TRACE_FLAG_SAMPLED, Attribute, put_attributes
 from fgext.otlp._resource import safe_text
 
@@ -25,22 +25,22 @@ REPORT_ESTIMATE = 400
 _INFO, _ERROR = 9, 17
 
 #: A report record, plain until it is encoded: (request ID, trace ID, invoke span ID, trace flags, cold start,
-#: observed time ns, time ns, the report's status, its metrics). The report event itself (raw JSON included)
-#: is not kept.
-ReportLine = Tuple[str, bytes, bytes, int, bool, int, int, str, ReportMetrics]
+#: observed time ns, time ns, the report's status, duration ms, billed duration ms, memory size MB, memory used
+#: MB). Plain values only: neither the report event (raw JSON included) nor its metrics are kept while it waits.
+ReportLine = Tuple[str, bytes, bytes, int, bool, int, int, str, Optional[float], Optional[float], Optional[int],
+                   Optional[float]]
 
 
-def _oom(status: str, metrics: ReportMetrics) -> bool:
+def _oom(status: str, used: Optional[float], size: Optional[int]) -> bool:
     if "memory" in status.lower():
         return True
-    used, size = metrics.memory_used_mb, metrics.memory_size_mb
     return used is not None and size is not None and size > 0 and used >= size
 
 
 def is_oom(report: ReportEvent) -> bool:
     """Whether the function died of (or reached) its memory limit: the status names memory (the platform
     documents no status text but ``success``, so any case and wording), or memory used reached the size."""
-    return _oom(report.status, report.metrics)
+    return _oom(report.status, report.metrics.memory_used_mb, report.metrics.memory_size_mb)
 
 
 def _number(value: Optional[float], unit: str) -> str:
@@ -51,8 +51,10 @@ def report_line(request_id: str, trace_id: bytes, span_id: bytes, report: Report
                 observed_ns: int, sampled: bool = True) -> ReportLine:
     """The plain report record of an invocation; its trace flags say what the invocation's log lines say (the
     head sampling decision)."""
+    metrics = report.metrics
     return (request_id, trace_id, span_id, TRACE_FLAG_SAMPLED if sampled else 0, coldstart, observed_ns,
-            report.end_ns or report.start_ns, report.status, report.metrics)
+            report.end_ns or report.start_ns, report.status, metrics.duration_ms, metrics.billing_duration_ms,
+            metrics.memory_size_mb, metrics.memory_used_mb)
 
 
 #: The serialized part of a record that its invocation shares with most others: severity, and the attributes
@@ -88,10 +90,8 @@ def write_report(record: Any, line: ReportLine) -> None:
     values as attributes. The part most records share is merged from bytes made once; serialized fragments
     of one message concatenate into the message they make together, so the record is the one that
     field-by-field writes make."""
-    request_id, trace_id, span_id, flags, coldstart, observed_ns, time_ns, status, metrics = line
-    duration, billed, size, used = (metrics.duration_ms, metrics.billing_duration_ms, metrics.memory_size_mb,
-                                    metrics.memory_used_mb)
-    oom = _oom(status, metrics)
+    request_id, trace_id, span_id, flags, coldstart, observed_ns, time_ns, status, duration, billed, size, used = line
+    oom = _oom(status, used, size)
     shared = _SHARED.get((status, coldstart, size, oom)) or _shared(status, coldstart, size, oom)
     # a negative or too large time raises here (struct.error); both were checked when the event was parsed
     record.MergeFromString(_TIMES.pack(0x09, time_ns, 0x59, observed_ns) + shared)
