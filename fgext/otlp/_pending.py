@@ -3,11 +3,11 @@
 Between two steps of the OTLP sink's path (listener handler -> parse -> pipeline ->
 ``OtlpPlugin.on_telemetry`` -> assembler (``_traces``) -> **pending** -> flush: take -> encode
 (``_requests``) -> shipper -> transport). The assembler adds to a :class:`Finished`: spans, built in place
-in one ``ScopeSpans`` message (the fastest way to make them), log lines as plain records, one plain report
-record per invocation, and an estimate of their encoded size (what ``FGEXT_OTLP_MAX_PENDING_BYTES``
-bounds). At ``take`` it hands them over as one :class:`Pending`, log lines already paired with their
-links; they leave only once their requests are encoded (:meth:`Finished.taken`), so an export that
-fails to encode loses nothing.
+in the one scope of a trace request message (the fastest way to make them, and the encoder sends that
+message as it is), log lines as plain records, one plain report record per invocation, and an estimate
+of their encoded size (what ``FGEXT_OTLP_MAX_PENDING_BYTES`` bounds). At ``take`` it hands them over as
+one :class:`Pending`, log lines already paired with their links; they leave only once their requests are
+encoded (:meth:`Finished.taken`), so an export that fails to encode loses nothing.
 """
 
 from __future__ import annotations
