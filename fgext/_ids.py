@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Callable
+from typing import Callable, Optional
 
 __all__ = ["invoke_span_id_for", "root_span_id_for", "trace_id_for"]
 
@@ -58,9 +58,21 @@ def _sha256_8(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()[:8]
 
 
-def _span_id(label: str, request_id: str, digest: Callable[[bytes], bytes] = _sha256_8) -> bytes:
+_sha256 = hashlib.sha256
+# Encoded once: every request computes both of its span IDs.
+_PREFIXES = {"root": b"fgext/root/", "invoke": b"fgext/invoke/"}
+
+
+def _span_id(label: str, request_id: str, digest: Optional[Callable[[bytes], bytes]] = None) -> bytes:
     # ``digest`` is a parameter only so that a test can reach the all-zero branches.
-    value = digest(_encode(f"fgext/{label}/") + _encode(request_id))
+    data = (_PREFIXES.get(label) or _encode(f"fgext/{label}/")) + request_id.encode("utf-8", "surrogatepass")
+    if digest is None:
+        value = _sha256(data).digest()[:8]
+        if value != _ZERO_SPAN:
+            return value
+        digest = _sha256_8
+    else:
+        value = digest(data)
     if value == _ZERO_SPAN:
         value = digest(_encode(f"fgext/retry/{label}") + _encode(request_id))
     return value if value != _ZERO_SPAN else _LAST_RESORT_SPAN

@@ -99,8 +99,11 @@ def _text(value: Any) -> Optional[str]:
 
 
 def _number(value: Any) -> Optional[float]:
-    if value.__class__ is float:  # the usual case, decided by one comparison
+    kind = value.__class__
+    if kind is float:  # the usual cases, decided by one comparison each
         return value if -_INF < value < _INF else None
+    if kind is int:
+        return float(value)  # finite, or OverflowError: the event is skipped as unparsable, as before
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
@@ -112,7 +115,7 @@ def _number(value: Any) -> Optional[float]:
             return None
     else:
         return None
-    return number if number == number and abs(number) != float("inf") else None
+    return number if -_INF < number < _INF else None  # neither NaN nor infinite
 
 
 def _metrics(obj: JSONObject) -> ReportMetrics:

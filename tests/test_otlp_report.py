@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 import pytest
 
 from fgext._parse import parse_batch
-from fgext.otlp._report import is_oom
+from fgext.otlp._report import is_oom, record_of
 from fgext.otlp._traces import Assembler
 from tests.otlp_helpers import INVOKE_ID, cold, events, invocation, make_assembler, report
 from tests.test_otlp_plugin import OtelTap, attr, environ, parsed, started
@@ -25,7 +25,7 @@ def _attrs(record: Any) -> Dict[str, Any]:
 
 
 def _records(assembler: Assembler) -> List[Any]:
-    return list(assembler.pending().records)
+    return [record_of(line) for line in assembler.pending().records]
 
 
 def test_a_report_becomes_one_record_correlated_to_the_invoke_span() -> None:
@@ -34,7 +34,7 @@ def test_a_report_becomes_one_record_correlated_to_the_invoke_span() -> None:
     assembler = make_assembler()
     assembler.consume(events(*cold(INVOKE_ID, 0), *invocation(INVOKE_ID, 20, 30)))
     pending = assembler.pending()
-    (record,) = pending.records
+    (record,) = map(record_of, pending.records)
     invoke = next(span for span in pending.spans if span.name == "invoke")
     assert record.trace_id == invoke.trace_id and record.span_id == invoke.span_id
     assert record.body.string_value == (f"REPORT RequestId: {INVOKE_ID} Duration: 11 ms Billed Duration: 12 ms "
@@ -55,7 +55,7 @@ def test_report_metrics_that_are_absent_are_not_attributes() -> None:
     bare = report(INVOKE_ID, 20, 30)
     bare["reportMetrics"] = {}
     assembler.consume(events(*invocation(INVOKE_ID, 20, 30)[:-1], bare))
-    (record,) = assembler.pending().records
+    (record,) = _records(assembler)
     values = _attrs(record)
     assert not [key for key in values if key.startswith("fgext.report.") and key != "fgext.report.status"]
     assert "Duration: - Billed Duration: - Memory Size: - Max Memory Used: -" in record.body.string_value

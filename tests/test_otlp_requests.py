@@ -9,7 +9,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from fgext.otlp._ids import trace_id_for
 from fgext.otlp._logs import LogLine
+from fgext.otlp._report import record_of
 from fgext.otlp._requests import Encoded, encode_logs_requests, encode_metrics_request, encode_trace_requests
 from tests.otlp_helpers import (
     INVOKE_ID,
@@ -20,6 +22,8 @@ from tests.otlp_helpers import (
     ns,
     take_spans,
 )
+
+OTHER_ID = "0c3c5a57-25b5-4d4a-9d52-6b5b3c0f7a11"
 
 
 class TestRequests:
@@ -34,6 +38,29 @@ class TestRequests:
         assert scope_spans.scope.name == "fgext.otlp"
         assert len(scope_spans.spans) == 2
         assert attrs(request.resource_spans[0].resource)["faas.name"] == "hello"
+
+    def test_spans_built_in_the_pending_message_are_sent_as_it_is(self) -> None:
+        """Given the pending message the spans were built in, the request is that message with the resource
+        and scope set: the same request as copying the spans into a new one."""
+        assembler = make_assembler()
+        assembler.consume(events(*invocation(INVOKE_ID, 0, 10), *invocation(OTHER_ID, 20, 30)))
+        pending = assembler.pending()
+        assert pending.message is not None
+        resource = assembler.resource.message()
+        ((data, items),) = encode_trace_requests(resource, pending.spans, message=pending.message).requests
+        ((copied, _),) = encode_trace_requests(resource, list(pending.spans)).requests
+        assert items == 4 and ExportTraceServiceRequest.FromString(data) == ExportTraceServiceRequest.FromString(copied)
+
+    def test_pending_spans_over_one_request_are_still_split(self) -> None:
+        """Spans in the pending message that do not fit one request are split by bytes as without it."""
+        assembler = make_assembler()
+        for index in range(40):
+            request_id = f"{index:08d}-0000-4000-8000-000000000000"
+            assembler.consume(events(*invocation(request_id, index * 10, index * 10 + 5)))
+        pending = assembler.pending()
+        encoded = encode_trace_requests(Resource(), pending.spans, 8 * 1024, pending.message)
+        assert len(encoded.requests) > 1 and all(len(data) <= 8 * 1024 for data, _ in encoded.requests)
+        assert sum(items for _, items in encoded.requests) == 80
 
 
 def decoded_logs(encoded: Encoded) -> List[str]:
@@ -100,6 +127,31 @@ class TestIsolation:
         encoded = encode_logs_requests(Resource(), batch, [None] * 1000)
         assert encoded.unencodable == 1
         assert decoded_logs(encoded) == [f"line {i}" for i in range(1000) if i != 400]
+
+    def test_report_records_go_in_the_last_request_after_the_lines(self) -> None:
+        """Report records are written into the last request, after every log line, the same records as
+        ``record_of`` makes; the request counts them among its items."""
+        assembler = make_assembler()
+        assembler.consume(events(*invocation(INVOKE_ID, 0, 10), *invocation(OTHER_ID, 20, 30)))
+        pending = assembler.pending()
+        assert len(pending.records) == 2
+        encoded = encode_logs_requests(Resource(), lines(["a", "b"]), [None] * 2, records=pending.records)
+        ((data, items),) = encoded.requests
+        records = ExportLogsServiceRequest.FromString(data).resource_logs[0].scope_logs[0].log_records
+        assert items == 4 and [record.body.string_value for record in records[:2]] == ["a", "b"]
+        assert list(records[2:]) == [record_of(line) for line in pending.records]
+        assert records[2].trace_id == trace_id_for(INVOKE_ID) and records[3].trace_id == trace_id_for(OTHER_ID)
+
+    def test_a_report_record_that_cannot_be_written_costs_only_itself(self) -> None:
+        """A report record with a value OTLP cannot carry (a negative time) is left out and counted; the lines
+        and the other record are encoded."""
+        assembler = make_assembler()
+        assembler.consume(events(*invocation(INVOKE_ID, 0, 10), *invocation(OTHER_ID, 20, 30)))
+        good, bad = assembler.pending().records
+        bad = (*bad[:6], -1, *bad[7:])
+        encoded = encode_logs_requests(Resource(), lines(["a", "b"]), [None] * 2, records=[bad, good])
+        assert encoded.unencodable == 1
+        assert decoded_logs(encoded) == ["a", "b", record_of(good).body.string_value]
 
     def test_metrics_request_counts_its_points(self) -> None:
         """A metrics snapshot is one request holding every data point."""

@@ -106,7 +106,7 @@ def encode_logs(container: Any, lines: Sequence[LogLine], links: Sequence[Option
     ``links[i]`` is the phase ``lines[i]`` belongs to, or ``None``. The hot path: records are added in
     place, and everything but the body is merged in one C-level call from bytes: the two timestamps
     packed with their field tags, then the serialized parts shared by many records (severity and
-    source; trace ID, span ID and request ID of a phase), joined once per run of alike lines.
+    source; trace ID, span ID and request ID of a phase), joined once per kind of line in a run of lines of one phase.
     Serialized fragments of one message concatenate into the message they make together, so the
     record is the one that field-by-field writes would make.
     """
@@ -116,25 +116,25 @@ def encode_logs(container: Any, lines: Sequence[LogLine], links: Sequence[Option
     pack_times = _TIMES.pack
     cached_link: Optional[Link] = None
     correlation = b""
-    cached_key: Optional[Tuple[str, Optional[str]]] = None
-    shared = b""
+    # the shared part of each kind of line (source and level) in the current run of lines of one phase
+    joined: Dict[Tuple[str, Optional[str]], bytes] = {}
     for (at, observed, source, body, name, original), link in zip(lines, links):
         record: LogRecord = add()
         if name is None:
             match = level.search(body, 0, _LEVEL_SCAN)
-            key = (source, match.group(1) if match is not None else None)
+            key = (source, match[1] if match is not None else None)
         else:
             key = ("unknown", None)
         if link is not cached_link:
             cached_link = link
-            cached_key = None
+            joined = {}
             correlation = b"" if link is None else LogRecord(
                 trace_id=link[0], span_id=link[1], flags=link[3],
                 attributes=[kv("faas.invocation_id", link[2])],
             ).SerializeToString()
-        if key != cached_key:
-            cached_key = key
-            shared = (templates.get(key) or _template(*key)) + correlation
+        shared = joined.get(key)
+        if shared is None:
+            shared = joined[key] = (templates.get(key) or _template(*key)) + correlation
         # a negative or too large time raises here (struct.error): the encoder drops this line alone
         record.MergeFromString(pack_times(0x09, at, 0x59, observed) + shared)
         try:

@@ -51,8 +51,10 @@ class _Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1  # buckets are (previous bound, bound]
         self.count += 1
         self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
 
 
 _COUNTERS: Dict[str, Tuple[str, str]] = {

@@ -350,7 +350,8 @@ class OtlpPlugin(Plugin):
             self._counted_rejections = assembler.rejected_events
         message = resource.message()
         pending = assembler.pending()
-        traces = encode_trace_requests(message, pending.spans, max_bytes) if signals["traces"].enabled else None
+        traces = (encode_trace_requests(message, pending.spans, max_bytes, pending.message)
+                  if signals["traces"].enabled else None)
         logs = (encode_logs_requests(message, pending.lines, pending.links, max_bytes, pending.records)
                 if signals["logs"].enabled else None)
         assembler.taken(pending)

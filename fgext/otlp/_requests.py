@@ -15,19 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, encode_logs
-from fgext.otlp._report import REPORT_ESTIMATE
+from fgext.otlp._report import REPORT_ESTIMATE, ReportLine, write_report
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES", "Encoded", "encode_logs_requests", "encode_metrics_request",
@@ -97,10 +96,29 @@ def _encode_split(first: int, last: int, build: Callable[[int, int], bytes], max
     _encode_split(middle, last, build, max_bytes, out)
 
 
-def encode_trace_requests(resource: Resource, spans: Sequence[Span],
-                          max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Encoded:
-    """Serialized ``ExportTraceServiceRequest``s of at most ``max_bytes`` each."""
+def encode_trace_requests(resource: Resource, spans: Sequence[Span], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                          message: Optional[ExportTraceServiceRequest] = None) -> Encoded:
+    """Serialized ``ExportTraceServiceRequest``s of at most ``max_bytes`` each.
+
+    ``message``, when given, is a request whose one scope holds exactly ``spans`` (``_pending`` builds them in
+    it): when they fit one request it gets the resource and scope and is serialized as it is, without copying
+    the spans into another message (that copy was most of the cost of encoding them).
+    """
     scope = _scope()
+    out = Encoded()
+    per_request = max(1, (max_bytes - _ENVELOPE_ROOM) // SPAN_ESTIMATE)
+    if message is not None and 0 < len(spans) <= per_request:
+        resource_spans = message.resource_spans[0]
+        resource_spans.resource.CopyFrom(resource)
+        resource_spans.scope_spans[0].scope.CopyFrom(scope)
+        try:
+            data: bytes = message.SerializeToString()
+        except Exception:  # never expected: the general path below finds the record and drops it alone
+            pass
+        else:
+            if len(data) <= max_bytes:
+                out.requests.append((data, len(spans)))
+                return out
 
     def build(first: int, last: int) -> bytes:
         request = ExportTraceServiceRequest()
@@ -112,18 +130,17 @@ def encode_trace_requests(resource: Resource, spans: Sequence[Span],
         data: bytes = request.SerializeToString()
         return data
 
-    out = Encoded()
-    per_request = max(1, (max_bytes - _ENVELOPE_ROOM) // SPAN_ESTIMATE)
     for first in range(0, len(spans), per_request):
         _encode_split(first, min(first + per_request, len(spans)), build, max_bytes, out)
     return out
 
 
 def encode_logs_requests(resource: Resource, lines: Sequence[LogLine], links: Sequence[Optional[Link]],
-                         max_bytes: int = DEFAULT_MAX_REQUEST_BYTES, records: Sequence[LogRecord] = ()) -> Encoded:
+                         max_bytes: int = DEFAULT_MAX_REQUEST_BYTES, records: Sequence[ReportLine] = ()) -> Encoded:
     """Serialized ``ExportLogsServiceRequest``s of at most ``max_bytes`` each; ``links[i]`` is the phase
     ``lines[i]`` was correlated with (or ``None``). Records are built straight into the request.
-    ``records`` (report records, a few hundred bytes each) are built already and go in the last request."""
+    ``records`` (plain report records, ``_report``, a few hundred bytes each) go in the last request, written
+    straight into it."""
     scope = _scope()
 
     def build(first: int, last: int) -> bytes:
@@ -134,11 +151,18 @@ def encode_logs_requests(resource: Resource, lines: Sequence[LogLine], links: Se
         scope_logs.scope.CopyFrom(scope)
         encode_logs(scope_logs.log_records, lines[first:last], links[first:last])
         if last == count:
-            scope_logs.log_records.extend(records)
+            log_records = scope_logs.log_records
+            for index, record in enumerate(records):
+                try:
+                    write_report(log_records.add(), record)
+                except Exception:  # never expected (every value was checked when parsed): it costs itself
+                    del log_records[-1]
+                    unwritten.add(index)
         data: bytes = request.SerializeToString()
         return data
 
     out = Encoded()
+    unwritten: Set[int] = set()  # report records that could not be written (the last request may be built twice)
     budget = max(1, max_bytes - _ENVELOPE_ROOM)
     count = len(links)
     # len() of the body is its size in bytes for ASCII text; other text comes out larger than estimated
@@ -153,7 +177,8 @@ def encode_logs_requests(resource: Resource, lines: Sequence[LogLine], links: Se
         _encode_split(first, last, build, max_bytes, out)
     if records and out.requests:
         data, items = out.requests[-1]
-        out.requests[-1] = (data, items + len(records))  # the report records went in the last request
+        out.requests[-1] = (data, items + len(records) - len(unwritten))  # the report records went in the last
+    out.unencodable += len(unwritten)
     return out
 
 

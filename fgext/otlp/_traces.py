@@ -44,7 +44,7 @@ from fgext.otlp._ids import SECOND_NS, TRACE_FLAG_SAMPLED, span_id, span_id_for,
 from fgext.otlp._logs import LINE_OVERHEAD, Link, LogLine, log_line
 from fgext.otlp._metrics import Metrics
 from fgext.otlp._pending import Finished, Pending
-from fgext.otlp._report import REPORT_ESTIMATE, report_record
+from fgext.otlp._report import REPORT_ESTIMATE, report_line
 from fgext.otlp._requests import SPAN_ESTIMATE
 from fgext.otlp._resource import ResourceBuilder, safe_text
 from fgext.otlp._spans import phase_attributes, root_attributes, write_span
@@ -428,7 +428,7 @@ class Assembler:
             end = max(end, begin)
             first_begin = begin if first_begin is None else min(first_begin, begin)
             last_end = end if last_end is None else max(last_end, end)
-            attributes = phase_attributes(kind, phase.status, phase.report, request.adopted_init_id)
+            shared, attributes = phase_attributes(kind, phase.status, phase.report, request.adopted_init_id)
             status = phase.status
             error = status if status and status.lower() != "success" else None
             if error is not None and (root_error is None or kind == "invoke"):
@@ -437,7 +437,8 @@ class Assembler:
                 attributes.append(("fgext.incomplete", True))
             span = add_span()
             span.parent_span_id = request.root_span_id
-            write_span(span, tid, phase.span_id, kind, Span.SPAN_KIND_INTERNAL, begin, end, attributes, error)
+            write_span(span, tid, phase.span_id, kind, Span.SPAN_KIND_INTERNAL, begin, end, attributes, error,
+                       shared)
             self.metrics.record_phase(kind, status, phase.report.metrics if phase.report is not None else None,
                                       begin, end, kind in incomplete_phases)
             if kind == "invoke":
@@ -448,18 +449,18 @@ class Assembler:
             incomplete = not complete or bool(incomplete_phases)
             if incomplete:
                 self.closed_incomplete += 1
+            shared, attributes = root_attributes(rid, coldstart, request.adopted_init_id,
+                                                 reason if incomplete else None)
             write_span(add_span(), tid, request.root_span_id, safe_text(self.resource.function_name),
-                       Span.SPAN_KIND_SERVER, first_begin, last_end,
-                       root_attributes(rid, coldstart, request.adopted_init_id, reason if incomplete else None),
-                       root_error)
+                       Span.SPAN_KIND_SERVER, first_begin, last_end, attributes, root_error, shared)
             if "invoke" in request.phases:
                 self.metrics.count("faas.invocations")
                 if coldstart:
                     self.metrics.count("faas.coldstarts")
                 if self._report_log and invoke_report is not None:
-                    finished.reports.append(report_record(rid, tid, request.phases["invoke"].span_id, invoke_report,
-                                                      coldstart=coldstart, observed_ns=now_ns,
-                                                      sampled=request.sampled))
+                    finished.reports.append(report_line(rid, tid, request.phases["invoke"].span_id, invoke_report,
+                                                    coldstart=coldstart, observed_ns=now_ns,
+                                                    sampled=request.sampled))
                     finished.bytes += REPORT_ESTIMATE
         if not self._kept(request, coldstart):
             # Written, then let go: metrics above still count the invocation, its spans are not exported.
