@@ -23,8 +23,9 @@ repeated runs):
 6. ``peer``: the issue's workload (one invocation at a time: invoke POST, then one telemetry POST) with no
    log line, 7 and 50 lines, against the floor, fgext (``end`` flush, the default, and
    ``periodically,1000``: keys ``periodic_*``) and ``bench/peer_sdk_extension.py`` (the extension a user
-   would write with the OpenTelemetry SDK), back to back in each round: CPU us/event, RSS, and the
-   ratios' min and max over rounds.
+   would write with the OpenTelemetry SDK), back to back in each round (the floor measured before and
+   after fgext's two agents, the mean taken): CPU us/event, RSS, and the ratios' min, median and max over
+   rounds (``--runs``, 3 to 9; ``--peer-invocations`` per round, default 500).
 
 The agent runs as a subprocess on ``--python`` (``FGEXT_PYTHON``), so the harness stays on 3.11. Ports
 8081-8090 are held under the tests' lock. Nothing here asserts; the targets are evaluated in the table.
@@ -341,21 +342,25 @@ def _peer_round(python: str, lines: int, first: int, count: int) -> Dict[str, fl
     bodies = _invocations(first, count, lines)
     events = count * (lines + 3)
     out: Dict[str, float] = {}
+    # The floor's server stays up and is measured before and after fgext's two agents: the mean of the two
+    # is what the machine's speed was around them (it drifts by tens of percent within minutes here).
     floor = FloorServer(python)
+    floor_cpu = 0.0
     try:
         asyncio.run(post_all(floor.port, warm, 1))
-        _, cpu = _drive(floor.pid, floor.port, bodies, 1, time.monotonic)
-        out["floor_cpu_us"], out["floor_rss_mb"] = cpu / events * 1e6, rss_kib(floor.pid)[0] / 1024
+        floor_cpu += _drive(floor.pid, floor.port, bodies, 1, time.monotonic)[1]
+        for label, flush in (("fgext", "end"), ("periodic", "periodically,1000")):
+            # the drain waits for the sink to go quiet: longer than a periodic flush's interval
+            quiet = 0.5 if flush == "end" else 1.5
+            with otlp_agent(python, {"FGEXT_FLUSH": flush}) as (agent, sink):
+                asyncio.run(post_all(agent.port, warm, 1))
+                sink.wait_quiet(quiet=quiet)
+                _, cpu = _drive(agent.pid, agent.port, bodies, 1, functools.partial(sink.wait_quiet, quiet=quiet))
+                out[f"{label}_cpu_us"], out[f"{label}_rss_mb"] = cpu / events * 1e6, rss_kib(agent.pid)[0] / 1024
+        floor_cpu += _drive(floor.pid, floor.port, bodies, 1, time.monotonic)[1]
+        out["floor_cpu_us"], out["floor_rss_mb"] = floor_cpu / 2 / events * 1e6, rss_kib(floor.pid)[0] / 1024
     finally:
         floor.stop()
-    for label, flush in (("fgext", "end"), ("periodic", "periodically,1000")):
-        # the drain waits for the sink to go quiet: longer than a periodic flush's interval
-        quiet = 0.5 if flush == "end" else 1.5
-        with otlp_agent(python, {"FGEXT_FLUSH": flush}) as (agent, sink):
-            asyncio.run(post_all(agent.port, warm, 1))
-            sink.wait_quiet(quiet=quiet)
-            _, cpu = _drive(agent.pid, agent.port, bodies, 1, functools.partial(sink.wait_quiet, quiet=quiet))
-            out[f"{label}_cpu_us"], out[f"{label}_rss_mb"] = cpu / events * 1e6, rss_kib(agent.pid)[0] / 1024
     sink = Sink()
     platform = RecordingPlatform().start()
     try:
@@ -394,6 +399,7 @@ def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
             out[f"l{lines}_{key}"] = statistics.median(s[key] for s in samples)
         for key, values in ratios.items():
             out[f"l{lines}_{key}_min"], out[f"l{lines}_{key}_max"] = min(values), max(values)
+            out[f"l{lines}_{key}_median"] = statistics.median(values)
     return out
 
 
@@ -622,6 +628,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", dest="json_out", type=Path, help="write the results as JSON here")
     parser.add_argument("--only", help="comma-separated sections to run")
     parser.add_argument("--runs", type=int, help="repetitions for medians (default 15, smoke 2)")
+    parser.add_argument("--peer-invocations", type=int, default=500, metavar="N",
+                        help="invocations per round of the peer section (default 500)")
     parser.add_argument("--memory-checkpoints", help="comma-separated invocation counts at which the memory "
                                                      "section reads RSS, at least two (default 1000,10000,20000)")
     parser.add_argument("--packaged", action="store_true",
@@ -710,7 +718,8 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], only: List[str
         if "zip" in only and version.startswith("3.9."):
             sections["zip"] = bench_zip(python, runs)
         if "peer" in only:
-            sections["peer"] = bench_peer(python, 2 if smoke else max(3, min(runs, 5)), 30 if smoke else 500)
+            sections["peer"] = bench_peer(python, 2 if smoke else max(3, min(runs, 9)),
+                                          30 if smoke else args.peer_invocations)
         result["runs"][version] = sections
     if "zip" in only and not any("zip" in s for s in result["runs"].values()):
         print("zip: skipped, no Python 3.9 among --python (the default build is Python3.9)", file=sys.stderr)
