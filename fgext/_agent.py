@@ -160,6 +160,14 @@ class Agent:
         it (None: submitted already). Raises :class:`_Reject` for a body refused; with ``plain``,
         :class:`_NotPlain` for one whose answer is not the usual one (some events malformed), before anything
         is counted."""
+        answer, payload = self._accept(kind, body, received_ns, plain)
+        return answer, self._submit(kind, payload, size)
+
+    def _accept(self, kind: str, body: bytes, received_ns: int, plain: bool = False) -> Tuple[str, Any]:
+        """A body's bytes -> parsed and counted, malformed events warned about: the JSON answer and what to
+        submit (an invocation, or a telemetry POST's events). The one owner of this step for the listener's
+        two paths (:meth:`_take`) and the replay of what the early responder answered (:meth:`_submit_kept`).
+        Raises as :meth:`_take` does."""
         try:
             data = json.loads(body)
         except (ValueError, RecursionError) as error:
@@ -173,7 +181,7 @@ class Agent:
             raise _Reject(400, str(error)) from None
         if kind == "invoke":
             self.stats["invokes_received"] += 1
-            return _INVOKE_OK, self._submit("invoke", invoke)
+            return _INVOKE_OK, invoke
         if batch.errors:
             if plain:
                 raise _NotPlain  # aiohttp answers it: its warning and answer have one owner
@@ -181,13 +189,11 @@ class Agent:
             self.stats["events_malformed"] += batch.malformed
             self.log.warning("malformed telemetry events skipped", count=batch.malformed,
                              kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
-            answer = json.dumps({"accepted": len(batch.events), "malformed": batch.malformed,
-                                 "errors": batch.errors[:_MAX_ERROR_DETAILS]})
-            return answer, self._submit("telemetry", batch.events, size)
+            return json.dumps({"accepted": len(batch.events), "malformed": batch.malformed,
+                               "errors": batch.errors[:_MAX_ERROR_DETAILS]}), batch.events
         self._count(batch.events)
         # the usual answer, written without json.dumps (the same JSON)
-        return f'{{"accepted": {len(batch.events)}, "malformed": 0, "errors": []}}', \
-            self._submit("telemetry", batch.events, size)
+        return f'{{"accepted": {len(batch.events)}, "malformed": 0, "errors": []}}', batch.events
 
     def _count(self, events: Sequence[Any]) -> None:
         """A telemetry POST's events in the counters, by kind (:func:`event_kind`)."""
@@ -249,27 +255,21 @@ class Agent:
 
     async def _submit_kept(self, kept: Sequence[Tuple[str, int, bytes]]) -> None:
         """Submit, in arrival order, the bodies the early responder answered (fgext._early), parsed and
-        counted as if the listener had read them; a malformed one is counted and logged as rejected."""
+        counted as the listener would have (:meth:`_accept`); one it would have refused is counted and logged
+        as rejected. The pipeline is awaited directly: :meth:`_submit` would queue behind this very replay."""
         assert self.pipeline is not None and self._replayed is not None
         try:
             for kind, received_ns, body in kept:
                 try:
-                    data = json.loads(body)
-                    invoke = parse_invoke(data, received_ns) if kind == "invoke" else None
-                    batch = parse_batch(data) if kind != "invoke" else None
-                except (ValueError, RecursionError, MalformedEvent) as error:
-                    self._rejected(kind, _Reject(400, f"answered before the listener started: {error}"))
+                    _, payload = self._accept(kind, body, received_ns)
+                except _Reject as reject:
+                    reason = f"answered before the listener started: {reject.message}"
+                    self._rejected(kind, _Reject(reject.status, reason))
                     continue
-                if invoke is not None:
-                    self.stats["invokes_received"] += 1
-                    await self.pipeline.submit_invoke(invoke)
-                elif batch is not None:
-                    self._count(batch.events)
-                    if batch.errors:
-                        self.stats["events_malformed"] += batch.malformed
-                        self.log.warning("malformed telemetry events skipped", count=batch.malformed,
-                                         kept=len(batch.events), errors=batch.errors[:_MAX_ERROR_DETAILS])
-                    await self.pipeline.submit_telemetry(batch.events, len(body))
+                if kind == "invoke":
+                    await self.pipeline.submit_invoke(payload)
+                else:
+                    await self.pipeline.submit_telemetry(payload, len(body))
         finally:
             self._replayed.set()
 

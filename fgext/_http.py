@@ -19,13 +19,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, Optional, Tuple
 
-__all__ = ["ProtocolError", "Redirected", "post"]
+__all__ = ["ProtocolError", "Redirected", "parse_head", "post"]
 
 _MAX_RESPONSE = 1024 * 1024
 
 
 class ProtocolError(OSError):
-    """The peer's answer was not HTTP/1.x this client can read; treated like a connection error."""
+    """The peer's answer was not HTTP/1.x this client (or the OTLP exporter's) can read; treated like a
+    connection error."""
 
 
 class Redirected(Exception):
@@ -92,24 +93,14 @@ def post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
     head_end = data.find(b"\r\n\r\n")
     if head_end < 0:
         raise ProtocolError("no complete HTTP response header" if data else "connection closed without an answer")
-    head = data[:head_end].decode("latin-1")
-    status_line, _, header_text = head.partition("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-    status = int(parts[1])
+    status, _, fields = parse_head(data[:head_end])
     rest = data[head_end + 4:]
-    fields = {}
-    for line in header_text.split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            fields[name.strip().lower()] = value.strip()
     if 300 <= status < 400:
         raise Redirected(status, fields.get("location", ""))
     if "chunked" in fields.get("transfer-encoding", "").lower():
         return status, _dechunk(rest)
-    length = _content_length(data[:head_end])
-    if length is not None:
+    if "content-length" in fields:
+        length = _length(fields["content-length"])
         if len(rest) < length:
             raise ProtocolError("connection closed before the whole body arrived")
         return status, rest[:length]
@@ -117,11 +108,43 @@ def post(host: str, port: int, path: str, body: bytes, headers: Dict[str, str],
 
 
 def _content_length(head: bytes) -> Optional[int]:
+    """The Content-Length of a header block still being read (to know when the answer is whole)."""
     for line in head.split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
-        if sep and name.strip().lower() == b"content-length":
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise ProtocolError("malformed Content-Length") from None
+        if sep and name.lower() == b"content-length":
+            return _length(value.strip().decode("latin-1"))
     return None
+
+
+def _length(text: str) -> int:
+    if not text.isdigit():
+        raise ProtocolError("malformed Content-Length in the answer")
+    return int(text)
+
+
+def parse_head(head: bytes) -> Tuple[int, bool, Dict[str, str]]:
+    """An answer's status line and header block (without the blank line that ends them) -> the status,
+    whether the connection may carry the next request (HTTP/1.1 without ``Connection: close``), and the
+    fields by lower-case name. Strict, for this client and the OTLP exporter's (fgext.otlp._http) alike: a
+    header line that is not ``name: value``, whitespace before the colon, or two different Content-Lengths
+    are a :class:`ProtocolError` - the answer could be read more than one way."""
+    text = head.decode("latin-1")
+    status_line, _, rest = text.partition("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
+        raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    fields: Dict[str, str] = {}
+    if rest:
+        for line in rest.split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                raise ProtocolError("malformed header line in the answer")
+            key = name.lower()
+            value = value.strip()
+            if key == "content-length" and fields.get(key, value) != value:
+                raise ProtocolError("conflicting Content-Length in the answer")
+            fields[key] = value
+    connection = fields.get("connection")
+    keep = parts[0] == "HTTP/1.1" and (
+        connection is None or "close" not in {token.strip().lower() for token in connection.split(",")})
+    return int(parts[1]), keep, fields

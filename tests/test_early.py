@@ -227,18 +227,22 @@ def test_the_agent_answers_before_its_listener_and_loses_nothing(
         platform: RecordingPlatform, agents: Callable[..., AgentProcess], tmp_path: Path) -> None:
     """Right after registering, an invoke and a telemetry POST are answered 200 while aiohttp still loads;
     both reach the plugins, in order, before what the listener serves later; a malformed body answered
-    early is counted and logged as rejected at the hand-over."""
+    early is counted and logged as rejected at the hand-over, a malformed event in a kept batch is skipped
+    and warned about as the listener does it."""
     out = tmp_path / "out.jsonl"
     agent = agents({"EXTENSION_API_ADDR": platform.addr, "FGEXT_PLUGINS": "jsonl", "FGEXT_JSONL_PATH": str(out)})
     seen = platform.wait_for(lambda r: len(r) >= 2, timeout=30)
     port = int(seen[0].headers["FunctionGraph-Extension-Address"].rsplit(":", 1)[1])
     early_log = {"name": "function", "startTime": "2023-02-01T00:03:50.000Z", "logs": "early"}
     assert agent.post(port, "/extension/invoke", json.dumps({"traceId": "r1"}).encode()) == (200, {"status": "ok"})
-    assert agent.post(port, "/", json.dumps([early_log]).encode())[0] == 200
+    assert agent.post(port, "/", json.dumps([early_log, {"logs": "no name"}]).encode())[0] == 200
     assert agent.post(port, "/extension/invoke", b"not json")[0] == 200  # read whole, judged at hand-over
     note = agent.wait_log("answered before the listener started")
     assert note["kept"] == 3 and note["first_answer_ms"] is not None
-    assert "answered before the listener started" in agent.wait_log("invoke body rejected")["reason"]
+    reason = agent.wait_log("invoke body rejected")["reason"]
+    assert reason.startswith("answered before the listener started: body is not valid JSON"), reason
+    skipped = agent.wait_log("malformed telemetry events skipped")
+    assert (skipped["count"], skipped["kept"]) == (1, 1)
     assert ready(agent) == port
     assert agent.post(port, "/extension/invoke", json.dumps({"traceId": "r2"}).encode())[0] == 200
     deadline = time.monotonic() + 10

@@ -95,7 +95,12 @@ class TestPost:
         b"", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", b"SSH-2.0-OpenSSH\r\n\r\n",
         b"HTTP/1.1 abc OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"HTTP/1.1 200 OK\r\nNo-End",
-    ], ids=["nothing", "truncated", "not-http", "bad-status", "bad-length", "bad-chunk", "no-header-end"])
+        # read strictly, as the OTLP exporter reads its collector's answers (one parser: _http.parse_head)
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+    ], ids=["nothing", "truncated", "not-http", "bad-status", "bad-length", "bad-chunk", "no-header-end",
+            "two-lengths", "space-before-colon", "no-colon", "four-digit-status", "signed-length"])
     def test_unreadable_answers_are_oserrors(self, server, answer: bytes) -> None:  # type: ignore[no-untyped-def]
         """Anything short of a readable answer is a ProtocolError, an OSError the retry loop handles."""
         srv = server(answer)

@@ -27,16 +27,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from fgext._http import ProtocolError, parse_head
+
 __all__ = ["MAX_BODY", "MAX_HEAD", "Answer", "Connection", "Expired", "Interrupt", "ProtocolError"]
 
 MAX_HEAD = 64 * 1024  # a response's status line and header block, and a chunked body's trailers
 MAX_BODY = 1024 * 1024  # answer body bytes kept; the rest is read and discarded
 _MAX_CHUNK_LINE = 4096
 _PAUSE_AT = 256 * 1024  # buffered bytes at which reading pauses until the answer's reader catches up
-
-
-class ProtocolError(OSError):
-    """The collector's answer is not HTTP/1.x this client can read; an error like a broken connection."""
 
 
 class _NoAnswer(ConnectionError):
@@ -215,30 +213,6 @@ async def _head(protocol: _Protocol) -> bytes:
     return head
 
 
-def _parse_head(head: bytes) -> Tuple[int, bool, Dict[str, str]]:
-    """Status, whether the connection may be kept (HTTP/1.1 without ``Connection: close``), fields."""
-    text = head.decode("latin-1")
-    status_line, _, rest = text.partition("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
-        raise ProtocolError("the answer's status line is not HTTP/1.x")
-    fields: Dict[str, str] = {}
-    if rest:
-        for line in rest.split("\r\n"):
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise ProtocolError("malformed header line in the answer")
-            key = name.lower()
-            value = value.strip()
-            if key == "content-length" and fields.get(key, value) != value:
-                raise ProtocolError("conflicting Content-Length in the answer")
-            fields[key] = value
-    connection = fields.get("connection")
-    keep = parts[0] == "HTTP/1.1" and (
-        connection is None or "close" not in {token.strip().lower() for token in connection.split(",")})
-    return int(parts[1]), keep, fields
-
-
 async def _chunked(protocol: _Protocol, body: _Body) -> None:
     while True:
         line = await _line(protocol, _MAX_CHUNK_LINE, "chunk size line")
@@ -274,7 +248,7 @@ async def _read_answer(protocol: _Protocol) -> Tuple[Answer, bool]:
         if head == protocol.last_head:  # a collector's answers differ at most in Date, once a second
             status, keep, fields = protocol.last_parsed
         else:
-            status, keep, fields = protocol.last_parsed = _parse_head(head)
+            status, keep, fields = protocol.last_parsed = parse_head(head)
             protocol.last_head = head
         if status >= 200:
             break
