@@ -18,6 +18,9 @@ One ordered queue holds every request not yet acknowledged; each is in memory, o
   spool and their bytes released; the spool itself is bounded by its own ``max_bytes``;
 - **coalescing:** requests of one signal that queued behind the one in flight leave together as one
   request (serialized OTLP requests concatenate into a valid one), up to 4 MiB;
+- **signals at once:** while the collector is up, the head of the queue and the first request of
+  another signal (a flush's traces and logs) are written in one loop turn, each on a connection of its
+  own, and their answers awaited together; within a signal, requests stay in order;
 - **backoff:** after a retryable failure (the :mod:`fgext._retry` policy decides which) everything
   goes to the spool and the queue is retried, oldest first, after the policy's delay (never before a
   ``Retry-After``). A final rejection drops that request, counted.
