@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from aiohttp import web
 
@@ -332,92 +332,3 @@ def test_requests_queued_behind_one_in_flight_leave_together_as_one_valid_reques
     names = [[span.name for rs in ExportTraceServiceRequest.FromString(body).resource_spans
               for ss in rs.scope_spans for span in ss.spans] for body in bodies[:2]]
     assert names == [["first"], ["second", "third", "fourth"]]
-
-
-class SignalCollector(Collector):
-    """Answers each signal's POSTs with the next of its own statuses (by path; the last repeating)."""
-
-    def __init__(self, statuses: Dict[str, List[int]]) -> None:
-        super().__init__()
-        self.by_signal = statuses
-        self.paths: List[str] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        signal = request.path.rsplit("/", 1)[-1]
-        body = await request.read()
-        self.bodies.append(body)
-        self.paths.append(signal)
-        statuses = self.by_signal.get(signal, [200])
-        status = statuses[min(self.paths.count(signal) - 1, len(statuses) - 1)]
-        await self.hold.wait()
-        return web.Response(status=status)
-
-
-def test_a_flushs_traces_and_logs_are_in_flight_at_once(tmp_path: Path) -> None:
-    """The two requests of a flush (different signals) leave together, each on a kept connection of its own
-    (opened by the first flush): the collector holds the second before it answered the first."""
-
-    async def go() -> None:
-        async with Collector() as collector:
-            shipper, drops, stop = await shipper_for(collector.port, tmp_path, spool_after_s=60.0)
-            shipper.submit("traces", b"spans0", 1, send=False)
-            shipper.submit("logs", b"lines0", 1, send=False)
-            assert await shipper.flush(10)
-            connection = shipper._transports["traces"]._connection  # type: ignore[attr-defined]
-            assert connection.connects == 2
-            collector.hold.clear()
-            shipper.submit("traces", b"spans", 3, send=False)
-            shipper.submit("logs", b"lines", 8, send=False)
-            flush = asyncio.ensure_future(shipper.flush(10))
-            await until(lambda: len(collector.bodies) == 4, timeout=5.0)  # neither answered yet
-            assert sorted(collector.bodies[2:]) == [b"lines", b"spans"] and not flush.done()
-            collector.hold.set()
-            assert await flush
-            assert shipper.pending == 0 and drops == [] and files(tmp_path) == []
-            assert shipper.sent_items == {"traces": 4, "logs": 9} and connection.connects == 2
-            await stop()
-
-    asyncio.run(go())
-
-
-def test_one_signal_failing_in_a_paired_send_keeps_the_other_acknowledged(tmp_path: Path) -> None:
-    """Traces answered 503 while logs, sent at once, are answered 200: the logs request is done, only the
-    traces request is spooled and retried after the backoff."""
-
-    async def go() -> None:
-        async with SignalCollector({"traces": [503, 200]}) as collector:
-            shipper, drops, stop = await shipper_for(collector.port, tmp_path,
-                                                     backoff=Backoff(0.05, 0.2, jitter=0.0))
-            shipper.submit("traces", b"spans", 3, send=False)
-            shipper.submit("logs", b"lines", 8, send=False)
-            assert not await shipper.flush(10)
-            assert shipper.sent_items == {"logs": 8} and shipper.pending == 1
-            await until(lambda: shipper.pending == 0)
-            assert sorted(zip(collector.paths, collector.bodies)) == [
-                ("logs", b"lines"), ("traces", b"spans"), ("traces", b"spans")]
-            assert shipper.requests == {("traces", "retry"): 1, ("traces", "success"): 1, ("logs", "success"): 1}
-            assert drops == [] and files(tmp_path) == []
-            await stop()
-
-    asyncio.run(go())
-
-
-def test_both_signals_failing_at_once_back_off_once(tmp_path: Path) -> None:
-    """Both requests of a flush answered 503: one backoff step (not two), both spooled, both delivered once the
-    collector is back, each counted as one retry."""
-
-    async def go() -> None:
-        async with SignalCollector({"traces": [503, 200], "logs": [503, 200]}) as collector:
-            backoff = Backoff(0.05, 0.2, jitter=0.0)
-            shipper, drops, stop = await shipper_for(collector.port, tmp_path, backoff=backoff)
-            shipper.submit("traces", b"spans", 3, send=False)
-            shipper.submit("logs", b"lines", 8, send=False)
-            assert not await shipper.flush(10)
-            assert backoff.failures == 1 and len(files(tmp_path)) == 2
-            await until(lambda: shipper.pending == 0)
-            assert shipper.requests == {("traces", "retry"): 1, ("logs", "retry"): 1,
-                                        ("traces", "success"): 1, ("logs", "success"): 1}
-            assert drops == [] and files(tmp_path) == []
-            await stop()
-
-    asyncio.run(go())

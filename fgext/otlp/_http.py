@@ -3,12 +3,11 @@
 Why not aiohttp's ``ClientSession``: export POSTs are the largest share of the agent's CPU, and the
 session costs about twice the CPU per POST of a plain keep-alive exchange on an asyncio protocol
 (``bench/http_client.py`` measures both and this client). An OTLP export needs very little of HTTP:
-a POST or two at a time to one collector, a small answer. This module speaks exactly that, on the
+one POST at a time to one collector, a small answer. This module speaks exactly that, on the
 ``asyncio.Protocol`` that asyncio's streams are built on (so it knows whether any byte of an answer
 arrived, which the reconnect rule below depends on):
 
-- connections kept alive between requests, one request at a time on each (never pipelined); requests
-  in flight at once (a flush's traces and logs) each on a connection of its own;
+- one connection per :class:`Connection`, kept alive between requests, requests serialized on it;
 - answers framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the end of the connection;
   an answer with ``Connection: close`` (or framed by the close) closes our side after it;
 - bounded: a header block over 64 KiB is a protocol error; a body is kept up to 1 MiB and the rest
@@ -28,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-__all__ = ["MAX_BODY", "MAX_HEAD", "Answer", "Connection", "Exchange", "Expired", "Interrupt", "ProtocolError"]
+__all__ = ["MAX_BODY", "MAX_HEAD", "Answer", "Connection", "Expired", "Interrupt", "ProtocolError"]
 
 MAX_HEAD = 64 * 1024  # a response's status line and header block, and a chunked body's trailers
 MAX_BODY = 1024 * 1024  # answer body bytes kept; the rest is read and discarded
@@ -311,37 +310,12 @@ async def _read_answer(protocol: _Protocol) -> Tuple[Answer, bool]:
     return Answer(status, fields, data, body.truncated), keep and not protocol.ended
 
 
-class Exchange:
-    """One request begun by :meth:`Connection.begin`: written on ``protocol``, or waiting for a connection."""
-
-    __slots__ = ("body", "head", "interrupt", "protocol")
-
-    def __init__(self, head: bytes, body: bytes, interrupt: Optional[Interrupt], protocol: Optional[_Protocol]) -> None:
-        self.head = head
-        self.body = body
-        self.interrupt = interrupt
-        self.protocol = protocol
-
-
-def _write(protocol: _Protocol, head: bytes, body: bytes, interrupt: Optional[Interrupt]) -> None:
-    assert protocol.transport is not None
-    protocol.answered = False
-    protocol.interrupt = interrupt
-    if interrupt is not None:
-        interrupt._wake = protocol.wake
-    if len(body) <= 16384:
-        protocol.transport.write(head + body)
-    else:  # no copy of a large body; asyncio sends both with TCP_NODELAY
-        protocol.transport.write(head)
-        protocol.transport.write(body)
-
-
 class Connection:
     """Kept-alive HTTP/1.1 connections to ``host:port`` (TLS when ``ssl_context`` is given).
 
-    One connection serves every request while requests come one at a time; a request made while another
-    is in flight (the shipper sends a flush's traces and logs at once) opens a connection of its own, and
-    up to ``_MAX_IDLE`` of them are kept. :meth:`close` ends them all.
+    One connection serves every request while requests come one at a time (the shipper sends one at a
+    time); a request made while another is in flight opens a connection of its own, and up to
+    ``_MAX_IDLE`` of them are kept. :meth:`close` ends them all.
     """
 
     _MAX_IDLE = 2
@@ -359,14 +333,6 @@ class Connection:
         the answer. Raises ``OSError`` (:class:`ProtocolError` included) when there is no readable answer,
         :class:`Expired` once ``interrupt`` fired.
         """
-        return await self.finish(self.begin(head, body, interrupt))
-
-    def begin(self, head: bytes, body: bytes, interrupt: Optional[Interrupt] = None) -> Exchange:
-        """Write the request now on a kept connection, if one is ready (else :meth:`finish` connects first).
-
-        So requests of different signals leave in one loop turn, each on a connection of its own, and
-        their answers are awaited together. The exchange must be finished or :meth:`abandon`-ed.
-        """
         protocol: Optional[_Protocol] = None
         while self._idle:
             candidate = self._idle.pop()
@@ -375,32 +341,21 @@ class Connection:
             else:
                 protocol = candidate
                 break
-        exchange = Exchange(head, body, interrupt, protocol)
-        if protocol is not None:
-            _write(protocol, head, body, interrupt)
-        return exchange
-
-    async def finish(self, exchange: Exchange) -> Answer:
-        """The answer to a request begun with :meth:`begin` (raises as :meth:`post` does)."""
-        protocol = exchange.protocol
-        head, body, interrupt = exchange.head, exchange.body, exchange.interrupt
         reused = protocol is not None
         try:
             if protocol is None:
-                protocol = exchange.protocol = await self._connect(interrupt)
-                _write(protocol, head, body, interrupt)
+                protocol = await self._connect(interrupt)
             try:
-                answer, keep = await _read_answer(protocol)
+                answer, keep = await self._exchange(protocol, head, body, interrupt)
             except _NoAnswer:
                 if not reused:
                     raise
                 # The collector closed the kept-alive connection as our request crossed it (its idle
                 # timeout), and not a byte of an answer came: it cannot have answered; send it once more.
                 self._end(protocol)
-                protocol = exchange.protocol = None
-                protocol = exchange.protocol = await self._connect(interrupt)
-                _write(protocol, head, body, interrupt)
-                answer, keep = await _read_answer(protocol)
+                protocol = None
+                protocol = await self._connect(interrupt)
+                answer, keep = await self._exchange(protocol, head, body, interrupt)
         except BaseException:
             if protocol is not None:
                 self._end(protocol)
@@ -411,12 +366,6 @@ class Connection:
         else:
             self._end(protocol, graceful=True)
         return answer
-
-    def abandon(self, exchange: Exchange) -> None:
-        """Give up a begun exchange without its answer: its connection is closed, never reused."""
-        if exchange.protocol is not None:
-            self._end(exchange.protocol)
-            exchange.protocol = None
 
     async def _connect(self, interrupt: Optional[Interrupt]) -> _Protocol:
         if interrupt is not None and interrupt.fired:
@@ -451,6 +400,20 @@ class Connection:
         self.connects += 1
         self._open.add(protocol)
         return protocol
+
+    async def _exchange(self, protocol: _Protocol, head: bytes, body: bytes,
+                        interrupt: Optional[Interrupt]) -> Tuple[Answer, bool]:
+        assert protocol.transport is not None
+        protocol.answered = False
+        protocol.interrupt = interrupt
+        if interrupt is not None:
+            interrupt._wake = protocol.wake
+        if len(body) <= 16384:
+            protocol.transport.write(head + body)
+        else:  # no copy of a large body; asyncio sends both with TCP_NODELAY
+            protocol.transport.write(head)
+            protocol.transport.write(body)
+        return await _read_answer(protocol)
 
     def _end(self, protocol: _Protocol, graceful: bool = False) -> None:
         self._open.discard(protocol)

@@ -18,9 +18,6 @@ One ordered queue holds every request not yet acknowledged; each is in memory, o
   spool and their bytes released; the spool itself is bounded by its own ``max_bytes``;
 - **coalescing:** requests of one signal that queued behind the one in flight leave together as one
   request (serialized OTLP requests concatenate into a valid one), up to 4 MiB;
-- **signals at once:** while the collector is up, the head of the queue and the first request of
-  another signal (a flush's traces and logs) are written in one loop turn, each on a connection of its
-  own, and their answers awaited together; within a signal, requests stay in order;
 - **backoff:** after a retryable failure (the :mod:`fgext._retry` policy decides which) everything
   goes to the spool and the queue is retried, oldest first, after the policy's delay (never before a
   ``Retry-After``). A final rejection drops that request, counted.
@@ -373,33 +370,13 @@ class Shipper:
                 continue
             batch, parts = self._coalesce(request, data)
             body = b"".join(parts)
-            # The first request of another signal leaves in the same loop turn, on a connection of its
-            # own, its answer awaited with this one's (signals have no order between them); not while
-            # the collector is down, when the queue is retried oldest first.
-            other = None if self._down else self._partner(request)
-            sending = transport.begin(body)
-            if other is None:
-                outcome = await sending
-                self._account(outcome, batch, body)
-                if not self._handle(outcome, batch):
-                    return False
-                continue
-            other_batch, other_parts = self._coalesce(other[0], other[1])
-            other_body = b"".join(other_parts)
-            other_sending = other[2].begin(other_body)
-            try:
-                outcome = await sending
-            except BaseException:
-                other_sending.abandon()  # cancelled (close): nothing of this pump stays in flight
-                raise
-            other_outcome = await other_sending
-            self._account(outcome, batch, body)
-            self._account(other_outcome, other_batch, other_body)
-            up = self._handle(outcome, batch)
-            if not up and not other_outcome.ok and other_outcome.retryable:
-                self._count(other_batch[0].signal, "retry")  # one failure backs off once; it is spooled
-                return False
-            if not (self._handle(other_outcome, other_batch) and up):
+            outcome = await transport.send(body)
+            if outcome.ok:
+                signal = request.signal
+                self.sent_bytes[signal] = self.sent_bytes.get(signal, 0) + len(body)
+                items = batch[0].items if len(batch) == 1 else sum(r.items for r in batch)
+                self.sent_items[signal] = self.sent_items.get(signal, 0) + items
+            if not self._handle(outcome, batch):
                 return False
         if self._down:
             if self.sent_requests > sent_before:
@@ -407,25 +384,6 @@ class Shipper:
             self._down = False
         self._backoff.reset()
         return True
-
-    def _account(self, outcome: Outcome, batch: List[_Request], body: bytes) -> None:
-        if outcome.ok:
-            signal = batch[0].signal
-            self.sent_bytes[signal] = self.sent_bytes.get(signal, 0) + len(body)
-            items = batch[0].items if len(batch) == 1 else sum(r.items for r in batch)
-            self.sent_items[signal] = self.sent_items.get(signal, 0) + items
-
-    def _partner(self, head: _Request) -> Optional[Tuple[_Request, bytes, Transport]]:
-        """The first queued request of a signal other than ``head``'s, ready to send, with its bytes and
-        transport; None when there is none (or it needs the head of the queue's handling first)."""
-        for index, request in enumerate(self._queue):
-            if index == 0 or request.signal == head.signal:
-                continue
-            transport = self._transports.get(request.signal)
-            if transport is None or request.data is None:
-                return None  # dropped or read from disk when it reaches the head of the queue
-            return request, request.data, transport
-        return None
 
     def _bytes(self, request: _Request) -> Optional[bytes]:
         if request.data is not None:
@@ -440,11 +398,9 @@ class Shipper:
         leave together, with no re-encoding and nothing asked of the plugin.
         """
         batch, parts, size = [first], [data], len(data)
-        queue = self._queue
-        if len(queue) == 1 or (len(queue) == 2 and queue[0].signal != queue[1].signal):
-            return batch, parts  # the usual flush: nothing of its signal queued behind it
-        behind = list(self._queue)
-        for request in behind[behind.index(first) + 1:]:
+        if len(self._queue) == 1:  # the usual flush: nothing queued behind it
+            return batch, parts
+        for request in list(self._queue)[1:]:
             if len(batch) >= _COALESCE_REQUESTS or size >= self._max_request_bytes:
                 break
             if request.signal != first.signal or size + request.size > self._max_request_bytes:

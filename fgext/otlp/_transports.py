@@ -26,7 +26,7 @@ import base64
 import importlib
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, Generator, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
@@ -36,10 +36,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from fgext._errors import ConfigError
 from fgext._retry import retry_after, retryable_grpc, retryable_http
 from fgext.otlp._config import GRPC, OtlpConfig, SignalConfig
-from fgext.otlp._http import Answer, Connection, Exchange, Expired, Interrupt
+from fgext.otlp._http import Connection, Expired, Interrupt
 
-__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "KeptTimer", "Outcome", "Sending", "Transport",
-           "build_transports", "safe_location", "wait_awake"]
+__all__ = ["AwakeTimer", "GrpcTransport", "HttpTransport", "KeptTimer", "Outcome", "Transport", "build_transports",
+           "safe_location", "wait_awake"]
 
 _USER_AGENT = "fgext-otlp/0.1.0"
 _GRPC_METHODS = {
@@ -244,24 +244,6 @@ def _rejected(signal: str, body: bytes) -> Tuple[int, str]:
     return int(getattr(partial, count)), partial.error_message
 
 
-class Sending:
-    """A send begun by :meth:`Transport.begin`: await it once for its :class:`Outcome`, or :meth:`abandon` it
-    (a cancelled caller) so that nothing it holds is left in flight."""
-
-    __slots__ = ("_abandon", "_run")
-
-    def __init__(self, run: Callable[[], Awaitable[Outcome]], abandon: Optional[Callable[[], None]] = None) -> None:
-        self._run = run
-        self._abandon = abandon
-
-    def __await__(self) -> Generator[Any, None, Outcome]:
-        return self._run().__await__()
-
-    def abandon(self) -> None:
-        if self._abandon is not None:
-            self._abandon()
-
-
 class Transport:
     """Sends one signal's serialized requests to its endpoint, within an awake-time timeout."""
 
@@ -284,11 +266,6 @@ class Transport:
             return attempt.result()
         except Exception as error:  # an unforeseen failure: keep the data, back off, try again
             return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
-
-    def begin(self, data: bytes) -> Sending:
-        """Start :meth:`send` so that requests of other signals can leave in the same loop turn. Here the
-        send starts when awaited; HTTP writes the request at once."""
-        return Sending(lambda: self.send(data))
 
     async def _attempt(self, data: bytes) -> Outcome:
         raise NotImplementedError
@@ -344,38 +321,10 @@ class HttpTransport(Transport):
         wait for it cost more CPU than the rest of the exchange. The awake-time timer interrupts the
         request's waits instead (fgext/otlp/_http.py); a cancel of the caller still propagates.
         """
-        return await self.begin(data)
-
-    def begin(self, data: bytes) -> Sending:
-        """Write the request now (on a kept connection; else it connects when awaited), its timer counting."""
         interrupt = Interrupt()
         timer = self._timer.start(self.timeout_s, interrupt.fire)
         try:
-            body = data
-            if self._gzip:
-                import gzip
-
-                body = gzip.compress(data, compresslevel=6)
-            exchange = self._connection.begin(self._head + b"%d\r\n\r\n" % len(body), body, interrupt)
-        except BaseException:
-            self._timer.stop(timer)
-            raise
-
-        def abandon() -> None:
-            self._connection.abandon(exchange)
-            self._timer.stop(timer)
-
-        return Sending(lambda: self._finish(exchange, timer), abandon)
-
-    async def _finish(self, exchange: Exchange, timer: AwakeTimer) -> Outcome:
-        try:
-            try:
-                answer = await self._connection.finish(exchange)
-            except Expired:
-                raise
-            except OSError as error:  # refused, reset, TLS failure, an answer that is not HTTP
-                return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
-            return self._judge(answer)
+            return await self._attempt(data, interrupt)
         except Expired:
             return Outcome(ok=False, retryable=True, detail=f"no answer within {self.timeout_s:g} s")
         except Exception as error:  # an unforeseen failure: keep the data, back off, try again
@@ -383,7 +332,18 @@ class HttpTransport(Transport):
         finally:
             self._timer.stop(timer)
 
-    def _judge(self, answer: Answer) -> Outcome:
+    async def _attempt(self, data: bytes, interrupt: Optional[Interrupt] = None) -> Outcome:
+        body = data
+        if self._gzip:
+            import gzip
+
+            body = gzip.compress(data, compresslevel=6)
+        try:
+            answer = await self._connection.post(self._head + b"%d\r\n\r\n" % len(body), body, interrupt)
+        except Expired:
+            raise
+        except OSError as error:  # refused, reset, TLS failure, an answer that is not HTTP
+            return Outcome(ok=False, retryable=True, detail=f"{type(error).__name__}: {error}")
         status = answer.status
         if 200 <= status < 300:
             if not answer.body:
