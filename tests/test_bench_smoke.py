@@ -152,6 +152,17 @@ def test_micro_benchmarks_run(script: str, args: List[str]) -> None:
     assert re.search(r"\bus\b", done.stdout), done.stdout  # figures in microseconds
 
 
+def test_flush_path_counts_what_a_flush_costs_the_event_loop() -> None:
+    """bench/flush_path.py --count prints, per checkout, loop turns, tasks and futures per flush (a flush
+    waits for two answers, so at least two loop turns)."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "flush_path.py"), "--flushes", "20", "--count"],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"per flush _run_once ([0-9.]+),.* create_future ([0-9.]+)", done.stdout)
+    assert found is not None, done.stdout
+    assert float(found.group(1)) >= 2 and float(found.group(2)) >= 2
+
+
 def test_a_taken_agent_port_is_one_line_and_exit_2() -> None:
     """When other software listens on the port the bench gives its agent, the run stops with one line naming
     the port and exit 2, rather than measuring whoever answers there."""
