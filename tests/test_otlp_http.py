@@ -224,6 +224,9 @@ class TestBounds:
 
     @pytest.mark.parametrize("data", [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
                                       b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+                                      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+                                      b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+                                      b"HTTP/1.1 2000 OK\r\n\r\n",
                                       b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
     def test_an_answer_that_is_not_http_is_a_protocol_error(self, data: bytes) -> None:
         """A status line, header line, length or chunk size that is not HTTP/1.x is a ProtocolError."""
