@@ -17,9 +17,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from tests.ports import port_free, port_range_lock  # noqa: F401 (port_range_lock: for the bench sections)
+
+if TYPE_CHECKING:
+    from tests.platform import RecordingPlatform
 
 ROOT = Path(__file__).resolve().parent.parent
 # FGEXT_BENCH_LAUNCHER runs another checkout's agent under this harness: "same bench, before and after"
@@ -185,17 +188,19 @@ class PortTaken(RuntimeError):
 
 
 class AgentUnderTest:
-    """The agent started by its launcher (``exec`` keeps the PID), ready to take POSTs on AGENT_PORT."""
-
-    port = AGENT_PORT
+    """The agent started by its launcher (``exec`` keeps the PID), ready to take POSTs on ``port``
+    (AGENT_PORT; with ``port=None`` the agent takes the first free one of 8081-8090 itself, and
+    ``learn_port`` reads which from its registration)."""
 
     def __init__(self, python: str, platform_addr: str, plugins: str, extra: Optional[Dict[str, str]] = None,
-                 launcher: Optional[Path] = None) -> None:
-        if not port_free(self.port):  # whoever answered there would be measured instead of our agent
-            raise PortTaken(f"127.0.0.1:{self.port} is taken by other software: the bench's agent listens there")
+                 launcher: Optional[Path] = None, port: Optional[int] = AGENT_PORT) -> None:
+        if port is not None and not port_free(port):  # whoever answered there would be measured instead
+            raise PortTaken(f"127.0.0.1:{port} is taken by other software: the bench's agent listens there")
+        self.port = port or 0
         self.tmp = tempfile.TemporaryDirectory(prefix="fgext-bench-")
         env = agent_env(python, platform_addr, plugins,
-                        {"FGEXT_SPOOL_DIR": str(Path(self.tmp.name) / "spool"), **(extra or {})})
+                        {"FGEXT_SPOOL_DIR": str(Path(self.tmp.name) / "spool"),
+                         "FGEXT_PORT": str(port) if port is not None else "", **(extra or {})})
         self.stderr_path = Path(self.tmp.name) / "agent.stderr"
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen([str(launcher or _launcher[0])], env=env, cwd=self.tmp.name,
@@ -205,6 +210,22 @@ class AgentUnderTest:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def learn_port(self, platform: RecordingPlatform, timeout: float = 30.0) -> int:
+        """The port the agent registered with (its ``FunctionGraph-Extension-Address`` at ``platform``),
+        which it bound before registering; it becomes ``self.port``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for request in list(platform.requests):
+                if request.path == "/extension/register":
+                    headers = {key.lower(): value for key, value in request.headers.items()}
+                    self.port = int(headers["functiongraph-extension-address"].rsplit(":", 1)[1])
+                    return self.port
+            if self.proc.poll() is not None:
+                said = self.stderr_path.read_text(errors="replace").strip().splitlines()
+                raise PortTaken(f"the bench's agent exited before registering: {said[-1] if said else '(silent)'}")
+            time.sleep(0.01)
+        raise RuntimeError(f"the bench's agent did not register within {timeout} s")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until aiohttp answers a telemetry POST (not the early responder, fgext._early, whose answer

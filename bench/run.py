@@ -23,9 +23,17 @@ repeated runs):
 6. ``peer``: the issue's workload (one invocation at a time: invoke POST, then one telemetry POST) with no
    log line, 7 and 50 lines, against the floor, fgext (``end`` flush, the default, and
    ``periodically,1000``: keys ``periodic_*``) and ``bench/peer_sdk_extension.py`` (the extension a user
-   would write with the OpenTelemetry SDK), back to back in each round (the floor measured before and
-   after fgext's two agents, the mean taken): CPU us/event, RSS, and the ratios' min, median and max over
-   rounds (``--runs``, 3 to 9; ``--peer-invocations`` per round, default 500).
+   would write with the OpenTelemetry SDK): CPU us/event, RSS, and the ratios' min, median, max and spread
+   (max / min) over rounds (``--runs``, 3 to 9; ``--peer-invocations`` per round, default 500).
+   The machine's speed drifts by tens of percent within minutes, so the four are not measured one after
+   the other: in each round all four are up at once (each with its own sink and platform; fgext's two
+   agents take free ports of 8081-8090 under the tests' lock and the bench reads the port each registered
+   with), each is warmed, and then they take the round's invocations in chunks of ``--peer-chunk``
+   (default 50), round-robin, the first of each cycle rotating, so every target sees the same minutes of
+   the machine. A target's CPU (``/proc/<pid>/stat``) is read once before its first chunk and once at the
+   end, after every sink went quiet: that total, which charges it whatever it did between its chunks (a
+   periodic flush, an end flush still leaving), is what the figures and ratios use; it is also read around
+   each chunk, and ``*_outside_chunks_pct`` is the share of the total spent outside its own chunks.
 
 The agent runs as a subprocess on ``--python`` (``FGEXT_PYTHON``), so the harness stays on 3.11. Ports
 8081-8090 are held under the tests' lock. Nothing here asserts; the targets are evaluated in the table.
@@ -36,8 +44,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
-import functools
 import hashlib
 import json
 import os
@@ -334,59 +342,123 @@ def bench_memory(python: str, checkpoints: Sequence[int], lines: int) -> Dict[st
 # ------------------------------------------------------------------------------ 6 peer (issue 15)
 
 
-def _peer_round(python: str, lines: int, first: int, count: int) -> Dict[str, float]:
+@dataclasses.dataclass
+class _PeerTarget:
+    """One server of a peer round, as the interleaved driver sees it."""
+
+    label: str
+    pid: int
+    port: int
+    sink: Optional[Sink] = None  # where its exports go (the floor exports nothing)
+    quiet: float = 0.5  # how long its sink must be silent before its work counts as done
+    cpu_start: float = 0.0
+    chunk_cpu: float = 0.0
+
+
+def _peer_targets(stack: contextlib.ExitStack, python: str) -> List[_PeerTarget]:
+    """The floor, fgext (end flush, then periodically,1000) and the peer, all started, each with its own sink
+    and platform; every one is stopped by ``stack``. fgext's two agents take their ports themselves from
+    8081-8090 under the tests' lock (held by the caller) and report them when they register."""
+    floor = FloorServer(python)
+    stack.callback(floor.stop)
+    targets = [_PeerTarget("floor", floor.pid, floor.port)]
+    for label, flush, quiet in (("fgext", "end", 0.5), ("periodic", "periodically,1000", 1.5)):
+        sink = Sink()
+        stack.callback(sink.stop)
+        platform = RecordingPlatform().start()
+        stack.callback(platform.stop)
+        agent = AgentUnderTest(python, platform.addr, "otlp", {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.port}", "FGEXT_FLUSH": flush}, port=None)
+        stack.callback(agent.stop)
+        agent.learn_port(platform)
+        agent.wait_ready()
+        targets.append(_PeerTarget(label, agent.pid, agent.port, sink, quiet))
+    sink = Sink()
+    stack.callback(sink.stop)
+    platform = RecordingPlatform().start()
+    stack.callback(platform.stop)
+    peer = PeerServer(python, platform.addr, sink)
+    stack.callback(peer.stop)
+    targets.append(_PeerTarget("peer", peer.pid, peer.port, sink))
+    return targets
+
+
+async def _post_in_turn(session: Any, port: int, bodies: Sequence[Tuple[str, bytes]]) -> None:
+    """POST each body after the previous one was answered (the issue's workload: one invocation at a time)."""
+    headers = {"Content-Type": "application/json"}
+    for path, body in bodies:
+        async with session.post(f"http://127.0.0.1:{port}{path}", data=body, headers=headers) as answer:
+            await answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"{path} answered {answer.status}")
+
+
+def _settle(targets: Sequence[_PeerTarget]) -> None:
+    for target in targets:
+        if target.sink is not None:
+            target.sink.wait_quiet(quiet=target.quiet)
+
+
+async def _interleave(targets: Sequence[_PeerTarget], warm: List[Tuple[str, bytes]],
+                      bodies: List[Tuple[str, bytes]], chunk: int) -> None:
+    """Warm every target, then drive ``bodies`` (invoke, telemetry, invoke, ...) to all of them in chunks of
+    ``chunk`` invocations, round-robin, the first target of each cycle rotating; each target's CPU is read
+    at the start, around each of its chunks (``chunk_cpu``) and, by the caller, at the end."""
+    import aiohttp
+
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [await stack.enter_async_context(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)))
+                    for _ in targets]
+        for target, session in zip(targets, sessions):
+            await _post_in_turn(session, target.port, warm)
+        _settle(targets)  # blocks the loop on purpose: nothing else runs in it
+        for target in targets:
+            target.cpu_start, target.chunk_cpu = cpu_seconds(target.pid), 0.0
+        for cycle, first in enumerate(range(0, len(bodies), 2 * chunk)):
+            part = bodies[first:first + 2 * chunk]
+            shift = cycle % len(targets)
+            for index in [*range(shift, len(targets)), *range(shift)]:
+                target, session = targets[index], sessions[index]
+                before = cpu_seconds(target.pid)
+                await _post_in_turn(session, target.port, part)
+                target.chunk_cpu += cpu_seconds(target.pid) - before
+
+
+def _peer_round(python: str, lines: int, first: int, count: int, chunk: int) -> Dict[str, float]:
     """One round of the issue's workload (one invocation at a time: an invoke POST, then one telemetry POST
-    of start, ``lines`` log lines, runtimeDone and report) against the floor, fgext (end flush, then periodic)
-    and the peer, in turn."""
+    of start, ``lines`` log lines, runtimeDone and report) against the floor, fgext (end flush and periodic)
+    and the peer, all up at once and driven in interleaved chunks."""
     warm = _invocations(first + 10_000_000, 20, lines)
     bodies = _invocations(first, count, lines)
     events = count * (lines + 3)
     out: Dict[str, float] = {}
-    # The floor's server stays up and is measured before and after fgext's two agents: the mean of the two
-    # is what the machine's speed was around them (it drifts by tens of percent within minutes here).
-    floor = FloorServer(python)
-    floor_cpu = 0.0
-    try:
-        asyncio.run(post_all(floor.port, warm, 1))
-        floor_cpu += _drive(floor.pid, floor.port, bodies, 1, time.monotonic)[1]
-        for label, flush in (("fgext", "end"), ("periodic", "periodically,1000")):
-            # the drain waits for the sink to go quiet: longer than a periodic flush's interval
-            quiet = 0.5 if flush == "end" else 1.5
-            with otlp_agent(python, {"FGEXT_FLUSH": flush}) as (agent, sink):
-                asyncio.run(post_all(agent.port, warm, 1))
-                sink.wait_quiet(quiet=quiet)
-                _, cpu = _drive(agent.pid, agent.port, bodies, 1, functools.partial(sink.wait_quiet, quiet=quiet))
-                out[f"{label}_cpu_us"], out[f"{label}_rss_mb"] = cpu / events * 1e6, rss_kib(agent.pid)[0] / 1024
-        floor_cpu += _drive(floor.pid, floor.port, bodies, 1, time.monotonic)[1]
-        out["floor_cpu_us"], out["floor_rss_mb"] = floor_cpu / 2 / events * 1e6, rss_kib(floor.pid)[0] / 1024
-    finally:
-        floor.stop()
-    sink = Sink()
-    platform = RecordingPlatform().start()
-    try:
-        peer = PeerServer(python, platform.addr, sink)
-        try:
-            asyncio.run(post_all(peer.port, warm, 1))
-            sink.wait_quiet()
-            _, cpu = _drive(peer.pid, peer.port, bodies, 1, sink.wait_quiet)
-            out["peer_cpu_us"], out["peer_rss_mb"] = cpu / events * 1e6, rss_kib(peer.pid)[0] / 1024
-            out["peer_exports"] = float(len(sink.snapshot()))
-        finally:
-            peer.stop()
-    finally:
-        platform.stop()
-        sink.stop()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(port_range_lock())
+        targets = _peer_targets(stack, python)
+        asyncio.run(_interleave(targets, warm, bodies, chunk))
+        _settle(targets)  # what each did after its last chunk (an end flush, a periodic export) is its own
+        for target in targets:
+            total = cpu_seconds(target.pid) - target.cpu_start
+            out[f"{target.label}_cpu_us"] = total / events * 1e6
+            out[f"{target.label}_rss_mb"] = rss_kib(target.pid)[0] / 1024
+            # the share of its CPU spent outside its own chunks: background work (timers, late flushes)
+            out[f"{target.label}_outside_chunks_pct"] = (total - target.chunk_cpu) / max(total, 1e-9) * 100
+        peer_sink = targets[-1].sink
+        assert peer_sink is not None
+        out["peer_exports"] = float(len(peer_sink.snapshot()))
     return out
 
 
-def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
+def bench_peer(python: str, rounds: int, count: int, chunk: int) -> Dict[str, float]:
     """CPU per telemetry event and RSS of fgext (default ``end`` flush, and ``periodically,1000``), the floor
     and the peer, per variant (no log line; the issue's 6 function lines and 1 extension line; 50 lines);
-    ratios as min and max over rounds, each round measuring all four back to back."""
+    ratios as min, median and max over rounds and their spread (max / min), each round driving all four in
+    interleaved chunks of ``chunk`` invocations."""
     out: Dict[str, float] = {}
     for lines in (0, 7, 50):
-        progress(f"peer: {rounds} rounds of {count} invocations with {lines} log lines (floor, fgext, peer)")
-        samples = [_peer_round(python, lines, index * count, count) for index in range(rounds)]
+        progress(f"peer: {rounds} rounds of {count} invocations with {lines} log lines (floor, fgext, periodic, "
+                 f"peer interleaved in chunks of {chunk})")
+        samples = [_peer_round(python, lines, index * count, count, chunk) for index in range(rounds)]
         ratios = {
             # a smoke run's counts can stay under one clock tick of CPU
             "fgext_over_floor": [s["fgext_cpu_us"] / max(s["floor_cpu_us"], 1e-9) for s in samples],
@@ -395,11 +467,13 @@ def bench_peer(python: str, rounds: int, count: int) -> Dict[str, float]:
             "peer_over_fgext": [s["peer_cpu_us"] / max(s["fgext_cpu_us"], 1e-9) for s in samples],
         }
         for key in ("floor_cpu_us", "fgext_cpu_us", "periodic_cpu_us", "peer_cpu_us", "floor_rss_mb", "fgext_rss_mb",
-                    "periodic_rss_mb", "peer_rss_mb", "peer_exports"):
+                    "periodic_rss_mb", "peer_rss_mb", "peer_exports", "floor_outside_chunks_pct",
+                    "fgext_outside_chunks_pct", "periodic_outside_chunks_pct", "peer_outside_chunks_pct"):
             out[f"l{lines}_{key}"] = statistics.median(s[key] for s in samples)
         for key, values in ratios.items():
             out[f"l{lines}_{key}_min"], out[f"l{lines}_{key}_max"] = min(values), max(values)
             out[f"l{lines}_{key}_median"] = statistics.median(values)
+            out[f"l{lines}_{key}_spread"] = max(values) / max(min(values), 1e-9)
     return out
 
 
@@ -630,6 +704,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--runs", type=int, help="repetitions for medians (default 15, smoke 2)")
     parser.add_argument("--peer-invocations", type=int, default=500, metavar="N",
                         help="invocations per round of the peer section (default 500)")
+    parser.add_argument("--peer-chunk", type=int, default=50, metavar="N",
+                        help="invocations each target of the peer section takes in turn (default 50)")
     parser.add_argument("--memory-checkpoints", help="comma-separated invocation counts at which the memory "
                                                      "section reads RSS, at least two (default 1000,10000,20000)")
     parser.add_argument("--packaged", action="store_true",
@@ -638,6 +714,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for every agent of the run (repeatable), e.g. FGEXT_OTLP_REPORT_LOG=0")
     args = parser.parse_args(argv)
+    for option, value in (("--peer-invocations", args.peer_invocations), ("--peer-chunk", args.peer_chunk)):
+        if value < 1:
+            parser.error(f"{option} {value}: give a count of at least 1")
     for item in args.agent_env:
         name, sep, value = item.partition("=")
         if not sep or not name:
@@ -719,7 +798,8 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], only: List[str
             sections["zip"] = bench_zip(python, runs)
         if "peer" in only:
             sections["peer"] = bench_peer(python, 2 if smoke else max(3, min(runs, 9)),
-                                          30 if smoke else args.peer_invocations)
+                                          30 if smoke else args.peer_invocations,
+                                          10 if smoke else args.peer_chunk)
         result["runs"][version] = sections
     if "zip" in only and not any("zip" in s for s in result["runs"].values()):
         print("zip: skipped, no Python 3.9 among --python (the default build is Python3.9)", file=sys.stderr)

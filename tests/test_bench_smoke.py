@@ -37,7 +37,9 @@ EXPECTED = {
     "peer": {f"l{lines}_{key}" for lines in (0, 7, 50) for key in (
         "floor_cpu_us", "fgext_cpu_us", "periodic_cpu_us", "peer_cpu_us", "fgext_rss_mb", "periodic_rss_mb",
         "peer_rss_mb", "peer_exports", "fgext_over_floor_min", "fgext_over_floor_max", "periodic_over_floor_min",
-        "periodic_over_floor_max", "peer_over_fgext_min", "peer_over_fgext_max")},
+        "periodic_over_floor_max", "peer_over_fgext_min", "peer_over_fgext_max", "fgext_over_floor_spread",
+        "periodic_over_floor_spread", "peer_over_fgext_spread", "floor_outside_chunks_pct",
+        "fgext_outside_chunks_pct", "periodic_outside_chunks_pct", "peer_outside_chunks_pct")},
 }
 
 
@@ -86,6 +88,14 @@ def test_memory_checkpoints_must_be_two_increasing_counts(value: str) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "memory",
                            "--memory-checkpoints", value], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "at least two increasing counts" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--peer-chunk", "--peer-invocations"])
+def test_peer_counts_must_be_positive(option: str) -> None:
+    """--peer-chunk or --peer-invocations below 1 exits 2 with a clear line, no traceback."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--only", "peer", option, "0"],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "give a count of at least 1" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_agent_env_must_be_name_equals_value() -> None:
