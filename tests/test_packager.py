@@ -142,6 +142,18 @@ def unpack(built: Built, into: Path) -> Path:
     return into / "extension"
 
 
+def run_in_zip(extension: Path, code: str) -> str:
+    """Run ``code`` on 3.9 as the sandbox would, with an unpacked zip's fgext-lib and fgext-plugins (of its
+    ``extension`` folder) first on ``sys.path`` and no site-packages; its output, stripped."""
+    assert PY39 is not None
+    code = "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n" + code
+    done = subprocess.run([PY39, "-S", "-E", "-B", "-c", code, str(extension / "fgext-lib"),
+                           str(extension / "fgext-plugins")], capture_output=True, text=True, timeout=60,
+                          check=False, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def magic_number(python: str) -> bytes:
     done = subprocess.run([python, "-I", "-c", "import importlib.util,sys;"
                            "sys.stdout.write(importlib.util.MAGIC_NUMBER.hex())"],
@@ -536,35 +548,22 @@ class TestBytecode:
     def test_zip_libraries_without_docstrings_plugins_with(self, zip39: Built, tmp_path: Path) -> None:
         """In the zip, fgext-lib's modules (fgext, aiohttp) load without docstrings; a fgext-plugins module keeps
         its own."""
-        assert PY39 is not None
         extension = unpack(zip39, tmp_path)
-        code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-                "import fgext._agent, aiohttp.web, acme_plugins\n"
+        code = ("import fgext._agent, aiohttp.web, acme_plugins\n"
                 "print(repr((fgext._agent.__doc__, aiohttp.web.run_app.__doc__, acme_plugins.__doc__)))")
-        done = subprocess.run([PY39, "-S", "-E", "-B", "-c", code, str(extension / "fgext-lib"),
-                               str(extension / "fgext-plugins")], capture_output=True, text=True, timeout=60,
-                              check=False, env={"PATH": "/usr/bin:/bin"})
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == repr((None, None, "A plugin package."))
-
+        assert run_in_zip(extension, code) == repr((None, None, "A plugin package."))
 
     @needs_py39
     def test_zip_agent_functions_without_annotations_plugins_with(self, zip39: Built, tmp_path: Path) -> None:
         """In the zip, the functions of fgext and of aiohttp have no annotations while fgext's events keep their
         dataclass fields; a fgext-plugins function keeps its annotations."""
-        assert PY39 is not None
         extension = unpack(zip39, tmp_path)
-        code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-                "import dataclasses, fgext._agent, fgext._events, aiohttp.web, acme_plugins.helpers\n"
+        code = ("import dataclasses, fgext._agent, fgext._events, aiohttp.web, acme_plugins.helpers\n"
                 "print(repr((fgext._agent.serve.__annotations__, aiohttp.web.run_app.__annotations__,"
                 " [f.name for f in dataclasses.fields(fgext._events.Start)],"
                 " acme_plugins.helpers.double.__annotations__)))")
-        done = subprocess.run([PY39, "-S", "-E", "-B", "-c", code, str(extension / "fgext-lib"),
-                               str(extension / "fgext-plugins")], capture_output=True, text=True, timeout=60,
-                              check=False, env={"PATH": "/usr/bin:/bin"})
-        assert done.returncode == 0, done.stderr
         fields = ["name", "start_ns", "raw", "request_id"]
-        assert done.stdout.strip() == repr(({}, {}, fields, {"x": int, "return": int}))
+        assert run_in_zip(extension, code) == repr(({}, {}, fields, {"x": int, "return": int}))
 
 
 def test_agent_sources_are_the_agent_runtimes_closure(tmp_path: Path) -> None:
