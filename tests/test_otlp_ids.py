@@ -7,7 +7,7 @@ import uuid
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fgext.otlp._ids import kv, put_attributes, span_id, span_id_for, trace_id_for
+from fgext.otlp._ids import _PARTS_MAX, keep_part, kv, put_attributes, span_id, span_id_for, trace_id_for
 from tests.otlp_helpers import (
     INVOKE_ID,
 )
@@ -87,3 +87,13 @@ class TestDerivedSpanIds:
         assert span_id_for(INVOKE_ID, "root") == hashlib.sha256(f"fgext/root/{INVOKE_ID}".encode()).digest()[:8]
         assert span_id_for(INVOKE_ID, "root") != span_id_for(INVOKE_ID, "invoke")
         assert span_id_for("req-\ud800", "root") != bytes(8)  # any text, lone surrogates included
+
+
+class TestKeepPart:
+    def test_a_cache_of_shared_parts_never_outgrows_its_bound(self) -> None:
+        """A part kept is returned and found under its key; a cache at the bound starts over instead of growing."""
+        cache: dict = {}  # type: ignore[type-arg]
+        for n in range(3 * _PARTS_MAX):
+            assert keep_part(cache, n, b"part %d" % n) == b"part %d" % n
+            assert cache[n] == b"part %d" % n and len(cache) <= _PARTS_MAX
+

@@ -81,3 +81,18 @@ class TestWriteSpan:
         span = ScopeSpans().spans.add()
         write_span(span, b"t" * 16, b"s" * 8, "root", Span.SPAN_KIND_SERVER, 1, 2, [], None)
         assert span.status.code == Status.STATUS_CODE_UNSET
+
+
+def test_spans_with_ever_new_shared_values_keep_the_cache_bounded() -> None:
+    """Shared attribute values that keep changing (a status per invocation) are written right every time, and
+    the serialized parts kept for them stay within their bound."""
+    from fgext.otlp import _spans
+    from fgext.otlp._ids import _PARTS_MAX
+
+    scope = ScopeSpans()
+    for n in range(3 * _PARTS_MAX):
+        shared = (("fgext.status", f"status-{n}"),)
+        write_span(scope.spans.add(), b"t" * 16, b"s" * 8, "invoke", Span.SPAN_KIND_INTERNAL, 1, 2, [], None, shared)
+        assert attrs(scope.spans[-1])["fgext.status"] == f"status-{n}"
+        assert len(_spans._SHARED) <= _PARTS_MAX
+

@@ -10,19 +10,35 @@ attribute can make an encode raise.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Tuple, Union
+from typing import Any, Dict, Iterable, Tuple, TypeVar, Union
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from fgext._ids import invoke_span_id_for, root_span_id_for, trace_id_for
 from fgext.otlp._resource import INT64_MAX, INT64_MIN, any_value, safe_text
 
-__all__ = ["TRACE_FLAG_SAMPLED", "Attribute", "kv", "put_attributes", "span_id", "span_id_for", "trace_id_for"]
+__all__ = ["TRACE_FLAG_SAMPLED", "Attribute", "keep_part", "kv", "put_attributes", "span_id", "span_id_for",
+           "trace_id_for"]
 
 TRACE_FLAG_SAMPLED = 0x01  # and never 0x02 ("random"): derived IDs are not random
 SECOND_NS = 1_000_000_000
 
 Attribute = Tuple[str, Union[str, bool, int, float]]
+
+_Key = TypeVar("_Key")
+#: serialized parts kept per cache of ``keep_part``: a sandbox's records share a handful of combinations;
+#: more means values that vary, which caching would only let grow
+_PARTS_MAX = 64
+
+
+def keep_part(cache: Dict[_Key, bytes], key: _Key, data: bytes) -> bytes:
+    """Keep ``data``, the serialized part of a message that many records or spans share, as ``cache[key]``
+    (callers look it up with ``cache.get(key)`` first); the cache is emptied first when it holds
+    ``_PARTS_MAX``. Returns ``data``."""
+    if len(cache) >= _PARTS_MAX:
+        cache.clear()
+    cache[key] = data
+    return data
 
 
 def span_id_for(request_id: str, role: str) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from fgext._events import ReportEvent
-from fgext.otlp._ids import TRACE_FLAG_SAMPLED, Attribute, put_attributes
+from fgext.otlp._ids import TRACE_FLAG_SAMPLED, Attribute, keep_part, put_attributes
 from fgext.otlp._resource import safe_text
 
 __all__ = ["REPORT_ESTIMATE", "ReportLine", "is_oom", "record_of", "report_line", "report_record", "write_report"]
@@ -60,7 +60,6 @@ def report_line(request_id: str, trace_id: bytes, span_id: bytes, report: Report
 #: The serialized part of a record that its invocation shares with most others: severity, and the attributes
 #: that take a handful of values (source, event name, cold start, status, memory size, out of memory).
 _SHARED: Dict[Tuple[str, bool, Optional[int], bool], bytes] = {}
-_SHARED_MAX = 64
 #: time_unix_nano (field 1) and observed_time_unix_nano (field 11), both fixed64, with their tags.
 _TIMES = struct.Struct("<BQBQ")
 
@@ -78,11 +77,7 @@ def _shared(status: str, coldstart: bool, size: Optional[int], oom: bool) -> byt
     if oom:
         attributes.append(("fgext.oom", True))
     put_attributes(record.attributes, attributes)
-    data: bytes = record.SerializeToString()
-    if len(_SHARED) >= _SHARED_MAX:
-        _SHARED.clear()
-    _SHARED[(status, coldstart, size, oom)] = data
-    return data
+    return keep_part(_SHARED, (status, coldstart, size, oom), record.SerializeToString())
 
 
 def write_report(record: Any, line: ReportLine) -> None:

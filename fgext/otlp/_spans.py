@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from fgext._events import ReportEvent
-from fgext.otlp._ids import TRACE_FLAG_SAMPLED, Attribute, put_attributes
+from fgext.otlp._ids import TRACE_FLAG_SAMPLED, Attribute, keep_part, put_attributes
 from fgext.otlp._resource import safe_text
 
 __all__ = ["phase_attributes", "root_attributes", "write_span"]
@@ -51,17 +51,12 @@ def write_span(span: Span, trace_id: bytes, span_id: bytes, name: str, kind: int
 #: one type (True and 1 would be one key).
 Shared = Tuple[Attribute, ...]
 _SHARED: Dict[Shared, bytes] = {}
-_SHARED_MAX = 64
 
 
 def _shared(shared: Shared) -> bytes:
     holder = Span()
     put_attributes(holder.attributes, shared)
-    data: bytes = holder.SerializeToString()
-    if len(_SHARED) >= _SHARED_MAX:
-        _SHARED.clear()
-    _SHARED[shared] = data
-    return data
+    return keep_part(_SHARED, shared, holder.SerializeToString())
 
 
 def phase_attributes(kind: str, status: Optional[str], report: Optional[ReportEvent],
